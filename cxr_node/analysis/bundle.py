@@ -1,0 +1,202 @@
+"""Model bundles: one directory holding model A, model B and a JSON manifest that vouches for them.
+
+manifest.json:
+    format            "cxr-node-bundle/1"
+    name, version     shown in every result (SR algorithm identification, SC legend)
+    architecture      "densenet161"
+    input_size        square model input in pixels
+    thresholds        {"a": t_A, "b": t_B} for the joint rule (chosen on validation by training)
+    models            {"A": {"file", "sha256", "classes"}, "B": {...}}
+    training          free-form summary written by `cxr-node train` (data, splits, metrics)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from cxr_node.analysis.fusion import Thresholds
+from cxr_node.analysis.models import MODEL_CLASSES, build_densenet161
+
+FORMAT = "cxr-node-bundle/1"
+MANIFEST = "manifest.json"
+UNTRAINED_NAME = "untrained-densenet161"
+
+
+class BundleError(ValueError):
+    """The bundle is missing, corrupt or inconsistent; the message names the file or key."""
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass
+class Bundle:
+    name: str
+    version: str
+    input_size: int
+    thresholds: Thresholds
+    model_a: nn.Module
+    model_b: nn.Module
+    trained: bool
+    sha256: dict[str, str] = field(default_factory=dict)
+    training: dict[str, Any] = field(default_factory=dict)
+    path: Path | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} {self.version}"
+
+
+def untrained_bundle(input_size: int = 224, seed: int = 0) -> Bundle:
+    """Random weights, for demos and tests; every result made with it says so."""
+    torch.manual_seed(seed)
+    model_a, model_b = build_densenet161(), build_densenet161()
+    return Bundle(
+        name=UNTRAINED_NAME,
+        version="0",
+        input_size=input_size,
+        thresholds=Thresholds(0.5, 0.5),
+        model_a=model_a.eval(),
+        model_b=model_b.eval(),
+        trained=False,
+        sha256={"A": "untrained", "B": "untrained"},
+    )
+
+
+def _require(manifest: dict, key: str, kind: type, where: Path):
+    if key not in manifest:
+        raise BundleError(f"{where}: key {key!r} is missing")
+    value = manifest[key]
+    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+        raise BundleError(f"{where}: key {key!r} must be {kind.__name__}, got {type(value).__name__}")
+    return value
+
+
+def load_bundle(directory: str | Path) -> Bundle:
+    """Load and verify a bundle; refuses a wrong format, a bad sha256 or weights that do not fit."""
+    directory = Path(directory)
+    manifest_path = directory / MANIFEST
+    if not manifest_path.is_file():
+        raise BundleError(f"{manifest_path}: no model bundle manifest here")
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise BundleError(f"{manifest_path}: not valid JSON: {exc}") from exc
+    if not isinstance(manifest, dict):
+        raise BundleError(f"{manifest_path}: top level must be an object")
+    if manifest.get("format") != FORMAT:
+        raise BundleError(f"{manifest_path}: key 'format' must be {FORMAT!r}, got {manifest.get('format')!r}")
+    arch = _require(manifest, "architecture", str, manifest_path)
+    if arch != "densenet161":
+        raise BundleError(f"{manifest_path}: key 'architecture' {arch!r} is not supported (densenet161)")
+    name = _require(manifest, "name", str, manifest_path)
+    version = _require(manifest, "version", str, manifest_path)
+    input_size = _require(manifest, "input_size", int, manifest_path)
+    if not 32 <= input_size <= 2048:
+        raise BundleError(f"{manifest_path}: key 'input_size' {input_size} is outside 32..2048")
+    th = _require(manifest, "thresholds", dict, manifest_path)
+    try:
+        thresholds = Thresholds(float(th["a"]), float(th["b"]))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise BundleError(f"{manifest_path}: key 'thresholds' needs numbers 'a' and 'b' in (0, 1): {exc}") from exc
+    models = _require(manifest, "models", dict, manifest_path)
+
+    loaded: dict[str, nn.Module] = {}
+    digests: dict[str, str] = {}
+    for key in ("A", "B"):
+        entry = models.get(key)
+        if not isinstance(entry, dict) or "file" not in entry or "sha256" not in entry:
+            raise BundleError(f"{manifest_path}: key 'models.{key}' needs 'file' and 'sha256'")
+        weights = directory / entry["file"]
+        if not weights.is_file():
+            raise BundleError(f"{weights}: weights file of model {key} is missing")
+        actual = sha256_file(weights)
+        if actual != entry["sha256"]:
+            raise BundleError(
+                f"{weights}: sha256 {actual[:12]}… does not match manifest models.{key}.sha256 "
+                f"{str(entry['sha256'])[:12]}… (corrupt or replaced file)"
+            )
+        try:
+            state = torch.load(weights, map_location="cpu", weights_only=True)
+            model = build_densenet161()
+            model.load_state_dict(state)
+        except Exception as exc:
+            raise BundleError(f"{weights}: not a DenseNet-161 2-class state dict: {exc}") from exc
+        loaded[key] = model.eval()
+        digests[key] = actual
+
+    return Bundle(
+        name=name,
+        version=version,
+        input_size=input_size,
+        thresholds=thresholds,
+        model_a=loaded["A"],
+        model_b=loaded["B"],
+        trained=True,
+        sha256=digests,
+        training=manifest.get("training", {}),
+        path=directory,
+    )
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_bundle(
+    directory: str | Path,
+    model_a: nn.Module,
+    model_b: nn.Module,
+    *,
+    name: str,
+    version: str,
+    input_size: int,
+    thresholds: Thresholds,
+    training: dict[str, Any] | None = None,
+) -> Path:
+    """Write weights then the manifest (last, so a half-written bundle has no manifest)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    entries = {}
+    for key, model in (("A", model_a), ("B", model_b)):
+        path = directory / f"model_{key.lower()}.pt"
+        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        tmp = path.with_suffix(".pt.tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+        entries[key] = {"file": path.name, "sha256": sha256_file(path), "classes": list(MODEL_CLASSES[key])}
+    manifest = {
+        "format": FORMAT,
+        "name": name,
+        "version": version,
+        "architecture": "densenet161",
+        "input_size": int(input_size),
+        "thresholds": {"a": thresholds.a, "b": thresholds.b},
+        "models": entries,
+        "training": training or {},
+    }
+    _atomic_write(directory / MANIFEST, json.dumps(manifest, indent=2).encode("utf-8"))
+    return directory
