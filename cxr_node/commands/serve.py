@@ -1,0 +1,65 @@
+"""`cxr-node serve`: run the node until interrupted."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from pathlib import Path
+
+import click
+
+from cxr_node.config import DEFAULT_CONFIG, ConfigError, load_config, with_overrides
+
+
+def setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    # pynetdicom logs every PDU at INFO; keep its warnings only.
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+
+
+@click.command("serve")
+@click.option("--config", "config_path", type=click.Path(path_type=Path), default=None,
+              help=f"TOML config file [default: {DEFAULT_CONFIG} if it exists].")
+@click.option("--ae-title", default=None, help="Called AE title of the node.")
+@click.option("--port", type=int, default=None, help="DICOM port to listen on.")
+@click.option("--bind", default=None, help="Address to listen on.")
+@click.option("--storage", type=click.Path(path_type=Path), default=None, help="Storage directory.")
+@click.option("--db", default=None, help="SQLAlchemy database URL [default: SQLite under the storage dir].")
+@click.option("--destination", default=None, help="PACS for the results, AET@HOST:PORT.")
+@click.option("--models", type=click.Path(path_type=Path), default=None, help="Model bundle directory.")
+@click.option("--allow-untrained", is_flag=True, default=None, help="Run with random weights (results say UNTRAINED).")
+@click.option("--device", default=None, help="auto, cpu, cuda or cuda:N.")
+@click.option("-v", "--verbose", is_flag=True)
+def command(config_path, ae_title, port, bind, storage, db, destination, models, allow_untrained, device, verbose):
+    """Run the Storage SCP, the worker and the dispatcher."""
+    from cxr_node.node import Node
+
+    setup_logging(verbose)
+    try:
+        if config_path is None and DEFAULT_CONFIG.is_file():
+            config_path = DEFAULT_CONFIG
+        cfg = with_overrides(
+            load_config(config_path),
+            ae_title=ae_title, port=port, bind=bind, storage=storage, db=db, destination=destination,
+            models=models, allow_untrained=allow_untrained, device=device,
+        )
+        node = Node.build(cfg)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+    stopping = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    signal.signal(signal.SIGINT, lambda *_: stopping.set())
+    node.start()
+    click.echo(
+        f"cxr-node serving as {cfg.ae_title} on {cfg.bind}:{node.receiver.port}; "
+        f"results to {cfg.destination or 'disk only'}; models {node.worker.model.label}"
+        f"{'' if node.worker.model.trained else ' (UNTRAINED - NOT FOR CLINICAL USE)'}",
+        err=True,
+    )
+    stopping.wait()
+    node.stop()

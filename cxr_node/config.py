@@ -1,0 +1,234 @@
+"""Typed node settings from TOML plus command-line overrides. Every error names the key."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+DEFAULT_CONFIG = Path("configs/node.toml")
+_AET = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # 16 chars, no backslash, no control chars
+
+
+class ConfigError(ValueError):
+    """A setting is wrong; the message starts with the key (e.g. `node.port: ...`)."""
+
+
+def validate_ae_title(key: str, value: str) -> str:
+    if not isinstance(value, str) or not _AET.match(value) or not value.strip():
+        raise ConfigError(f"{key}: {value!r} is not a valid AE title (1-16 printable ASCII characters, no backslash)")
+    return value.strip()
+
+
+@dataclass(frozen=True)
+class Destination:
+    ae_title: str
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, key: str, text: str) -> "Destination":
+        """`AET@HOST:PORT`, the form used on the command line."""
+        m = re.match(r"^([^@]+)@(.+):(\d+)$", text or "")
+        if not m:
+            raise ConfigError(f"{key}: {text!r} must look like AET@HOST:PORT, e.g. ORTHANC@127.0.0.1:4242")
+        return cls(validate_ae_title(key, m.group(1)), m.group(2), _port(key, int(m.group(3))))
+
+    def __str__(self) -> str:
+        return f"{self.ae_title}@{self.host}:{self.port}"
+
+
+def _port(key: str, value: Any, listen: bool = False) -> int:
+    lowest = 0 if listen else 1  # listening on port 0 takes any free port (tests, demo)
+    if not isinstance(value, int) or isinstance(value, bool) or not lowest <= value <= 65535:
+        raise ConfigError(f"{key}: {value!r} is not a TCP port ({lowest}-65535)")
+    return value
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    ae_title: str = "CXR_NODE"
+    bind: str = "0.0.0.0"
+    port: int = 11112
+    storage: Path = Path("var/cxr-node")
+    db: str = ""  # SQLAlchemy URL; empty = SQLite file under storage
+    allowed_calling_aets: tuple[str, ...] = ()  # empty = any modality may send
+    destination: Destination | None = None
+    models: Path | None = None
+    allow_untrained: bool = False
+    device: str = "auto"
+    input_size: int = 224
+    cam_panels: str = "per-model"  # or "fused"
+    sc_max_side: int = 1024
+    poll_interval_s: float = 1.0
+    lease_s: float = 600.0
+    max_attempts: int = 3
+    send_retry_s: tuple[float, ...] = (5.0, 30.0, 120.0, 600.0)
+    batch_size: int = 4
+
+    @property
+    def db_url(self) -> str:
+        return self.db or f"sqlite:///{(self.storage / 'cxr-node.db').resolve()}"
+
+
+# TOML table.key -> (field name, expected type, checker)
+def _positive(key, v):
+    if not isinstance(v, (int, float)) or isinstance(v, bool) or v <= 0:
+        raise ConfigError(f"{key}: {v!r} must be a positive number")
+    return v
+
+
+def _str(key, v):
+    if not isinstance(v, str):
+        raise ConfigError(f"{key}: {v!r} must be a string")
+    return v
+
+
+def _bool(key, v):
+    if not isinstance(v, bool):
+        raise ConfigError(f"{key}: {v!r} must be true or false")
+    return v
+
+
+def _int_range(lo, hi):
+    def check(key, v):
+        if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
+            raise ConfigError(f"{key}: {v!r} must be an integer in {lo}..{hi}")
+        return v
+
+    return check
+
+
+def _choice(*options):
+    def check(key, v):
+        if v not in options:
+            raise ConfigError(f"{key}: {v!r} must be one of {', '.join(options)}")
+        return v
+
+    return check
+
+
+def _aet_list(key, v):
+    if not isinstance(v, list):
+        raise ConfigError(f"{key}: must be a list of AE titles")
+    return tuple(validate_ae_title(f"{key}[{i}]", x) for i, x in enumerate(v))
+
+
+def _delays(key, v):
+    if not isinstance(v, list) or not v:
+        raise ConfigError(f"{key}: must be a non-empty list of seconds")
+    return tuple(float(_positive(f"{key}[{i}]", x)) for i, x in enumerate(v))
+
+
+def _device(key, v):
+    if not isinstance(v, str) or not re.match(r"^(auto|cpu|cuda(:\d+)?)$", v):
+        raise ConfigError(f"{key}: {v!r} must be auto, cpu, cuda or cuda:N")
+    return v
+
+
+_SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
+    "node": {
+        "ae_title": ("ae_title", validate_ae_title),
+        "bind": ("bind", _str),
+        "port": ("port", lambda k, v: _port(k, v, listen=True)),
+        "storage": ("storage", lambda k, v: Path(_str(k, v))),
+        "db": ("db", _str),
+    },
+    "receiver": {
+        "allowed_calling_aets": ("allowed_calling_aets", _aet_list),
+    },
+    "destination": {},  # handled below: ae_title/host/port together
+    "models": {
+        "dir": ("models", lambda k, v: Path(_str(k, v)) if v else None),
+        "allow_untrained": ("allow_untrained", _bool),
+        "device": ("device", _device),
+    },
+    "analysis": {
+        "input_size": ("input_size", _int_range(32, 2048)),
+        "batch_size": ("batch_size", _int_range(1, 256)),
+    },
+    "results": {
+        "cam_panels": ("cam_panels", _choice("per-model", "fused")),
+        "sc_max_side": ("sc_max_side", _int_range(256, 4096)),
+    },
+    "worker": {
+        "poll_interval_s": ("poll_interval_s", _positive),
+        "lease_s": ("lease_s", _positive),
+        "max_attempts": ("max_attempts", _int_range(1, 100)),
+    },
+    "dispatcher": {
+        "retry_delays_s": ("send_retry_s", _delays),
+    },
+}
+
+
+def _destination(table: Any) -> Destination | None:
+    if not isinstance(table, dict):
+        raise ConfigError("destination: must be a table with ae_title, host, port")
+    unknown = set(table) - {"ae_title", "host", "port"}
+    if unknown:
+        raise ConfigError(f"destination.{sorted(unknown)[0]}: unknown key (ae_title, host, port)")
+    if not table:
+        return None
+    for key in ("ae_title", "host", "port"):
+        if key not in table:
+            raise ConfigError(f"destination.{key}: missing (the PACS needs ae_title, host and port)")
+    return Destination(
+        validate_ae_title("destination.ae_title", table["ae_title"]),
+        _str("destination.host", table["host"]),
+        _port("destination.port", table["port"]),
+    )
+
+
+def parse_config(data: dict[str, Any], source: str = "config") -> NodeConfig:
+    values: dict[str, Any] = {}
+    for section, content in data.items():
+        if section not in _SCHEMA:
+            raise ConfigError(f"{section}: unknown section in {source} (known: {', '.join(_SCHEMA)})")
+        if section == "destination":
+            values["destination"] = _destination(content)
+            continue
+        if not isinstance(content, dict):
+            raise ConfigError(f"{section}: must be a table")
+        for key, value in content.items():
+            if key not in _SCHEMA[section]:
+                raise ConfigError(f"{section}.{key}: unknown key in {source}")
+            name, check = _SCHEMA[section][key]
+            values[name] = check(f"{section}.{key}", value)
+    return NodeConfig(**values)
+
+
+def load_config(path: Path | None) -> NodeConfig:
+    """Read a TOML file; None means embedded defaults."""
+    if path is None:
+        return NodeConfig()
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file: {exc.strerror}") from exc
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    return parse_config(data, str(path))
+
+
+def with_overrides(cfg: NodeConfig, **overrides: Any) -> NodeConfig:
+    """Apply command-line values that were given (None means not given)."""
+    given = {k: v for k, v in overrides.items() if v is not None}
+    names = {f.name for f in fields(NodeConfig)}
+    for key in given:
+        if key not in names:
+            raise ConfigError(f"{key}: not a node setting")
+    if "ae_title" in given:
+        given["ae_title"] = validate_ae_title("--ae-title", given["ae_title"])
+    if "port" in given:
+        given["port"] = _port("--port", given["port"], listen=True)
+    if isinstance(given.get("destination"), str):
+        given["destination"] = Destination.parse("--destination", given["destination"])
+    return replace(cfg, **given)
+
+
+__all__ = ["ConfigError", "Destination", "NodeConfig", "load_config", "parse_config", "with_overrides", "field"]

@@ -1,0 +1,85 @@
+"""Assembles receiver, queue, worker and dispatcher from a NodeConfig, and runs them together."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from cxr_node.analysis.bundle import Bundle, BundleError, load_bundle, untrained_bundle
+from cxr_node.analysis.engine import Analyzer
+from cxr_node.config import ConfigError, NodeConfig
+from cxr_node.dicom.receiver import Receiver, ReceiverSettings
+from cxr_node.dicom.sender import Sender
+from cxr_node.dispatcher import Dispatcher
+from cxr_node.queue.jobs import JobQueue
+from cxr_node.queue.tables import make_engine
+from cxr_node.results.identity import NodeIdentity
+from cxr_node.storage import StorageLayout
+from cxr_node.worker import Worker, WorkerSettings
+
+log = logging.getLogger(__name__)
+
+
+def load_models(cfg: NodeConfig) -> Bundle:
+    """The configured bundle, or random weights when explicitly allowed; otherwise refuse to start."""
+    if cfg.models is not None:
+        try:
+            return load_bundle(cfg.models)
+        except BundleError as exc:
+            raise ConfigError(f"models.dir: {exc}") from exc
+    if cfg.allow_untrained:
+        log.warning("no model bundle: using RANDOM weights; every result will say UNTRAINED MODEL - NOT FOR CLINICAL USE")
+        return untrained_bundle(cfg.input_size)
+    raise ConfigError(
+        "models.dir: no model bundle configured (--models DIR); "
+        "pass --allow-untrained to run with random weights for testing"
+    )
+
+
+@dataclass
+class Node:
+    config: NodeConfig
+    queue: JobQueue
+    receiver: Receiver
+    worker: Worker
+    dispatcher: Dispatcher | None
+
+    @classmethod
+    def build(cls, cfg: NodeConfig, bundle: Bundle | None = None) -> "Node":
+        bundle = bundle or load_models(cfg)
+        layout = StorageLayout(cfg.storage)
+        layout.ensure()
+        queue = JobQueue(make_engine(cfg.db_url))
+        receiver = Receiver(ReceiverSettings(cfg.ae_title, cfg.bind, cfg.port, cfg.allowed_calling_aets), queue, layout)
+        worker = Worker(
+            queue,
+            Analyzer(bundle, cfg.device),
+            layout,
+            NodeIdentity(cfg.ae_title),
+            WorkerSettings(
+                lease_s=cfg.lease_s,
+                max_attempts=cfg.max_attempts,
+                batch_size=cfg.batch_size,
+                poll_interval_s=cfg.poll_interval_s,
+                cam_panels=cfg.cam_panels,
+                sc_max_side=cfg.sc_max_side,
+                destination=str(cfg.destination) if cfg.destination else None,
+            ),
+        )
+        dispatcher = None
+        if cfg.destination is not None:
+            dispatcher = Dispatcher(queue, Sender(cfg.ae_title), cfg.send_retry_s, cfg.poll_interval_s)
+        return cls(cfg, queue, receiver, worker, dispatcher)
+
+    def start(self) -> None:
+        # Worker and dispatcher first: anything left queued by a previous run starts moving at once.
+        self.worker.start()
+        if self.dispatcher:
+            self.dispatcher.start()
+        self.receiver.start()
+
+    def stop(self) -> None:
+        self.receiver.stop()
+        self.worker.stop()
+        if self.dispatcher:
+            self.dispatcher.stop()

@@ -1,0 +1,55 @@
+"""Grad-CAM Secondary Capture (highdicom SCImage) in the source study."""
+
+from __future__ import annotations
+
+import highdicom as hd
+import numpy as np
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
+
+from cxr_node.results.identity import MANUFACTURER, MODEL_NAME, ModelIdentity, NodeIdentity, ResultUIDs
+from cxr_node.results.render import UNTRAINED_WARNING
+
+SC_SERIES_NUMBER = 9902
+SC_SERIES_DESCRIPTION = "AI CXR Grad-CAM - not for diagnosis"
+
+
+def build_secondary_capture(
+    source: Dataset,
+    rgb: np.ndarray,
+    uids: ResultUIDs,
+    node: NodeIdentity,
+    model: ModelIdentity,
+) -> Dataset:
+    orientation = source.get("PatientOrientation")
+    sc = hd.sc.SCImage.from_ref_dataset(
+        ref_dataset=source,
+        pixel_array=rgb,
+        photometric_interpretation=hd.PhotometricInterpretationValues.RGB,
+        bits_allocated=8,
+        coordinate_system=hd.CoordinateSystemNames.PATIENT if orientation and len(orientation) == 2 else None,
+        series_instance_uid=uids.sc_series,
+        series_number=SC_SERIES_NUMBER,
+        sop_instance_uid=uids.sc_instance,
+        instance_number=1,
+        manufacturer=MANUFACTURER,
+        patient_orientation=tuple(orientation) if orientation and len(orientation) == 2 else None,
+        manufacturer_model_name=MODEL_NAME,
+        software_versions=node.software_version,
+        series_description=SC_SERIES_DESCRIPTION if model.trained else f"{SC_SERIES_DESCRIPTION} - UNTRAINED",
+    )
+    if "SpecificCharacterSet" in source:
+        sc.SpecificCharacterSet = source.SpecificCharacterSet
+    sc.BurnedInAnnotation = "YES"
+    sc.ConversionType = "WSD"  # workstation: a derived picture, not a digitised film
+    if "BodyPartExamined" in source:
+        sc.BodyPartExamined = source.BodyPartExamined
+    desc = f"Grad-CAM of {model.label} over the source radiograph; AI result, not for diagnostic use"
+    if not model.trained:
+        desc = f"{UNTRAINED_WARNING}. {desc}"
+    sc.DerivationDescription = desc[:1024]
+    ref = Dataset()
+    ref.ReferencedSOPClassUID = source.SOPClassUID
+    ref.ReferencedSOPInstanceUID = source.SOPInstanceUID
+    sc.SourceImageSequence = Sequence([ref])
+    return sc

@@ -1,0 +1,143 @@
+"""Worker: claims queued images, analyses them in batches, writes SR + SC, records the result."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from dataclasses import dataclass
+
+from pydicom import dcmread
+
+from cxr_node.analysis.bundle import Bundle
+from cxr_node.analysis.engine import Analyzer
+from cxr_node.dicom.pixels import PixelDataError, dataset_to_float
+from cxr_node.queue.jobs import ExportItem, Job, JobQueue, ResultRecord
+from cxr_node.results.identity import ModelIdentity, NodeIdentity
+from cxr_node.results.writer import write_results
+from cxr_node.storage import StorageLayout
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    lease_s: float = 600.0
+    max_attempts: int = 3
+    batch_size: int = 4
+    poll_interval_s: float = 1.0
+    cam_panels: str = "per-model"
+    sc_max_side: int = 1024
+    destination: str | None = None  # AET@HOST:PORT recorded on each export
+
+
+def model_identity(bundle: Bundle) -> ModelIdentity:
+    return ModelIdentity(bundle.name, bundle.version, bundle.sha256.get("A", ""), bundle.sha256.get("B", ""), bundle.trained)
+
+
+class Worker:
+    def __init__(
+        self,
+        queue: JobQueue,
+        analyzer: Analyzer,
+        layout: StorageLayout,
+        node: NodeIdentity,
+        settings: WorkerSettings,
+        name: str | None = None,
+    ) -> None:
+        self.queue = queue
+        self.analyzer = analyzer
+        self.layout = layout
+        self.node = node
+        self.settings = settings
+        self.model = model_identity(analyzer.bundle)
+        self.name = name or f"{socket.gethostname()}:{id(self):x}"
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def run_once(self) -> int:
+        """Claim and process up to one batch; returns how many jobs were claimed."""
+        batch = self.queue.claim(self.name, self.settings.lease_s, self.settings.batch_size)
+        if not batch:
+            return 0
+        loaded = []
+        for job in batch:
+            if self.queue.study_reported(job.study_instance_uid):
+                self.queue.skip(job, "study already reported")
+                continue
+            try:
+                t0 = time.perf_counter()
+                ds = dcmread(job.path)
+                image = dataset_to_float(ds)
+                decode_s = time.perf_counter() - t0
+            except PixelDataError as exc:  # retrying cannot fix the image itself
+                log.error("job %d (%s): %s", job.id, job.sop_instance_uid, exc)
+                self.queue.fail(job, str(exc), self.settings.max_attempts, permanent=True)
+                continue
+            except Exception as exc:
+                log.exception("job %d: cannot read %s", job.id, job.path)
+                self.queue.fail(job, f"{job.path}: {exc}", self.settings.max_attempts)
+                continue
+            loaded.append((job, ds, image, decode_s))
+        if not loaded:
+            return len(batch)
+        try:
+            analyses = self.analyzer.analyse([img.pixels for _, _, img, _ in loaded])
+        except Exception as exc:
+            log.exception("analysis of %d jobs failed", len(loaded))
+            for job, _, _, _ in loaded:
+                self.queue.fail(job, f"analysis failed: {exc}", self.settings.max_attempts)
+            return len(batch)
+        for (job, ds, image, decode_s), analysis in zip(loaded, analyses):
+            analysis.timings = {"decode": decode_s, **analysis.timings}
+            self._finish(job, ds, image, analysis)
+        return len(batch)
+
+    def _finish(self, job: Job, ds, image, analysis) -> None:
+        try:
+            t0 = time.perf_counter()
+            files = write_results(
+                ds, image.pixels, analysis, self.layout.result_dir(job.study_instance_uid), self.node, self.model,
+                self.settings.cam_panels, self.settings.sc_max_side,
+            )
+            analysis.timings["sr_sc_build"] = time.perf_counter() - t0
+        except Exception as exc:
+            log.exception("job %d: building results failed", job.id)
+            self.queue.fail(job, f"result build failed: {exc}", self.settings.max_attempts)
+            return
+        r = analysis.result
+        record = ResultRecord(
+            r.label.value, r.p_abnormal, r.p_covid, r.models_disagree, self.model.label, self.model.trained,
+            {k: round(v, 4) for k, v in analysis.timings.items()},
+        )
+        items = [
+            ExportItem("sc", str(files.sc_path), files.sc_uid),
+            ExportItem("sr", str(files.sr_path), files.sr_uid),
+        ]
+        if self.queue.complete(job, record, items, self.settings.destination):
+            log.info(
+                "study %s: %s (P(abnormal) %.3f, P(COVID) %.3f)%s",
+                job.study_instance_uid, r.label.value, r.p_abnormal, r.p_covid,
+                "" if self.model.trained else " [UNTRAINED MODEL]",
+            )
+
+    # -- background loop -------------------------------------------------------------
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="cxr-worker", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                busy = self.run_once()
+            except Exception:  # the database may be briefly unavailable; keep serving
+                log.exception("worker loop error")
+                busy = 0
+            if not busy:
+                self._stop.wait(self.settings.poll_interval_s)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout=60)
