@@ -1,0 +1,53 @@
+"""Shared fixtures. Peers (Orthanc, PostgreSQL) are started per session on free loopback ports."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tests import peers
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_CXR = REPO.parent / "shared" / "datasets" / "public-cxr"
+
+
+@pytest.fixture(scope="session")
+def rg1_j2kr() -> Path:
+    """Real CR chest radiograph, JPEG 2000 lossless, MONOCHROME1 (pydicom-data)."""
+    from pydicom.data import get_testdata_file
+
+    return Path(get_testdata_file("RG1_J2KR.dcm"))
+
+
+@pytest.fixture(scope="session")
+def rg1_uncr() -> Path:
+    """The same radiograph uncompressed."""
+    from pydicom.data import get_testdata_file
+
+    return Path(get_testdata_file("RG1_UNCR.dcm"))
+
+
+@pytest.fixture(scope="session")
+def public_cxr() -> Path:
+    if not (SHARED_CXR / "manifest.csv").is_file():
+        message = f"{SHARED_CXR} not present (the shared development data set sits beside the repo in CI)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return SHARED_CXR
+
+
+@pytest.fixture(scope="session")
+def orthanc(tmp_path_factory):
+    pacs = peers.start_orthanc(tmp_path_factory.mktemp("orthanc"))
+    yield pacs
+    peers.stop_process(pacs.process)
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    pg = peers.start_postgres()
+    yield pg
+    peers.stop_postgres(pg)
