@@ -1,0 +1,23 @@
+# Quick start: `make demo` (runs the node end to end on embedded defaults), `make test`.
+VENV ?= .venv
+PYTEST_ARGS ?=
+
+.PHONY: demo test setup setup-peers bench clean
+
+setup:
+	@deploy/bootstrap.sh
+
+setup-peers:
+	@deploy/bootstrap.sh --peers
+
+demo: setup
+	$(VENV)/bin/cxr-node demo --out demo-out
+
+test: setup-peers
+	$(VENV)/bin/python -m pytest -q -rs $(PYTEST_ARGS)
+
+bench: setup
+	$(VENV)/bin/cxr-node bench inference
+
+clean:
+	rm -rf demo-out .pytest_cache

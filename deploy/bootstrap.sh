@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Idempotent set-up on Debian 12 with Python 3.11: a venv in .venv with cxr-node installed,
+# and (with --peers) the Debian programs the tests talk to.
+#   deploy/bootstrap.sh            python side only (enough for `cxr-node demo`)
+#   deploy/bootstrap.sh --peers    also dcmtk, orthanc, dicom3tools, postgresql, pixelmed-apps
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+VENV=${VENV:-.venv}
+# x86_64 wheels of these lie on the build machines' disk; elsewhere pip fetches them from PyPI.
+TORCH_PINS=${TORCH_PINS:-"torch==2.14.1 torchvision==0.29.1"}
+DEBIAN_PACKAGES="dcmtk orthanc dicom3tools postgresql pixelmed-apps"
+
+if [[ "${1:-}" == "--peers" ]]; then
+  missing=()
+  for pkg in $DEBIAN_PACKAGES; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
+  done
+  if ((${#missing[@]})); then
+    SUDO=""; [[ $(id -u) -ne 0 ]] && SUDO="sudo"
+    echo "bootstrap: installing Debian packages: ${missing[*]}"
+    $SUDO apt-get update -qq
+    # The orthanc and postgresql packages try to start system services; the tests start their own.
+    echo exit 101 | $SUDO tee /usr/sbin/policy-rc.d >/dev/null; $SUDO chmod +x /usr/sbin/policy-rc.d
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    $SUDO rm -f /usr/sbin/policy-rc.d
+  fi
+fi
+
+pip_install() {
+  if ! "$VENV/bin/pip" install -q --disable-pip-version-check "$@" >"$VENV/pip.log" 2>&1; then
+    grep -v "is ignored" "$VENV/pip.log" >&2; echo "bootstrap: pip install $* failed" >&2; exit 1
+  fi
+}
+
+if [[ ! -x "$VENV/bin/python" ]]; then
+  echo "bootstrap: creating $VENV"
+  "$PYTHON" -m venv "$VENV"
+fi
+stamp="$VENV/.cxr-node-installed"
+if [[ ! -f "$stamp" || pyproject.toml -nt "$stamp" ]]; then
+  echo "bootstrap: installing torch ($TORCH_PINS) and cxr-node into $VENV (a few minutes the first time)"
+  pip_install $TORCH_PINS
+  pip_install -e ".[test,postgres,train]"
+  "$VENV/bin/python" -c "import cxr_node, torch, torchvision, highdicom, pynetdicom" 
+  touch "$stamp"
+fi
