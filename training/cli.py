@@ -1,0 +1,82 @@
+"""Click commands `train` and `evaluate`, registered with cxr-node through the
+`cxr_node.commands` entry-point group (pyproject.toml)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from functools import partial
+from pathlib import Path
+
+import click
+
+
+
+def _known_errors():
+    from cxr_node.analysis.bundle import BundleError
+    from cxr_node.analysis.models import WeightsError
+    from training.config import ConfigError
+    from training.data import DataError
+    from training.loop import CheckpointMismatch
+
+    return (ConfigError, DataError, CheckpointMismatch, WeightsError, BundleError)
+
+
+@click.command(short_help="Train models A and B; write bundle, metrics, report.")
+@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False),
+              help="Training TOML (configs/train-paper.toml, configs/train-smoke.toml).")
+@click.option("--data", "data_dir", required=True, type=click.Path(file_okay=False),
+              help="Folder with manifest.csv, or a DICOM folder together with --labels.")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Output folder: bundle/, metrics.json, report.md, plots/, gradcam/, checkpoints/.")
+@click.option("--labels", "labels_csv", type=click.Path(dir_okay=False),
+              help="Labels CSV keyed by SOP Instance UID (sop_instance_uid,label[,patient_id]) for a DICOM folder.")
+@click.option("--skip-bad-rows", is_flag=True, help="Train without bad rows instead of refusing to start.")
+@click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
+              help="Override a config key, e.g. --set optim.epochs=10 (repeatable).")
+def train(config_path, data_dir, out_dir, labels_csv, skip_bad_rows, overrides):
+    """Train models A and B (de Moura et al. 2020) and write a bundle, metrics and a report.
+
+    Resumes from the checkpoints in --out when rerun with the same config and data.
+    Multi-GPU: torchrun --nproc_per_node N $(which cxr-node) train ...
+    """
+    from training.config import load_config
+    from training.pipeline import train as run_training
+
+    try:
+        cfg = load_config(config_path, overrides)
+        metrics = run_training(cfg, data_dir, out_dir, labels_csv=labels_csv, skip_bad_rows=skip_bad_rows,
+                               config_path=str(config_path))
+    except _known_errors() as exc:
+        raise click.ClickException(str(exc)) from exc
+    if metrics is not None:
+        s = metrics["summary"]
+        click.echo(f"test accuracy A {s['A']['accuracy']['mean']:.4f}, B {s['B']['accuracy']['mean']:.4f}, "
+                   f"joint {s['joint']['accuracy']['mean']:.4f} (mean of {len(metrics['repetitions'])}); "
+                   f"report {Path(out_dir) / 'report.md'}")
+
+
+@click.command(short_help="Metrics of a bundle on a labelled data set.")
+@click.option("--models", "bundle_dir", required=True, type=click.Path(file_okay=False), help="Model bundle folder.")
+@click.option("--data", "data_dir", required=True, type=click.Path(file_okay=False),
+              help="Folder with manifest.csv, or a DICOM folder together with --labels.")
+@click.option("--labels", "labels_csv", type=click.Path(dir_okay=False), help="Labels CSV keyed by SOP Instance UID.")
+@click.option("--skip-bad-rows", is_flag=True, help="Evaluate without bad rows instead of refusing.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--batch-size", default=16, show_default=True, type=click.IntRange(1, 1024))
+@click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
+def evaluate(bundle_dir, data_dir, labels_csv, skip_bad_rows, device, batch_size, as_json):
+    """Metrics of a bundle on a labelled set: joint 3-class accuracy, balanced accuracy, AUC of A and B,
+    per-class precision/recall/F1, confusion matrix, counts."""
+    from tqdm import tqdm
+
+    from training.evaluate import evaluate as run_evaluate, format_summary
+
+    try:
+        metrics = run_evaluate(bundle_dir, data_dir, labels_csv=labels_csv, skip_bad_rows=skip_bad_rows,
+                               device=device, batch_size=batch_size,
+                               progress=partial(tqdm, file=sys.stderr, leave=False),
+                               log=lambda m: click.echo(m, err=True))
+    except _known_errors() as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(json.dumps(metrics, indent=1) if as_json else format_summary(metrics))

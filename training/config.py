@@ -1,0 +1,227 @@
+"""Typed training configuration read from TOML; every error names the offending key.
+
+Sections and keys are documented in docs/training.md. Unknown keys are errors
+(a typo such as `optim.learning_rate` must not silently fall back to a default).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """Invalid configuration; the message starts with the TOML key (section.key)."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    name: str = "cxr-covid"
+    version: str = "1"
+    seed: int = 0
+    repetitions: int = 5
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    num_workers: int = 4  # DataLoader workers (and image decoding threads)
+    amp: bool = True  # bfloat16 autocast, only on CUDA
+    channels_last: bool = True  # only on CUDA
+    deterministic: bool = True
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    input_size: int = 224
+    # 0 = every image; N > 0 = a random subset of N images drawn by patient (for quick runs).
+    subset: int = 0
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    unit: str = "patient"  # patient (grouped, stratified) | image (the paper's image-level split)
+    train: float = 0.6
+    val: float = 0.2
+    test: float = 0.2
+    # Two images whose 64-bit perceptual hashes differ in at most this many bits are near-duplicates.
+    near_duplicate_bits: int = 6
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    init: str = "imagenet"  # imagenet | scratch
+    imagenet_weights: str = ""  # empty: $TORCH_HOME/hub/checkpoints/densenet161-8d451a50.pth
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    batch_size: int = 4  # global batch; divided among DDP processes
+    epochs: int = 200
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    scale_min: float = 0.9
+    scale_max: float = 1.1
+    hflip: float = 0.5  # probability
+
+
+@dataclass(frozen=True)
+class ApproachConfig:
+    # Approach B on a balanced 1:1:1 normal/pathological/COVID subset of each split (the paper's option).
+    b_balanced: bool = True
+    # Validation quantity that picks the epoch kept: auc | balanced_accuracy | accuracy | loss.
+    select_metric: str = "auc"
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    gradcam_examples: int = 6
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    run: RunConfig = field(default_factory=RunConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    approach: ApproachConfig = field(default_factory=ApproachConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def fingerprint(self) -> str:
+        """Hash of everything that changes the trained weights (not device or worker count)."""
+        d = self.to_dict()
+        for key in ("device", "num_workers"):
+            d["run"].pop(key)
+        d["report"] = {}
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+_SECTION_TYPES = {
+    "run": RunConfig,
+    "data": DataConfig,
+    "split": SplitConfig,
+    "model": ModelConfig,
+    "optim": OptimConfig,
+    "augment": AugmentConfig,
+    "approach": ApproachConfig,
+    "report": ReportConfig,
+}
+
+
+def _coerce(key: str, value: Any, default: Any) -> Any:
+    kind = type(default)
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if kind is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if kind is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if not isinstance(value, str):
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    return value
+
+
+def _check(cfg: TrainConfig) -> None:
+    def need(ok: bool, key: str, msg: str) -> None:
+        if not ok:
+            raise ConfigError(f"{key}: {msg}")
+
+    r, d, s, m, o, a, ap = cfg.run, cfg.data, cfg.split, cfg.model, cfg.optim, cfg.augment, cfg.approach
+    need(bool(r.name.strip()), "run.name", "must not be empty")
+    need(bool(r.version.strip()), "run.version", "must not be empty")
+    need(r.repetitions >= 1, "run.repetitions", f"must be >= 1, got {r.repetitions}")
+    need(r.num_workers >= 0, "run.num_workers", f"must be >= 0, got {r.num_workers}")
+    need(r.device == "auto" or r.device == "cpu" or r.device.startswith("cuda"), "run.device",
+         f"must be auto, cpu or cuda[:N], got {r.device!r}")
+    need(32 <= d.input_size <= 2048, "data.input_size", f"must lie in 32..2048, got {d.input_size}")
+    need(d.subset >= 0, "data.subset", f"must be >= 0 (0 = all images), got {d.subset}")
+    need(s.unit in ("patient", "image"), "split.unit", f"must be 'patient' or 'image', got {s.unit!r}")
+    for key in ("train", "val", "test"):
+        need(0.0 < getattr(s, key) < 1.0, f"split.{key}", f"must lie in (0, 1), got {getattr(s, key)}")
+    need(abs(s.train + s.val + s.test - 1.0) < 1e-6, "split.test",
+         f"split.train + split.val + split.test must be 1, got {s.train + s.val + s.test:g}")
+    need(0 <= s.near_duplicate_bits <= 32, "split.near_duplicate_bits", f"must lie in 0..32, got {s.near_duplicate_bits}")
+    need(m.init in ("imagenet", "scratch"), "model.init", f"must be 'imagenet' or 'scratch', got {m.init!r}")
+    need(o.lr > 0, "optim.lr", f"must be > 0, got {o.lr}")
+    need(0 <= o.momentum < 1, "optim.momentum", f"must lie in [0, 1), got {o.momentum}")
+    need(o.weight_decay >= 0, "optim.weight_decay", f"must be >= 0, got {o.weight_decay}")
+    need(o.batch_size >= 2, "optim.batch_size", f"must be >= 2 (BatchNorm needs two images), got {o.batch_size}")
+    need(o.epochs >= 1, "optim.epochs", f"must be >= 1, got {o.epochs}")
+    need(0 < a.scale_min <= a.scale_max, "augment.scale_min", f"need 0 < scale_min <= scale_max, got {a.scale_min}, {a.scale_max}")
+    need(a.scale_max <= 2.0, "augment.scale_max", f"must be <= 2, got {a.scale_max}")
+    need(0 <= a.hflip <= 1, "augment.hflip", f"is a probability in [0, 1], got {a.hflip}")
+    need(ap.select_metric in ("auc", "balanced_accuracy", "accuracy", "loss"), "approach.select_metric",
+         f"must be auc, balanced_accuracy, accuracy or loss, got {ap.select_metric!r}")
+    need(cfg.report.gradcam_examples >= 0, "report.gradcam_examples", "must be >= 0")
+
+
+def config_from_dict(raw: dict[str, Any]) -> TrainConfig:
+    sections = {}
+    for name, value in raw.items():
+        if name not in _SECTION_TYPES:
+            raise ConfigError(f"{name}: unknown section (known: {', '.join(_SECTION_TYPES)})")
+        if not isinstance(value, dict):
+            raise ConfigError(f"{name}: must be a table [{name}]")
+        kind = _SECTION_TYPES[name]
+        defaults = kind()
+        known = {f.name for f in fields(kind)}
+        values = {}
+        for key, v in value.items():
+            if key not in known:
+                raise ConfigError(f"{name}.{key}: unknown key (known: {', '.join(sorted(known))})")
+            values[key] = _coerce(f"{name}.{key}", v, getattr(defaults, key))
+        sections[name] = kind(**values)
+    cfg = TrainConfig(**sections)
+    _check(cfg)
+    return cfg
+
+
+def _parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected section.key=value")
+    key, text = item.split("=", 1)
+    parts = key.strip().split(".")
+    if len(parts) != 2 or not all(parts):
+        raise ConfigError(f"{key.strip()}: --set needs section.key")
+    try:
+        value = tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = text  # bare words are strings: --set run.device=cpu
+    return parts, value
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{path}: no such config file") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    for item in overrides:
+        (section, key), value = _parse_override(item)
+        raw.setdefault(section, {})
+        if not isinstance(raw[section], dict):
+            raise ConfigError(f"{section}: must be a table")
+        raw[section][key] = value
+    try:
+        return config_from_dict(raw)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc

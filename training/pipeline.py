@@ -1,0 +1,361 @@
+"""`cxr-node train`: data -> repeated patient-grouped splits -> models A and B -> metrics, bundle, report.
+
+Per repetition r (seed = run.seed + r): split, train A on all images, train B (on the
+balanced 1:1:1 subset of each split when approach.b_balanced), keep each model's best
+validation epoch, choose the joint-rule thresholds on the whole validation split, and
+score on the test split. The bundle holds the repetition with the best validation joint
+balanced accuracy (test numbers never choose anything).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from cxr_node.analysis.bundle import load_bundle, write_bundle
+from cxr_node.analysis.fusion import Thresholds
+from cxr_node.analysis.models import WeightsError, build_densenet161, find_imagenet_weights
+from training.config import ConfigError, TrainConfig
+from training.data import LABELS, LoadedData, load_data
+from training.dataset import Augment, SquareDataset
+from training.distributed import DistEnv, init_distributed, shutdown
+from training.loop import fit, predict
+from training.metrics import (
+    binary_metrics,
+    choose_joint_thresholds,
+    joint_metrics,
+    joint_predictions,
+    summarise,
+    target_a,
+    target_b,
+)
+from training.splits import (
+    balanced_subset,
+    cross_split_duplicates,
+    hash_all,
+    label_counts,
+    make_split,
+    near_duplicates,
+    patient_overlap,
+)
+
+
+class RunLog:
+    """Timestamped lines to stderr (through tqdm, so bars stay intact) and to train.log; rank 0 only."""
+
+    def __init__(self, path: Path | None, enabled: bool) -> None:
+        self.path, self.enabled = path, enabled
+
+    def __call__(self, message: str) -> None:
+        if not self.enabled:
+            return
+        line = f"[{datetime.now().strftime('%H:%M:%S')}] {message}"
+        tqdm.write(line, file=sys.stderr)
+        if self.path is not None:
+            with open(self.path, "a", encoding="utf-8") as fh:
+                fh.write(line + "\n")
+
+
+def resolve_weights(cfg: TrainConfig) -> Path | None:
+    if cfg.model.init == "scratch":
+        return None
+    try:
+        weights = find_imagenet_weights(cfg.model.imagenet_weights or None)
+    except WeightsError as exc:
+        raise ConfigError(f"model.imagenet_weights: {exc}") from exc
+    if weights is None:
+        raise ConfigError(
+            "model.init: 'imagenet' needs a local densenet161-8d451a50.pth (set model.imagenet_weights "
+            "or place it under $TORCH_HOME/hub/checkpoints); set model.init = 'scratch' to train without it"
+        )
+    return weights
+
+
+def _determinism(cfg: TrainConfig) -> None:
+    if cfg.run.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # needed by deterministic cuBLAS
+        # warn_only: a few CUDA kernels (pooling backward) have no deterministic version
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+
+
+def _data_fingerprint(data: LoadedData) -> str:
+    text = "\n".join(f"{s.name}\t{s.patient_id}\t{s.label}" for s in data.samples)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclass
+class Context:
+    cfg: TrainConfig
+    data: LoadedData
+    out: Path
+    env: DistEnv
+    device: torch.device
+    weights: Path | None
+    fingerprint: str
+    log: RunLog
+    progress: Any
+    near_pairs: list[tuple[int, int, int]]  # near-duplicate image pairs in the whole set
+
+
+def _datasets(ctx: Context, idx: np.ndarray, targets_of, seed: int, train: bool) -> SquareDataset:
+    a = ctx.cfg.augment
+    augment = Augment(a.scale_min, a.scale_max, a.hflip) if train else None
+    return SquareDataset(ctx.data.squares, idx, targets_of(ctx.data.labels[idx]), augment, seed)
+
+
+def _predict_all(ctx: Context, state: dict, idx: np.ndarray) -> np.ndarray:
+    model = build_densenet161()
+    model.load_state_dict(state)
+    model.to(ctx.device)
+    ds = SquareDataset(ctx.data.squares, idx, np.zeros(len(idx), np.int64))
+    p, _ = predict(model, ds, ctx.device, 32, amp=ctx.cfg.run.amp)
+    return p
+
+
+def _write_split_csv(ctx: Context, path: Path, split) -> None:
+    where = split.part_of(len(ctx.data.samples))
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(["image", "patient_id", "label", "split"])
+        for s, part in zip(ctx.data.samples, where):
+            w.writerow([s.name, s.patient_id, s.label, part])
+
+
+def run_repetition(ctx: Context, rep: int) -> dict[str, Any]:
+    cfg, data, log = ctx.cfg, ctx.data, ctx.log
+    seed = cfg.run.seed + rep
+    labels = data.labels
+    patients = np.array([s.patient_id for s in data.samples])
+    groups = patients if cfg.split.unit == "patient" else np.arange(len(labels)).astype(str)
+    split = make_split(labels, groups, (cfg.split.train, cfg.split.val, cfg.split.test), seed)
+    overlap = patient_overlap(split, patients)
+    counts = label_counts(split, labels)
+    log(f"repetition {rep + 1}/{cfg.run.repetitions} (seed {seed}): "
+        + ", ".join(f"{k} {len(v)} {counts[k]}" for k, v in split.parts().items())
+        + f"; patients shared between splits: {overlap}")
+
+    b_parts = split.parts()
+    if cfg.approach.b_balanced:
+        b_parts = {k: balanced_subset(v, labels, LABELS, seed) for k, v in b_parts.items()}
+        log("model B on the balanced 1:1:1 subset: " + ", ".join(f"{k} {len(v)}" for k, v in b_parts.items()))
+
+    ckpt_dir = ctx.out / "checkpoints"
+    results = {}
+    for key, parts, targets_of in (("A", split.parts(), target_a), ("B", b_parts, target_b)):
+        results[key] = fit(
+            cfg=cfg,
+            train_set=_datasets(ctx, parts["train"], targets_of, seed, train=True),
+            val_set=_datasets(ctx, parts["val"], targets_of, seed, train=False),
+            imagenet_weights=ctx.weights,
+            device=ctx.device,
+            env=ctx.env,
+            ckpt_stem=ckpt_dir / f"rep{rep}_{key}",
+            fingerprint=ctx.fingerprint,
+            seed=seed,
+            label=f"rep {rep + 1} model {key}",
+            log=log,
+            progress=ctx.progress,
+        )
+    if not ctx.env.is_main:
+        return {}
+
+    # Both models on every validation and test image: the joint rule needs both probabilities.
+    val_idx, test_idx = split.val, split.test
+    p_abn_val, p_cov_val = (_predict_all(ctx, results[k].state, val_idx) for k in "AB")
+    p_abn_test, p_cov_test = (_predict_all(ctx, results[k].state, test_idx) for k in "AB")
+    thresholds, val_score = choose_joint_thresholds(labels[val_idx], p_abn_val, p_cov_val)
+    in_b_test = np.isin(test_idx, b_parts["test"])
+
+    dups = cross_split_duplicates(ctx.near_pairs, split, len(labels))
+    (ctx.out / "splits").mkdir(exist_ok=True)
+    _write_split_csv(ctx, ctx.out / "splits" / f"rep{rep}.csv", split)
+    pred_joint, _ = joint_predictions(p_abn_test, p_cov_test, thresholds)
+    with open(ctx.out / "predictions" / f"rep{rep}_test.csv", "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(["image", "patient_id", "label", "p_abnormal", "p_covid", "joint"])
+        for i, pa, pc, j in zip(test_idx, p_abn_test, p_cov_test, pred_joint):
+            s = data.samples[i]
+            w.writerow([s.name, s.patient_id, s.label, f"{pa:.6f}", f"{pc:.6f}", j])
+
+    record = {
+        "repetition": rep,
+        "seed": seed,
+        "split": {
+            "unit": cfg.split.unit,
+            "sizes": {k: int(len(v)) for k, v in split.parts().items()},
+            "label_counts": counts,
+            "b_sizes": {k: int(len(v)) for k, v in b_parts.items()},
+            "patient_overlap": overlap,
+            "near_duplicates_across_splits": [
+                {"a": data.samples[i].name, "b": data.samples[j].name, "bits": d, "split_a": sa, "split_b": sb}
+                for i, j, d, sa, sb in dups
+            ],
+        },
+        "thresholds": {"a": thresholds.a, "b": thresholds.b},
+        "val_joint_balanced_accuracy": val_score,
+        "A": {
+            "best_epoch": results["A"].best_epoch,
+            "history": results["A"].history,
+            "replicas_identical": results["A"].replicas_identical,
+            "test": binary_metrics(target_a(labels[test_idx]), p_abn_test, "A"),
+            "test_roc": _roc(target_a(labels[test_idx]), p_abn_test),
+        },
+        "B": {
+            "best_epoch": results["B"].best_epoch,
+            "history": results["B"].history,
+            "replicas_identical": results["B"].replicas_identical,
+            "test": binary_metrics(target_b(labels[test_idx][in_b_test]), p_cov_test[in_b_test], "B"),
+            "test_roc": _roc(target_b(labels[test_idx][in_b_test]), p_cov_test[in_b_test]),
+        },
+        "joint_test": joint_metrics(labels[test_idx], p_abn_test, p_cov_test, thresholds),
+    }
+    j = record["joint_test"]
+    log(f"rep {rep + 1} test: A acc {record['A']['test']['accuracy']:.4f}, B acc {record['B']['test']['accuracy']:.4f}, "
+        f"joint acc {j['accuracy']:.4f} bal.acc {j['balanced_accuracy']:.4f} "
+        f"(thresholds chosen on validation: a={thresholds.a:.2f}, b={thresholds.b:.2f}); "
+        f"{len(dups)} near-duplicate pair(s) across splits")
+    return record
+
+
+def _roc(y: np.ndarray, p: np.ndarray) -> dict[str, list[float]] | None:
+    from sklearn.metrics import roc_curve
+
+    if len(np.unique(y)) < 2:
+        return None
+    fpr, tpr, _ = roc_curve(y, p)
+    return {"fpr": fpr.round(5).tolist(), "tpr": tpr.round(5).tolist()}
+
+
+def train(
+    cfg: TrainConfig,
+    data_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    labels_csv: str | Path | None = None,
+    skip_bad_rows: bool = False,
+    config_path: str | None = None,
+) -> dict[str, Any] | None:
+    """Run the whole protocol; returns the metrics dict on rank 0 (None on other ranks)."""
+    env, device = init_distributed(cfg.run.device)
+    try:
+        return _train(cfg, Path(data_dir), Path(out_dir), env, device, labels_csv, skip_bad_rows, config_path)
+    finally:
+        shutdown(env)
+
+
+def _train(cfg, data_dir, out, env, device, labels_csv, skip_bad_rows, config_path):
+    started = time.time()
+    _determinism(cfg)
+    weights = resolve_weights(cfg)
+    if env.is_main:
+        for sub in ("checkpoints", "plots", "predictions", "gradcam"):
+            (out / sub).mkdir(parents=True, exist_ok=True)
+    log = RunLog(out / "train.log" if env.is_main else None, env.is_main)
+    progress = partial(tqdm, mininterval=1.0, dynamic_ncols=True, leave=False) if env.is_main else None
+    log(f"cxr-node train: config {config_path or '(dict)'}, data {data_dir}, out {out}, device {device}, "
+        f"world size {env.world_size}, init {'ImageNet ' + str(weights) if weights else 'scratch'}")
+
+    data = load_data(data_dir, cfg.data.input_size, labels_csv=labels_csv, skip_bad_rows=skip_bad_rows,
+                     subset=cfg.data.subset, seed=cfg.run.seed, threads=max(1, cfg.run.num_workers),
+                     progress=partial(progress, desc="decoding images") if progress else None, log=log)
+    log(f"{len(data.samples)} images, {len({s.patient_id for s in data.samples})} patients: {data.counts()}")
+    fingerprint = f"{cfg.fingerprint()}-{_data_fingerprint(data)}"
+    pairs = near_duplicates(hash_all(data.squares), cfg.split.near_duplicate_bits) if env.is_main else []
+    if env.is_main:
+        log(f"{len(pairs)} near-duplicate image pair(s) in the data (perceptual hash, <= "
+            f"{cfg.split.near_duplicate_bits} bits apart)")
+    ctx = Context(cfg, data, out, env, device, weights, fingerprint, log, progress, pairs)
+
+    reps = [run_repetition(ctx, r) for r in range(cfg.run.repetitions)]
+    if not env.is_main:
+        return None
+
+    chosen = max(range(len(reps)), key=lambda r: (reps[r]["val_joint_balanced_accuracy"], -r))
+    states = {k: torch.load(out / "checkpoints" / f"rep{chosen}_{k}.final.pt", map_location="cpu",
+                            weights_only=False)["state"] for k in "AB"}
+    models = {}
+    for k in "AB":
+        models[k] = build_densenet161()
+        models[k].load_state_dict(states[k])
+    summary = {
+        "A": summarise([r["A"]["test"] for r in reps]),
+        "B": summarise([r["B"]["test"] for r in reps]),
+        "joint": summarise([r["joint_test"] for r in reps]),
+    }
+    metrics = {
+        "format": "cxr-node-training-metrics/1",
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "config": cfg.to_dict(),
+        "config_file": config_path,
+        "data": {"folder": str(data_dir), "images": len(data.samples), "counts": data.counts(),
+                 "patients": len({s.patient_id for s in data.samples}),
+                 "bad_rows_skipped": [str(b) for b in data.bad_rows]},
+        "environment": {"device": str(device), "device_name": _device_name(device), "world_size": env.world_size,
+                        "torch": torch.__version__, "python": platform.python_version(),
+                        "machine": platform.machine(), "cpu_threads": torch.get_num_threads(),
+                        "imagenet_init": str(weights) if weights else None},
+        "bundle_repetition": chosen,
+        "repetitions": reps,
+        "summary": summary,
+        "throughput_images_per_second": {
+            k: float(np.mean([h["images_per_second"] for r in reps for h in r[k]["history"]])) for k in "AB"
+        },
+    }
+    thresholds = Thresholds(**reps[chosen]["thresholds"])
+    write_bundle(out / "bundle", models["A"], models["B"], name=cfg.run.name, version=cfg.run.version,
+                 input_size=cfg.data.input_size, thresholds=thresholds,
+                 training={"created": metrics["created"], "repetition": chosen, "seed": reps[chosen]["seed"],
+                           "data": metrics["data"], "config": cfg.to_dict(),
+                           "validation_joint_balanced_accuracy": reps[chosen]["val_joint_balanced_accuracy"],
+                           "test_joint": {k: reps[chosen]["joint_test"][k]
+                                          for k in ("accuracy", "balanced_accuracy", "auc_a", "auc_b")}})
+    bundle = load_bundle(out / "bundle")  # proves the runtime can load what was written
+    log(f"bundle written to {out / 'bundle'} (repetition {chosen + 1}, thresholds a={thresholds.a}, b={thresholds.b})")
+
+    from training.gradcam import write_gradcam_examples
+    from training.report import write_plots, write_report
+
+    test_rows = [data.samples[i] for i in _test_indices(out, chosen)]
+    metrics["gradcam"] = write_gradcam_examples(bundle, test_rows, out / "gradcam", cfg.report.gradcam_examples,
+                                                device=str(device))
+    metrics["plots"] = write_plots(metrics, out / "plots")
+    metrics["elapsed_seconds"] = time.time() - started
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=1, default=_json_default), encoding="utf-8")
+    write_report(metrics, out / "report.md")
+    log(f"done in {metrics['elapsed_seconds']:.0f} s: {out / 'report.md'}, {out / 'metrics.json'}")
+    return metrics
+
+
+def _test_indices(out: Path, rep: int) -> np.ndarray:
+    with open(out / "splits" / f"rep{rep}.csv", newline="", encoding="utf-8") as fh:
+        parts = [row["split"] for row in csv.DictReader(fh)]
+    return np.flatnonzero(np.array(parts) == "test")
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{platform.processor() or platform.machine()} CPU ({os.cpu_count()} logical cores)"
+
+
+def _json_default(o):
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
