@@ -98,11 +98,12 @@ def dataset_to_float(ds: Dataset) -> FloatImage:
         raise PixelDataError(f"PixelData has shape {stored.shape}; a single grey-scale frame is expected")
 
     mask = _padding_mask(ds, stored)
-    values = np.asarray(apply_modality_lut(stored, ds), dtype=np.float64)
+    modality = apply_modality_lut(stored, ds)  # stays integer unless rescaled
+    values = np.asarray(modality, dtype=np.float64)
 
     if "VOILUTSequence" in ds and len(ds.VOILUTSequence) > 0:
         item = ds.VOILUTSequence[0]
-        out = apply_voi(values, ds, index=0)
+        out = apply_voi(modality, ds, index=0)
         bits = int(item.LUTDescriptor[2]) if "LUTDescriptor" in item else 16
         img = np.asarray(out, dtype=np.float64) / float(2**bits - 1)
         window = "VOI LUT sequence"
