@@ -64,8 +64,10 @@ def train(config_path, data_dir, out_dir, labels_csv, skip_bad_rows, overrides):
 @click.option("--skip-bad-rows", is_flag=True, help="Evaluate without bad rows instead of refusing.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--batch-size", default=16, show_default=True, type=click.IntRange(1, 1024))
+@click.option("--predictions", "predictions_csv", type=click.Path(dir_okay=False),
+              help="Also write per-image probabilities and joint answers to this CSV.")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
-def evaluate(bundle_dir, data_dir, labels_csv, skip_bad_rows, device, batch_size, as_json):
+def evaluate(bundle_dir, data_dir, labels_csv, skip_bad_rows, device, batch_size, predictions_csv, as_json):
     """Metrics of a bundle on a labelled set: joint 3-class accuracy, balanced accuracy, AUC of A and B,
     per-class precision/recall/F1, confusion matrix, counts."""
     from tqdm import tqdm
@@ -74,7 +76,7 @@ def evaluate(bundle_dir, data_dir, labels_csv, skip_bad_rows, device, batch_size
 
     try:
         metrics = run_evaluate(bundle_dir, data_dir, labels_csv=labels_csv, skip_bad_rows=skip_bad_rows,
-                               device=device, batch_size=batch_size,
+                               device=device, batch_size=batch_size, predictions_csv=predictions_csv,
                                progress=partial(tqdm, file=sys.stderr, leave=False),
                                log=lambda m: click.echo(m, err=True))
     except _known_errors() as exc:

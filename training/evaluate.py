@@ -6,6 +6,7 @@ compute; the metrics are the ones training reports for its test splits.
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 from typing import Any, Callable
 
@@ -15,7 +16,7 @@ from cxr_node.analysis.bundle import load_bundle
 from cxr_node.analysis.engine import Analyzer
 from cxr_node.dicom.pixels import PixelDataError, read_image
 from training.data import BadRow, DataError, read_samples, refuse_or_skip
-from training.metrics import binary_metrics, joint_metrics, target_a, target_b
+from training.metrics import binary_metrics, joint_metrics, joint_predictions, target_a, target_b
 
 
 def evaluate(
@@ -26,13 +27,14 @@ def evaluate(
     skip_bad_rows: bool = False,
     device: str = "auto",
     batch_size: int = 16,
+    predictions_csv: str | Path | None = None,
     progress: Callable | None = None,
     log: Callable[[str], None] = lambda m: None,
 ) -> dict[str, Any]:
     bundle = load_bundle(bundle_dir)
     samples, bad = read_samples(data_dir, labels_csv)
     analyzer = Analyzer(bundle, device=device)
-    labels, p_abn, p_cov = [], [], []
+    kept_samples, labels, p_abn, p_cov = [], [], [], []
     batches = range(0, len(samples), batch_size)
     for start in progress(batches, desc="evaluating", unit="batch") if progress else batches:
         images, kept = [], []
@@ -45,6 +47,7 @@ def evaluate(
         if bad and not skip_bad_rows:
             continue  # keep reading to list every bad row, but stop spending time on the models
         for s, a in zip(kept, analyzer.analyse(images)):
+            kept_samples.append(s)
             labels.append(s.label)
             p_abn.append(a.result.p_abnormal)
             p_cov.append(a.result.p_covid)
@@ -53,6 +56,8 @@ def evaluate(
         raise DataError(f"{data_dir}: no usable images")
     labels, p_abn, p_cov = np.array(labels), np.array(p_abn), np.array(p_cov)
     out = joint_metrics(labels, p_abn, p_cov, bundle.thresholds)
+    if predictions_csv is not None:
+        _write_predictions(Path(predictions_csv), kept_samples, p_abn, p_cov, bundle.thresholds)
     out.update(
         bundle={"name": bundle.name, "version": bundle.version, "path": str(bundle_dir),
                 "input_size": bundle.input_size, "sha256": bundle.sha256},
@@ -62,6 +67,15 @@ def evaluate(
         model_b=binary_metrics(target_b(labels), p_cov, "B"),
     )
     return out
+
+
+def _write_predictions(path: Path, samples, p_abn, p_cov, thresholds) -> None:
+    joint, _ = joint_predictions(p_abn, p_cov, thresholds)
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(["image", "patient_id", "label", "p_abnormal", "p_covid", "joint"])
+        for s, pa, pc, j in zip(samples, p_abn, p_cov, joint):
+            w.writerow([s.name, s.patient_id, s.label, f"{pa:.6f}", f"{pc:.6f}", j])
 
 
 def format_summary(m: dict[str, Any]) -> str:
