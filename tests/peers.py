@@ -37,9 +37,12 @@ POSTGRES_BIN = sorted(Path("/usr/lib/postgresql").glob("*/bin"))
 def find_program(name: str) -> str:
     """Path of a peer program, or skip (fail under CI) naming the Debian package to install."""
     path = shutil.which(name)
-    if path is None and name in ("initdb", "pg_ctl", "postgres") and POSTGRES_BIN:
+    if name in ("initdb", "pg_ctl", "createdb") and POSTGRES_BIN:
+        # Debian keeps the server tools in a versioned directory, off PATH.
         candidate = POSTGRES_BIN[-1] / name
-        path = str(candidate) if candidate.exists() else None
+        path = str(candidate) if candidate.exists() else path
+    if path is not None:
+        path = str(Path(path).resolve())
     if path is None:
         message = f"{name} not installed (Debian package {DEBIAN_PACKAGE.get(name, '?')}; `make test` installs it)"
         if os.environ.get("CI") == "true":

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Callable
 
-from sqlalchemy import Engine, and_, func, insert, or_, select, update
+from sqlalchemy import Engine, and_, case, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from cxr_node.queue.tables import exports, instances, jobs, results
@@ -232,7 +232,8 @@ class JobQueue:
                 select(exports.c.id, exports.c.kind, exports.c.path, exports.c.sop_instance_uid,
                        exports.c.destination, exports.c.attempts)
                 .where(and_(exports.c.state == "pending", exports.c.next_try_at <= now))
-                .order_by(exports.c.kind.desc(), exports.c.id)  # SC before SR: the SR references the SC
+                # SC before SR: the SR references the SC, so the SC should be there first.
+                .order_by(case((exports.c.kind == "sc", 0), else_=1), exports.c.id)
                 .limit(limit)
             ).all()
         return [Export(r.id, r.kind, r.path, r.sop_instance_uid, r.destination, r.attempts) for r in rows]

@@ -1,0 +1,70 @@
+"""Config: the shipped file parses, defaults hold, every error names its key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cxr_node.config import ConfigError, Destination, NodeConfig, load_config, parse_config, with_overrides
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_shipped_config_equals_embedded_defaults():
+    # configs/node.toml documents every key with its default value.
+    assert load_config(REPO / "configs" / "node.toml") == NodeConfig()
+
+
+def test_every_setting_is_documented_in_the_shipped_config():
+    text = (REPO / "configs" / "node.toml").read_text()
+    from cxr_node.config import _SCHEMA
+
+    for section, keys in _SCHEMA.items():
+        assert f"[{section}]" in text, section
+        for key in keys:
+            assert f"{key} =" in text, f"{section}.{key} is not documented in configs/node.toml"
+
+
+@pytest.mark.parametrize(
+    "data,key",
+    [
+        ({"node": {"port": "eleven"}}, "node.port"),
+        ({"node": {"port": 70000}}, "node.port"),
+        ({"node": {"ae_title": "MUCH_TOO_LONG_AE_TITLE"}}, "node.ae_title"),
+        ({"node": {"colour": "blue"}}, "node.colour"),
+        ({"nodes": {}}, "nodes"),
+        ({"receiver": {"allowed_calling_aets": ["OK", "BAD\\AET"]}}, "receiver.allowed_calling_aets[1]"),
+        ({"destination": {"ae_title": "PACS", "host": "h"}}, "destination.port"),
+        ({"destination": {"ae_title": "PACS", "host": "h", "port": 104, "tls": True}}, "destination.tls"),
+        ({"models": {"allow_untrained": "yes"}}, "models.allow_untrained"),
+        ({"models": {"device": "tpu"}}, "models.device"),
+        ({"analysis": {"input_size": 8}}, "analysis.input_size"),
+        ({"results": {"cam_panels": "three"}}, "results.cam_panels"),
+        ({"worker": {"lease_s": 0}}, "worker.lease_s"),
+        ({"dispatcher": {"retry_delays_s": []}}, "dispatcher.retry_delays_s"),
+    ],
+)
+def test_errors_name_the_key(data, key):
+    with pytest.raises(ConfigError) as err:
+        parse_config(data)
+    assert str(err.value).startswith(key), str(err.value)
+
+
+def test_unreadable_and_invalid_files_name_the_file(tmp_path):
+    with pytest.raises(ConfigError, match="missing.toml: cannot read"):
+        load_config(tmp_path / "missing.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[node\nport=1")
+    with pytest.raises(ConfigError, match="bad.toml: not valid TOML"):
+        load_config(bad)
+
+
+def test_command_line_overrides_win_and_are_checked(tmp_path):
+    cfg = with_overrides(NodeConfig(), port=4000, destination="PACS@10.1.2.3:104", storage=tmp_path)
+    assert cfg.port == 4000 and cfg.destination == Destination("PACS", "10.1.2.3", 104)
+    assert cfg.db_url == f"sqlite:///{(tmp_path / 'cxr-node.db').resolve()}"
+    with pytest.raises(ConfigError, match="--destination"):
+        with_overrides(NodeConfig(), destination="PACS:104")
+    with pytest.raises(ConfigError, match="--ae-title"):
+        with_overrides(NodeConfig(), ae_title="")
