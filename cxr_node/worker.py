@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import threading
 import time
@@ -12,7 +13,8 @@ from pydicom import dcmread
 
 from cxr_node.analysis.bundle import Bundle
 from cxr_node.analysis.engine import Analyzer
-from cxr_node.dicom.pixels import PixelDataError, dataset_to_float
+from cxr_node.analysis.decode_pool import decode_many
+from cxr_node.dicom.pixels import PixelDataError
 from cxr_node.queue.jobs import ExportItem, Job, JobQueue, ResultRecord
 from cxr_node.results.identity import ModelIdentity, NodeIdentity
 from cxr_node.results.writer import write_results
@@ -36,6 +38,20 @@ def model_identity(bundle: Bundle) -> ModelIdentity:
     return ModelIdentity(bundle.name, bundle.version, bundle.sha256.get("A", ""), bundle.sha256.get("B", ""), bundle.trained)
 
 
+def pid_alive(pid: int) -> bool:
+    """Is another process with this PID running? Our own PID counts as dead: a worker that is
+    just starting holds nothing, so a job under our PID is from an earlier process (PID reuse)."""
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class Worker:
     def __init__(
         self,
@@ -52,7 +68,8 @@ class Worker:
         self.node = node
         self.settings = settings
         self.model = model_identity(analyzer.bundle)
-        self.name = name or f"{socket.gethostname()}:{id(self):x}"
+        # HOST:PID lets a restarted node recognise jobs its dead predecessor held.
+        self.name = name or f"{socket.gethostname()}:{os.getpid()}"
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -62,15 +79,20 @@ class Worker:
         if not batch:
             return 0
         loaded = []
+        todo = []
         for job in batch:
             if self.queue.study_reported(job.study_instance_uid):
                 self.queue.skip(job, "study already reported")
                 continue
+            todo.append(job)
+        # Decode the whole batch in parallel (a process pool: OpenJPEG holds the GIL).
+        decoded = decode_many([job.path for job in todo])
+        for job, got in zip(todo, decoded):
             try:
-                t0 = time.perf_counter()
-                ds = dcmread(job.path)
-                image = dataset_to_float(ds)
-                decode_s = time.perf_counter() - t0
+                if isinstance(got, BaseException):
+                    raise got
+                image, decode_s = got.image, got.seconds
+                ds = dcmread(job.path)  # header + undecoded pixels for the SR/SC (fast: no decoding)
             except PixelDataError as exc:  # retrying cannot fix the image itself
                 log.error("job %d (%s): %s", job.id, job.sop_instance_uid, exc)
                 self.queue.fail(job, str(exc), self.settings.max_attempts, permanent=True)
@@ -123,7 +145,15 @@ class Worker:
             )
 
     # -- background loop -------------------------------------------------------------
+    def recover(self) -> int:
+        host = self.name.rpartition(":")[0]
+        n = self.queue.requeue_orphans(host, pid_alive)
+        if n:
+            log.warning("re-queued %d job(s) interrupted by a crash of an earlier worker on %s", n, host)
+        return n
+
     def start(self) -> None:
+        self.recover()
         self._thread = threading.Thread(target=self._loop, name="cxr-worker", daemon=True)
         self._thread.start()
 

@@ -51,3 +51,28 @@ def postgres():
     pg = peers.start_postgres()
     yield pg
     peers.stop_postgres(pg)
+
+
+def restamp(src: Path, dst_dir: Path) -> Path:
+    """Copy a DICOM file with new Study/Series/SOP Instance UIDs, so each test has its own study
+    in the session-wide Orthanc."""
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    ds = pydicom.dcmread(src)
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    dst_dir.mkdir(parents=True, exist_ok=True)
+    out = dst_dir / f"{ds.SOPInstanceUID}.dcm"
+    ds.save_as(out, enforce_file_format=True)
+    return out
+
+
+@pytest.fixture
+def fresh_uncr(rg1_uncr, tmp_path) -> Path:
+    return restamp(rg1_uncr, tmp_path / "fresh")
+
+
+@pytest.fixture
+def fresh_j2kr(rg1_j2kr, tmp_path) -> Path:
+    return restamp(rg1_j2kr, tmp_path / "fresh")

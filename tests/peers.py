@@ -107,10 +107,10 @@ class Orthanc:
             return False
 
 
-def start_orthanc(workdir: Path, aet: str = "ORTHANC", modalities: dict | None = None) -> Orthanc:
+def start_orthanc(workdir: Path, aet: str = "ORTHANC", modalities: dict | None = None, dicom_port: int | None = None) -> Orthanc:
     exe = find_program("Orthanc")
     workdir.mkdir(parents=True, exist_ok=True)
-    dicom_port, http_port = free_port(), free_port()
+    dicom_port, http_port = dicom_port or free_port(), free_port()
     config = {
         "Name": "cxr-node-test-pacs",
         "StorageDirectory": str(workdir / "storage"),

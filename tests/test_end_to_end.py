@@ -87,12 +87,12 @@ def serve(tmp_path, orthanc):
             node.stop(signal.SIGKILL)
 
 
-def test_storescu_to_node_to_orthanc(serve, orthanc, rg1_j2kr, tmp_path):
+def test_storescu_to_node_to_orthanc(serve, orthanc, fresh_j2kr, tmp_path):
     node = serve()
-    sent = storescu(node.port, node.ae_title, rg1_j2kr)
+    sent = storescu(node.port, node.ae_title, fresh_j2kr)
     assert sent.returncode == 0, sent.stdout + sent.stderr
 
-    source = pydicom.dcmread(rg1_j2kr, stop_before_pixels=True)
+    source = pydicom.dcmread(fresh_j2kr, stop_before_pixels=True)
     found = results_at(orthanc, source.StudyInstanceUID, 2)
     modalities = sorted(i["Tags"]["Modality"] for i in found)
     assert modalities == ["OT", "SR"], modalities
@@ -111,13 +111,13 @@ def test_storescu_to_node_to_orthanc(serve, orthanc, rg1_j2kr, tmp_path):
     assert node.stop() == 0, node.log()
 
 
-def test_resent_image_is_reported_once(serve, orthanc, rg1_uncr):
+def test_resent_image_is_reported_once(serve, orthanc, fresh_uncr):
     node = serve()
-    source = pydicom.dcmread(rg1_uncr, stop_before_pixels=True)
-    assert storescu(node.port, node.ae_title, rg1_uncr).returncode == 0
+    source = pydicom.dcmread(fresh_uncr, stop_before_pixels=True)
+    assert storescu(node.port, node.ae_title, fresh_uncr).returncode == 0
     first = results_at(orthanc, source.StudyInstanceUID, 2)
     # The modality re-sends the same image (a retry after a network glitch).
-    assert storescu(node.port, node.ae_title, rg1_uncr).returncode == 0
+    assert storescu(node.port, node.ae_title, fresh_uncr).returncode == 0
     assert echo(node.port, node.ae_title) == 0
     again = orthanc.instances_in_study(source.StudyInstanceUID)
     assert sorted(i["ID"] for i in again) == sorted(i["ID"] for i in first)

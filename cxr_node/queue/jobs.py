@@ -156,6 +156,26 @@ class JobQueue:
             claimed.append(Job(row.id, row.instance_id, row.study_instance_uid, row.sop_instance_uid, row.path, row.attempts))
         return claimed
 
+    def requeue_orphans(self, host: str, is_alive: Callable[[int], bool]) -> int:
+        """Re-queue jobs held by dead worker processes of this host (worker names are HOST:PID).
+
+        Lease expiry covers workers on other hosts; this makes a restart after a crash
+        pick its interrupted work up at once instead of after the lease.
+        """
+        with self.engine.connect() as conn:
+            held = conn.execute(
+                select(jobs.c.id, jobs.c.worker).where(and_(jobs.c.state == "running", jobs.c.worker.like(f"{host}:%")))
+            ).all()
+        orphans = [row.id for row in held if row.worker.rpartition(":")[2].isdigit() and not is_alive(int(row.worker.rpartition(":")[2]))]
+        if orphans:
+            with self.engine.begin() as conn:
+                conn.execute(
+                    update(jobs)
+                    .where(and_(jobs.c.id.in_(orphans), jobs.c.state == "running"))
+                    .values(state="queued", lease_until=None, updated_at=self.clock())
+                )
+        return len(orphans)
+
     def study_reported(self, study_instance_uid: str) -> bool:
         with self.engine.connect() as conn:
             return conn.execute(
