@@ -144,3 +144,17 @@ def test_serve_names_bad_config_key(tmp_path):
                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert out.returncode != 0
     assert "node.port" in out.stderr, out.stderr
+
+
+def test_serve_on_postgresql(serve, orthanc, postgres, fresh_uncr):
+    node = serve(extra=["--db", postgres.url])
+    source = pydicom.dcmread(fresh_uncr, stop_before_pixels=True)
+    assert storescu(node.port, node.ae_title, fresh_uncr).returncode == 0
+    found = results_at(orthanc, source.StudyInstanceUID, 2)
+    assert sorted(i["Tags"]["Modality"] for i in found) == ["OT", "SR"]
+    from sqlalchemy import create_engine, text
+
+    with create_engine(postgres.url).connect() as conn:
+        assert conn.execute(text("select count(*) from results where study_instance_uid = :s"),
+                            {"s": source.StudyInstanceUID}).scalar() == 1
+    node.stop()
