@@ -67,6 +67,8 @@ class NodeConfig:
     max_attempts: int = 3
     send_retry_s: tuple[float, ...] = (5.0, 30.0, 120.0, 600.0)
     batch_size: int = 4
+    retention_days: float = 0.0  # 0 = keep everything
+    housekeeping_interval_s: float = 3600.0
 
     @property
     def db_url(self) -> str:
@@ -77,6 +79,12 @@ class NodeConfig:
 def _positive(key, v):
     if not isinstance(v, (int, float)) or isinstance(v, bool) or v <= 0:
         raise ConfigError(f"{key}: {v!r} must be a positive number")
+    return v
+
+
+def _non_negative(key, v):
+    if not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0:
+        raise ConfigError(f"{key}: {v!r} must be a number >= 0")
     return v
 
 
@@ -160,6 +168,10 @@ _SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
     },
     "dispatcher": {
         "retry_delays_s": ("send_retry_s", _delays),
+    },
+    "housekeeping": {
+        "retention_days": ("retention_days", _non_negative),
+        "interval_s": ("housekeeping_interval_s", _positive),
     },
 }
 

@@ -11,6 +11,7 @@ from cxr_node.config import ConfigError, NodeConfig
 from cxr_node.dicom.receiver import Receiver, ReceiverSettings
 from cxr_node.dicom.sender import Sender
 from cxr_node.dispatcher import Dispatcher
+from cxr_node.housekeeping import Housekeeping
 from cxr_node.queue.jobs import JobQueue
 from cxr_node.queue.tables import make_engine
 from cxr_node.results.identity import NodeIdentity
@@ -43,6 +44,7 @@ class Node:
     receiver: Receiver
     worker: Worker
     dispatcher: Dispatcher | None
+    housekeeping: Housekeeping
 
     @classmethod
     def build(cls, cfg: NodeConfig, bundle: Bundle | None = None) -> "Node":
@@ -69,17 +71,20 @@ class Node:
         dispatcher = None
         if cfg.destination is not None:
             dispatcher = Dispatcher(queue, Sender(cfg.ae_title), cfg.send_retry_s, cfg.poll_interval_s)
-        return cls(cfg, queue, receiver, worker, dispatcher)
+        housekeeping = Housekeeping(queue, layout, cfg.retention_days, cfg.housekeeping_interval_s)
+        return cls(cfg, queue, receiver, worker, dispatcher, housekeeping)
 
     def start(self) -> None:
         # Worker and dispatcher first: anything left queued by a previous run starts moving at once.
         self.worker.start()
         if self.dispatcher:
             self.dispatcher.start()
+        self.housekeeping.start()
         self.receiver.start()
 
     def stop(self) -> None:
         self.receiver.stop()
+        self.housekeeping.stop()
         self.worker.stop()
         if self.dispatcher:
             self.dispatcher.stop()
