@@ -26,6 +26,15 @@ def derived_uid(*parts: str) -> str:
     return f"2.25.{uuid.uuid5(_NAMESPACE, '|'.join(parts)).int}"
 
 
+def fallback_sr_uid(sr_instance_uid: str) -> str:
+    """SOP Instance UID of the Comprehensive SR twin of a Comprehensive 3D SR.
+
+    A different SOP class needs its own SOP Instance UID (one UID, one object); deriving
+    it from the 3D SR's UID lets the sender make the twin from the 3D SR file alone.
+    """
+    return derived_uid("sr-comprehensive", sr_instance_uid)
+
+
 @dataclass(frozen=True)
 class NodeIdentity:
     ae_title: str
@@ -54,6 +63,11 @@ class ModelIdentity:
     def fingerprint(self) -> str:
         return f"{self.sha256_a[:16]}{self.sha256_b[:16]}"
 
+    @property
+    def device_uid(self) -> str:
+        """UID of the model bundle as contributing equipment (same bundle, same UID)."""
+        return derived_uid("model", self.name, self.version, self.sha256_a, self.sha256_b)
+
 
 @dataclass(frozen=True)
 class ResultUIDs:
@@ -61,13 +75,40 @@ class ResultUIDs:
     sc_series: str
     sr_instance: str
     sc_instance: str
+    sr_fallback_instance: str  # the same report as Comprehensive SR, for a PACS that refuses 3D SR
 
     @classmethod
     def for_source(cls, source_sop_uid: str, model: ModelIdentity) -> "ResultUIDs":
         key = (source_sop_uid, model.name, model.version, model.fingerprint)
+        sr_instance = derived_uid("sr", *key)
         return cls(
             sr_series=derived_uid("sr-series", *key),
             sc_series=derived_uid("sc-series", *key),
-            sr_instance=derived_uid("sr", *key),
+            sr_instance=sr_instance,
             sc_instance=derived_uid("sc", *key),
+            sr_fallback_instance=fallback_sr_uid(sr_instance),
         )
+
+
+def model_equipment(node: NodeIdentity, model: ModelIdentity):
+    """ContributingEquipmentSequence item naming the model bundle (as MONAI Deploy does).
+
+    Purpose DCM 109102 "Processing Equipment": the bundle processed the source image
+    into this object. The weights' sha256 sit in ContributionDescription (DeviceUID
+    would fit, but dciodvfy does not know it inside this sequence and warns).
+    """
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    status = "trained" if model.trained else "UNTRAINED (random weights) - not for clinical use"
+    item = hd.ContributingEquipment(
+        manufacturer=MANUFACTURER,
+        purpose_of_reference=codes.DCM.ProcessingEquipment,
+        manufacturer_model_name=model.name[:64],
+        software_versions=[model.version[:64], node.software_version[:64]],
+        contribution_description=(
+            f"AI model bundle {model.label} ({status}) run by {MODEL_NAME} {node.software_version}; "
+            f"weights sha256 A={model.sha256_a} B={model.sha256_b}; model UID {model.device_uid}"
+        )[:1024],
+    )
+    return item

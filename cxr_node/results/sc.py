@@ -6,8 +6,9 @@ import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
+from pydicom.uid import ExplicitVRLittleEndian
 
-from cxr_node.results.identity import MANUFACTURER, MODEL_NAME, ModelIdentity, NodeIdentity, ResultUIDs
+from cxr_node.results.identity import MANUFACTURER, MODEL_NAME, ModelIdentity, NodeIdentity, ResultUIDs, model_equipment
 from cxr_node.results.render import UNTRAINED_WARNING
 
 SC_SERIES_NUMBER = 9902
@@ -37,14 +38,29 @@ def build_secondary_capture(
         manufacturer_model_name=MODEL_NAME,
         software_versions=node.software_version,
         series_description=SC_SERIES_DESCRIPTION if model.trained else f"{SC_SERIES_DESCRIPTION} - UNTRAINED",
+        transfer_syntax_uid=ExplicitVRLittleEndian,
+        contributing_equipment=[model_equipment(node, model)],
     )
     if "SpecificCharacterSet" in source:
         sc.SpecificCharacterSet = source.SpecificCharacterSet
+    # Study-level attributes the PACS and dcentvfy compare across the study's instances.
+    for keyword in ("StudyDescription", "TimezoneOffsetFromUTC"):
+        if keyword in source and keyword not in sc:
+            sc[keyword] = source[keyword]
+    # A new series made now: viewers (Orthanc Explorer among them) group series by date.
+    sc.SeriesDate, sc.SeriesTime = sc.ContentDate, sc.ContentTime
+    sc.DeviceUID = node.device_uid
+    sc.StationName = node.ae_title[:16]
+    if node.institution_name:
+        sc.InstitutionName = node.institution_name
     sc.BurnedInAnnotation = "YES"
     sc.ConversionType = "WSD"  # workstation: a derived picture, not a digitised film
     if "BodyPartExamined" in source:
         sc.BodyPartExamined = source.BodyPartExamined
-    desc = f"Grad-CAM of {model.label} over the source radiograph; AI result, not for diagnostic use"
+    desc = (
+        f"Grad-CAM (class activation maps of model A: abnormal, model B: COVID-19) of {model.label} "
+        "over the source radiograph, VOI and polarity applied; AI result, not for diagnostic use"
+    )
     if not model.trained:
         desc = f"{UNTRAINED_WARNING}. {desc}"
     sc.DerivationDescription = desc[:1024]

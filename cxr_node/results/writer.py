@@ -1,8 +1,17 @@
-"""Build the SC and the SR for one analysed radiograph and write both durably."""
+"""Build the SC and the SR for one analysed radiograph and write both durably.
+
+Two files per result, in the study's result directory:
+  gradcam-sc.dcm     Grad-CAM Secondary Capture
+  report-sr.dcm      TID 1500 report, Comprehensive 3D SR
+When a PACS refuses Comprehensive 3D SR, the sender turns report-sr.dcm into the same
+report as Comprehensive SR at send time (cxr_node.results.sr.as_comprehensive_sr):
+nothing is built for the fallback on the hot path, and it costs ~10 ms when needed.
+"""
 
 from __future__ import annotations
 
 import io
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +25,6 @@ from cxr_node.results.sc import build_secondary_capture
 from cxr_node.results.sr import build_structured_report
 from cxr_node.storage import write_durably
 
-
 @dataclass(frozen=True)
 class ResultFiles:
     sr_path: Path
@@ -28,8 +36,26 @@ class ResultFiles:
 
 def _encode(ds: Dataset) -> bytes:
     buf = io.BytesIO()
+    # Little-endian, explicit VR, no compression: written once, never re-encoded.
     ds.save_as(buf, enforce_file_format=True)
     return buf.getvalue()
+
+
+def warm_up() -> None:
+    """Load highdicom's IOD/module tables (~0.4 s of JSON parsing, once per process).
+
+    highdicom parses them lazily on the first SR/SC it builds; doing it at import in
+    the background keeps that cost off the first radiograph's latency.
+    """
+    from highdicom import _standard_utils as su
+
+    for loader in ("get_sop_class_iod_map", "get_iod_module_map", "get_module_attribute_map"):
+        fn = getattr(su, loader, None)
+        if fn is not None:
+            fn()
+
+
+threading.Thread(target=warm_up, name="cxr-results-warm-up", daemon=True).start()
 
 
 def write_results(
@@ -42,12 +68,14 @@ def write_results(
     panels: str = "per-model",
     max_side: int = 1024,
 ) -> ResultFiles:
+    """display: the radiograph as decoded for the model ([0, 1], VOI and polarity applied)."""
     uids = ResultUIDs.for_source(str(source.SOPInstanceUID), model)
     rgb = render_secondary_capture(
         display, analysis.cam_a, analysis.cam_b, Legend(analysis.result, model.label, model.trained), panels, max_side
     )
     sc = build_secondary_capture(source, rgb, uids, node, model)
     sr = build_structured_report(source, analysis.result, uids, node, model, sc=sc)
+    out_dir = Path(out_dir)
     sc_path = write_durably(out_dir / "gradcam-sc.dcm", _encode(sc))
     sr_path = write_durably(out_dir / "report-sr.dcm", _encode(sr))
     return ResultFiles(sr_path, sc_path, uids.sr_instance, uids.sc_instance, rgb)
