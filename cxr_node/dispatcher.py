@@ -48,7 +48,14 @@ class Dispatcher:
             for export, outcome in zip(items, outcomes):
                 if status_ok(outcome.status):
                     self.queue.export_sent(export)
-                    log.info("sent %s %s to %s", export.kind.upper(), export.sop_instance_uid, destination)
+                    if outcome.fallback:
+                        # The queue keeps the 3D SR's UID; the log names the instance that went.
+                        log.warning(
+                            "%s accepts no Comprehensive 3D SR: sent %s %s as Comprehensive SR %s",
+                            destination, export.kind.upper(), export.sop_instance_uid, outcome.sop_instance_uid,
+                        )
+                    else:
+                        log.info("sent %s %s to %s", export.kind.upper(), export.sop_instance_uid, destination)
                 else:
                     error = f"{destination} refused {export.kind.upper()}: status 0x{outcome.status:04X} {outcome.comment}"
                     log.warning(error)

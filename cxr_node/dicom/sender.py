@@ -1,4 +1,10 @@
-"""C-STORE SCU: sends result objects (SR, Secondary Capture) to a destination AE."""
+"""C-STORE SCU: sends result objects (SR, Secondary Capture) to a destination AE.
+
+Comprehensive 3D SR fallback: with every Comprehensive 3D SR the sender also proposes
+Comprehensive SR. When the destination accepts no context for 3D SR but one for
+Comprehensive SR, the report goes as Comprehensive SR (same content, its own SOP
+Instance UID, see cxr_node.results.sr.as_comprehensive_sr) and the outcome says so.
+"""
 
 from __future__ import annotations
 
@@ -29,6 +35,9 @@ class SendError(RuntimeError):
 class SendOutcome:
     status: int
     comment: str = ""
+    sop_class_uid: str = ""  # what was sent (or attempted)
+    sop_instance_uid: str = ""
+    fallback: bool = False  # a Comprehensive SR went in place of the file's Comprehensive 3D SR
 
 
 class Sender:
@@ -47,10 +56,26 @@ class Sender:
             for ts in (str(ds.file_meta.TransferSyntaxUID), ExplicitVRLittleEndian, ImplicitVRLittleEndian):
                 if ts not in syntaxes:
                     syntaxes.append(ts)
+        if Comprehensive3DSRStorage in offered and ComprehensiveSRStorage not in offered:
+            offered[ComprehensiveSRStorage] = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
         for sop_class, syntaxes in offered.items():
             for ts in syntaxes:
                 ae.add_requested_context(sop_class, ts)
         return ae
+
+    @staticmethod
+    def _fallback(ds, accepted: set[str]):
+        """(dataset to send, used fallback?, refusal comment or "")."""
+        if str(ds.SOPClassUID) != Comprehensive3DSRStorage or Comprehensive3DSRStorage in accepted:
+            return ds, False, ""
+        if ComprehensiveSRStorage not in accepted:
+            return ds, False, "no context for Comprehensive 3D SR nor Comprehensive SR"
+        from cxr_node.results.sr import as_comprehensive_sr  # highdicom: import only when needed
+
+        try:
+            return as_comprehensive_sr(ds), True, ""
+        except ValueError as exc:
+            return ds, False, f"no 3D SR context; no Comprehensive SR form: {exc}"
 
     def send_files(self, destination: Destination, paths: list[str]) -> list[SendOutcome]:
         """Send files over one association; raises SendError if none can be attempted."""
@@ -66,15 +91,21 @@ class Sender:
             raise SendError(f"association with {destination} {why}")
         outcomes = []
         try:
+            accepted = {str(cx.abstract_syntax) for cx in assoc.accepted_contexts}
             for path, ds in zip(paths, datasets):
+                ds, fallback, refusal = self._fallback(ds, accepted)
+                sent = dict(sop_class_uid=str(ds.SOPClassUID), sop_instance_uid=str(ds.SOPInstanceUID), fallback=fallback)
+                if refusal:
+                    outcomes.append(SendOutcome(SOP_CLASS_NOT_SUPPORTED, refusal[:64], **sent))
+                    continue
                 try:
                     status = assoc.send_c_store(ds)
                 except ValueError as exc:  # no accepted presentation context for this SOP class
-                    outcomes.append(SendOutcome(SOP_CLASS_NOT_SUPPORTED, str(exc)[:64]))
+                    outcomes.append(SendOutcome(SOP_CLASS_NOT_SUPPORTED, str(exc)[:64], **sent))
                     continue
                 if not status:  # no response: connection dropped or timed out
                     raise SendError(f"{destination} gave no C-STORE response for {path}")
-                outcomes.append(SendOutcome(int(status.Status), str(status.get("ErrorComment", ""))))
+                outcomes.append(SendOutcome(int(status.Status), str(status.get("ErrorComment", "")), **sent))
         finally:
             if assoc.is_established:
                 assoc.release()
