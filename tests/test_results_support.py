@@ -1,0 +1,107 @@
+"""Shared helpers for the results tests (SR, SC, Orthanc): inputs built from the real radiograph.
+
+Results are made from RG1 (pydicom-data CR chest, 1955 x 1841, MONOCHROME1) with
+constructed JointResults and a synthetic Grad-CAM (a Gaussian blob over the right lung
+for A, the left for B), so every class and flag can be produced on demand and fast.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+
+from cxr_node.analysis.engine import Analysis
+from cxr_node.analysis.fusion import JointClass, JointResult
+from cxr_node.dicom.pixels import dataset_to_float
+from cxr_node.results.identity import ModelIdentity, NodeIdentity
+from cxr_node.results.writer import ResultFiles, write_results
+from tests import peers
+
+NODE = NodeIdentity("CXR_NODE", institution_name="Test Hospital")
+TRAINED = ModelIdentity("cxr-densenet161", "2.1.0", "a" * 64, "b" * 64, trained=True)
+UNTRAINED = ModelIdentity("untrained-densenet161", "0", "untrained", "untrained", trained=False)
+
+CASES = {
+    "normal": JointResult(JointClass.NORMAL, 0.1234, 0.0567, False),
+    "pathological": JointResult(JointClass.PATHOLOGICAL, 0.8765, 0.2101, False),
+    "covid": JointResult(JointClass.COVID, 0.9012, 0.7788, False),
+    "covid-disagree": JointResult(JointClass.COVID, 0.3003, 0.8123, True),
+}
+
+
+@lru_cache(maxsize=4)
+def _decoded(path: str):
+    ds = pydicom.dcmread(path)
+    return ds, dataset_to_float(ds).pixels
+
+
+def blob(shape: tuple[int, int], cy: float, cx: float, sigma: float = 0.15) -> np.ndarray:
+    rows, cols = shape
+    y = (np.arange(rows, dtype=np.float32) / rows - cy)[:, None]
+    x = (np.arange(cols, dtype=np.float32) / cols - cx)[None, :]
+    return np.exp(-(y**2 + x**2) / (2 * sigma**2)).astype(np.float32)
+
+
+def source_copy(path: Path, **changes) -> Dataset:
+    """A copy of the radiograph with header changes (e.g. PatientName, SpecificCharacterSet)."""
+    ds, _ = _decoded(str(path))
+    ds = ds.copy()
+    for keyword, value in changes.items():
+        setattr(ds, keyword, value)
+    return ds
+
+
+def make_results(
+    source_path: Path,
+    out_dir: Path,
+    case: str = "covid-disagree",
+    model: ModelIdentity = UNTRAINED,
+    source: Dataset | None = None,
+    **kw,
+) -> tuple[Dataset, ResultFiles]:
+    ds, grey = _decoded(str(source_path))
+    source = source if source is not None else ds
+    analysis = Analysis(CASES[case], blob(grey.shape, 0.45, 0.3), blob(grey.shape, 0.55, 0.7))
+    return source, write_results(source, grey, analysis, out_dir, NODE, model, **kw)
+
+
+# -- PixelMed DicomSRValidator ------------------------------------------------------------
+
+# The XSLT templates exceed the JDK's default XPath limits ("JAXP0801003 ... exceeds the
+# '10,000' limit"); without these properties the validator validates nothing and still exits 0.
+PIXELMED_JAVA_OPTIONS = "-Djdk.xml.xpathExprOpLimit=0 -Djdk.xml.xpathExprGrpLimit=0 -Djdk.xml.xpathTotalOpLimit=0"
+
+
+def pixelmed_sr_validate(*paths: Path) -> dict[str, list[str]]:
+    """{file: message lines} from one DicomSRValidator run; raises if it did not validate.
+
+    The launcher exits 0 even on errors, so the output is parsed: each file's report ends
+    with "IOD validation complete"; a run that crashed or skipped a file is an error here.
+    """
+    exe = peers.find_program("DicomSRValidator")
+    env = dict(os.environ, JDK_JAVA_OPTIONS=PIXELMED_JAVA_OPTIONS)
+    out = subprocess.run([exe, *map(str, paths)], capture_output=True, text=True, timeout=180, env=env)
+    text = out.stdout + out.stderr
+    if "Exception" in text or text.count("IOD validation complete") != len(paths):
+        raise AssertionError(f"DicomSRValidator did not validate {len(paths)} file(s):\n{text[-3000:]}")
+    # Reports come in file order, each opening with "Found <IOD> IOD".
+    chunks = re.split(r"(?m)^(?=Found \S+ IOD)", text)
+    chunks = [c for c in chunks if c.startswith("Found ")]
+    return {str(p): [l for l in c.splitlines() if l.startswith(("Error", "Warning"))] for p, c in zip(paths, chunks)}
+
+
+def pixelmed_errors(report: dict[str, list[str]]) -> list[str]:
+    return [f"{path}: {line}" for path, lines in report.items() for line in lines if line.startswith("Error")]
+
+
+@pytest.fixture(scope="session")
+def pixelmed_available():
+    peers.find_program("DicomSRValidator")
