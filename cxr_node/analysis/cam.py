@@ -25,17 +25,22 @@ def forward_with_features(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tens
 
 
 def cam_from_features(feats: torch.Tensor, classifier: nn.Linear, class_index: int) -> torch.Tensor:
-    """(B, K, H, W) post-ReLU features -> (B, H, W) CAM in [0, 1] for one class."""
-    weights = classifier.weight[class_index].to(feats.dtype)
-    cam = F.relu(torch.einsum("bkhw,k->bhw", feats, weights))
+    """(B, K, H, W) post-ReLU features -> (B, H, W) CAM in [0, 1] for one class.
+
+    Computed in float32 even when the forward ran under bf16/fp16 autocast (it is one
+    K-vector product per position, negligible next to the forward).
+    """
+    weights = classifier.weight[class_index].float()
+    cam = F.relu(torch.einsum("bkhw,k->bhw", feats.float(), weights))
     peak = cam.flatten(1).amax(dim=1).clamp_min(torch.finfo(cam.dtype).tiny)
-    return (cam / peak[:, None, None]).float()
+    return cam / peak[:, None, None]
 
 
 def gradcam_autograd(model: nn.Module, x: torch.Tensor, class_index: int) -> torch.Tensor:
     """Textbook Grad-CAM on the post-ReLU features with a real backward pass.
 
     The reference for tests and the "naive" pipeline of the benchmark; not used when serving.
+    Returns (B, H, W) maps normalised to [0, 1] like cam_from_features.
     """
     with torch.enable_grad():
         feats = F.relu(model.features(x))

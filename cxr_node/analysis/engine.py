@@ -1,8 +1,26 @@
-"""Batched analysis: float images -> probabilities of A and B, joint class, CAMs on the source grid."""
+"""Batched analysis: float images -> probabilities of A and B, joint class, CAMs on the source grid.
+
+Speed, without changing the method:
+- both models stay loaded on one device, in eval mode and channels_last memory format
+  (oneDNN on CPU and cuDNN on GPU pick their fastest convolution layouts for it);
+- everything runs under torch.inference_mode (no autograd bookkeeping at all);
+- a backlog is analysed as one batch per model;
+- Grad-CAM comes from the forward activations (cam.py), no backward pass;
+- on GPU, bf16 autocast (fp16 when the card has no bf16), pinned host memory and
+  non-blocking copies; `compile=True` wraps both forwards in torch.compile and falls
+  back to eager mode, with a warning, when compilation fails.
+CPU defaults to exact fp32 eager: the numbers then match training's evaluation bit for bit
+in method and closely in value. bf16 on CPU (`precision="bf16"`) is available but changes
+the numerics, so it is opt-in.
+"""
 
 from __future__ import annotations
 
+import logging
+import os
 import time
+from contextlib import nullcontext
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -13,7 +31,11 @@ from cxr_node.analysis.cam import cam_from_features, forward_with_features
 from cxr_node.analysis.fusion import JointResult, joint_rule
 from cxr_node.analysis.preprocess import Letterbox, map_to_source, to_model_input
 
+log = logging.getLogger(__name__)
+
 POSITIVE = 1  # index of the positive class in both heads (abnormal for A, COVID for B)
+STAGES = ("preprocess", "model_a", "model_b", "cams")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 @dataclass
@@ -33,22 +55,107 @@ def pick_device(requested: str = "auto") -> torch.device:
     return device
 
 
-class Analyzer:
-    """Holds both models loaded on one device; analyse() takes any number of images at once."""
+def _autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r} must be one of {', '.join(PRECISIONS)}")
+    if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
+        return None
+    if precision == "fp16":
+        return torch.float16
+    if precision == "auto" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        return torch.float16
+    return torch.bfloat16
 
-    def __init__(self, bundle: Bundle, device: str = "auto") -> None:
+
+# cv2.resize and the letterbox release the GIL: a few threads map a large batch in parallel.
+_HELPERS: ThreadPoolExecutor | None = None
+
+
+def _helpers() -> ThreadPoolExecutor:
+    global _HELPERS
+    if _HELPERS is None:
+        _HELPERS = ThreadPoolExecutor(max(1, min(8, (os.cpu_count() or 2) // 2)), thread_name_prefix="cxr-prep")
+    return _HELPERS
+
+
+def _map(fn, items: list) -> list:
+    return list(_helpers().map(fn, items)) if len(items) > 2 else [fn(i) for i in items]
+
+
+class Analyzer:
+    """Holds both models loaded on one device; analyse() takes any number of images at once.
+
+    After each analyse() call `last_timings` holds the seconds of each stage for the whole
+    batch ("preprocess", "model_a", "model_b", "cams", "total") and `last_batch` its size.
+    """
+
+    def __init__(self, bundle: Bundle, device: str = "auto", *, precision: str = "auto", compile: bool = False) -> None:
         self.bundle = bundle
         self.device = pick_device(device)
+        tune_malloc()
+        self.input_size = bundle.input_size
         # channels_last lets oneDNN / cuDNN pick their fastest convolution layouts.
         self.model_a = bundle.model_a.to(self.device, memory_format=torch.channels_last).eval()
         self.model_b = bundle.model_b.to(self.device, memory_format=torch.channels_last).eval()
-        self.autocast_dtype = torch.bfloat16 if self.device.type == "cuda" else None
+        self.autocast_dtype = _autocast_dtype(self.device, precision)
+        self.precision = "fp32" if self.autocast_dtype is None else str(self.autocast_dtype).removeprefix("torch.")
+        self._fwd_a = self._fwd_b = forward_with_features
+        self._bare_a, self._bare_b = self.model_a, self.model_b
+        self.compiled = False
+        if compile:
+            self._try_compile()
+        self.last_timings: dict[str, float] = {}
+        self.last_batch = 0
+        _release_freed_memory()
 
-    def _run(self, model, x):
+    # -- settings shared by analyse() and floor() -----------------------------------------
+    def _context(self):
         if self.autocast_dtype is not None:
-            with torch.autocast(self.device.type, dtype=self.autocast_dtype):
-                return forward_with_features(model, x)
-        return forward_with_features(model, x)
+            return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+        return nullcontext()
+
+    def _try_compile(self) -> None:
+        """torch.compile both forwards; any failure (no compiler, unsupported op) -> eager."""
+        try:
+            fwd = torch.compile(forward_with_features, dynamic=False)
+            bare_a, bare_b = torch.compile(self.model_a, dynamic=False), torch.compile(self.model_b, dynamic=False)
+            x = torch.zeros(1, 3, self.input_size, self.input_size, device=self.device).contiguous(
+                memory_format=torch.channels_last
+            )
+            with torch.inference_mode(), self._context():
+                fwd(self.model_a, x)
+                fwd(self.model_b, x)
+                bare_a(x)
+                bare_b(x)
+        except Exception as exc:  # compilation needs a C++ compiler / Triton; never fatal
+            log.warning("torch.compile failed, running eager: %s", str(exc).splitlines()[0] if str(exc) else exc)
+            return
+        self._fwd_a = _WithFallback(fwd, forward_with_features, "forward A")
+        self._fwd_b = _WithFallback(fwd, forward_with_features, "forward B")
+        self._bare_a = _WithFallback(bare_a, self.model_a, "bare forward A")
+        self._bare_b = _WithFallback(bare_b, self.model_b, "bare forward B")
+        self.compiled = True
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    # -- stages ----------------------------------------------------------------------------
+    def preprocess(self, images: list[np.ndarray]) -> tuple[torch.Tensor, list[Letterbox]]:
+        """Float images in [0, 1] -> (N, 3, S, S) channels_last tensor on the device + placements."""
+        pairs = _map(lambda img: to_model_input(img, self.input_size), list(images))
+        batch = torch.from_numpy(np.stack([p[0] for p in pairs]))
+        if self.device.type == "cuda":
+            batch = batch.pin_memory().to(self.device, non_blocking=True)
+        return batch.contiguous(memory_format=torch.channels_last), [p[1] for p in pairs]
+
+    @torch.inference_mode()
+    def floor(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The hardware floor: two bare DenseNet-161 forwards (torchvision's own forward), same settings."""
+        with self._context():
+            la, lb = self._bare_a(x), self._bare_b(x)
+        self._sync()
+        return la, lb
 
     @torch.inference_mode()
     def analyse(self, images: list[np.ndarray]) -> list[Analysis]:
@@ -56,19 +163,17 @@ class Analyzer:
             return []
         n = len(images)
         t0 = time.perf_counter()
-        inputs, boxes = [], []
-        for img in images:
-            tensor, box = to_model_input(img, self.bundle.input_size)
-            inputs.append(tensor)
-            boxes.append(box)
-        x = torch.from_numpy(np.stack(inputs)).to(self.device).contiguous(memory_format=torch.channels_last)
+        x, boxes = self.preprocess(images)
+        self._sync()
         t1 = time.perf_counter()
 
-        feats_a, logits_a = self._run(self.model_a, x)
+        with self._context():
+            feats_a, logits_a = self._fwd_a(self.model_a, x)
         p_abn = torch.softmax(logits_a.float(), dim=1)[:, POSITIVE]
         self._sync()
         t2 = time.perf_counter()
-        feats_b, logits_b = self._run(self.model_b, x)
+        with self._context():
+            feats_b, logits_b = self._fwd_b(self.model_b, x)
         p_cov = torch.softmax(logits_b.float(), dim=1)[:, POSITIVE]
         self._sync()
         t3 = time.perf_counter()
@@ -76,29 +181,86 @@ class Analyzer:
         cams_a = cam_from_features(feats_a, self.model_a.classifier, POSITIVE).cpu().numpy()
         cams_b = cam_from_features(feats_b, self.model_b.classifier, POSITIVE).cpu().numpy()
         p_abn, p_cov = p_abn.cpu().numpy(), p_cov.cpu().numpy()
-        out = []
-        for i, box in enumerate(boxes):
-            out.append(
-                Analysis(
-                    result=joint_rule(float(p_abn[i]), float(p_cov[i]), self.bundle.thresholds),
-                    cam_a=map_to_source(cams_a[i], box),
-                    cam_b=map_to_source(cams_b[i], box),
-                )
+        mapped = _map(
+            lambda i: (map_to_source(cams_a[i], boxes[i]), map_to_source(cams_b[i], boxes[i])), list(range(n))
+        )
+        out = [
+            Analysis(
+                result=joint_rule(float(p_abn[i]), float(p_cov[i]), self.bundle.thresholds),
+                cam_a=mapped[i][0],
+                cam_b=mapped[i][1],
             )
+            for i in range(n)
+        ]
         t4 = time.perf_counter()
-        share = {
-            "preprocess": (t1 - t0) / n,
-            "model_a": (t2 - t1) / n,
-            "model_b": (t3 - t2) / n,
-            "cams": (t4 - t3) / n,
-        }
+        batch = {"preprocess": t1 - t0, "model_a": t2 - t1, "model_b": t3 - t2, "cams": t4 - t3}
+        self.last_timings = {**batch, "total": t4 - t0}
+        self.last_batch = n
+        share = {k: v / n for k, v in batch.items()}
         for a in out:
             a.timings = dict(share)
         return out
 
-    def _sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+
+_MALLOC_TUNED = False
 
 
-__all__ = ["Analysis", "Analyzer", "Letterbox", "pick_device"]
+def tune_malloc() -> None:
+    """Keep a long-running worker's RSS flat (glibc only; CXR_NODE_MALLOC_TUNING=0 turns it off).
+
+    glibc raises its mmap threshold every time a large block is freed, so after the first
+    batch the 14 MB source-grid images and CAMs come from the heap, which fragments and
+    never shrinks (measured: +360 MB peak RSS after two batches of 4). A fixed 4 MB threshold
+    returns those blocks to the OS on free while torch's smaller batch-1 activations stay on
+    the heap; two arenas limit per-thread heap growth (cv2 / decode helper threads).
+    """
+    global _MALLOC_TUNED
+    if _MALLOC_TUNED or os.environ.get("CXR_NODE_MALLOC_TUNING", "1") == "0":
+        return
+    _MALLOC_TUNED = True
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 4 << 20)  # M_MMAP_THRESHOLD
+        libc.mallopt(-1, 4 << 20)  # M_TRIM_THRESHOLD
+        libc.mallopt(-8, 2)  # M_ARENA_MAX
+    except (OSError, AttributeError):
+        pass
+
+
+def _release_freed_memory() -> None:
+    """Give the heap freed while building, loading and re-laying out the models back to the OS.
+
+    Random initialisation, torch.load and the channels_last copies leave ~100-300 MB of freed
+    but still resident glibc heap behind; a worker should not carry it forever.
+    """
+    import gc
+
+    gc.collect()
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to do
+        pass
+
+
+class _WithFallback:
+    """A compiled callable that switches to its eager twin for good if a later call fails
+    (a recompilation for a new batch size can fail where the warm-up did not)."""
+
+    def __init__(self, compiled, eager, name: str) -> None:
+        self.compiled, self.eager, self.name = compiled, eager, name
+
+    def __call__(self, *args):
+        if self.compiled is not None:
+            try:
+                return self.compiled(*args)
+            except Exception as exc:
+                log.warning("torch.compile'd %s failed, running eager from now on: %s", self.name, exc)
+                self.compiled = None
+        return self.eager(*args)
+
+
+__all__ = ["Analysis", "Analyzer", "Letterbox", "PRECISIONS", "STAGES", "pick_device", "tune_malloc"]
