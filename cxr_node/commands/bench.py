@@ -1,0 +1,58 @@
+"""`cxr-node bench inference`: how fast the analysis is, next to the floor and the naive pipeline."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+
+def _sizes(ctx, param, value: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter(f"{value!r} must be comma-separated integers, e.g. 1,4,16") from None
+    if not sizes or any(s < 1 for s in sizes):
+        raise click.BadParameter(f"{value!r} must be positive integers, e.g. 1,4,16")
+    return sizes
+
+
+@click.group("bench")
+def command() -> None:
+    """Benchmarks."""
+
+
+@command.command("inference")
+@click.option("--json", "as_json", is_flag=True, help="Print the full result as JSON.")
+@click.option("--studies", type=click.IntRange(1, 10000), default=10, show_default=True,
+              help="Studies timed one by one (stages, floor, naive).")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
+@click.option("--batch-sizes", callback=_sizes, default="1,4,16", show_default=True, help="Throughput batch sizes.")
+@click.option("--repeats", type=click.IntRange(1, 1000), default=3, show_default=True, help="Timed runs per batch size.")
+@click.option("--input-size", type=click.IntRange(32, 2048), default=224, show_default=True,
+              help="Model input size (untrained models; a bundle fixes its own).")
+@click.option("--models", type=click.Path(path_type=Path, file_okay=False, exists=True), default=None,
+              help="Model bundle [default: untrained weights; same cost].")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True)
+@click.option("--compile", "use_compile", is_flag=True, help="torch.compile the models (falls back to eager).")
+@click.option("--no-naive", is_flag=True, help="Skip the autograd Grad-CAM baseline.")
+@click.option("--no-overlap", is_flag=True, help="Skip the decode-overlap measurement.")
+@click.option("--no-rss-probe", is_flag=True, help="Skip the worker-like RSS measurement in a fresh process.")
+@click.option("--out", type=click.Path(path_type=Path, dir_okay=False), default=None, help="Also write the JSON here.")
+def inference(as_json, studies, device, batch_sizes, repeats, input_size, models, precision, use_compile,
+              no_naive, no_overlap, no_rss_probe, out):
+    """Per-stage times (p50/p95), studies/s by batch, peak RSS, floor and naive pipeline, on RG1_J2KR.dcm."""
+    from cxr_node.bench import format_report, run_inference_bench
+
+    try:
+        result = run_inference_bench(
+            studies=studies, batch_sizes=batch_sizes, device=device, input_size=input_size, models=models,
+            precision=precision, compile=use_compile, repeats=repeats, naive=not no_naive, overlap=not no_overlap,
+            rss_probe=not no_rss_probe, progress=None if as_json else (lambda m: click.echo(f"... {m}", err=True)),
+        )
+    except RuntimeError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if out:
+        Path(out).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    click.echo(json.dumps(result, indent=2) if as_json else format_report(result))

@@ -1,0 +1,195 @@
+"""`cxr-node infer FILE... --models DIR | --allow-untrained --out DIR`: offline analysis, no network.
+
+Per input file, in OUT/<file stem>/: report-sr.dcm, gradcam-sc.dcm and summary.json.
+Decoding runs in a process pool ahead of the models, so the next files decode while
+the current batch is analysed. A file that cannot be read or analysed gets one error
+line naming it; the others go on; the exit status is 1 if any file failed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import deque
+from pathlib import Path
+
+import click
+
+log = logging.getLogger(__name__)
+
+
+def _out_dir(out: Path, path: Path, used: set[str]) -> Path:
+    stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in path.stem) or "image"
+    name, k = stem, 2
+    while name in used:
+        name, k = f"{stem}-{k}", k + 1
+    used.add(name)
+    return out / name
+
+
+def run_infer(
+    files: list[Path],
+    out: Path,
+    *,
+    models: Path | None = None,
+    allow_untrained: bool = False,
+    device: str = "auto",
+    batch_size: int = 4,
+    input_size: int = 224,
+    precision: str = "auto",
+    compile: bool = False,
+    ae_title: str = "CXR_NODE",
+    on_result=None,
+    on_error=None,
+) -> tuple[list[dict], list[tuple[str, str]]]:
+    """Analyse `files`; returns (summaries, [(file, error message)])."""
+    import pydicom
+
+    from cxr_node.analysis.bundle import load_bundle, untrained_bundle
+    from cxr_node.analysis.decode_pool import DecodePool, decode_file
+    from cxr_node.analysis.engine import Analyzer
+    from cxr_node.results.identity import NodeIdentity
+    from cxr_node.results.writer import write_results
+    from cxr_node.worker import model_identity
+
+    on_result = on_result or (lambda s: None)
+    on_error = on_error or (lambda f, m: None)
+    t_load = time.perf_counter()
+    bundle = load_bundle(models) if models is not None else untrained_bundle(input_size)
+    analyzer = Analyzer(bundle, device, precision=precision, compile=compile)
+    load_s = time.perf_counter() - t_load
+    model = model_identity(bundle)
+    node = NodeIdentity(ae_title)
+    out.mkdir(parents=True, exist_ok=True)
+
+    summaries: list[dict] = []
+    errors: list[tuple[str, str]] = []
+
+    def fail(path: Path, exc: BaseException) -> None:
+        msg = str(exc) if str(path) in str(exc) else f"{path}: {exc}"
+        msg = " ".join(msg.split())  # one line
+        errors.append((str(path), msg))
+        on_error(str(path), msg)
+
+    pool = DecodePool(kind="process") if len(files) > 1 else None
+    window = max(2 * batch_size, 2)
+    pending: deque = deque()  # (path, future or callable)
+    todo = deque(files)
+
+    def refill() -> None:
+        while todo and len(pending) < window:
+            p = todo.popleft()
+            pending.append((p, pool.submit(p) if pool else None))
+
+    used: set[str] = set()
+    try:
+        refill()
+        while pending:
+            batch = []
+            while pending and len(batch) < batch_size:
+                path, fut = pending.popleft()
+                refill()  # keep the pool busy while this batch is analysed
+                try:
+                    ds = pydicom.dcmread(path)  # header for the SR/SC; a non-DICOM file fails here
+                    decoded = fut.result() if fut is not None else decode_file(path)
+                except Exception as exc:
+                    if isinstance(exc, pydicom.errors.InvalidDicomError):
+                        exc = f"not a DICOM file ({exc})"
+                    fail(path, exc if isinstance(exc, BaseException) else RuntimeError(exc))
+                    continue
+                batch.append((path, ds, decoded))
+            if not batch:
+                continue
+            try:
+                analyses = analyzer.analyse([d.image.pixels for _, _, d in batch])
+            except Exception as exc:
+                for path, _, _ in batch:
+                    fail(path, RuntimeError(f"analysis failed: {exc}"))
+                continue
+            for (path, ds, decoded), analysis in zip(batch, analyses):
+                target = _out_dir(out, path, used)
+                try:
+                    t0 = time.perf_counter()
+                    files_out = write_results(ds, decoded.image.pixels, analysis, target, node, model)
+                    build_s = time.perf_counter() - t0
+                except Exception as exc:
+                    fail(path, RuntimeError(f"building SR/SC failed: {exc}"))
+                    continue
+                r = analysis.result
+                summary = {
+                    "file": str(path),
+                    "class": r.label.value,
+                    "p_abnormal": round(r.p_abnormal, 6),
+                    "p_covid": round(r.p_covid, 6),
+                    "models_disagree": r.models_disagree,
+                    "model": model.label,
+                    "trained": model.trained,
+                    "device": str(analyzer.device),
+                    "precision": analyzer.precision,
+                    "timings": {
+                        "model_load": round(load_s, 4),
+                        "decode": round(decoded.seconds, 4),
+                        **{k: round(v, 4) for k, v in analysis.timings.items()},
+                        "sr_sc_build": round(build_s, 4),
+                    },
+                    "outputs": {
+                        "sr": str(files_out.sr_path),
+                        "sc": str(files_out.sc_path),
+                        "json": str(target / "summary.json"),
+                    },
+                }
+                (target / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+                summaries.append(summary)
+                on_result(summary)
+    finally:
+        if pool is not None:
+            pool.close()
+    return summaries, errors
+
+
+@click.command("infer")
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--models", type=click.Path(path_type=Path, file_okay=False), default=None, help="Model bundle directory.")
+@click.option("--allow-untrained", is_flag=True, help="Use random weights (every result says UNTRAINED).")
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False), required=True, help="Output directory.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--batch-size", type=click.IntRange(1, 256), default=4, show_default=True)
+@click.option("--input-size", type=click.IntRange(32, 2048), default=224, show_default=True,
+              help="Model input size for --allow-untrained (a bundle fixes its own).")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
+              help="auto = bf16 autocast on GPU, exact fp32 on CPU.")
+@click.option("--compile", "use_compile", is_flag=True, help="torch.compile the models (falls back to eager).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON summary per line instead of text.")
+def command(files, models, allow_untrained, out, device, batch_size, input_size, precision, use_compile, as_json):
+    """Analyse DICOM radiographs offline; writes SR, Grad-CAM SC and summary.json per file."""
+    from cxr_node.analysis.bundle import BundleError
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if models is None and not allow_untrained:
+        raise click.UsageError("give --models DIR (a trained bundle) or --allow-untrained (random weights)")
+    if models is not None and allow_untrained:
+        raise click.UsageError("--models and --allow-untrained exclude each other")
+
+    def show(s: dict) -> None:
+        if as_json:
+            click.echo(json.dumps(s))
+            return
+        flag = "   (models disagree)" if s["models_disagree"] else ""
+        warn = "   [UNTRAINED MODEL - NOT FOR CLINICAL USE]" if not s["trained"] else ""
+        click.echo(
+            f"{s['file']}: {s['class']}  P(abnormal) {100 * s['p_abnormal']:.1f} %  "
+            f"P(COVID-19) {100 * s['p_covid']:.1f} %{flag}{warn} -> {Path(s['outputs']['json']).parent}"
+        )
+
+    try:
+        _, errors = run_infer(
+            list(files), out, models=models, allow_untrained=allow_untrained, device=device, batch_size=batch_size,
+            input_size=input_size, precision=precision, compile=use_compile,
+            on_result=show, on_error=lambda f, m: click.echo(f"error: {m}", err=True),
+        )
+    except (BundleError, RuntimeError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    if errors:
+        click.echo(f"{len(errors)} of {len(files)} file(s) failed", err=True)
+        raise SystemExit(1)
