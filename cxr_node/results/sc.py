@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset
@@ -15,15 +17,8 @@ SC_SERIES_NUMBER = 9902
 SC_SERIES_DESCRIPTION = "AI CXR Grad-CAM - not for diagnosis"
 
 
-def build_secondary_capture(
-    source: Dataset,
-    rgb: np.ndarray,
-    uids: ResultUIDs,
-    node: NodeIdentity,
-    model: ModelIdentity,
-) -> Dataset:
-    orientation = source.get("PatientOrientation")
-    sc = hd.sc.SCImage.from_ref_dataset(
+def _from_ref(source, rgb, uids, node, model, orientation):
+    return hd.sc.SCImage.from_ref_dataset(
         ref_dataset=source,
         pixel_array=rgb,
         photometric_interpretation=hd.PhotometricInterpretationValues.RGB,
@@ -41,6 +36,21 @@ def build_secondary_capture(
         transfer_syntax_uid=ExplicitVRLittleEndian,
         contributing_equipment=[model_equipment(node, model)],
     )
+
+
+def build_secondary_capture(
+    source: Dataset,
+    rgb: np.ndarray,
+    uids: ResultUIDs,
+    node: NodeIdentity,
+    model: ModelIdentity,
+) -> Dataset:
+    orientation = source.get("PatientOrientation")
+    with warnings.catch_warnings():
+        # The names are the source's, copied as they are; highdicom warns about
+        # one-component names (e.g. ReferringPhysicianName "ward") on every image.
+        warnings.filterwarnings("ignore", message=".*unlikely to represent the intended person name")
+        sc = _from_ref(source, rgb, uids, node, model, orientation)
     if "SpecificCharacterSet" in source:
         sc.SpecificCharacterSet = source.SpecificCharacterSet
     # Study-level attributes the PACS and dcentvfy compare across the study's instances.
