@@ -29,7 +29,7 @@ DEBIAN_PACKAGE = {
     "dciodvfy": "dicom3tools",
     "dcentvfy": "dicom3tools",
     "initdb": "postgresql",
-    "pixelmed-dicomsrvalidator": "pixelmed-apps",
+    "DicomSRValidator": "pixelmed-apps",
 }
 POSTGRES_BIN = sorted(Path("/usr/lib/postgresql").glob("*/bin"))
 
