@@ -17,9 +17,9 @@ def _known_errors():
     from cxr_node.analysis.models import WeightsError
     from training.config import ConfigError
     from training.data import DataError
-    from training.loop import CheckpointMismatch
+    from training.loop import CheckpointMismatch, TrainingDiverged
 
-    return (ConfigError, DataError, CheckpointMismatch, WeightsError, BundleError)
+    return (ConfigError, DataError, CheckpointMismatch, TrainingDiverged, WeightsError, BundleError)
 
 
 @click.command(short_help="Train models A and B; write bundle, metrics, report.")

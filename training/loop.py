@@ -33,6 +33,10 @@ class CheckpointMismatch(RuntimeError):
     """A checkpoint in the output folder was made with another configuration or data."""
 
 
+class TrainingDiverged(RuntimeError):
+    """Loss or outputs became NaN/inf; the message says where and what to change."""
+
+
 @dataclass
 class FitResult:
     state: dict[str, torch.Tensor]  # selected weights (CPU)
@@ -96,6 +100,7 @@ def fit(
     progress: Callable | None = None,
     on_epoch_end: Callable[[int], None] | None = None,
 ) -> FitResult:
+    ckpt_stem.parent.mkdir(parents=True, exist_ok=True)
     final_path = ckpt_stem.with_name(ckpt_stem.name + ".final.pt")
     ckpt_path = ckpt_stem.with_name(ckpt_stem.name + ".ckpt.pt")
     if final_path.is_file():
@@ -155,6 +160,8 @@ def fit(
             correct += int((logits.argmax(1) == y).sum())
             seen += len(y)
         loss_sum, correct, seen = all_reduce_sum(env, [loss_sum, float(correct), float(seen)])
+        if not np.isfinite(loss_sum):
+            raise TrainingDiverged(f"{label}: training loss is not finite in epoch {epoch + 1}; lower optim.lr")
         seconds = time.perf_counter() - t0
 
         record = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), "train_accuracy": correct / max(seen, 1),
@@ -162,6 +169,10 @@ def fit(
         if env.is_main:
             p, val_loss = predict(model, val_set, device, max(per_rank_batch, 16), amp=cfg.run.amp,
                                   channels_last=channels_last)
+            if not np.all(np.isfinite(p)) or not np.isfinite(val_loss):
+                raise TrainingDiverged(
+                    f"{label}: non-finite validation outputs after epoch {epoch + 1} (BatchNorm statistics "
+                    f"blew up); lower optim.lr, raise optim.batch_size or data.input_size")
             y_val = val_set.targets
             pred = (p >= 0.5).astype(np.int64)
             recalls = [float(np.mean(pred[y_val == c] == c)) for c in (0, 1) if np.any(y_val == c)]
