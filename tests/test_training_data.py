@@ -287,3 +287,16 @@ def test_summary_mean_and_sample_std():
     assert s["accuracy"]["mean"] == pytest.approx(0.85) and s["accuracy"]["std"] == pytest.approx(0.0707107)
     assert s["auc"] == {"mean": 0.7, "std": None, "n": 1}
     assert s["per_class.x.f1"]["mean"] == pytest.approx(0.6)
+
+
+def test_subset_keeps_whole_patients_and_every_label(tmp_path):
+    from training.data import read_samples, subset_by_patient
+
+    folder = write_synthetic(tmp_path / "s", patients_per_label=6, images_per_patient=2, size=32)
+    samples, _ = read_samples(folder)
+    sub = subset_by_patient(samples, 12, seed=1)
+    assert 10 <= len(sub) <= 14
+    assert {s.label for s in sub} == {"normal", "pathological", "covid"}
+    chosen = {s.patient_id for s in sub}
+    assert all((s in sub) == (s.patient_id in chosen) for s in samples)
+    assert subset_by_patient(samples, 0, seed=1) == samples

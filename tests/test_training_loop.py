@@ -114,3 +114,14 @@ def test_torchrun_ddp_two_processes_gloo(tiny, tmp_path):
     log = (out / "train.log").read_text()
     assert log.count("model A epoch 1/1") == 1  # rank 0 logs alone
     assert load_bundle(out / "bundle").name == "ddp"
+
+
+def test_dataloader_workers_do_not_change_the_result(tiny, tmp_path):
+    _, cfg, sets = tiny
+    one_epoch = config_from_dict({**TINY, "optim": {"batch_size": 4, "epochs": 1}})
+    with_workers = config_from_dict({**TINY, "optim": {"batch_size": 4, "epochs": 1},
+                                     "run": {**TINY["run"], "num_workers": 2}})
+    a = _fit(one_epoch, sets, tmp_path / "w0" / "m")
+    b = _fit(with_workers, sets, tmp_path / "w2" / "m")
+    assert a.history[0]["train_loss"] == b.history[0]["train_loss"]
+    assert all(torch.equal(a.state[k], b.state[k]) for k in a.state)
