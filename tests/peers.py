@@ -201,8 +201,13 @@ def start_postgres() -> Postgres:
          "-o", f"-p {port} -k {sockdir} -c listen_addresses=127.0.0.1 -c fsync=on", "start"],
         timeout=90,
     )
-    _as_postgres_user([str(Path(initdb).parent / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "cxr", "cxrnode"], timeout=60)
-    return Postgres(port, datadir, workdir, f"postgresql+psycopg://cxr@127.0.0.1:{port}/cxrnode")
+    pg = Postgres(port, datadir, workdir, f"postgresql+psycopg://cxr@127.0.0.1:{port}/cxrnode")
+    try:
+        _as_postgres_user([str(Path(initdb).parent / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "cxr", "cxrnode"], timeout=60)
+    except BaseException:
+        stop_postgres(pg)  # never leave a server behind
+        raise
+    return pg
 
 
 def stop_postgres(pg: Postgres) -> None:

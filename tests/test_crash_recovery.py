@@ -14,17 +14,30 @@ from tests.test_end_to_end import ServeProcess, results_at, storescu
 pytestmark = [pytest.mark.peers, pytest.mark.slow]
 
 
+@pytest.fixture
+def reaper():
+    """Kills every node a test started, whatever the test's outcome."""
+    nodes = []
+    yield nodes.append
+    for node in nodes:
+        if node.proc is not None and node.proc.poll() is None:
+            node.proc.kill()
+            node.proc.wait()
+
+
 def db_rows(storage, sql):
     with sqlite3.connect(storage / "cxr-node.db") as conn:
         return conn.execute(sql).fetchall()
 
 
-def test_kill_during_pacs_outage_then_restart_delivers_once(tmp_path, fresh_uncr):
+def test_kill_during_pacs_outage_then_restart_delivers_once(tmp_path, fresh_uncr, reaper):
     pacs_port = peers.free_port()  # nothing listens here yet: the PACS is down
     config = tmp_path / "node.toml"
     config.write_text("[dispatcher]\nretry_delays_s = [0.5]\n[worker]\npoll_interval_s = 0.2\n")
     down = peers.Orthanc("ORTHANC", pacs_port, 0, None, tmp_path / "none.log")
-    node = ServeProcess(tmp_path, down, extra=["--config", str(config)]).start()
+    node = ServeProcess(tmp_path, down, extra=["--config", str(config)])
+    reaper(node)
+    node.start()
 
     source = pydicom.dcmread(fresh_uncr, stop_before_pixels=True)
     sent = storescu(node.port, node.ae_title, fresh_uncr)
@@ -42,6 +55,7 @@ def test_kill_during_pacs_outage_then_restart_delivers_once(tmp_path, fresh_uncr
         restarted = ServeProcess(tmp_path, pacs, extra=["--config", str(config)])
         restarted.port = node.port
         restarted.args[restarted.args.index("--port") + 1] = str(node.port)
+        reaper(restarted)
         restarted.start()
         found = results_at(pacs, source.StudyInstanceUID, 2)
         assert sorted(i["Tags"]["Modality"] for i in found) == ["OT", "SR"]
@@ -57,8 +71,10 @@ def test_kill_during_pacs_outage_then_restart_delivers_once(tmp_path, fresh_uncr
         peers.stop_process(pacs.process)
 
 
-def test_kill_right_after_acknowledgement_then_restart_processes_it(tmp_path, orthanc, fresh_j2kr):
-    node = ServeProcess(tmp_path, orthanc).start()
+def test_kill_right_after_acknowledgement_then_restart_processes_it(tmp_path, orthanc, fresh_j2kr, reaper):
+    node = ServeProcess(tmp_path, orthanc)
+    reaper(node)
+    node.start()
     source = pydicom.dcmread(fresh_j2kr, stop_before_pixels=True)
     assert storescu(node.port, node.ae_title, fresh_j2kr).returncode == 0
     node.stop(signal.SIGKILL)  # most likely mid-decode or mid-analysis
@@ -67,6 +83,7 @@ def test_kill_right_after_acknowledgement_then_restart_processes_it(tmp_path, or
 
     again = ServeProcess(tmp_path, orthanc)
     again.args[again.args.index("--port") + 1] = str(again.port)
+    reaper(again)
     again.start()
     found = results_at(orthanc, source.StudyInstanceUID, 2)
     assert sorted(i["Tags"]["Modality"] for i in found) == ["OT", "SR"]
@@ -74,11 +91,13 @@ def test_kill_right_after_acknowledgement_then_restart_processes_it(tmp_path, or
     again.stop()
 
 
-def test_kill_during_analysis_then_restart_reprocesses_at_once(tmp_path, orthanc, fresh_uncr):
+def test_kill_during_analysis_then_restart_reprocesses_at_once(tmp_path, orthanc, fresh_uncr, reaper):
     # A large untrained input makes the analysis last seconds, so the kill lands mid-analysis.
     config = tmp_path / "node.toml"
     config.write_text("[analysis]\ninput_size = 1536\n[worker]\npoll_interval_s = 0.1\n")
-    node = ServeProcess(tmp_path, orthanc, extra=["--config", str(config)]).start()
+    node = ServeProcess(tmp_path, orthanc, extra=["--config", str(config)])
+    reaper(node)
+    node.start()
     source = pydicom.dcmread(fresh_uncr, stop_before_pixels=True)
     assert storescu(node.port, node.ae_title, fresh_uncr).returncode == 0
     peers.wait_until(lambda: db_rows(node.storage, "select state from jobs") == [("running",)], 60, "job running", 0.02)
@@ -86,7 +105,9 @@ def test_kill_during_analysis_then_restart_reprocesses_at_once(tmp_path, orthanc
     assert db_rows(node.storage, "select state from jobs") == [("running",)]  # lease is 600 s by default
 
     config.write_text("[worker]\npoll_interval_s = 0.1\n")
-    again = ServeProcess(tmp_path, orthanc, extra=["--config", str(config)]).start()
+    again = ServeProcess(tmp_path, orthanc, extra=["--config", str(config)])
+    reaper(again)
+    again.start()
     found = results_at(orthanc, source.StudyInstanceUID, 2, timeout_s=120)  # well before the lease ends
     assert sorted(i["Tags"]["Modality"] for i in found) == ["OT", "SR"]
     assert db_rows(node.storage, "select state, attempts from jobs") == [("done", 2)]
