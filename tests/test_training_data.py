@@ -300,3 +300,16 @@ def test_subset_keeps_whole_patients_and_every_label(tmp_path):
     chosen = {s.patient_id for s in sub}
     assert all((s in sub) == (s.patient_id in chosen) for s in samples)
     assert subset_by_patient(samples, 0, seed=1) == samples
+
+
+def test_near_duplicate_groups_are_merged_before_splitting():
+    from training.splits import merge_groups
+
+    groups = np.array(["p1", "p1", "p2", "p3", "p4", "p5"])
+    merged = merge_groups(groups, [(1, 2, 0), (3, 5, 4)])  # p1~p2, p3~p5
+    assert merged[0] == merged[1] == merged[2] and merged[3] == merged[5]
+    assert len(set(merged.tolist())) == 3  # {p1,p2}, {p3,p5}, {p4}
+    labels = np.array(["covid"] * 6)
+    split = make_split(labels, merged, (0.6, 0.2, 0.2), seed=0)
+    where = split.part_of(6)
+    assert where[0] == where[2] and where[3] == where[5]

@@ -36,6 +36,16 @@ class Interrupted(Exception):
     pass
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    # Two spinning OpenMP threads slow to a crawl when other jobs share the 2 cores; one
+    # thread does not spin. Restored afterwards: the setting is process-wide.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     folder = write_synthetic(tmp_path_factory.mktemp("tiny"), patients_per_label=5, images_per_patient=2, size=40)
@@ -95,7 +105,7 @@ def test_torchrun_ddp_two_processes_gloo(tiny, tmp_path):
         "[run]\nname='ddp'\nrepetitions=1\nnum_workers=0\ndevice='cpu'\n[data]\ninput_size=64\n"
         "[model]\ninit='scratch'\n[optim]\nbatch_size=4\nepochs=1\n[report]\ngradcam_examples=1\n")
     out = tmp_path / "out"
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env = dict(os.environ, OMP_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "training", "train", "--config", str(config), "--data", str(folder),
            "--out", str(out)]

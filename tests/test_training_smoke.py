@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import subprocess
 import sys
 import time
@@ -21,6 +22,9 @@ from cxr_node.analysis.bundle import load_bundle
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "datasets" / "public-cxr"
 CXR_NODE = str(Path(sys.executable).parent / "cxr-node")
+# OpenMP threads that spin while waiting collapse DenseNet training ~30x when other jobs share
+# the 2 cores (measured 0.4 vs 12.8 images/s); passive waiting costs ~30 % on an idle machine.
+ENV = dict(os.environ, OMP_WAIT_POLICY="PASSIVE")
 
 pytestmark = [
     pytest.mark.slow,
@@ -35,7 +39,7 @@ def smoke(tmp_path_factory):
     t0 = time.monotonic()
     proc = subprocess.run([CXR_NODE, "train", "--config", str(REPO / "configs/train-smoke.toml"),
                            "--data", str(DATA), "--out", str(out)],
-                          capture_output=True, text=True, timeout=600, cwd=REPO)
+                          capture_output=True, text=True, timeout=600, cwd=REPO, env=ENV)
     elapsed = time.monotonic() - t0
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return out, json.loads((out / "metrics.json").read_text()), elapsed, proc
@@ -70,8 +74,11 @@ def test_splits_are_patient_disjoint_and_stratified(smoke):
     assert all(normals[p]["normal"] >= 4 for p in ("train", "val", "test")), normals  # 31 normals spread out
     b = rep["split"]["b_sizes"]
     assert b["test"] % 3 == 0 and b["test"] == 3 * normals["test"]["normal"]  # balanced 1:1:1
-    for d in rep["split"]["near_duplicates_across_splits"]:
-        assert d["split_a"] != d["split_b"] and d["bits"] <= 6
+    # public-cxr holds pixel-identical images under patients ieee-97 and ieee-178 (and ieee-287 /
+    # ieee-340): with split.group_near_duplicates they must land in the same split
+    where = {r["patient_id"]: r["split"] for r in rows}
+    assert where["ieee-97"] == where["ieee-178"] and where["ieee-287"] == where["ieee-340"]
+    assert rep["split"]["near_duplicates_across_splits"] == []
 
 
 def test_metrics_report_plots_and_gradcam(smoke):
@@ -121,7 +128,7 @@ def test_evaluate_reproduces_training_test_metrics(smoke, tmp_path):
             w.writerow([str(DATA / r["image"]), r["patient_id"], r["label"]])
     proc = subprocess.run([CXR_NODE, "evaluate", "--models", str(out / "bundle"), "--data", str(ext), "--json",
                            "--predictions", str(tmp_path / "pred.csv")],
-                          capture_output=True, text=True, timeout=300, cwd=REPO)
+                          capture_output=True, text=True, timeout=300, cwd=REPO, env=ENV)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ev = json.loads(proc.stdout)
     for key in ("accuracy", "balanced_accuracy", "auc_a", "auc_b", "per_class", "counts", "confusion_matrix"):
@@ -150,8 +157,8 @@ def test_evaluate_refuses_bad_rows_unless_told(smoke, tmp_path):
         f"image,patient_id,label\n{DATA / first['image']},{first['patient_id']},{first['label']}\n"
         "gone.png,p9,covid\n")
     cmd = [CXR_NODE, "evaluate", "--models", str(out / "bundle"), "--data", str(ext)]
-    refused = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    refused = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=ENV)
     assert refused.returncode == 1 and "manifest.csv line 3: image file gone.png does not exist" in refused.stderr
-    ok = subprocess.run(cmd + ["--skip-bad-rows", "--json"], capture_output=True, text=True, timeout=120)
+    ok = subprocess.run(cmd + ["--skip-bad-rows", "--json"], capture_output=True, text=True, timeout=120, env=ENV)
     assert ok.returncode == 0, ok.stderr[-2000:]
     assert json.loads(ok.stdout)["n"] == 1

@@ -47,6 +47,8 @@ class SplitConfig:
     test: float = 0.2
     # Two images whose 64-bit perceptual hashes differ in at most this many bits are near-duplicates.
     near_duplicate_bits: int = 6
+    # Keep near-duplicate images (and so their patients) in the same split.
+    group_near_duplicates: bool = True
 
 
 @dataclass(frozen=True)

@@ -49,6 +49,7 @@ from training.splits import (
     hash_all,
     label_counts,
     make_split,
+    merge_groups,
     near_duplicates,
     patient_overlap,
 )
@@ -142,6 +143,8 @@ def run_repetition(ctx: Context, rep: int) -> dict[str, Any]:
     labels = data.labels
     patients = np.array([s.patient_id for s in data.samples])
     groups = patients if cfg.split.unit == "patient" else np.arange(len(labels)).astype(str)
+    if cfg.split.group_near_duplicates:
+        groups = merge_groups(groups, ctx.near_pairs)
     split = make_split(labels, groups, (cfg.split.train, cfg.split.val, cfg.split.test), seed)
     overlap = patient_overlap(split, patients)
     counts = label_counts(split, labels)
@@ -275,10 +278,11 @@ def _train(cfg, data_dir, out, env, device, labels_csv, skip_bad_rows, config_pa
                      progress=partial(progress, desc="decoding images") if progress else None, log=log)
     log(f"{len(data.samples)} images, {len({s.patient_id for s in data.samples})} patients: {data.counts()}")
     fingerprint = f"{cfg.fingerprint()}-{_data_fingerprint(data)}"
-    pairs = near_duplicates(hash_all(data.squares), cfg.split.near_duplicate_bits) if env.is_main else []
-    if env.is_main:
-        log(f"{len(pairs)} near-duplicate image pair(s) in the data (perceptual hash, <= "
-            f"{cfg.split.near_duplicate_bits} bits apart)")
+    # every rank: the split depends on it and must be the same everywhere
+    pairs = near_duplicates(hash_all(data.squares), cfg.split.near_duplicate_bits)
+    log(f"{len(pairs)} near-duplicate image pair(s) in the data (perceptual hash, <= "
+        f"{cfg.split.near_duplicate_bits} bits apart)"
+        + ("; their patients are kept in one split" if cfg.split.group_near_duplicates else ""))
     ctx = Context(cfg, data, out, env, device, weights, fingerprint, log, progress, pairs)
 
     reps = [run_repetition(ctx, r) for r in range(cfg.run.repetitions)]

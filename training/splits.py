@@ -131,6 +131,28 @@ def cross_split_duplicates(
     return [(i, j, d, where[i], where[j]) for i, j, d in pairs if where[i] and where[j] and where[i] != where[j]]
 
 
+def merge_groups(groups: np.ndarray, pairs: list[tuple[int, int, int]]) -> np.ndarray:
+    """Join the groups of near-duplicate images (union-find), so a split cannot separate them.
+
+    The same radiograph published under two patient ids is one patient as far as leakage
+    goes; a false match only makes the split a little coarser.
+    """
+    groups = np.asarray(groups).astype(str)
+    parent = {g: g for g in groups.tolist()}
+
+    def root(g: str) -> str:
+        while parent[g] != g:
+            parent[g] = parent[parent[g]]
+            g = parent[g]
+        return g
+
+    for i, j, _ in pairs:
+        a, b = root(groups[i]), root(groups[j])
+        if a != b:
+            parent[max(a, b)] = min(a, b)
+    return np.array([root(g) for g in groups.tolist()])
+
+
 def balanced_subset(indices: np.ndarray, labels: np.ndarray, classes: tuple[str, ...], seed: int) -> np.ndarray:
     """As many images of each class as the rarest class has (the paper's 1:1:1 option for B)."""
     rng = np.random.default_rng(seed)
