@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -35,6 +36,10 @@ def run_demo(cfg: NodeConfig, image: Path, out: Path, timeout_s: float = 300.0) 
     from cxr_node.dicom.sender import Sender, status_ok
     from cxr_node.node import Node
 
+    # A demo starts from nothing each time: a kept queue would know the study and, rightly,
+    # not report it a second time.
+    for leftover in ("node", "pacs"):
+        shutil.rmtree(out / leftover, ignore_errors=True)
     pacs = LoopbackPACS(out / "pacs")
     pacs.start()
     cfg = with_overrides(
