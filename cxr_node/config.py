@@ -67,6 +67,7 @@ class NodeConfig:
     max_attempts: int = 3
     send_retry_s: tuple[float, ...] = (5.0, 30.0, 120.0, 600.0)
     batch_size: int = 4
+    roles: tuple[str, ...] = ("receiver", "worker", "dispatcher", "housekeeping")
     retention_days: float = 0.0  # 0 = keep everything
     housekeeping_interval_s: float = 3600.0
 
@@ -124,6 +125,18 @@ def _aet_list(key, v):
     return tuple(validate_ae_title(f"{key}[{i}]", x) for i, x in enumerate(v))
 
 
+ROLE_NAMES = ("receiver", "worker", "dispatcher", "housekeeping")
+
+
+def _roles(key, v):
+    if not isinstance(v, (list, tuple)) or not v:
+        raise ConfigError(f"{key}: must be a non-empty list of roles ({', '.join(ROLE_NAMES)})")
+    for i, role in enumerate(v):
+        if role not in ROLE_NAMES:
+            raise ConfigError(f"{key}[{i}]: {role!r} is not a role ({', '.join(ROLE_NAMES)})")
+    return tuple(dict.fromkeys(v))
+
+
 def _delays(key, v):
     if not isinstance(v, list) or not v:
         raise ConfigError(f"{key}: must be a non-empty list of seconds")
@@ -143,6 +156,7 @@ _SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
         "port": ("port", lambda k, v: _port(k, v, listen=True)),
         "storage": ("storage", lambda k, v: Path(_str(k, v))),
         "db": ("db", _str),
+        "roles": ("roles", _roles),
     },
     "receiver": {
         "allowed_calling_aets": ("allowed_calling_aets", _aet_list),
@@ -238,6 +252,8 @@ def with_overrides(cfg: NodeConfig, **overrides: Any) -> NodeConfig:
         given["ae_title"] = validate_ae_title("--ae-title", given["ae_title"])
     if "port" in given:
         given["port"] = _port("--port", given["port"], listen=True)
+    if "roles" in given:
+        given["roles"] = _roles("--role", list(given["roles"]))
     if isinstance(given.get("destination"), str):
         given["destination"] = Destination.parse("--destination", given["destination"])
     return replace(cfg, **given)

@@ -37,54 +37,61 @@ def load_models(cfg: NodeConfig) -> Bundle:
     )
 
 
+ROLES = ("receiver", "worker", "dispatcher", "housekeeping")
+
+
 @dataclass
 class Node:
+    """The roles of one process. All four by default; split them across processes or hosts with
+    `serve --role`, since they talk to each other only through the database and the storage dir."""
+
     config: NodeConfig
     queue: JobQueue
-    receiver: Receiver
-    worker: Worker
+    receiver: Receiver | None
+    worker: Worker | None
     dispatcher: Dispatcher | None
-    housekeeping: Housekeeping
+    housekeeping: Housekeeping | None
 
     @classmethod
     def build(cls, cfg: NodeConfig, bundle: Bundle | None = None) -> "Node":
-        bundle = bundle or load_models(cfg)
+        roles = set(cfg.roles)
         layout = StorageLayout(cfg.storage)
         layout.ensure()
         queue = JobQueue(make_engine(cfg.db_url))
-        receiver = Receiver(ReceiverSettings(cfg.ae_title, cfg.bind, cfg.port, cfg.allowed_calling_aets), queue, layout)
-        worker = Worker(
-            queue,
-            Analyzer(bundle, cfg.device),
-            layout,
-            NodeIdentity(cfg.ae_title),
-            WorkerSettings(
-                lease_s=cfg.lease_s,
-                max_attempts=cfg.max_attempts,
-                batch_size=cfg.batch_size,
-                poll_interval_s=cfg.poll_interval_s,
-                cam_panels=cfg.cam_panels,
-                sc_max_side=cfg.sc_max_side,
-                destination=str(cfg.destination) if cfg.destination else None,
-            ),
-        )
-        dispatcher = None
-        if cfg.destination is not None:
+        receiver = worker = dispatcher = housekeeping = None
+        if "receiver" in roles:
+            receiver = Receiver(ReceiverSettings(cfg.ae_title, cfg.bind, cfg.port, cfg.allowed_calling_aets), queue, layout)
+        if "worker" in roles:  # only a worker needs the models (and the GPU)
+            worker = Worker(
+                queue,
+                Analyzer(bundle or load_models(cfg), cfg.device),
+                layout,
+                NodeIdentity(cfg.ae_title),
+                WorkerSettings(
+                    lease_s=cfg.lease_s,
+                    max_attempts=cfg.max_attempts,
+                    batch_size=cfg.batch_size,
+                    poll_interval_s=cfg.poll_interval_s,
+                    cam_panels=cfg.cam_panels,
+                    sc_max_side=cfg.sc_max_side,
+                    destination=str(cfg.destination) if cfg.destination else None,
+                ),
+            )
+        if "dispatcher" in roles and cfg.destination is not None:
             dispatcher = Dispatcher(queue, Sender(cfg.ae_title), cfg.send_retry_s, cfg.poll_interval_s)
-        housekeeping = Housekeeping(queue, layout, cfg.retention_days, cfg.housekeeping_interval_s)
+        if "housekeeping" in roles:
+            housekeeping = Housekeeping(queue, layout, cfg.retention_days, cfg.housekeeping_interval_s)
         return cls(cfg, queue, receiver, worker, dispatcher, housekeeping)
 
+    def _parts(self):
+        # Worker and dispatcher first: anything left queued by a previous run starts moving at once;
+        # the receiver last, so nothing is accepted before the rest is up.
+        return [p for p in (self.worker, self.dispatcher, self.housekeeping, self.receiver) if p is not None]
+
     def start(self) -> None:
-        # Worker and dispatcher first: anything left queued by a previous run starts moving at once.
-        self.worker.start()
-        if self.dispatcher:
-            self.dispatcher.start()
-        self.housekeeping.start()
-        self.receiver.start()
+        for part in self._parts():
+            part.start()
 
     def stop(self) -> None:
-        self.receiver.stop()
-        self.housekeeping.stop()
-        self.worker.stop()
-        if self.dispatcher:
-            self.dispatcher.stop()
+        for part in reversed(self._parts()):
+            part.stop()

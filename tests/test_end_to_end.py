@@ -158,3 +158,26 @@ def test_serve_on_postgresql(serve, orthanc, postgres, fresh_uncr):
         assert conn.execute(text("select count(*) from results where study_instance_uid = :s"),
                             {"s": source.StudyInstanceUID}).scalar() == 1
     node.stop()
+
+
+def test_roles_in_separate_processes(serve, orthanc, fresh_uncr, tmp_path):
+    """Receiver alone in one process, worker + dispatcher in another: they meet only in the DB and storage."""
+    receiver = ServeProcess(tmp_path, orthanc, extra=["--role", "receiver"])
+    receiver.args.remove("--allow-untrained")  # a receiver needs no model: it must start without one
+    receiver.start()
+    source = pydicom.dcmread(fresh_uncr, stop_before_pixels=True)
+    try:
+        assert storescu(receiver.port, receiver.ae_title, fresh_uncr).returncode == 0
+    except AssertionError:
+        receiver.stop(signal.SIGKILL)
+        raise
+    worker = ServeProcess(tmp_path, orthanc, extra=["--role", "worker", "--role", "dispatcher"])
+    worker.args[worker.args.index("--port") + 1] = "0"
+    log = open(tmp_path / "worker.log", "ab")
+    worker.proc = subprocess.Popen(worker.args, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
+    try:
+        found = results_at(orthanc, source.StudyInstanceUID, 2)
+        assert sorted(i["Tags"]["Modality"] for i in found) == ["OT", "SR"]
+    finally:
+        worker.stop()
+        receiver.stop()

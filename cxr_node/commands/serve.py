@@ -33,8 +33,10 @@ def setup_logging(verbose: bool) -> None:
 @click.option("--models", type=click.Path(path_type=Path), default=None, help="Model bundle directory.")
 @click.option("--allow-untrained", is_flag=True, default=None, help="Run with random weights (results say UNTRAINED).")
 @click.option("--device", default=None, help="auto, cpu, cuda or cuda:N.")
+@click.option("--role", "roles", multiple=True, type=click.Choice(["receiver", "worker", "dispatcher", "housekeeping"]),
+              help="Run only these roles (repeatable) [default: all].")
 @click.option("-v", "--verbose", is_flag=True)
-def command(config_path, ae_title, port, bind, storage, db, destination, models, allow_untrained, device, verbose):
+def command(config_path, ae_title, port, bind, storage, db, destination, models, allow_untrained, device, roles, verbose):
     """Run the Storage SCP, the worker and the dispatcher."""
     from cxr_node.node import Node
 
@@ -45,7 +47,7 @@ def command(config_path, ae_title, port, bind, storage, db, destination, models,
         cfg = with_overrides(
             load_config(config_path),
             ae_title=ae_title, port=port, bind=bind, storage=storage, db=db, destination=destination,
-            models=models, allow_untrained=allow_untrained, device=device,
+            models=models, allow_untrained=allow_untrained, device=device, roles=roles or None,
         )
         node = Node.build(cfg)
     except ConfigError as exc:
@@ -55,11 +57,13 @@ def command(config_path, ae_title, port, bind, storage, db, destination, models,
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     signal.signal(signal.SIGINT, lambda *_: stopping.set())
     node.start()
-    click.echo(
-        f"cxr-node serving as {cfg.ae_title} on {cfg.bind}:{node.receiver.port}; "
-        f"results to {cfg.destination or 'disk only'}; models {node.worker.model.label}"
-        f"{'' if node.worker.model.trained else ' (UNTRAINED - NOT FOR CLINICAL USE)'}",
-        err=True,
-    )
+    parts = [f"roles {', '.join(cfg.roles)}"]
+    if node.receiver:
+        parts.append(f"listening as {cfg.ae_title} on {cfg.bind}:{node.receiver.port}")
+    if node.worker:
+        model = node.worker.model
+        parts.append(f"models {model.label}{'' if model.trained else ' (UNTRAINED - NOT FOR CLINICAL USE)'}")
+    parts.append(f"results to {cfg.destination or 'disk only'}")
+    click.echo("cxr-node: " + "; ".join(parts), err=True)
     stopping.wait()
     node.stop()
