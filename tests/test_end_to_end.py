@@ -6,7 +6,6 @@ cover the CLI, the config defaults and shutdown on SIGTERM.
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys

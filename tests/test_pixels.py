@@ -136,3 +136,14 @@ def test_png_from_the_shared_set(public_cxr):
     img = read_image(first)
     assert img.pixels.ndim == 2 and max(img.pixels.shape) <= 512
     assert 0.0 <= img.pixels.min() < img.pixels.max() <= 1.0
+
+
+def test_linear_exact_and_sigmoid_windows():
+    values = np.array([[0, 50, 100]])
+    exact = dataset_to_float(make_radiograph(values, WindowCenter=50, WindowWidth=100, VOILUTFunction="LINEAR_EXACT")).pixels[0]
+    np.testing.assert_allclose(exact, [0.0, 0.5, 1.0], atol=1e-6)
+    sigmoid = dataset_to_float(make_radiograph(values, WindowCenter=50, WindowWidth=100, VOILUTFunction="SIGMOID")).pixels[0]
+    # PS3.3 C.11.2.1.3.1: y = 1 / (1 + exp(-4 (x - c) / w))
+    np.testing.assert_allclose(sigmoid, 1 / (1 + np.exp(-4 * (values[0] - 50) / 100)), atol=1e-6)
+    with pytest.raises(PixelDataError, match="WindowWidth"):
+        dataset_to_float(make_radiograph(values, WindowCenter=50, WindowWidth=0, VOILUTFunction="LINEAR_EXACT"))

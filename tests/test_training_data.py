@@ -9,7 +9,6 @@ import csv
 from pathlib import Path
 
 import numpy as np
-import pydicom
 import pytest
 from click.testing import CliRunner
 from pydicom.dataset import FileDataset, FileMetaDataset

@@ -56,8 +56,9 @@ def _linear_window(values: np.ndarray, center: float, width: float, function: st
     if function == "SIGMOID":
         return 1.0 / (1.0 + np.exp(-4.0 * (values - center) / width))
     if function == "LINEAR_EXACT":
-        lo, hi = center - width / 2.0, center + width / 2.0
-        return np.clip((values - lo) / width, 0.0, 1.0) if width > 0 else (values > center).astype(np.float32)
+        if width <= 0:
+            raise PixelDataError(f"WindowWidth {width} <= 0 is invalid for VOI LUT Function LINEAR_EXACT")
+        return np.clip((values - (center - width / 2.0)) / width, 0.0, 1.0)
     # LINEAR: the standard's (c - 0.5) / (w - 1) form; width must be >= 1.
     if width < 1:
         raise PixelDataError(f"WindowWidth {width} < 1 is invalid for VOI LUT Function LINEAR")

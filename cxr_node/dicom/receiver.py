@@ -10,12 +10,9 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from io import BytesIO
 from typing import Callable
 
-from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
 from pynetdicom.sop_class import (
     ComputedRadiographyImageStorage,
@@ -154,9 +151,4 @@ def check_radiograph(ds: Dataset, context_sop_class: str) -> str | None:
     return None
 
 
-def read_stored(path: str) -> Dataset:
-    with open(path, "rb") as fh:
-        return dcmread(BytesIO(fh.read()))
-
-
-__all__ = ["Receiver", "ReceiverSettings", "RADIOGRAPH_SOP_CLASSES", "ExplicitVRLittleEndian", "ImplicitVRLittleEndian"]
+__all__ = ["Receiver", "ReceiverSettings", "RADIOGRAPH_SOP_CLASSES", "check_radiograph"]
