@@ -90,6 +90,18 @@ def _naive(analyzer, image: np.ndarray) -> float:
     return time.perf_counter() - t0
 
 
+def _floor_sequential(analyzer, x) -> float:
+    import torch
+
+    t0 = time.perf_counter()
+    with torch.inference_mode(), analyzer._context():
+        analyzer._bare_a(x)
+        analyzer._bare_b(x)
+    if analyzer.device.type == "cuda":
+        torch.cuda.synchronize(analyzer.device)
+    return time.perf_counter() - t0
+
+
 def worker_rss_probe(image: str, models: str | None, input_size: int, device: str, batch: int) -> dict:
     """Run in a fresh process: what a worker holds with both models, a batch and SR/SC writing."""
     import pydicom
@@ -191,7 +203,7 @@ def run_inference_bench(
     # -- per study at batch 1, interleaved with floor and naive -------------------------
     say(f"{studies} studies: analysis, floor{', naive' if naive else ''}, SR/SC")
     stage_s: dict[str, list[float]] = {k: [] for k in STAGES}
-    analysis_s, floor_s, naive_s, build_s = [], [], [], []
+    analysis_s, floor_s, naive_s, build_s, floor_seq_s = [], [], [], [], []
     with tempfile.TemporaryDirectory(prefix="cxr-bench-") as tmp:
         for i in range(studies):
             t0 = time.perf_counter()
@@ -202,6 +214,7 @@ def run_inference_bench(
             t0 = time.perf_counter()
             analyzer.floor(x1)
             floor_s.append(time.perf_counter() - t0)
+            floor_seq_s.append(_floor_sequential(analyzer, x1))
             if naive:
                 naive_s.append(_naive(analyzer, img))
             t0 = time.perf_counter()
@@ -277,6 +290,7 @@ def run_inference_bench(
         "gpu": gpu,
         "precision": analyzer.precision,
         "compiled": analyzer.compiled,
+        "parallel_models": analyzer.parallel_models,
         "channels_last": True,
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
@@ -290,6 +304,9 @@ def run_inference_bench(
         "analysis_s_p50": round(a50, 5),
         "analysis_s_p95": round(float(np.percentile(analysis_s, 95)), 5),
         "floor_s": round(f50, 5),
+        # two bare forwards one after the other in the calling thread (all threads each):
+        # what floor_s is when A and B do not run concurrently
+        "floor_sequential_s": round(float(np.median(floor_seq_s)), 5),
         "naive_s": round(n50, 5) if n50 is not None else None,
         "analysis_over_floor": round(a50 / f50, 4),
         "naive_over_analysis": round(n50 / a50, 3) if n50 is not None else None,

@@ -45,7 +45,7 @@ def test_cams_on_source_grid_and_timings(analyzer, images):
             assert cam.min() >= 0.0 and cam.max() <= 1.0 + 1e-6
         assert set(STAGES) <= set(a.timings)
     assert analyzer.last_batch == 2
-    assert set(analyzer.last_timings) == {*STAGES, "total"}
+    assert set(analyzer.last_timings) == {*STAGES, "models", "total"}
     assert analyzer.analyse([]) == []
 
 
@@ -91,3 +91,17 @@ def test_process_pool_decodes_like_in_process(rg1_uncr):
         remote = pool.submit(rg1_uncr).result(timeout=120)
     local = decode_file(rg1_uncr)
     np.testing.assert_array_equal(remote.image.pixels, local.image.pixels)
+
+
+def test_models_in_parallel_give_the_same_answer_and_keep_the_callers_threads(analyzer, images):
+    from cxr_node.analysis.engine import Analyzer
+
+    threads = torch.get_num_threads()
+    sequential = Analyzer(analyzer.bundle, "cpu", parallel_models=False)
+    parallel = Analyzer(analyzer.bundle, "cpu", parallel_models=True)
+    assert parallel.parallel_models and not sequential.parallel_models
+    for s, p in zip(sequential.analyse(images), parallel.analyse(images)):
+        assert s.result.p_abnormal == pytest.approx(p.result.p_abnormal, abs=1e-5)
+        assert s.result.p_covid == pytest.approx(p.result.p_covid, abs=1e-5)
+        np.testing.assert_allclose(s.cam_b, p.cam_b, atol=1e-4)
+    assert torch.get_num_threads() == threads  # the pool's thread setting stays in the pool
