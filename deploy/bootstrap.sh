@@ -36,6 +36,11 @@ pip_install() {
 
 if [[ ! -x "$VENV/bin/python" ]]; then
   echo "bootstrap: creating $VENV"
+  if ! "$PYTHON" -c "import ensurepip, venv" 2>/dev/null && command -v apt-get >/dev/null; then
+    # Debian's own python3 ships venv/ensurepip in a separate package.
+    SUDO=""; [[ $(id -u) -ne 0 ]] && SUDO="sudo"
+    $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq python3-venv >/dev/null
+  fi
   "$PYTHON" -m venv "$VENV"
 fi
 stamp="$VENV/.cxr-node-installed"
