@@ -118,7 +118,8 @@ def command(config_path, models, image, out, as_json):
     click.echo(f"P(COVID-19)     {100 * summary['p_covid']:.1f} %   (model B)")
     click.echo("seconds per stage")
     for stage, seconds in summary["seconds"].items():
-        click.echo(f"  {stage:<14}{seconds:8.3f}")
+        note = "   (A and B run at the same time on a CPU: these two overlap)" if stage == "model_b" else ""
+        click.echo(f"  {stage:<14}{seconds:8.3f}{note}")
     click.echo(f"SR returned     {summary['returned']['sr']}")
     click.echo(f"SC returned     {summary['returned']['sc']}")
     click.echo(f"SC as PNG       {summary['sc_png']}")
