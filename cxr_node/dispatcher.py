@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import logging
-import threading
 from collections import defaultdict
 
 from cxr_node.config import Destination
 from cxr_node.dicom.sender import SendError, Sender, status_ok
+from cxr_node.polling import PollingLoop
 from cxr_node.queue.jobs import Export, JobQueue
 
 log = logging.getLogger(__name__)
@@ -25,8 +25,7 @@ class Dispatcher:
         self.sender = sender
         self.retry_delays_s = retry_delays_s
         self.poll_interval_s = poll_interval_s
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._loop = PollingLoop("cxr-dispatcher", self.run_once, poll_interval_s)
 
     def _delay(self, attempts: int) -> float:
         return self.retry_delays_s[min(attempts, len(self.retry_delays_s) - 1)]
@@ -63,20 +62,7 @@ class Dispatcher:
         return len(due)
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name="cxr-dispatcher", daemon=True)
-        self._thread.start()
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                busy = self.run_once()
-            except Exception:
-                log.exception("dispatcher loop error")
-                busy = 0
-            if not busy:
-                self._stop.wait(self.poll_interval_s)
+        self._loop.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread:
-            self._thread.join(timeout=60)
+        self._loop.stop()

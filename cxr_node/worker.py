@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import threading
 import time
 from dataclasses import dataclass
 
@@ -15,6 +14,7 @@ from cxr_node.analysis.bundle import Bundle
 from cxr_node.analysis.engine import Analyzer
 from cxr_node.analysis.decode_pool import decode_many
 from cxr_node.dicom.pixels import PixelDataError
+from cxr_node.polling import PollingLoop
 from cxr_node.queue.jobs import ExportItem, Job, JobQueue, ResultRecord
 from cxr_node.results.identity import ModelIdentity, NodeIdentity
 from cxr_node.results.writer import write_results
@@ -70,8 +70,7 @@ class Worker:
         self.model = model_identity(analyzer.bundle)
         # HOST:PID lets a restarted node recognise jobs its dead predecessor held.
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._loop = PollingLoop("cxr-worker", self.run_once, settings.poll_interval_s)
 
     def run_once(self) -> int:
         """Claim and process up to one batch; returns how many jobs were claimed."""
@@ -154,20 +153,7 @@ class Worker:
 
     def start(self) -> None:
         self.recover()
-        self._thread = threading.Thread(target=self._loop, name="cxr-worker", daemon=True)
-        self._thread.start()
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                busy = self.run_once()
-            except Exception:  # the database may be briefly unavailable; keep serving
-                log.exception("worker loop error")
-                busy = 0
-            if not busy:
-                self._stop.wait(self.settings.poll_interval_s)
+        self._loop.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread:
-            self._thread.join(timeout=60)
+        self._loop.stop()
