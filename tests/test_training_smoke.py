@@ -162,3 +162,22 @@ def test_evaluate_refuses_bad_rows_unless_told(smoke, tmp_path):
     ok = subprocess.run(cmd + ["--skip-bad-rows", "--json"], capture_output=True, text=True, timeout=120, env=ENV)
     assert ok.returncode == 0, ok.stderr[-2000:]
     assert json.loads(ok.stdout)["n"] == 1
+
+
+def test_trained_bundle_serves_without_the_untrained_warning(smoke, tmp_path):
+    """train -> bundle -> the runtime: results name the trained model and carry no UNTRAINED label."""
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    out, _, _, _ = smoke
+    source = get_testdata_file("RG1_UNCR.dcm")
+    proc = subprocess.run([CXR_NODE, "infer", source, "--models", str(out / "bundle"), "--out", str(tmp_path), "--json"],
+                          capture_output=True, text=True, timeout=300, env=ENV)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["trained"] is True and "cxr-covid-smoke" in summary["model"]
+    sr = pydicom.dcmread(summary["outputs"]["sr"])
+    sc = pydicom.dcmread(summary["outputs"]["sc"])
+    for ds in (sr, sc):
+        assert "UNTRAINED" not in str(ds.get("SeriesDescription", "")).upper()
+    assert "UNTRAINED" not in str(sr).upper()
