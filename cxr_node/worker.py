@@ -91,7 +91,8 @@ class Worker:
                 if isinstance(got, BaseException):
                     raise got
                 image, decode_s = got.image, got.seconds
-                ds = dcmread(job.path)  # header + undecoded pixels for the SR/SC (fast: no decoding)
+                # Header only: the SR and SC copy attributes, the pixels were decoded above.
+                ds = dcmread(job.path, stop_before_pixels=True)
             except PixelDataError as exc:  # retrying cannot fix the image itself
                 log.error("job %d (%s): %s", job.id, job.sop_instance_uid, exc)
                 self.queue.fail(job, str(exc), self.settings.max_attempts, permanent=True)

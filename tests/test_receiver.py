@@ -127,3 +127,12 @@ def test_calling_ae_policy_and_called_ae_title(node_factory):
     assert node.send(make_radiograph(gradient()), calling="STRANGER") is None
     assert node.send(make_radiograph(gradient()), called="OTHER_NODE") is None
     assert node.send(make_radiograph(gradient()), calling="MOBILE_DR").Status == 0x0000
+
+
+def test_uid_unusable_as_file_name_gets_a900(node_factory):
+    node = node_factory()
+    ds = make_radiograph(gradient())
+    ds.StudyInstanceUID = ".."
+    status = node.send(ds)
+    assert status.Status == 0xA900 and "UID" in status.ErrorComment
+    assert node.send(make_radiograph(gradient())).Status == 0x0000  # still serving

@@ -99,7 +99,11 @@ class Receiver:
             return _status(DATASET_DOES_NOT_MATCH, problem)
 
         sop_uid, study_uid = str(ds.SOPInstanceUID), str(ds.StudyInstanceUID)
-        path = self.layout.instance_path(study_uid, sop_uid)
+        try:
+            path = self.layout.instance_path(study_uid, sop_uid)
+        except ValueError:  # a UID with nothing usable as a file name (e.g. only spaces or "..")
+            log.warning("C-STORE from %s refused: unusable UID %r / %r", calling, study_uid, sop_uid)
+            return _status(DATASET_DOES_NOT_MATCH, "StudyInstanceUID or SOPInstanceUID not a UID")
         try:
             # encoded_dataset keeps the bytes exactly as the modality sent them.
             self.write(path, event.encoded_dataset(include_meta=True))
