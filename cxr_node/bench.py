@@ -1,17 +1,23 @@
 """Inference benchmark: per-stage times, throughput, memory, and the floor and naive baselines.
 
 Everything is measured in one process, on the real radiograph (pydicom-data RG1_J2KR.dcm:
-CR chest, JPEG 2000 lossless, 1955 x 1841), with warm-up runs first and medians reported:
+CR chest, JPEG 2000 lossless, 1955 x 1841; `image=` takes another), with warm-up runs first
+and medians reported:
 
-- stages per study at batch 1: decode, preprocess, model A, model B, CAMs (feature-grid CAM
-  + mapping to the source grid), SR/SC build (render + highdicom + encode + durable write);
+- stages per study at batch 1: decode, preprocess, model A, model B, CAMs (on the feature
+  grid), SR/SC build (CAMs mapped to the source grid + render + highdicom + encode + durable
+  write);
 - analysis = one Analyzer.analyse() call for one study (preprocess + models + CAMs, no decode);
 - floor   = two bare torchvision DenseNet-161 forwards on the same preprocessed input, same
   batch, device, precision, memory format and inference_mode (Analyzer.floor);
 - naive   = preprocess + per-model autograd Grad-CAM (cam.gradcam_autograd: forward + backward,
-  parameter gradients included, as a hook-based Grad-CAM library does) + mapping to the source;
+  parameter gradients included, as a hook-based Grad-CAM library does), CAMs on the feature
+  grid like analysis (both map to the source grid later, when the SC is drawn);
 floor, analysis and naive are interleaved study by study, so load changes hit all three alike;
-- studies/s of analyse() at each batch size (the same image repeated);
+- studies/s of analyse() at each batch size (the same image repeated), with the stage split
+  of the median run;
+- on a GPU, agreement with the CPU in exact fp32 on the same image and weights (probabilities
+  and feature-grid CAMs), since autocast changes the numerics;
 - decode overlap: N studies decoded serially then analysed, versus decoded in the process
   pool while the previous ones are analysed;
 - peak RSS of this process (ru_maxrss), and of a fresh process that does what a worker does
@@ -69,22 +75,17 @@ def _own_peak_mb() -> float:
 
 
 def _naive(analyzer, image: np.ndarray) -> float:
-    """Preprocess + autograd Grad-CAM per model (probabilities come from the same forwards) + mapping."""
-    import torch
-
+    """Preprocess + autograd Grad-CAM per model (probabilities come from the same forwards)."""
     from cxr_node.analysis.cam import gradcam_autograd
-    from cxr_node.analysis.preprocess import map_to_source
 
     t0 = time.perf_counter()
-    x, boxes = analyzer.preprocess([image])
+    x, _ = analyzer.preprocess([image])
     x = x.clone()  # a normal tensor: autograd refuses inference-mode tensors
     with analyzer._context():
         cam_a = gradcam_autograd(analyzer.model_a, x, 1)
         cam_b = gradcam_autograd(analyzer.model_b, x, 1)
     for cam in (cam_a, cam_b):
-        map_to_source(cam[0].detach().float().cpu().numpy(), boxes[0])
-    if analyzer.device.type == "cuda":
-        torch.cuda.synchronize(analyzer.device)
+        cam.detach().float().cpu().numpy()  # the same hand-over as analyse(): maps on the host
     for m in (analyzer.model_a, analyzer.model_b):
         m.zero_grad(set_to_none=True)
     return time.perf_counter() - t0
@@ -100,6 +101,29 @@ def _floor_sequential(analyzer, x) -> float:
     if analyzer.device.type == "cuda":
         torch.cuda.synchronize(analyzer.device)
     return time.perf_counter() - t0
+
+
+def _cpu_agreement(analyzer, bundle, image: np.ndarray) -> dict:
+    """The device's answer against exact fp32 on the CPU (same weights, same image): how far
+    autocast and the device's kernels move the probabilities and the CAMs."""
+    from cxr_node.analysis.engine import Analyzer
+
+    ref = Analyzer(bundle, "cpu", precision="fp32", parallel_models=False)
+    (r,) = ref.analyse([image])
+    (d,) = analyzer.analyse([image])
+
+    def rel(a, b):
+        return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-12))
+
+    return {
+        "precision": analyzer.precision,
+        "p_abnormal": [round(d.result.p_abnormal, 6), round(r.result.p_abnormal, 6)],
+        "p_covid": [round(d.result.p_covid, 6), round(r.result.p_covid, 6)],
+        "max_abs_prob_diff": round(max(abs(d.result.p_abnormal - r.result.p_abnormal),
+                                       abs(d.result.p_covid - r.result.p_covid)), 6),
+        "cam_rel_diff": [round(rel(d.cam_grid_a, r.cam_grid_a), 6), round(rel(d.cam_grid_b, r.cam_grid_b), 6)],
+        "same_class": d.result.label == r.result.label,
+    }
 
 
 def worker_rss_probe(image: str, models: str | None, input_size: int, device: str, batch: int) -> dict:
@@ -222,24 +246,29 @@ def run_inference_bench(
             build_s.append(time.perf_counter() - t0)
 
     # -- throughput by batch size ------------------------------------------------------------
-    per_s, floor_per_s = {}, {}
+    per_s, floor_per_s, batch_stages = {}, {}, {}
     for b in batch_sizes:
         say(f"batch {b} x{repeats}")
         batch = [img] * b
         xb, _ = analyzer.preprocess(batch)
         analyzer.analyse(batch)  # warm-up at this shape
         analyzer.floor(xb)
-        runs, fruns = [], []
+        runs, fruns, splits = [], [], []
         for _ in range(max(1, repeats)):
             t0 = time.perf_counter()
             analyzer.analyse(batch)
             runs.append(time.perf_counter() - t0)
+            splits.append(dict(analyzer.last_timings))
             t0 = time.perf_counter()
             analyzer.floor(xb)
             fruns.append(time.perf_counter() - t0)
         per_s[str(b)] = round(b / float(np.median(runs)), 3)
         floor_per_s[str(b)] = round(b / float(np.median(fruns)), 3)
+        median_run = splits[int(np.argsort(runs)[len(runs) // 2])]
+        batch_stages[str(b)] = {k: round(v, 5) for k, v in median_run.items()}
         del xb
+
+    reference = _cpu_agreement(analyzer, bundle, img) if analyzer.device.type != "cpu" else None
 
     # -- decode overlapping inference -----------------------------------------------------------
     overlap_result = None
@@ -312,6 +341,8 @@ def run_inference_bench(
         "naive_over_analysis": round(n50 / a50, 3) if n50 is not None else None,
         "studies_per_s": per_s,
         "floor_studies_per_s": floor_per_s,
+        "batch_stages_s": batch_stages,  # stage seconds of the whole batch, median run
+        "cpu_fp32_agreement": reference,
         "decode_overlap": overlap_result,
         "peak_rss_mb": round(peak_rss, 1),
         "worker_peak_rss_mb": worker_rss,
@@ -341,6 +372,13 @@ def format_report(r: dict) -> str:
         lines.append(f"naive (autograd Grad-CAM)   {r['naive_s']:.4f} s   naive/analysis = {r['naive_over_analysis']:.2f}x")
     lines.append("studies/s by batch          " + "  ".join(f"b{b}: {v:.2f}" for b, v in r["studies_per_s"].items()))
     lines.append("floor studies/s by batch    " + "  ".join(f"b{b}: {v:.2f}" for b, v in r["floor_studies_per_s"].items()))
+    for b, t in r.get("batch_stages_s", {}).items():
+        lines.append(f"  batch {b:>4} stage s: " + "  ".join(
+            f"{k} {t[k]:.4f}" for k in ("preprocess", "model_a", "model_b", "models", "cams", "total") if k in t))
+    ref = r.get("cpu_fp32_agreement")
+    if ref:
+        lines.append(f"vs CPU fp32: max |dp| {ref['max_abs_prob_diff']:.2e}, CAM rel diff A {ref['cam_rel_diff'][0]:.2e} "
+                     f"B {ref['cam_rel_diff'][1]:.2e}, same class {ref['same_class']} ({ref['precision']})")
     if r["decode_overlap"]:
         o = r["decode_overlap"]
         lines.append(

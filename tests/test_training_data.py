@@ -21,7 +21,7 @@ from cxr_node.dicom.pixels import read_image
 from training.config import ConfigError, config_from_dict, load_config
 from training.data import DataError, load_data
 from training.dataset import Augment, SquareDataset
-from training.metrics import choose_joint_thresholds, joint_metrics, summarise
+from training.metrics import binary_metrics, choose_joint_thresholds, joint_metrics, summarise
 from training.pipeline import resolve_weights
 from training.splits import (
     Split,
@@ -286,6 +286,20 @@ def test_summary_mean_and_sample_std():
     assert s["accuracy"]["mean"] == pytest.approx(0.85) and s["accuracy"]["std"] == pytest.approx(0.0707107)
     assert s["auc"] == {"mean": 0.7, "std": None, "n": 1}
     assert s["per_class.x.f1"]["mean"] == pytest.approx(0.6)
+
+
+def test_an_empty_test_subset_scores_as_missing_not_as_a_crash():
+    # A tiny class can leave model B's balanced test subset empty (seen with data.subset=40).
+    empty = np.zeros(0)
+    m = binary_metrics(empty, empty, "B")
+    assert m["n"] == 0 and m["accuracy"] is None and m["balanced_accuracy"] is None and m["auc"] is None
+    assert m["confusion_matrix"]["matrix"] == [[0, 0], [0, 0]]
+    assert all(c["support"] == 0 and c["f1"] is None for c in m["per_class"].values())
+    j = joint_metrics(np.array([], dtype=str), empty, empty, Thresholds(0.5, 0.5))
+    assert j["accuracy"] is None and j["confusion_matrix"]["matrix"] == [[0] * 3] * 3
+    full = binary_metrics(np.array([0, 1]), np.array([0.2, 0.9]), "B")
+    s = summarise([m, full])
+    assert s["accuracy"] == {"mean": 1.0, "std": None, "n": 1}
 
 
 def test_subset_keeps_whole_patients_and_every_label(tmp_path):

@@ -51,8 +51,13 @@ def train(config_path, data_dir, out_dir, labels_csv, skip_bad_rows, overrides):
         raise click.ClickException(str(exc)) from exc
     if metrics is not None:
         s = metrics["summary"]
-        click.echo(f"test accuracy A {s['A']['accuracy']['mean']:.4f}, B {s['B']['accuracy']['mean']:.4f}, "
-                   f"joint {s['joint']['accuracy']['mean']:.4f} (mean of {len(metrics['repetitions'])}); "
+
+        def mean(part: str) -> str:
+            m = s[part].get("accuracy", {}).get("mean")
+            return "n/a" if m is None else f"{m:.4f}"
+
+        click.echo(f"test accuracy A {mean('A')}, B {mean('B')}, "
+                   f"joint {mean('joint')} (mean of {len(metrics['repetitions'])}); "
                    f"report {Path(out_dir) / 'report.md'}")
 
 

@@ -167,6 +167,7 @@ def fit(
         record = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), "train_accuracy": correct / max(seen, 1),
                   "train_images": int(seen), "train_seconds": seconds, "images_per_second": seen / seconds}
         if env.is_main:
+            t_val = time.perf_counter()
             p, val_loss = predict(model, val_set, device, max(per_rank_batch, 16), amp=cfg.run.amp,
                                   channels_last=channels_last)
             if not np.all(np.isfinite(p)) or not np.isfinite(val_loss):
@@ -177,7 +178,8 @@ def fit(
             pred = (p >= 0.5).astype(np.int64)
             recalls = [float(np.mean(pred[y_val == c] == c)) for c in (0, 1) if np.any(y_val == c)]
             record.update(val_loss=val_loss, val_accuracy=float(np.mean(pred == y_val)),
-                          val_balanced_accuracy=float(np.mean(recalls)), val_auc=safe_auc(y_val, p))
+                          val_balanced_accuracy=float(np.mean(recalls)), val_auc=safe_auc(y_val, p),
+                          val_seconds=time.perf_counter() - t_val, epoch_seconds=time.perf_counter() - t0)
             history.append(record)
             score = _val_score(cfg.approach.select_metric, record)
             if score > best_score:

@@ -44,12 +44,20 @@ def _balanced_accuracy(y: np.ndarray, pred: np.ndarray, classes) -> float:
     return float(np.mean(recalls)) if recalls else float("nan")
 
 
-def _per_class(y, pred, classes, names) -> dict[str, dict[str, float]]:
+def _per_class(y, pred, classes, names) -> dict[str, dict[str, float | None]]:
+    if len(y) == 0:  # e.g. a balanced B test subset left empty by a tiny class: nothing to score
+        return {name: {"precision": None, "recall": None, "f1": None, "support": 0} for name in names}
     p, r, f, s = precision_recall_fscore_support(y, pred, labels=list(classes), zero_division=0)
     return {
         name: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
         for i, name in enumerate(names)
     }
+
+
+def _confusion(y, pred, labels: list) -> list[list[int]]:
+    if len(y) == 0:
+        return [[0] * len(labels) for _ in labels]
+    return confusion_matrix(y, pred, labels=labels).tolist()
 
 
 def binary_metrics(y: np.ndarray, p_pos: np.ndarray, model_key: str, threshold: float = 0.5) -> dict[str, Any]:
@@ -59,12 +67,11 @@ def binary_metrics(y: np.ndarray, p_pos: np.ndarray, model_key: str, threshold: 
     return {
         "n": int(len(y)),
         "threshold": float(threshold),
-        "accuracy": float(np.mean(pred == y)) if len(y) else float("nan"),
-        "balanced_accuracy": _balanced_accuracy(y, pred, (0, 1)),
+        "accuracy": float(np.mean(pred == y)) if len(y) else None,
+        "balanced_accuracy": _balanced_accuracy(y, pred, (0, 1)) if len(y) else None,
         "auc": safe_auc(y, p_pos),
         "per_class": _per_class(y, pred, (0, 1), names),
-        "confusion_matrix": {"labels": list(names),
-                             "matrix": confusion_matrix(y, pred, labels=[0, 1]).tolist()},
+        "confusion_matrix": {"labels": list(names), "matrix": _confusion(y, pred, [0, 1])},
     }
 
 
@@ -83,13 +90,12 @@ def joint_metrics(labels: np.ndarray, p_abn: np.ndarray, p_cov: np.ndarray, thre
         "n": int(len(labels)),
         "counts": {lab: int(np.sum(labels == lab)) for lab in LABEL_TO_JOINT},
         "thresholds": {"a": thresholds.a, "b": thresholds.b},
-        "accuracy": float(np.mean(pred == truth)) if len(truth) else float("nan"),
-        "balanced_accuracy": _balanced_accuracy(truth, pred, JOINT_CLASSES),
+        "accuracy": float(np.mean(pred == truth)) if len(truth) else None,
+        "balanced_accuracy": _balanced_accuracy(truth, pred, JOINT_CLASSES) if len(truth) else None,
         "auc_a": safe_auc(target_a(labels), p_abn),
         "auc_b": safe_auc(target_b(labels), p_cov),
         "per_class": _per_class(truth, pred, JOINT_CLASSES, JOINT_CLASSES),
-        "confusion_matrix": {"labels": list(JOINT_CLASSES),
-                             "matrix": confusion_matrix(truth, pred, labels=list(JOINT_CLASSES)).tolist()},
+        "confusion_matrix": {"labels": list(JOINT_CLASSES), "matrix": _confusion(truth, pred, list(JOINT_CLASSES))},
         "models_disagree": int(disagree),
     }
 

@@ -228,11 +228,18 @@ def run_repetition(ctx: Context, rep: int) -> dict[str, Any]:
         "joint_test": joint_metrics(labels[test_idx], p_abn_test, p_cov_test, thresholds),
     }
     j = record["joint_test"]
-    log(f"rep {rep + 1} test: A acc {record['A']['test']['accuracy']:.4f}, B acc {record['B']['test']['accuracy']:.4f}, "
-        f"joint acc {j['accuracy']:.4f} bal.acc {j['balanced_accuracy']:.4f} "
+    if not len(b_parts["test"]):
+        log(f"rep {rep + 1}: the balanced test subset for model B is empty (too few images of some label); "
+            "B has no test metrics in this repetition")
+    log(f"rep {rep + 1} test: A acc {_f4(record['A']['test']['accuracy'])}, B acc {_f4(record['B']['test']['accuracy'])}, "
+        f"joint acc {_f4(j['accuracy'])} bal.acc {_f4(j['balanced_accuracy'])} "
         f"(thresholds chosen on validation: a={thresholds.a:.2f}, b={thresholds.b:.2f}); "
         f"{len(dups)} near-duplicate pair(s) across splits")
     return record
+
+
+def _f4(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.4f}"
 
 
 def _roc(y: np.ndarray, p: np.ndarray) -> dict[str, list[float]] | None:

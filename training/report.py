@@ -88,6 +88,10 @@ def write_plots(metrics: dict[str, Any], out_dir: Path) -> list[str]:
     return ["curves_A.png", "curves_B.png", "roc.png", "confusion.png"]
 
 
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{x * 100:.2f} %"
+
+
 def _pm(stat: dict | None, percent: bool = True) -> str:
     if stat is None or stat["mean"] is None:
         return "n/a"
@@ -175,8 +179,8 @@ def write_report(metrics: dict[str, Any], path: Path) -> None:
             f"| {r['repetition'] + 1}{' (bundle)' if r['repetition'] == metrics['bundle_repetition'] else ''} | "
             f"{r['seed']} | {sz['train']}/{sz['val']}/{sz['test']} | {r['A']['best_epoch']}, {r['B']['best_epoch']} | "
             f"{th['a']:.2f}, {th['b']:.2f} | {r['val_joint_balanced_accuracy'] * 100:.2f} % | "
-            f"{r['A']['test']['accuracy'] * 100:.2f} % | {r['B']['test']['accuracy'] * 100:.2f} % | "
-            f"{r['joint_test']['accuracy'] * 100:.2f} % | {shared} | "
+            f"{_pct(r['A']['test']['accuracy'])} | {_pct(r['B']['test']['accuracy'])} | "
+            f"{_pct(r['joint_test']['accuracy'])} | {shared} | "
             f"{len(r['split']['near_duplicates_across_splits'])} |")
     dups = [d for r in reps for d in r["split"]["near_duplicates_across_splits"]]
     lines += ["", "## Leak checks", "",
