@@ -106,9 +106,16 @@ def _floor_sequential(analyzer, x) -> float:
 def _cpu_agreement(analyzer, bundle, image: np.ndarray) -> dict:
     """The device's answer against exact fp32 on the CPU (same weights, same image): how far
     autocast and the device's kernels move the probabilities and the CAMs."""
+    import copy
+    from dataclasses import replace
+
     from cxr_node.analysis.engine import Analyzer
 
-    ref = Analyzer(bundle, "cpu", precision="fp32", parallel_models=False)
+    # Copies: Analyzer moves a bundle's models to its device in place, which would pull the
+    # device analyzer's weights back to the CPU.
+    cpu_bundle = replace(bundle, model_a=copy.deepcopy(analyzer.model_a).cpu(),
+                         model_b=copy.deepcopy(analyzer.model_b).cpu())
+    ref = Analyzer(cpu_bundle, "cpu", precision="fp32", parallel_models=False)
     (r,) = ref.analyse([image])
     (d,) = analyzer.analyse([image])
 

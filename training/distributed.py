@@ -42,6 +42,8 @@ def init_distributed(device_request: str) -> tuple[DistEnv, torch.device]:
             device = torch.device("cuda", local)
         else:
             device = torch.device("cuda", 0) if device_request == "auto" else torch.device(device_request)
+            if device.index is None:  # set_device refuses a bare "cuda" (torch 2.11)
+                device = torch.device("cuda", torch.cuda.current_device())
         torch.cuda.set_device(device)
     else:
         device = torch.device("cpu")
