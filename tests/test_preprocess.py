@@ -52,3 +52,30 @@ def test_small_sizes_and_non_2d_inputs_are_refused():
         letterbox(np.zeros((10, 10)), 16)
     with pytest.raises(ValueError, match="2-D"):
         letterbox(np.zeros((10, 10, 3)), 64)
+
+
+def test_clipping_the_square_equals_clipping_the_source_for_decoded_images(rg1_uncr):
+    import pydicom
+
+    from cxr_node.analysis.preprocess import letterbox, square_input
+    from cxr_node.dicom.pixels import dataset_to_float
+
+    img = dataset_to_float(pydicom.dcmread(rg1_uncr)).pixels
+    assert img.min() >= 0.0 and img.max() <= 1.0  # what every decoder delivers
+    fast, box = square_input(img, 224)
+    slow, slow_box = letterbox(np.clip(img, 0.0, 1.0), 224)
+    assert box == slow_box and np.array_equal(fast, slow)
+    wild = np.random.default_rng(3).normal(0.5, 1.0, (300, 200)).astype(np.float32)  # out of range
+    square, _ = square_input(wild, 64)
+    assert square.min() >= 0.0 and square.max() <= 1.0
+
+
+def test_device_normalisation_is_the_same_arithmetic():
+    import torch
+
+    from cxr_node.analysis.preprocess import normalise, normalise_batch
+
+    squares = np.random.default_rng(4).random((3, 40, 40), dtype=np.float32)
+    on_host = np.stack([normalise(s) for s in squares])
+    batched = normalise_batch(torch.from_numpy(squares)).numpy()
+    assert batched.shape == (3, 3, 40, 40) and np.array_equal(batched, on_host)

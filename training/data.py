@@ -23,7 +23,7 @@ import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
 
-from cxr_node.analysis.preprocess import letterbox
+from cxr_node.analysis.preprocess import square_input
 from cxr_node.dicom.pixels import PixelDataError, read_image
 
 LABELS = ("normal", "pathological", "covid")
@@ -187,7 +187,7 @@ def decode_squares(
     def load(sample: Sample):
         try:
             img = read_image(sample.image)
-            square, _ = letterbox(np.clip(img.pixels, 0.0, 1.0), size)
+            square, _ = square_input(img.pixels, size)
             return square, None
         except (PixelDataError, FileNotFoundError, ValueError, OSError) as exc:
             return None, BadRow(sample.source, sample.line, f"unreadable image: {exc}")
