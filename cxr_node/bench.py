@@ -15,7 +15,8 @@ and medians reported:
   grid like analysis (both map to the source grid later, when the SC is drawn);
 floor, analysis and naive are interleaved study by study, so load changes hit all three alike;
 - studies/s of analyse() at each batch size (the same image repeated), with the stage split
-  of the median run;
+  of the median run, and of analyse_stream() over repeats + 1 batches of the largest size
+  (letterboxing the next batch while the device runs the current one);
 - on a GPU, agreement with the CPU in exact fp32 on the same image and weights (probabilities
   and feature-grid CAMs), since autocast changes the numerics;
 - decode overlap: N studies decoded serially then analysed, versus decoded in the process
@@ -275,6 +276,16 @@ def run_inference_bench(
         batch_stages[str(b)] = {k: round(v, 5) for k, v in median_run.items()}
         del xb
 
+    # -- a stream of batches at the largest size, letterbox of the next overlapping the device --
+    b = max(batch_sizes)
+    say(f"stream of {repeats + 1} batches of {b}")
+    batches = [[img] * b for _ in range(max(1, repeats) + 1)]
+    for _ in analyzer.analyse_stream(batches[:2]):  # warm-up
+        pass
+    t0 = time.perf_counter()
+    done = sum(len(r) for r in analyzer.analyse_stream(batches))
+    stream = {"batch": b, "batches": len(batches), "studies_per_s": round(done / (time.perf_counter() - t0), 3)}
+
     reference = _cpu_agreement(analyzer, bundle, img) if analyzer.device.type != "cpu" else None
 
     # -- decode overlapping inference -----------------------------------------------------------
@@ -349,6 +360,7 @@ def run_inference_bench(
         "studies_per_s": per_s,
         "floor_studies_per_s": floor_per_s,
         "batch_stages_s": batch_stages,  # stage seconds of the whole batch, median run
+        "stream": stream,  # analyse_stream(): letterbox of batch n+1 while batch n is on the device
         "cpu_fp32_agreement": reference,
         "decode_overlap": overlap_result,
         "peak_rss_mb": round(peak_rss, 1),
@@ -379,6 +391,10 @@ def format_report(r: dict) -> str:
         lines.append(f"naive (autograd Grad-CAM)   {r['naive_s']:.4f} s   naive/analysis = {r['naive_over_analysis']:.2f}x")
     lines.append("studies/s by batch          " + "  ".join(f"b{b}: {v:.2f}" for b, v in r["studies_per_s"].items()))
     lines.append("floor studies/s by batch    " + "  ".join(f"b{b}: {v:.2f}" for b, v in r["floor_studies_per_s"].items()))
+    if r.get("stream"):
+        st = r["stream"]
+        lines.append(f"stream of {st['batches']} batches of {st['batch']} (letterbox overlapping the models): "
+                     f"{st['studies_per_s']:.2f} studies/s")
     for b, t in r.get("batch_stages_s", {}).items():
         lines.append(f"  batch {b:>4} stage s: " + "  ".join(
             f"{k} {t[k]:.4f}" for k in ("preprocess", "model_a", "model_b", "models", "cams", "total") if k in t))

@@ -49,6 +49,24 @@ def test_cams_on_source_grid_and_timings(analyzer, images):
     assert analyzer.analyse([]) == []
 
 
+def test_stream_gives_the_batch_by_batch_answers(analyzer, images):
+    batches = [images, [], images[:1], [images[1]] * 3]
+    streamed = list(analyzer.analyse_stream(batches))
+    assert [len(r) for r in streamed] == [2, 0, 1, 3]
+    for got, batch in zip(streamed, batches):
+        for g, e in zip(got, analyzer.analyse(batch) if batch else []):
+            assert g.result == e.result
+            np.testing.assert_array_equal(g.cam_grid_a, e.cam_grid_a)
+            np.testing.assert_array_equal(g.cam_b, e.cam_b)
+    assert list(analyzer.analyse_stream([])) == []
+
+
+def test_cams_leave_the_engine_on_the_feature_grid(analyzer, images):
+    (a,) = analyzer.analyse(images[:1])
+    assert a.cam_grid_a.shape == (SIZE // 32, SIZE // 32) and a.box.source_shape == images[0].shape
+    assert a.cam_a is a.cam_a  # mapped once, on first read
+
+
 def test_floor_is_the_same_forward(analyzer, images):
     x, _ = analyzer.preprocess(images[:1])
     la, lb = analyzer.floor(x)

@@ -26,6 +26,7 @@ import os
 import time
 from contextlib import nullcontext
 from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import cached_property, partial
 
@@ -67,6 +68,15 @@ class Analysis:
     def cam_b(self) -> np.ndarray:
         """Grad-CAM of model B on the source image grid, float32 in [0, 1]."""
         return self.cam_grid_b if self.box is None else map_to_source(self.cam_grid_b, self.box)
+
+
+@dataclass
+class Prepared:
+    """A batch letterboxed on the CPU, ready for Analyzer.run()."""
+
+    host: torch.Tensor  # (N, 3, S, S) normalised, or on a GPU (N, S, S) grey and pinned
+    boxes: list[Letterbox]
+    seconds: float
 
 
 def pick_device(requested: str = "auto") -> torch.device:
@@ -176,22 +186,32 @@ class Analyzer:
             torch.cuda.synchronize(self.device)
 
     # -- stages ----------------------------------------------------------------------------
-    def preprocess(self, images: list[np.ndarray]) -> tuple[torch.Tensor, list[Letterbox]]:
-        """Float images in [0, 1] -> (N, 3, S, S) channels_last tensor on the device + placements.
-
-        Letterboxing runs on the CPU in a thread pool. On a GPU only the grey squares cross the
-        bus (a third of the bytes) and are normalised there, with the same float32 arithmetic.
-        """
+    def prepare(self, images: list[np.ndarray]) -> Prepared:
+        """The CPU half of preprocessing: letterbox (thread pool), clip, stack. Touches no device
+        state, so it can run in another thread while run() has the previous batch on the GPU.
+        On a GPU the batch stays grey and pinned: only 1 channel crosses the bus, and run()
+        normalises it there with the same float32 arithmetic."""
+        t0 = time.perf_counter()
         images = list(images)
         prep = partial(square_input, size=self.input_size)
         pairs = list(self._prep_pool.map(prep, images)) if len(images) > 2 else [prep(i) for i in images]
-        boxes = [p[1] for p in pairs]
         if self.device.type == "cuda":
-            grey = torch.from_numpy(np.stack([p[0] for p in pairs])).pin_memory()
-            batch = normalise_batch(grey.to(self.device, non_blocking=True))
+            host = torch.from_numpy(np.stack([p[0] for p in pairs])).pin_memory()
         else:
-            batch = torch.from_numpy(np.stack([normalise(p[0]) for p in pairs]))
-        return batch.contiguous(memory_format=torch.channels_last), boxes
+            host = torch.from_numpy(np.stack([normalise(p[0]) for p in pairs]))
+        return Prepared(host, [p[1] for p in pairs], time.perf_counter() - t0)
+
+    def _to_device(self, prepared: Prepared) -> torch.Tensor:
+        if self.device.type == "cuda":
+            x = normalise_batch(prepared.host.to(self.device, non_blocking=True))
+        else:
+            x = prepared.host
+        return x.contiguous(memory_format=torch.channels_last)
+
+    def preprocess(self, images: list[np.ndarray]) -> tuple[torch.Tensor, list[Letterbox]]:
+        """Float images in [0, 1] -> (N, 3, S, S) channels_last tensor on the device + placements."""
+        prepared = self.prepare(images)
+        return self._to_device(prepared), prepared.boxes
 
     def _both(self, run_a, run_b):
         """Run A and B (concurrently when parallel_models); returns ((out_a, s_a), (out_b, s_b))."""
@@ -215,13 +235,36 @@ class Analyzer:
         (la, _), (lb, _) = self._both(lambda: self._bare_a(x), lambda: self._bare_b(x))
         return la, lb
 
-    @torch.inference_mode()
     def analyse(self, images: list[np.ndarray]) -> list[Analysis]:
         if not images:
             return []
-        n = len(images)
+        return self.run(self.prepare(images))
+
+    def analyse_stream(self, batches: Iterable[list[np.ndarray]]) -> Iterator[list[Analysis]]:
+        """analyse() over a stream of batches, letterboxing batch n+1 on the CPU while batch n runs
+        on the device. Same results as analyse() batch by batch. Worth it on a GPU, where the
+        letterbox of a large batch takes as long as the forwards; on a CPU both want the cores."""
+        it = iter(batches)
+        end = object()
+
+        def prepare(images):
+            return self.prepare(images) if len(images) else None
+
+        with ThreadPoolExecutor(1, thread_name_prefix="cxr-prepare") as ahead:
+            upcoming = next(it, end)
+            pending = ahead.submit(prepare, list(upcoming)) if upcoming is not end else None
+            while pending is not None:
+                prepared = pending.result()
+                upcoming = next(it, end)
+                pending = ahead.submit(prepare, list(upcoming)) if upcoming is not end else None
+                yield self.run(prepared) if prepared is not None else []
+
+    @torch.inference_mode()
+    def run(self, prepared: Prepared) -> list[Analysis]:
+        """The device half: copy (and on a GPU normalise), both forwards, CAMs, joint rule."""
+        n = len(prepared.boxes)
         t0 = time.perf_counter()
-        x, boxes = self.preprocess(images)
+        x, boxes = self._to_device(prepared), prepared.boxes
         self._sync()
         t1 = time.perf_counter()
 
@@ -247,8 +290,9 @@ class Analyzer:
         t4 = time.perf_counter()
         # With parallel_models, model_a and model_b overlap: each is its own forward's wall time,
         # "models" is the wall time of both together.
-        batch = {"preprocess": t1 - t0, "model_a": s_a, "model_b": s_b, "cams": t4 - t3}
-        self.last_timings = {**batch, "models": t3 - t1, "total": t4 - t0}
+        batch = {"preprocess": prepared.seconds + (t1 - t0), "model_a": s_a, "model_b": s_b, "cams": t4 - t3}
+        # total: this call's wall time plus the letterbox, wherever that ran
+        self.last_timings = {**batch, "models": t3 - t1, "total": prepared.seconds + (t4 - t0)}
         self.last_batch = n
         share = {k: v / n for k, v in batch.items()}
         for a in out:
@@ -317,4 +361,4 @@ class _WithFallback:
         return self.eager(*args)
 
 
-__all__ = ["Analysis", "Analyzer", "Letterbox", "PRECISIONS", "STAGES", "pick_device", "tune_malloc"]
+__all__ = ["Analysis", "Analyzer", "Letterbox", "Prepared", "PRECISIONS", "STAGES", "pick_device", "tune_malloc"]
