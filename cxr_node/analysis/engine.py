@@ -1,4 +1,5 @@
-"""Batched analysis: float images -> probabilities of A and B, joint class, CAMs on the source grid.
+"""Batched analysis: float images -> probabilities of A and B, joint class, CAMs (feature grid,
+mapped to the source grid on first read).
 
 Speed, without changing the method:
 - both models stay loaded on one device, in eval mode and channels_last memory format
@@ -7,8 +8,13 @@ Speed, without changing the method:
 - a backlog is analysed as one batch per model;
 - Grad-CAM comes from the forward activations (cam.py), no backward pass;
 - on GPU, bf16 autocast (fp16 when the card has no bf16), pinned host memory and
-  non-blocking copies; `compile=True` wraps both forwards in torch.compile and falls
-  back to eager mode, with a warning, when compilation fails.
+  non-blocking copies of grey squares normalised on the device; `compile=True` wraps both
+  forwards in torch.compile and falls back to eager mode, with a warning, when compilation fails.
+- CAMs stay on the 7 x 7 feature grid until read (Analysis.cam_a/cam_b), so a batch does not
+  carry two full-size float maps per study; the SC build maps them once.
+- prepare() (CPU letterbox) and run() (device) are separate, so analyse_stream() can letterbox
+  the next batch while the device runs the current one (on an H200 at batch 64 the letterbox,
+  36 ms on 16 cores, took as long as both forwards, 33 ms; docs/benchmarks.md).
 - on a CPU with 2+ threads, models A and B run at the same time, each on half of the
   threads: a batch-1 DenseNet forward does not keep two cores busy (intra-op parallelism
   has idle gaps), two independent forwards do (measured on 2 cores: 0.18 s instead of 0.24 s
