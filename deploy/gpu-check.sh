@@ -29,7 +29,8 @@ read -r -a extra <<< "${TRAIN_SET:-}"
 sets=()
 for kv in "${extra[@]}"; do sets+=(--set "$kv"); done
 START=$(date +%s)
-WORK=$(mktemp -d /tmp/cxr-gpu-check.XXXXXX)
+WORK=$(mktemp -d /tmp/cxr-gpu-check.XXXXXX)  # checkpoints (~1 GB); what matters is copied to OUT
+trap 'rm -rf "$WORK"' EXIT
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 left() { echo $(( BUDGET - ($(date +%s) - START) )); }
@@ -79,6 +80,7 @@ print(max(1, min(200, epochs)), r, f"{ea:.2f}", f"{eb:.2f}", f"{fixed:.1f}")
 EOF
 )
 read -r EPOCHS RUN_REPS EA EB FIXED <<< "$plan"
+[[ -n "${FIXED:-}" ]] || { say "could not plan the main run from the probe's metrics"; exit 1; }
 say "probe: epoch A ${EA}s, epoch B ${EB}s, fixed ${FIXED}s -> main run ${EPOCHS} epochs x ${RUN_REPS} repetitions"
 say "paper protocol run ($(left)s left)"
 train $(( $(left) - 20 )) main "$EPOCHS" "$RUN_REPS" > "$WORK/main.log" 2>&1
