@@ -180,6 +180,7 @@ def run_inference_bench(
     models: Path | None = None,
     precision: str = "auto",
     compile: bool = False,
+    cuda_graphs: bool = True,
     repeats: int = 3,
     naive: bool = True,
     overlap: bool = True,
@@ -218,7 +219,7 @@ def run_inference_bench(
     say("load models")
     t0 = time.perf_counter()
     bundle = load_bundle(models) if models else untrained_bundle(input_size)
-    analyzer = Analyzer(bundle, device, precision=precision, compile=compile)
+    analyzer = Analyzer(bundle, device, precision=precision, compile=compile, cuda_graphs=cuda_graphs)
     load_s = time.perf_counter() - t0
     size = bundle.input_size
     model = model_identity(bundle)
@@ -337,6 +338,7 @@ def run_inference_bench(
         "gpu": gpu,
         "precision": analyzer.precision,
         "compiled": analyzer.compiled,
+        "cuda_graphs": analyzer.cuda_graphs,
         "parallel_models": analyzer.parallel_models,
         "channels_last": True,
         "torch": torch.__version__,
@@ -375,7 +377,7 @@ def run_inference_bench(
 def format_report(r: dict) -> str:
     lines = [
         f"cxr-node inference benchmark  {r['date']}  {r['image']} {r['image_shape'][0]}x{r['image_shape'][1]}",
-        f"device {r['device']}  precision {r['precision']}  compiled {r['compiled']}  input {r['input_size']} px  "
+        f"device {r['device']}  precision {r['precision']}  compiled {r['compiled']}  cuda graphs {r.get('cuda_graphs', False)}  input {r['input_size']} px  "
         f"torch {r['torch']} ({r['torch_threads']} threads)  load {r['load_avg_start'][0]} -> {r['load_avg_end'][0]}",
         "",
         f"{'stage (per study, batch 1)':<28}{'p50 s':>10}{'p95 s':>10}",

@@ -67,6 +67,7 @@ class NodeConfig:
     max_attempts: int = 3
     send_retry_s: tuple[float, ...] = (5.0, 30.0, 120.0, 600.0)
     batch_size: int = 4
+    cuda_graphs: bool = True  # on a GPU, replay the forwards from captured CUDA graphs
     roles: tuple[str, ...] = ("receiver", "worker", "dispatcher", "housekeeping")
     retention_days: float = 0.0  # 0 = keep everything
     housekeeping_interval_s: float = 3600.0
@@ -170,6 +171,7 @@ _SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
     "analysis": {
         "input_size": ("input_size", _int_range(32, 2048)),
         "batch_size": ("batch_size", _int_range(1, 256)),
+        "cuda_graphs": ("cuda_graphs", _bool),
     },
     "results": {
         "cam_panels": ("cam_panels", _choice("per-model", "fused")),

@@ -64,7 +64,7 @@ class Node:
         if "worker" in roles:  # only a worker needs the models (and the GPU)
             worker = Worker(
                 queue,
-                Analyzer(bundle or load_models(cfg), cfg.device),
+                Analyzer(bundle or load_models(cfg), cfg.device, cuda_graphs=cfg.cuda_graphs),
                 layout,
                 NodeIdentity(cfg.ae_title),
                 WorkerSettings(

@@ -9,7 +9,9 @@ Speed, without changing the method:
 - Grad-CAM comes from the forward activations (cam.py), no backward pass;
 - on GPU, bf16 autocast (fp16 when the card has no bf16), pinned host memory and
   non-blocking copies of grey squares normalised on the device; `compile=True` wraps both
-  forwards in torch.compile and falls back to eager mode, with a warning, when compilation fails.
+  forwards in torch.compile and falls back to eager mode, with a warning, when compilation fails;
+  without compile, the forwards are replayed from captured CUDA graphs (cuda_graphs.py: an eager
+  DenseNet-161 forward is launch-bound on an H200), again falling back to eager on failure.
 - CAMs stay on the 7 x 7 feature grid until read (Analysis.cam_a/cam_b), so a batch does not
   carry two full-size float maps per study; the SC build maps them once.
 - prepare() (CPU letterbox) and run() (device) are separate, so analyse_stream() can letterbox
@@ -41,6 +43,7 @@ import torch
 
 from cxr_node.analysis.bundle import Bundle
 from cxr_node.analysis.cam import cam_from_features, forward_with_features
+from cxr_node.analysis.cuda_graphs import GraphedForward
 from cxr_node.analysis.fusion import JointResult, joint_rule
 from cxr_node.analysis.preprocess import Letterbox, map_to_source, normalise, normalise_batch, square_input
 
@@ -128,6 +131,7 @@ class Analyzer:
         *,
         precision: str = "auto",
         compile: bool = False,
+        cuda_graphs: bool = True,
         parallel_models: bool | None = None,
     ) -> None:
         self.bundle = bundle
@@ -150,11 +154,22 @@ class Analyzer:
         self.model_b = bundle.model_b.to(self.device, memory_format=torch.channels_last).eval()
         self.autocast_dtype = _autocast_dtype(self.device, precision)
         self.precision = "fp32" if self.autocast_dtype is None else str(self.autocast_dtype).removeprefix("torch.")
-        self._fwd_a = self._fwd_b = forward_with_features
+        # The four forwards, each a callable of x: with features (analyse) and bare (floor).
+        self._fwd_a = partial(forward_with_features, self.model_a)
+        self._fwd_b = partial(forward_with_features, self.model_b)
         self._bare_a, self._bare_b = self.model_a, self.model_b
         self.compiled = False
         if compile:
             self._try_compile()
+        # CUDA graphs only on a GPU and not over compiled code; floor() gets them too, so that
+        # analysis/floor keeps comparing like with like.
+        self.cuda_graphs = bool(cuda_graphs) and self.device.type == "cuda" and not self.compiled
+        if self.cuda_graphs:
+            dtype = self.autocast_dtype
+            self._fwd_a = GraphedForward(self._fwd_a, "forward A", dtype)
+            self._fwd_b = GraphedForward(self._fwd_b, "forward B", dtype)
+            self._bare_a = GraphedForward(self._bare_a, "bare forward A", dtype)
+            self._bare_b = GraphedForward(self._bare_b, "bare forward B", dtype)
         self.last_timings: dict[str, float] = {}
         self.last_batch = 0
         _release_freed_memory()
@@ -173,16 +188,17 @@ class Analyzer:
             x = torch.zeros(1, 3, self.input_size, self.input_size, device=self.device).contiguous(
                 memory_format=torch.channels_last
             )
+            fwd_a, fwd_b = partial(fwd, self.model_a), partial(fwd, self.model_b)
             with torch.inference_mode(), self._context():
-                fwd(self.model_a, x)
-                fwd(self.model_b, x)
+                fwd_a(x)
+                fwd_b(x)
                 bare_a(x)
                 bare_b(x)
         except Exception as exc:  # compilation needs a C++ compiler / Triton; never fatal
             log.warning("torch.compile failed, running eager: %s", str(exc).splitlines()[0] if str(exc) else exc)
             return
-        self._fwd_a = _WithFallback(fwd, forward_with_features, "forward A")
-        self._fwd_b = _WithFallback(fwd, forward_with_features, "forward B")
+        self._fwd_a = _WithFallback(fwd_a, self._fwd_a, "forward A")
+        self._fwd_b = _WithFallback(fwd_b, self._fwd_b, "forward B")
         self._bare_a = _WithFallback(bare_a, self.model_a, "bare forward A")
         self._bare_b = _WithFallback(bare_b, self.model_b, "bare forward B")
         self.compiled = True
@@ -237,7 +253,8 @@ class Analyzer:
     @torch.inference_mode()
     def floor(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The hardware floor: two bare DenseNet-161 forwards (torchvision's own forward), same settings
-        (precision, compile, channels_last, and A and B concurrently when analyse() runs them so)."""
+        (precision, compile or CUDA graphs, channels_last, and A and B concurrently when analyse()
+        runs them so)."""
         (la, _), (lb, _) = self._both(lambda: self._bare_a(x), lambda: self._bare_b(x))
         return la, lb
 
@@ -275,7 +292,7 @@ class Analyzer:
         t1 = time.perf_counter()
 
         ((feats_a, logits_a), s_a), ((feats_b, logits_b), s_b) = self._both(
-            lambda: self._fwd_a(self.model_a, x), lambda: self._fwd_b(self.model_b, x)
+            lambda: self._fwd_a(x), lambda: self._fwd_b(x)
         )
         p_abn = torch.softmax(logits_a.float(), dim=1)[:, POSITIVE]
         p_cov = torch.softmax(logits_b.float(), dim=1)[:, POSITIVE]

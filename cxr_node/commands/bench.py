@@ -36,6 +36,7 @@ def command() -> None:
               help="Model bundle [default: untrained weights; same cost].")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True)
 @click.option("--compile", "use_compile", is_flag=True, help="torch.compile the models (falls back to eager).")
+@click.option("--no-cuda-graphs", is_flag=True, help="On a GPU, run the forwards eagerly instead of replaying CUDA graphs.")
 @click.option("--no-naive", is_flag=True, help="Skip the autograd Grad-CAM baseline.")
 @click.option("--no-overlap", is_flag=True, help="Skip the decode-overlap measurement.")
 @click.option("--no-rss-probe", is_flag=True, help="Skip the worker-like RSS measurement in a fresh process.")
@@ -43,7 +44,7 @@ def command() -> None:
               help="DICOM radiograph to time [default: pydicom-data RG1_J2KR.dcm].")
 @click.option("--out", type=click.Path(path_type=Path, dir_okay=False), default=None, help="Also write the JSON here.")
 def inference(as_json, studies, device, batch_sizes, repeats, input_size, models, precision, use_compile,
-              no_naive, no_overlap, no_rss_probe, image, out):
+              no_cuda_graphs, no_naive, no_overlap, no_rss_probe, image, out):
     """Per-stage times (p50/p95), studies/s by batch, peak RSS, floor and naive pipeline, on RG1_J2KR.dcm
     or --image."""
     from cxr_node.bench import format_report, run_inference_bench
@@ -51,7 +52,7 @@ def inference(as_json, studies, device, batch_sizes, repeats, input_size, models
     try:
         result = run_inference_bench(
             studies=studies, batch_sizes=batch_sizes, device=device, input_size=input_size, models=models,
-            precision=precision, compile=use_compile, repeats=repeats, naive=not no_naive, overlap=not no_overlap,
+            precision=precision, compile=use_compile, cuda_graphs=not no_cuda_graphs, repeats=repeats, naive=not no_naive, overlap=not no_overlap,
             rss_probe=not no_rss_probe, image=image, progress=None if as_json else (lambda m: click.echo(f"... {m}", err=True)),
         )
     except RuntimeError as exc:

@@ -39,6 +39,7 @@ def run_infer(
     input_size: int = 224,
     precision: str = "auto",
     compile: bool = False,
+    cuda_graphs: bool = True,
     ae_title: str = "CXR_NODE",
     on_result=None,
     on_error=None,
@@ -57,7 +58,7 @@ def run_infer(
     on_error = on_error or (lambda f, m: None)
     t_load = time.perf_counter()
     bundle = load_bundle(models) if models is not None else untrained_bundle(input_size)
-    analyzer = Analyzer(bundle, device, precision=precision, compile=compile)
+    analyzer = Analyzer(bundle, device, precision=precision, compile=compile, cuda_graphs=cuda_graphs)
     load_s = time.perf_counter() - t_load
     model = model_identity(bundle)
     node = NodeIdentity(ae_title)
@@ -160,8 +161,10 @@ def run_infer(
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
               help="auto = bf16 autocast on GPU, exact fp32 on CPU.")
 @click.option("--compile", "use_compile", is_flag=True, help="torch.compile the models (falls back to eager).")
+@click.option("--no-cuda-graphs", is_flag=True, help="On a GPU, run the forwards eagerly instead of replaying CUDA graphs.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON summary per line instead of text.")
-def command(files, models, allow_untrained, out, device, batch_size, input_size, precision, use_compile, as_json):
+def command(files, models, allow_untrained, out, device, batch_size, input_size, precision, use_compile, no_cuda_graphs,
+            as_json):
     """Analyse DICOM radiographs offline; writes SR, Grad-CAM SC and summary.json per file."""
     from cxr_node.analysis.bundle import BundleError
 
@@ -185,7 +188,7 @@ def command(files, models, allow_untrained, out, device, batch_size, input_size,
     try:
         _, errors = run_infer(
             list(files), out, models=models, allow_untrained=allow_untrained, device=device, batch_size=batch_size,
-            input_size=input_size, precision=precision, compile=use_compile,
+            input_size=input_size, precision=precision, compile=use_compile, cuda_graphs=not no_cuda_graphs,
             on_result=show, on_error=lambda f, m: click.echo(f"error: {m}", err=True),
         )
     except (BundleError, RuntimeError) as exc:
