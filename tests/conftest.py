@@ -13,20 +13,25 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_CXR = REPO.parent / "shared" / "datasets" / "public-cxr"
 
 
+def _pydicom_data(name: str) -> Path:
+    from pydicom.data import get_testdata_file
+
+    path = get_testdata_file(name)
+    if path is None:  # a declared dependency: missing means a broken install, not a reason to skip
+        pytest.fail(f"{name} not found: install the PyPI package pydicom-data (a dependency of cxr-node)")
+    return Path(path)
+
+
 @pytest.fixture(scope="session")
 def rg1_j2kr() -> Path:
     """Real CR chest radiograph, JPEG 2000 lossless, MONOCHROME1 (pydicom-data)."""
-    from pydicom.data import get_testdata_file
-
-    return Path(get_testdata_file("RG1_J2KR.dcm"))
+    return _pydicom_data("RG1_J2KR.dcm")
 
 
 @pytest.fixture(scope="session")
 def rg1_uncr() -> Path:
     """The same radiograph uncompressed."""
-    from pydicom.data import get_testdata_file
-
-    return Path(get_testdata_file("RG1_UNCR.dcm"))
+    return _pydicom_data("RG1_UNCR.dcm")
 
 
 @pytest.fixture(scope="session")
