@@ -129,6 +129,7 @@ def test_calling_ae_policy_and_called_ae_title(node_factory):
     assert node.send(make_radiograph(gradient()), calling="MOBILE_DR").Status == 0x0000
 
 
+@pytest.mark.filterwarnings("ignore:Invalid value for VR UI:UserWarning")  # the bad UID is the point
 def test_uid_unusable_as_file_name_gets_a900(node_factory):
     node = node_factory()
     ds = make_radiograph(gradient())
