@@ -377,7 +377,7 @@ def run_inference_bench(
 def format_report(r: dict) -> str:
     lines = [
         f"cxr-node inference benchmark  {r['date']}  {r['image']} {r['image_shape'][0]}x{r['image_shape'][1]}",
-        f"device {r['device']}  precision {r['precision']}  compiled {r['compiled']}  cuda graphs {r.get('cuda_graphs', False)}  input {r['input_size']} px  "
+        f"device {r['device']}  precision {r['precision']}  compiled {r['compiled']}  cuda graphs {r['cuda_graphs']}  input {r['input_size']} px  "
         f"torch {r['torch']} ({r['torch_threads']} threads)  load {r['load_avg_start'][0]} -> {r['load_avg_end'][0]}",
         "",
         f"{'stage (per study, batch 1)':<28}{'p50 s':>10}{'p95 s':>10}",
