@@ -2,23 +2,14 @@
 
 from __future__ import annotations
 
-import logging
 import signal
 import threading
 from pathlib import Path
 
 import click
 
+from cxr_node.logs import FORMATS, setup_logging
 from cxr_node.config import DEFAULT_CONFIG, ConfigError, load_config, with_overrides
-
-
-def setup_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    # pynetdicom logs every PDU at INFO; keep its warnings only.
-    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
 
 
 @click.command("serve")
@@ -36,11 +27,14 @@ def setup_logging(verbose: bool) -> None:
 @click.option("--role", "roles", multiple=True, type=click.Choice(["receiver", "worker", "dispatcher", "housekeeping"]),
               help="Run only these roles (repeatable) [default: all].")
 @click.option("-v", "--verbose", is_flag=True)
-def command(config_path, ae_title, port, bind, storage, db, destination, models, allow_untrained, device, roles, verbose):
+@click.option("--log-format", type=click.Choice(FORMATS), default="text", show_default=True,
+              help="One line per event as text, or as JSON objects with the ids as keys.")
+def command(config_path, ae_title, port, bind, storage, db, destination, models, allow_untrained, device, roles, verbose,
+            log_format):
     """Run the Storage SCP, the worker and the dispatcher."""
     from cxr_node.node import Node
 
-    setup_logging(verbose)
+    setup_logging(verbose, log_format)
     try:
         if config_path is None and DEFAULT_CONFIG.is_file():
             config_path = DEFAULT_CONFIG
