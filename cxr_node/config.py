@@ -71,6 +71,11 @@ class NodeConfig:
     roles: tuple[str, ...] = ("receiver", "worker", "dispatcher", "housekeeping")
     retention_days: float = 0.0  # 0 = keep everything
     housekeeping_interval_s: float = 3600.0
+    web_enabled: bool = False  # read-only status page, /metrics, /healthz, /readyz
+    web_bind: str = "127.0.0.1"
+    web_port: int = 8080
+    web_token: str = ""  # required when web_bind is not a loopback address
+    web_show_patient: bool = False  # patient name and ID on the status page
 
     @property
     def db_url(self) -> str:
@@ -189,7 +194,34 @@ _SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
         "retention_days": ("retention_days", _non_negative),
         "interval_s": ("housekeeping_interval_s", _positive),
     },
+    "web": {
+        "enabled": ("web_enabled", _bool),
+        "bind": ("web_bind", _str),
+        "port": ("web_port", lambda k, v: _port(k, v, listen=True)),
+        "token": ("web_token", _str),
+        "show_patient": ("web_show_patient", _bool),
+    },
 }
+
+
+def _loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_web(cfg: NodeConfig) -> NodeConfig:
+    """The status page shows what the node did; anywhere but loopback it needs a secret."""
+    if cfg.web_enabled and not _loopback(cfg.web_bind) and len(cfg.web_token) < 16:
+        raise ConfigError(
+            f"web.token: required (16 characters or more) when web.bind is {cfg.web_bind!r}, not a loopback address"
+        )
+    return cfg
 
 
 def _destination(table: Any) -> Destination | None:
@@ -225,7 +257,7 @@ def parse_config(data: dict[str, Any], source: str = "config") -> NodeConfig:
                 raise ConfigError(f"{section}.{key}: unknown key in {source}")
             name, check = _SCHEMA[section][key]
             values[name] = check(f"{section}.{key}", value)
-    return NodeConfig(**values)
+    return check_web(NodeConfig(**values))
 
 
 def load_config(path: Path | None) -> NodeConfig:
@@ -258,7 +290,7 @@ def with_overrides(cfg: NodeConfig, **overrides: Any) -> NodeConfig:
         given["roles"] = _roles("--role", list(given["roles"]))
     if isinstance(given.get("destination"), str):
         given["destination"] = Destination.parse("--destination", given["destination"])
-    return replace(cfg, **given)
+    return check_web(replace(cfg, **given))
 
 
 __all__ = ["ConfigError", "Destination", "NodeConfig", "load_config", "parse_config", "with_overrides", "field"]

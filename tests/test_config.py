@@ -43,6 +43,9 @@ def test_every_setting_is_documented_in_the_shipped_config():
         ({"results": {"cam_panels": "three"}}, "results.cam_panels"),
         ({"worker": {"lease_s": 0}}, "worker.lease_s"),
         ({"dispatcher": {"retry_delays_s": []}}, "dispatcher.retry_delays_s"),
+        ({"web": {"enabled": True, "bind": "0.0.0.0"}}, "web.token"),
+        ({"web": {"enabled": True, "bind": "10.0.0.2", "token": "short"}}, "web.token"),
+        ({"web": {"port": -1}}, "web.port"),
     ],
 )
 def test_errors_name_the_key(data, key):
