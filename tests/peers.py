@@ -107,7 +107,11 @@ class Orthanc:
             return False
 
 
-def start_orthanc(workdir: Path, aet: str = "ORTHANC", modalities: dict | None = None, dicom_port: int | None = None) -> Orthanc:
+def start_orthanc(
+    workdir: Path, aet: str = "ORTHANC", modalities: dict | None = None, dicom_port: int | None = None,
+    plugins: tuple[str, ...] = (),
+) -> Orthanc:
+    """plugins: shared objects to load (e.g. the Debian orthanc-webviewer, see orthanc_plugin)."""
     exe = find_program("Orthanc")
     workdir.mkdir(parents=True, exist_ok=True)
     dicom_port, http_port = dicom_port or free_port(), free_port()
@@ -123,7 +127,7 @@ def start_orthanc(workdir: Path, aet: str = "ORTHANC", modalities: dict | None =
         "DicomAlwaysAllowStore": True,
         "DicomCheckCalledAet": True,
         "DicomModalities": modalities or {},
-        "Plugins": [],
+        "Plugins": list(plugins),
         "StableAge": 1,
         "HttpsVerifyPeers": False,
     }
@@ -141,6 +145,21 @@ def start_orthanc(workdir: Path, aet: str = "ORTHANC", modalities: dict | None =
     if proc.poll() is not None:
         raise RuntimeError(f"Orthanc exited with {proc.returncode}:\n{log_path.read_text(errors='replace')[-2000:]}")
     return orthanc
+
+
+ORTHANC_PLUGIN_DIRS = (Path("/usr/share/orthanc/plugins"), Path("/usr/lib/orthanc"))
+
+
+def orthanc_plugin(stem: str, package: str) -> str:
+    """Path of an Orthanc plugin (e.g. "libOrthancWebViewer") from a Debian package; skip/fail like find_program."""
+    for directory in ORTHANC_PLUGIN_DIRS:
+        found = sorted(directory.glob(f"{stem}.so*"))
+        if found:
+            return str(found[0])
+    message = f"Orthanc plugin {stem} not installed (Debian package {package}; `make test` installs it)"
+    if os.environ.get("CI") == "true":
+        pytest.fail(message)
+    pytest.skip(message)
 
 
 def stop_process(proc: subprocess.Popen, timeout_s: float = 20) -> None:
