@@ -7,6 +7,7 @@ complete version. Nothing is ever visible half-written under its final name.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import uuid
@@ -15,8 +16,17 @@ from pathlib import Path
 _SAFE = re.compile(r"[^0-9A-Za-z.\-]")
 
 
+def uid_key(uid: str) -> str:
+    """The file-system name of a UID: sha256 hex of the full UID.
+
+    Two different UIDs never share a name (no character replacement, no cut at 64 characters),
+    whatever a peer sends; the UIDs themselves are kept in the database.
+    """
+    return hashlib.sha256(uid.encode("utf-8", "surrogateescape")).hexdigest()
+
+
 def safe_name(uid: str) -> str:
-    """A UID as a file or directory name (UIDs are digits and dots, but never trust a peer)."""
+    """A readable UID as a file name, for the loopback PACS only (collisions possible: not for the node's storage)."""
     cleaned = _SAFE.sub("_", uid.strip())[:64]
     if not cleaned or cleaned in (".", ".."):
         raise ValueError(f"UID {uid!r} cannot be used as a file name")
@@ -47,6 +57,12 @@ def write_durably(path: Path, data: bytes) -> Path:
     return path
 
 
+def free_mb(path: Path) -> float:
+    """Megabytes an unprivileged process may still write on the file system holding `path`."""
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize / 1e6
+
+
 class StorageLayout:
     """Where things live under the storage directory."""
 
@@ -54,10 +70,18 @@ class StorageLayout:
         self.root = Path(root)
 
     def instance_path(self, study_uid: str, sop_uid: str) -> Path:
-        return self.root / "instances" / safe_name(study_uid) / f"{safe_name(sop_uid)}.dcm"
+        return self.root / "instances" / uid_key(study_uid) / f"{uid_key(sop_uid)}.dcm"
 
     def result_dir(self, study_uid: str) -> Path:
-        return self.root / "results" / safe_name(study_uid)
+        return self.root / "results" / uid_key(study_uid)
+
+    def image_result_dir(self, study_uid: str, sop_uid: str) -> Path:
+        """The SR and SC computed from one source image (one result per image, not per study)."""
+        return self.result_dir(study_uid) / uid_key(sop_uid)
+
+    def result_path(self, study_uid: str, sop_uid: str, kind: str) -> Path:
+        """A result file (kind e.g. "sr", "sc") computed from one source image."""
+        return self.result_dir(study_uid) / f"{uid_key(sop_uid)}-{kind}.dcm"
 
     def ensure(self) -> None:
         for sub in ("instances", "results"):
