@@ -50,11 +50,24 @@ def _port(key: str, value: Any, listen: bool = False) -> int:
 @dataclass(frozen=True)
 class NodeConfig:
     ae_title: str = "CXR_NODE"
-    bind: str = "0.0.0.0"
+    bind: str = "127.0.0.1"  # loopback only unless configured: listening on the network is a decision
     port: int = 11112
     storage: Path = Path("var/cxr-node")
     db: str = ""  # SQLAlchemy URL; empty = SQLite file under storage
     allowed_calling_aets: tuple[str, ...] = ()  # empty = any modality may send
+    max_associations: int = 32  # concurrent associations; more are rejected (A-ASSOCIATE-RJ)
+    acse_timeout_s: float = 10.0  # association request / release
+    dimse_timeout_s: float = 60.0  # one DIMSE message (a whole C-STORE request)
+    network_timeout_s: float = 10.0  # a connection silent this long is dropped
+    min_free_mb: float = 500.0  # free space on the storage file system below which C-STORE gets 0xA700
+    db_password_file: Path | None = None  # file holding the database password (mode 0600/0400)
+    umask: int = 0o027  # files 0640, directories 0750
+    tls_cert: Path | None = None  # PEM certificate of the node; None = no TLS
+    tls_key: Path | None = None
+    tls_ca: Path | None = None  # CA bundle that peers' certificates are checked against
+    tls_require_client_cert: bool = False
+    tls_port: int = 2762  # the Storage SCP's TLS port (DICOM's registered TLS port)
+    tls_only: bool = False  # no plain listener on node.port, TLS only
     destination: Destination | None = None
     models: Path | None = None
     allow_untrained: bool = False
@@ -149,6 +162,12 @@ def _delays(key, v):
     return tuple(float(_positive(f"{key}[{i}]", x)) for i, x in enumerate(v))
 
 
+def _umask(key, v):
+    if not isinstance(v, str) or not re.match(r"^0?[0-7]{3}$", v):
+        raise ConfigError(f"{key}: {v!r} must be an octal string such as \"027\"")
+    return int(v, 8)
+
+
 def _device(key, v):
     if not isinstance(v, str) or not re.match(r"^(auto|cpu|cuda(:\d+)?)$", v):
         raise ConfigError(f"{key}: {v!r} must be auto, cpu, cuda or cuda:N")
@@ -163,9 +182,24 @@ _SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
         "storage": ("storage", lambda k, v: Path(_str(k, v))),
         "db": ("db", _str),
         "roles": ("roles", _roles),
+        "db_password_file": ("db_password_file", lambda k, v: Path(_str(k, v)) if v else None),
+        "umask": ("umask", _umask),
     },
     "receiver": {
         "allowed_calling_aets": ("allowed_calling_aets", _aet_list),
+        "max_associations": ("max_associations", _int_range(1, 1000)),
+        "acse_timeout_s": ("acse_timeout_s", _positive),
+        "dimse_timeout_s": ("dimse_timeout_s", _positive),
+        "network_timeout_s": ("network_timeout_s", _positive),
+        "min_free_mb": ("min_free_mb", _non_negative),
+    },
+    "tls": {
+        "cert": ("tls_cert", lambda k, v: Path(_str(k, v)) if v else None),
+        "key": ("tls_key", lambda k, v: Path(_str(k, v)) if v else None),
+        "ca": ("tls_ca", lambda k, v: Path(_str(k, v)) if v else None),
+        "require_client_cert": ("tls_require_client_cert", _bool),
+        "port": ("tls_port", lambda k, v: _port(k, v, listen=True)),
+        "only": ("tls_only", _bool),
     },
     "destination": {},  # handled below: ae_title/host/port together
     "models": {
