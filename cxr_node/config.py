@@ -40,6 +40,21 @@ class Destination:
         return f"{self.ae_title}@{self.host}:{self.port}"
 
 
+_DESTINATION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+LEGACY_DESTINATION_NAME = "pacs"  # the name of the single `[destination]` / `--destination` peer
+
+
+@dataclass(frozen=True)
+class DestinationSpec:
+    """One `[[destinations]]` entry: its name, its type and the type's own keys, checked by that
+    type's module (cxr_node.destinations) when the node is built. `key` is where it came from."""
+
+    name: str
+    type: str
+    options: dict[str, Any] = field(default_factory=dict, hash=False)
+    key: str = "destinations"
+
+
 def _port(key: str, value: Any, listen: bool = False) -> int:
     lowest = 0 if listen else 1  # listening on port 0 takes any free port (tests, demo)
     if not isinstance(value, int) or isinstance(value, bool) or not lowest <= value <= 65535:
@@ -89,6 +104,31 @@ class NodeConfig:
     web_port: int = 8080
     web_token: str = ""  # required when web_bind is not a loopback address
     web_show_patient: bool = False  # patient name and ID on the status page
+    destinations: tuple[DestinationSpec, ...] = ()  # [[destinations]]; `destination` joins them as "pacs"
+    send_max_attempts: int = 100  # 0 = no limit
+    send_give_up_after_s: float = 172800.0  # 0 = no limit
+    send_timeout_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        names = [spec.name for spec in self.destination_specs]
+        for name in names:
+            if names.count(name) > 1:
+                raise ConfigError(f"destinations: the name {name!r} is used twice"
+                                  + (" ([destination] / --destination is named 'pacs')" if name == LEGACY_DESTINATION_NAME else ""))
+
+    @property
+    def destination_specs(self) -> tuple[DestinationSpec, ...]:
+        """Every destination: the legacy single DICOM peer (named "pacs") first, then [[destinations]]."""
+        legacy = ()
+        if self.destination is not None:
+            d = self.destination
+            legacy = (DestinationSpec(LEGACY_DESTINATION_NAME, "dicom", {"ae_title": d.ae_title, "host": d.host, "port": d.port}, "destination"),)
+        return legacy + self.destinations
+
+    @property
+    def destination_names(self) -> tuple[str, ...]:
+        """Names the worker records on export rows (one row per result object per name)."""
+        return tuple(spec.name for spec in self.destination_specs)
 
     @property
     def db_url(self) -> str:
@@ -221,8 +261,12 @@ _SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
         "lease_s": ("lease_s", _positive),
         "max_attempts": ("max_attempts", _int_range(1, 100)),
     },
+    "destinations": {},  # handled below: an array of tables, checked by each type's module
     "dispatcher": {
         "retry_delays_s": ("send_retry_s", _delays),
+        "max_attempts": ("send_max_attempts", _int_range(0, 1_000_000)),
+        "give_up_after_s": ("send_give_up_after_s", _non_negative),
+        "timeout_s": ("send_timeout_s", _positive),
     },
     "housekeeping": {
         "retention_days": ("retention_days", _non_negative),
@@ -276,6 +320,26 @@ def _destination(table: Any) -> Destination | None:
     )
 
 
+def _destinations(value: Any) -> tuple[DestinationSpec, ...]:
+    if not isinstance(value, list):
+        raise ConfigError("destinations: must be an array of tables ([[destinations]] with name, type and the type's keys)")
+    specs = []
+    for i, table in enumerate(value):
+        key = f"destinations[{i}]"
+        if not isinstance(table, dict):
+            raise ConfigError(f"{key}: must be a table with name, type and the type's keys")
+        for required in ("name", "type"):
+            if required not in table:
+                raise ConfigError(f"{key}.{required}: missing")
+        name = table["name"]
+        if not isinstance(name, str) or not _DESTINATION_NAME.match(name):
+            raise ConfigError(f"{key}.name: {name!r} must be 1-64 letters, digits, '.', '_' or '-'")
+        kind = _str(f"{key}.type", table["type"])
+        options = {k: v for k, v in table.items() if k not in ("name", "type")}
+        specs.append(DestinationSpec(name, kind, options, key))
+    return tuple(specs)
+
+
 def parse_config(data: dict[str, Any], source: str = "config") -> NodeConfig:
     values: dict[str, Any] = {}
     for section, content in data.items():
@@ -283,6 +347,9 @@ def parse_config(data: dict[str, Any], source: str = "config") -> NodeConfig:
             raise ConfigError(f"{section}: unknown section in {source} (known: {', '.join(_SCHEMA)})")
         if section == "destination":
             values["destination"] = _destination(content)
+            continue
+        if section == "destinations":
+            values["destinations"] = _destinations(content)
             continue
         if not isinstance(content, dict):
             raise ConfigError(f"{section}: must be a table")
@@ -327,4 +394,4 @@ def with_overrides(cfg: NodeConfig, **overrides: Any) -> NodeConfig:
     return check_web(replace(cfg, **given))
 
 
-__all__ = ["ConfigError", "Destination", "NodeConfig", "load_config", "parse_config", "with_overrides", "field"]
+__all__ = ["ConfigError", "Destination", "DestinationSpec", "NodeConfig", "load_config", "parse_config", "with_overrides", "field"]
