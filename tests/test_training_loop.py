@@ -128,8 +128,9 @@ def test_torchrun_ddp_two_processes_gloo(tiny, tmp_path):
 
 def test_dataloader_workers_do_not_change_the_result(tiny, tmp_path):
     _, cfg, sets = tiny
-    one_epoch = config_from_dict({**TINY, "optim": {"batch_size": 4, "epochs": 1}})
-    with_workers = config_from_dict({**TINY, "optim": {"batch_size": 4, "epochs": 1},
+    loader = {**TINY["data"], "pipeline": "loader"}
+    one_epoch = config_from_dict({**TINY, "data": loader, "optim": {"batch_size": 4, "epochs": 1}})
+    with_workers = config_from_dict({**TINY, "data": loader, "optim": {"batch_size": 4, "epochs": 1},
                                      "run": {**TINY["run"], "num_workers": 2}})
     a = _fit(one_epoch, sets, tmp_path / "w0" / "m")
     b = _fit(with_workers, sets, tmp_path / "w2" / "m")

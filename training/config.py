@@ -15,6 +15,11 @@ from pathlib import Path
 from typing import Any
 
 
+STEP_MODES = ("auto", "eager", "compile", "cuda_graphs")
+PIPELINES = ("auto", "device", "loader")
+SCHEDULES = ("constant", "cosine")
+
+
 class ConfigError(ValueError):
     """Invalid configuration; the message starts with the TOML key (section.key)."""
 
@@ -30,6 +35,13 @@ class RunConfig:
     amp: bool = True  # bfloat16 autocast, only on CUDA
     channels_last: bool = True  # only on CUDA
     deterministic: bool = True
+    # Processes training repetitions (and models A and B) side by side on the one device;
+    # 1 = one after the other in this process. Same results either way.
+    parallel: int = 1
+    # Training step: auto (cuda_graphs on CUDA, eager on CPU) | eager | compile | cuda_graphs.
+    step: str = "auto"
+    # Write the resumable checkpoint every N epochs (and after the last); 1 = every epoch.
+    checkpoint_every: int = 1
 
 
 @dataclass(frozen=True)
@@ -37,6 +49,10 @@ class DataConfig:
     input_size: int = 224
     # 0 = every image; N > 0 = a random subset of N images drawn by patient (for quick runs).
     subset: int = 0
+    # Where augmentation runs: auto (device when the squares fit) | device (the letterboxed
+    # squares live on the training device; scaling/flip there, in batch) | loader (DataLoader
+    # workers, OpenCV on the CPU).
+    pipeline: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -64,6 +80,9 @@ class OptimConfig:
     weight_decay: float = 0.0
     batch_size: int = 4  # global batch; divided among DDP processes
     epochs: int = 200
+    schedule: str = "constant"  # constant | cosine (per epoch, after warm-up)
+    warmup_epochs: int = 0  # linear warm-up from lr / (warmup_epochs + 1) to lr
+    label_smoothing: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -71,6 +90,8 @@ class AugmentConfig:
     scale_min: float = 0.9
     scale_max: float = 1.1
     hflip: float = 0.5  # probability
+    rotate: float = 0.0  # degrees: a random rotation in [-rotate, rotate]
+    translate: float = 0.0  # fraction of the side: a random shift in [-translate, translate] per axis
 
 
 @dataclass(frozen=True)
@@ -103,7 +124,8 @@ class TrainConfig:
     def fingerprint(self) -> str:
         """Hash of everything that changes the trained weights (not device or worker count)."""
         d = self.to_dict()
-        for key in ("device", "num_workers"):
+        # how and where it runs, not what it computes (parallel processes give the same weights)
+        for key in ("device", "num_workers", "parallel", "step", "checkpoint_every"):
             d["run"].pop(key)
         d["report"] = {}
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
@@ -152,6 +174,10 @@ def _check(cfg: TrainConfig) -> None:
     need(r.num_workers >= 0, "run.num_workers", f"must be >= 0, got {r.num_workers}")
     need(r.device == "auto" or r.device == "cpu" or r.device.startswith("cuda"), "run.device",
          f"must be auto, cpu or cuda[:N], got {r.device!r}")
+    need(r.parallel >= 1, "run.parallel", f"must be >= 1, got {r.parallel}")
+    need(r.step in STEP_MODES, "run.step", f"must be one of {', '.join(STEP_MODES)}, got {r.step!r}")
+    need(r.checkpoint_every >= 1, "run.checkpoint_every", f"must be >= 1, got {r.checkpoint_every}")
+    need(d.pipeline in PIPELINES, "data.pipeline", f"must be one of {', '.join(PIPELINES)}, got {d.pipeline!r}")
     need(32 <= d.input_size <= 2048, "data.input_size", f"must lie in 32..2048, got {d.input_size}")
     need(d.subset >= 0, "data.subset", f"must be >= 0 (0 = all images), got {d.subset}")
     need(s.unit in ("patient", "image"), "split.unit", f"must be 'patient' or 'image', got {s.unit!r}")
@@ -166,9 +192,15 @@ def _check(cfg: TrainConfig) -> None:
     need(o.weight_decay >= 0, "optim.weight_decay", f"must be >= 0, got {o.weight_decay}")
     need(o.batch_size >= 2, "optim.batch_size", f"must be >= 2 (BatchNorm needs two images), got {o.batch_size}")
     need(o.epochs >= 1, "optim.epochs", f"must be >= 1, got {o.epochs}")
+    need(o.schedule in SCHEDULES, "optim.schedule", f"must be one of {', '.join(SCHEDULES)}, got {o.schedule!r}")
+    need(0 <= o.warmup_epochs < o.epochs, "optim.warmup_epochs",
+         f"must lie in 0..optim.epochs - 1 ({o.epochs - 1}), got {o.warmup_epochs}")
+    need(0 <= o.label_smoothing < 1, "optim.label_smoothing", f"must lie in [0, 1), got {o.label_smoothing}")
     need(0 < a.scale_min <= a.scale_max, "augment.scale_min", f"need 0 < scale_min <= scale_max, got {a.scale_min}, {a.scale_max}")
     need(a.scale_max <= 2.0, "augment.scale_max", f"must be <= 2, got {a.scale_max}")
     need(0 <= a.hflip <= 1, "augment.hflip", f"is a probability in [0, 1], got {a.hflip}")
+    need(0 <= a.rotate <= 45, "augment.rotate", f"must lie in 0..45 degrees, got {a.rotate}")
+    need(0 <= a.translate <= 0.25, "augment.translate", f"must lie in [0, 0.25] (fraction of the side), got {a.translate}")
     need(ap.select_metric in ("auc", "balanced_accuracy", "accuracy", "loss"), "approach.select_metric",
          f"must be auc, balanced_accuracy, accuracy or loss, got {ap.select_metric!r}")
     need(cfg.report.gradcam_examples >= 0, "report.gradcam_examples", "must be >= 0")

@@ -9,6 +9,7 @@ from whichever of the two exists; a different configuration is refused.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -25,8 +26,10 @@ from torch.utils.data import DataLoader, DistributedSampler
 from cxr_node.analysis.models import build_model
 from training.config import TrainConfig
 from training.dataset import SquareDataset
+from training.device_data import DeviceBatches, DeviceSet, fits_on_device, predict_on_device
 from training.distributed import DistEnv, all_reduce_sum, barrier, params_identical_across_ranks
 from training.metrics import safe_auc
+from training.step import TrainStep, autocast_for, resolve_mode
 
 
 class CheckpointMismatch(RuntimeError):
@@ -46,9 +49,70 @@ class FitResult:
 
 
 def _autocast(device: torch.device, amp: bool):
-    if amp and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return torch.autocast("cpu", enabled=False)
+    return autocast_for(device, amp)
+
+
+def learning_rate(o, epoch: int) -> float:
+    """optim.lr for this 0-based epoch: linear warm-up, then constant or cosine decay to 0."""
+    if epoch < o.warmup_epochs:
+        return o.lr * (epoch + 1) / (o.warmup_epochs + 1)
+    if o.schedule == "cosine":
+        span = o.epochs - o.warmup_epochs
+        return o.lr * 0.5 * (1.0 + math.cos(math.pi * (epoch - o.warmup_epochs) / span))
+    return o.lr
+
+
+def resolve_pipeline(cfg: TrainConfig, train_set: SquareDataset, val_set: SquareDataset, device: torch.device) -> str:
+    if cfg.data.pipeline != "auto":
+        return cfg.data.pipeline
+    size = train_set.squares.shape[-1]
+    nbytes = (len(train_set) + len(val_set)) * size * size * 4
+    return "device" if fits_on_device(nbytes, device, cfg.run.parallel) else "loader"
+
+
+class _LoaderBatches:
+    """The DataLoader path: OpenCV augmentation in worker processes, restarted every epoch."""
+
+    def __init__(self, train_set, val_set, batch_size, env, seed, drop_last, cfg, device):
+        self.train_set, self.val_set, self.device, self.cfg = train_set, val_set, device, cfg
+        # DistributedSampler also serves one process: a (seed, epoch)-determined shuffle survives resume.
+        self.sampler = DistributedSampler(train_set, num_replicas=env.world_size, rank=env.rank, shuffle=True, seed=seed)
+        self.loader = DataLoader(train_set, batch_size=batch_size, sampler=self.sampler, drop_last=drop_last,
+                                 num_workers=cfg.run.num_workers, pin_memory=device.type == "cuda",
+                                 persistent_workers=False)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def epoch(self, epoch: int):
+        self.sampler.set_epoch(epoch)
+        self.train_set.set_epoch(epoch)  # before the loader pickles the dataset to its workers
+        return iter(self.loader)
+
+    def predict_val(self, model, batch_size, autocast, memory_format):
+        return predict(model, self.val_set, self.device, batch_size, amp=self.cfg.run.amp,
+                       channels_last=memory_format == torch.channels_last)
+
+
+class _DeviceBatches:
+    """The device path (training.device_data): squares uploaded once, augmented on the device."""
+
+    def __init__(self, train_set, val_set, batch_size, env, seed, drop_last, cfg, device):
+        self.train = DeviceBatches(DeviceSet(train_set, device), batch_size, env, seed, drop_last)
+        self.val = DeviceSet(val_set, device)
+
+    def __len__(self) -> int:
+        return len(self.train)
+
+    def epoch(self, epoch: int):
+        return self.train.epoch(epoch)
+
+    def predict_val(self, model, batch_size, autocast, memory_format):
+        return predict_on_device(model, self.val, batch_size, autocast=autocast, memory_format=memory_format)
+
+
+def make_batches(pipeline: str, *args):
+    return (_DeviceBatches if pipeline == "device" else _LoaderBatches)(*args)
 
 
 @torch.no_grad()
@@ -130,46 +194,47 @@ def fit(
         log(f"{label}: resuming after epoch {start_epoch} from {ckpt_path.name}")
 
     train_model = DistributedDataParallel(model) if env.enabled else model
-    # DistributedSampler also serves one process: a (seed, epoch)-determined shuffle survives resume.
-    sampler = DistributedSampler(train_set, num_replicas=env.world_size, rank=env.rank, shuffle=True, seed=seed)
+    mode, why = resolve_mode(cfg.run.step, device, env.enabled)
+    step = TrainStep(train_model, optimizer, mode=mode, device=device, amp=cfg.run.amp,
+                     label_smoothing=o.label_smoothing, log=log, label=label)
     # A last batch of one image would break BatchNorm in train mode (1x1 features at small inputs).
-    drop_last = (len(train_set) // env.world_size) % per_rank_batch == 1
-    loader = DataLoader(train_set, batch_size=per_rank_batch, sampler=sampler, drop_last=drop_last,
-                        num_workers=cfg.run.num_workers, pin_memory=device.type == "cuda",
-                        persistent_workers=False)
+    drop_last = (-(-len(train_set) // env.world_size)) % per_rank_batch == 1
+    pipeline = resolve_pipeline(cfg, train_set, val_set, device)
+    batches = make_batches(pipeline, train_set, val_set, per_rank_batch, env, seed, drop_last, cfg, device)
+    log(f"{label}: {len(train_set)} training / {len(val_set)} validation images, step {mode} ({why}), "
+        f"input path {pipeline}")
+    val_autocast = autocast_for(device, cfg.run.amp)
 
     for epoch in range(start_epoch, o.epochs):
-        sampler.set_epoch(epoch)
-        train_set.set_epoch(epoch)  # before the loader pickles the dataset to its workers
+        lr = learning_rate(o, epoch)
+        step.set_lr(lr)
         train_model.train()
         t0 = time.perf_counter()
-        loss_sum, correct, seen = 0.0, 0, 0
-        batches = loader
+        # summed on the device; read once per epoch (no host synchronisation per step)
+        loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+        correct = torch.zeros((), device=device, dtype=torch.int64)
+        seen = 0
+        epoch_batches = batches.epoch(epoch)
         if progress is not None:
-            batches = progress(loader, desc=f"{label} epoch {epoch + 1}/{o.epochs}", total=len(loader))
-        for x, y in batches:
+            epoch_batches = progress(epoch_batches, desc=f"{label} epoch {epoch + 1}/{o.epochs}", total=len(batches))
+        for x, y in epoch_batches:
             x = x.to(device, non_blocking=True, memory_format=memory_format)
             y = y.to(device, non_blocking=True)
-            with _autocast(device, cfg.run.amp):
-                logits = train_model(x)
-                loss = F.cross_entropy(logits.float(), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            loss_sum += float(loss.detach()) * len(y)
-            correct += int((logits.argmax(1) == y).sum())
+            loss, right = step(x, y)
+            loss_sum += loss.double() * len(y)
+            correct += right
             seen += len(y)
-        loss_sum, correct, seen = all_reduce_sum(env, [loss_sum, float(correct), float(seen)])
-        if not np.isfinite(loss_sum):
+        loss_total, correct_total, seen = all_reduce_sum(env, [float(loss_sum), float(correct), float(seen)])
+        if not np.isfinite(loss_total):
             raise TrainingDiverged(f"{label}: training loss is not finite in epoch {epoch + 1}; lower optim.lr")
         seconds = time.perf_counter() - t0
 
-        record = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), "train_accuracy": correct / max(seen, 1),
-                  "train_images": int(seen), "train_seconds": seconds, "images_per_second": seen / seconds}
+        record = {"epoch": epoch + 1, "lr": lr, "train_loss": loss_total / max(seen, 1),
+                  "train_accuracy": correct_total / max(seen, 1), "train_images": int(seen),
+                  "train_seconds": seconds, "images_per_second": seen / seconds}
         if env.is_main:
             t_val = time.perf_counter()
-            p, val_loss = predict(model, val_set, device, max(per_rank_batch, 16), amp=cfg.run.amp,
-                                  channels_last=channels_last)
+            p, val_loss = batches.predict_val(model, max(per_rank_batch, 16), val_autocast, memory_format)
             if not np.all(np.isfinite(p)) or not np.isfinite(val_loss):
                 raise TrainingDiverged(
                     f"{label}: non-finite validation outputs after epoch {epoch + 1} (BatchNorm statistics "
@@ -188,9 +253,11 @@ def fit(
             log(f"{label} epoch {epoch + 1}/{o.epochs}: train loss {record['train_loss']:.4f} "
                 f"acc {record['train_accuracy']:.3f} | val loss {val_loss:.4f} acc {record['val_accuracy']:.3f} "
                 f"auc {_fmt(record['val_auc'])} | {record['images_per_second']:.1f} img/s")
-            _atomic_save({"fingerprint": fingerprint, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                          "epoch": epoch + 1, "history": history, "best_state": best_state,
-                          "best_score": best_score, "best_epoch": best_epoch}, ckpt_path)
+            if (epoch + 1) % cfg.run.checkpoint_every == 0 and epoch + 1 < o.epochs:
+                _atomic_save({"fingerprint": fingerprint, "model": model.state_dict(),
+                              "optimizer": optimizer.state_dict(), "epoch": epoch + 1, "history": history,
+                              "best_state": best_state, "best_score": best_score, "best_epoch": best_epoch},
+                             ckpt_path)
         barrier(env)
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1)
