@@ -1,117 +1,180 @@
-"""C-STORE SCU: sends result objects (SR, Secondary Capture) to a destination AE.
+"""C-STORE SCU: sends data sets to a DICOM peer over one association and says what became of each.
 
-Comprehensive 3D SR fallback: with every Comprehensive 3D SR the sender also proposes
-Comprehensive SR. When the destination accepts no context for 3D SR but one for
-Comprehensive SR, the report goes as Comprehensive SR (same content, its own SOP
-Instance UID, see cxr_node.results.sr.as_comprehensive_sr) and the outcome says so.
+The sender knows DICOM networking only, not what it sends. A request may carry an
+alternative (another SOP class and a function that builds it), which goes when the peer
+accepts no context for the first class but one for the alternative; the destination layer
+uses this for the Comprehensive SR form of a Comprehensive 3D SR.
+
+Every outcome is one of: stored (status_ok), refused by the peer (a DIMSE failure status,
+or no accepted presentation context: 0x0122), or not attempted because the connection
+failed (`transport_error` set). A Verification context is always proposed, so an
+association stays up, and refusals stay visible per object, when the peer accepts none
+of the storage classes offered (pynetdicom aborts an association without accepted contexts).
 """
 
 from __future__ import annotations
 
+import ssl
 from dataclasses import dataclass
+from typing import Callable
 
-from pydicom import dcmread
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom import Dataset, dcmread
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
-from pynetdicom.sop_class import (
-    Comprehensive3DSRStorage,
-    ComprehensiveSRStorage,
-    SecondaryCaptureImageStorage,
-)
+from pynetdicom.sop_class import Verification
+from pynetdicom.status import GENERAL_STATUS, STORAGE_SERVICE_CLASS_STATUS, code_to_category
 
 from cxr_node.config import Destination
 
-RESULT_SOP_CLASSES = (Comprehensive3DSRStorage, ComprehensiveSRStorage, SecondaryCaptureImageStorage)
-
-
-SOP_CLASS_NOT_SUPPORTED = 0x0122  # the destination accepted no context for the object's SOP class
+SOP_CLASS_NOT_SUPPORTED = 0x0122  # the peer accepted no context for the object's SOP class
+_UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 
 
 class SendError(RuntimeError):
-    """The destination could not be reached or refused the object; the message says which."""
+    """The peer could not be reached or no association was established; the message says why."""
+
+
+@dataclass(frozen=True)
+class StoreRequest:
+    dataset: Dataset
+    # Another SOP class to send when the peer takes none of the dataset's, and how to build it.
+    alternative_class: str | None = None
+    alternative: Callable[[Dataset], Dataset] | None = None
 
 
 @dataclass(frozen=True)
 class SendOutcome:
-    status: int
+    status: int | None  # DIMSE status; None when the object was not attempted (transport_error says why)
     comment: str = ""
     sop_class_uid: str = ""  # what was sent (or attempted)
     sop_instance_uid: str = ""
-    fallback: bool = False  # a Comprehensive SR went in place of the file's Comprehensive 3D SR
+    fallback: bool = False  # the alternative went in place of the data set
+    sent: Dataset | None = None  # the data set that went (the alternative when fallback)
+    transport_error: str = ""
+
+
+def status_ok(code: int | None) -> bool:
+    """Success or warning (0xB000, 0xB007, 0xB006): the object was stored."""
+    return code is not None and (code == 0x0000 or (code & 0xF000) == 0xB000)
+
+
+def status_meaning(code: int) -> str:
+    """`0x0122 Refused: SOP Class Not Supported`: the code and what the standard calls it."""
+    found = STORAGE_SERVICE_CLASS_STATUS.get(code) or GENERAL_STATUS.get(code)
+    return f"0x{code:04X} {found[1] if found else code_to_category(code)}"
 
 
 class Sender:
-    def __init__(self, calling_ae_title: str, timeout_s: float = 30.0) -> None:
+    def __init__(self, calling_ae_title: str, timeout_s: float = 30.0, tls: ssl.SSLContext | None = None) -> None:
         self.calling_ae_title = calling_ae_title
         self.timeout_s = timeout_s
+        self.tls = tls
 
-    def _ae(self, datasets) -> AE:
+    def _ae(self, requests: list[StoreRequest]) -> AE:
         ae = AE(ae_title=self.calling_ae_title)
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = self.timeout_s
+        ae.connection_timeout = self.timeout_s
         # A context per (SOP class, transfer syntax): an SCP accepts one syntax per context and
-        # may prefer an uncompressed one; separate contexts let the file go as it is stored.
+        # may take only some; separate contexts let the file go as stored, or uncompressed.
         offered: dict[str, list[str]] = {}
-        for ds in datasets:
+        for req in requests:
+            ds = req.dataset
+            stored = str(ds.file_meta.TransferSyntaxUID) if "TransferSyntaxUID" in getattr(ds, "file_meta", {}) else None
             syntaxes = offered.setdefault(str(ds.SOPClassUID), [])
-            for ts in (str(ds.file_meta.TransferSyntaxUID), ExplicitVRLittleEndian, ImplicitVRLittleEndian):
+            for ts in ([stored] if stored else []) + list(_UNCOMPRESSED):
                 if ts not in syntaxes:
                     syntaxes.append(ts)
-        if Comprehensive3DSRStorage in offered and ComprehensiveSRStorage not in offered:
-            offered[ComprehensiveSRStorage] = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
+            if req.alternative_class:
+                alt = offered.setdefault(req.alternative_class, [])
+                alt.extend(ts for ts in _UNCOMPRESSED if ts not in alt)
+        offered.setdefault(Verification, [ImplicitVRLittleEndian])
         for sop_class, syntaxes in offered.items():
             for ts in syntaxes:
                 ae.add_requested_context(sop_class, ts)
         return ae
 
-    @staticmethod
-    def _fallback(ds, accepted: set[str]):
-        """(dataset to send, used fallback?, refusal comment or "")."""
-        if str(ds.SOPClassUID) != Comprehensive3DSRStorage or Comprehensive3DSRStorage in accepted:
-            return ds, False, ""
-        if ComprehensiveSRStorage not in accepted:
-            return ds, False, "no context for Comprehensive 3D SR nor Comprehensive SR"
-        from cxr_node.results.sr import as_comprehensive_sr  # highdicom: import only when needed
-
+    def send(self, peer: Destination, requests: list[StoreRequest]) -> list[SendOutcome]:
+        """Send over one association; raises SendError when no association is established."""
+        if not requests:
+            return []
+        kwargs = {"tls_args": (self.tls, peer.host)} if self.tls is not None else {}
         try:
-            return as_comprehensive_sr(ds), True, ""
-        except ValueError as exc:
-            return ds, False, f"no 3D SR context; no Comprehensive SR form: {exc}"
-
-    def send_files(self, destination: Destination, paths: list[str]) -> list[SendOutcome]:
-        """Send files over one association; raises SendError if none can be attempted."""
-        datasets = []
-        for path in paths:
-            try:
-                datasets.append(dcmread(path))
-            except Exception as exc:
-                raise SendError(f"{path}: cannot read for sending: {exc}") from exc
-        assoc = self._ae(datasets).associate(destination.host, destination.port, ae_title=destination.ae_title)
+            assoc = self._ae(requests).associate(peer.host, peer.port, ae_title=peer.ae_title, **kwargs)
+        except (OSError, RuntimeError) as exc:
+            raise SendError(f"cannot connect to {peer}: {exc}") from exc
         if not assoc.is_established:
-            why = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "unreachable"
-            raise SendError(f"association with {destination} {why}")
-        outcomes = []
+            why = "rejected the association" if assoc.is_rejected else "aborted the association" if assoc.is_aborted else "is unreachable"
+            raise SendError(f"{peer} {why}")
+        outcomes: list[SendOutcome] = []
         try:
-            accepted = {str(cx.abstract_syntax) for cx in assoc.accepted_contexts}
-            for path, ds in zip(paths, datasets):
-                ds, fallback, refusal = self._fallback(ds, accepted)
-                sent = dict(sop_class_uid=str(ds.SOPClassUID), sop_instance_uid=str(ds.SOPInstanceUID), fallback=fallback)
-                if refusal:
-                    outcomes.append(SendOutcome(SOP_CLASS_NOT_SUPPORTED, refusal[:64], **sent))
+            accepted: dict[str, set[str]] = {}
+            for cx in assoc.accepted_contexts:
+                accepted.setdefault(str(cx.abstract_syntax), set()).add(str(cx.transfer_syntax[0]))
+            for req in requests:
+                if not assoc.is_established:
+                    outcomes.append(self._unsent(req, f"{peer}: association lost before this object"))
                     continue
-                try:
-                    status = assoc.send_c_store(ds)
-                except ValueError as exc:  # no accepted presentation context for this SOP class
-                    outcomes.append(SendOutcome(SOP_CLASS_NOT_SUPPORTED, str(exc)[:64], **sent))
-                    continue
-                if not status:  # no response: connection dropped or timed out
-                    raise SendError(f"{destination} gave no C-STORE response for {path}")
-                outcomes.append(SendOutcome(int(status.Status), str(status.get("ErrorComment", "")), **sent))
+                outcomes.append(self._store(assoc, peer, req, accepted))
         finally:
             if assoc.is_established:
                 assoc.release()
         return outcomes
 
+    @staticmethod
+    def _unsent(req: StoreRequest, why: str) -> SendOutcome:
+        ds = req.dataset
+        return SendOutcome(None, sop_class_uid=str(ds.SOPClassUID), sop_instance_uid=str(ds.SOPInstanceUID), transport_error=why)
 
-def status_ok(code: int) -> bool:
-    """Success or warning (0xB000, 0xB007, 0xB006): the object was stored."""
-    return code == 0x0000 or (code & 0xF000) == 0xB000
+    def _store(self, assoc, peer: Destination, req: StoreRequest, accepted: dict[str, set[str]]) -> SendOutcome:
+        ds, fallback = req.dataset, False
+        sop_class = str(ds.SOPClassUID)
+        if sop_class not in accepted and req.alternative_class in accepted and req.alternative is not None:
+            try:
+                ds, fallback = req.alternative(ds), True
+            except ValueError as exc:
+                return SendOutcome(
+                    SOP_CLASS_NOT_SUPPORTED, f"no context for {UID(sop_class).name}; no alternative: {exc}"[:64],
+                    sop_class, str(ds.SOPInstanceUID),
+                )
+            sop_class = str(ds.SOPClassUID)
+        if sop_class not in accepted:
+            names = " nor ".join(UID(c).name for c in [sop_class, req.alternative_class] if c)
+            return SendOutcome(SOP_CLASS_NOT_SUPPORTED, f"no presentation context accepted for {names}",
+                               sop_class, str(ds.SOPInstanceUID))
+        ds = _in_accepted_syntax(ds, accepted[sop_class])
+        sent = dict(sop_class_uid=sop_class, sop_instance_uid=str(ds.SOPInstanceUID), fallback=fallback, sent=ds)
+        try:
+            status = assoc.send_c_store(ds)
+        except ValueError as exc:  # pynetdicom found no context it can use for this data set
+            return SendOutcome(SOP_CLASS_NOT_SUPPORTED, str(exc)[:64], **sent)
+        except (OSError, RuntimeError) as exc:
+            return SendOutcome(None, transport_error=f"{peer}: {exc}", **sent)
+        if not status:  # no response: connection dropped or timed out
+            return SendOutcome(None, transport_error=f"{peer} gave no C-STORE response (timeout or connection lost)", **sent)
+        return SendOutcome(int(status.Status), str(status.get("ErrorComment", "")), **sent)
+
+    def send_files(self, peer: Destination, paths: list[str]) -> list[SendOutcome]:
+        """Send files as they are (no alternatives); raises SendError if none can be attempted."""
+        requests = []
+        for path in paths:
+            try:
+                requests.append(StoreRequest(dcmread(path)))
+            except Exception as exc:
+                raise SendError(f"{path}: cannot read for sending: {exc}") from exc
+        return self.send(peer, requests)
+
+
+def _in_accepted_syntax(ds: Dataset, syntaxes: set[str]) -> Dataset:
+    """The data set in a transfer syntax the peer accepted for its class: as stored when possible,
+    else an uncompressed syntax (re-encoding an uncompressed data set loses nothing)."""
+    meta = getattr(ds, "file_meta", None)
+    current = str(meta.TransferSyntaxUID) if meta is not None and "TransferSyntaxUID" in meta else None
+    if current in syntaxes:
+        return ds
+    target = next((ts for ts in _UNCOMPRESSED if ts in syntaxes), None)
+    if target is None or current not in (*_UNCOMPRESSED, None):
+        return ds  # compressed source and no matching context: pynetdicom answers with its own error
+    out = Dataset(ds)  # shallow copy: same elements, own file meta
+    out.file_meta = Dataset(meta) if meta is not None else Dataset()
+    out.file_meta.TransferSyntaxUID = UID(target)
+    return out
