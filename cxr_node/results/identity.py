@@ -7,8 +7,12 @@ Instance UIDs and keeps one copy, so a study is never reported twice.
 
 from __future__ import annotations
 
+import copy
 import uuid
 from dataclasses import dataclass
+from functools import lru_cache
+
+from pydicom.dataset import Dataset
 
 from cxr_node import __version__
 
@@ -24,6 +28,15 @@ PRIVATE_SCHEME_NAME = "cxr-node private concepts"
 def derived_uid(*parts: str) -> str:
     """A 2.25 UID from a name-based (SHA-1) UUID: same inputs, same UID, no registered root needed."""
     return f"2.25.{uuid.uuid5(_NAMESPACE, '|'.join(parts)).int}"
+
+
+def no_illustration_sr_uid(sr_instance_uid: str) -> str:
+    """SOP Instance UID of the report variant without the Grad-CAM reference (SC refused by the PACS).
+
+    Different content needs its own UID; deriving it from the full report's UID lets the
+    sender make the variant from the written report alone, and makes it again identically.
+    """
+    return derived_uid("sr-no-illustration", sr_instance_uid)
 
 
 def fallback_sr_uid(sr_instance_uid: str) -> str:
@@ -47,6 +60,9 @@ class NodeIdentity:
     software_version: str = __version__
 
 
+UNTRAINED_MODEL_TEXT = "UNTRAINED MODEL - NOT FOR CLINICAL USE"
+
+
 @dataclass(frozen=True)
 class ModelIdentity:
     name: str
@@ -54,10 +70,29 @@ class ModelIdentity:
     sha256_a: str
     sha256_b: str
     trained: bool
+    trained_on: str | None = None  # ISO date the bundle was trained (manifest training.created)
+
+    @classmethod
+    def from_bundle(cls, bundle) -> "ModelIdentity":
+        """The identity of a loaded analysis Bundle (duck-typed: results/ does not import analysis/)."""
+        created = (bundle.training or {}).get("created")
+        return cls(
+            bundle.name, bundle.version, bundle.sha256.get("A", ""), bundle.sha256.get("B", ""), bundle.trained,
+            str(created)[:10] if created else None,
+        )
 
     @property
     def label(self) -> str:
         return f"{self.name} {self.version}"
+
+    @property
+    def description(self) -> str:
+        """The model in a radiologist's words: "cxr-covid v3, trained 2026-11-20", or the untrained warning."""
+        if not self.trained:
+            return UNTRAINED_MODEL_TEXT
+        version = self.version if self.version[:1] in ("v", "V") else f"v{self.version}"
+        trained = f", trained {self.trained_on}" if self.trained_on else ", training date not recorded"
+        return f"{self.name} {version}{trained}"
 
     @property
     def fingerprint(self) -> str:
@@ -112,3 +147,40 @@ def model_equipment(node: NodeIdentity, model: ModelIdentity):
         )[:1024],
     )
     return item
+
+
+# Modules of the Patient and Study IEs (PS3.3 A.1.4): a result filed in the source's study
+# must carry them exactly as the source has them, or a PACS that keys patients by ID plus
+# issuer (or compares study attributes) files it elsewhere.
+PATIENT_STUDY_MODULES = ("patient", "clinical-trial-subject", "general-study", "patient-study", "clinical-trial-study")
+# Not in those modules, but compared across a study's instances (dcentvfy, PACS): kept with them.
+STUDY_COMPANIONS = ("SpecificCharacterSet", "TimezoneOffsetFromUTC")
+
+
+@lru_cache(maxsize=1)
+def patient_study_keywords() -> tuple[str, ...]:
+    """Top-level keywords of the Patient and Study modules, from highdicom's copy of the standard."""
+    from highdicom._standard_utils import get_module_attribute_map
+
+    table = get_module_attribute_map()
+    keywords: dict[str, None] = {}
+    for module in PATIENT_STUDY_MODULES:
+        for attribute in table[module]:
+            if not attribute["path"]:
+                keywords[attribute["keyword"]] = None
+    return tuple(keywords)
+
+
+def copy_patient_study(source: Dataset, target: Dataset) -> None:
+    """Give target the source's Patient and Study module attributes, element for element.
+
+    Present in the source: copied (deep copy, same VR and value, replacing whatever the
+    builder put there). Absent from the source: a value the builder made up is removed;
+    an empty one stays (a Type 2 attribute the target's IOD requires, e.g. AccessionNumber).
+    SpecificCharacterSet goes with them: the copied strings are encoded in it.
+    """
+    for keyword in (*STUDY_COMPANIONS, *patient_study_keywords()):
+        if keyword in source:
+            target[keyword] = copy.deepcopy(source[keyword])
+        elif keyword in target and not target[keyword].is_empty:
+            del target[keyword]
