@@ -51,6 +51,15 @@ def command(config_path, ae_title, port, bind, storage, db, destination, models,
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     signal.signal(signal.SIGINT, lambda *_: stopping.set())
     node.start()
+    from cxr_node.web.wiring import build_web_server
+
+    web = build_web_server(node)
+    try:
+        if web is not None:
+            web.start()
+    except RuntimeError as exc:
+        node.stop()
+        raise click.ClickException(str(exc)) from exc
     parts = [f"roles {', '.join(cfg.roles)}"]
     if node.receiver:
         parts.append(f"listening as {cfg.ae_title} on {cfg.bind}:{node.receiver.port}")
@@ -58,6 +67,10 @@ def command(config_path, ae_title, port, bind, storage, db, destination, models,
         model = node.worker.model
         parts.append(f"models {model.label}{'' if model.trained else ' (UNTRAINED - NOT FOR CLINICAL USE)'}")
     parts.append(f"results to {cfg.destination or 'disk only'}")
+    if web is not None:
+        parts.append(f"status page http://{cfg.web_bind}:{web.port}/")
     click.echo("cxr-node: " + "; ".join(parts), err=True)
     stopping.wait()
+    if web is not None:
+        web.stop()
     node.stop()

@@ -1,0 +1,1 @@
+"""The node's read-only HTTP side: status page, /metrics, /healthz, /readyz."""
