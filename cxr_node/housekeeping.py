@@ -14,38 +14,23 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from apscheduler.schedulers.background import BackgroundScheduler
-from sqlalchemy import and_, exists, not_, select, update
-
 from cxr_node.queue.jobs import JobQueue
-from cxr_node.queue.tables import exports, instances, jobs, results
 from cxr_node.storage import StorageLayout
 
 log = logging.getLogger(__name__)
 
-PURGED = "(purged)"
 TMP_MAX_AGE_S = 3600.0  # a .tmp file older than this belongs to a writer that died
 
 
 def purge_finished(queue: JobQueue, layout: StorageLayout, retention_days: float) -> int:
     """Delete images and results of studies finished more than retention_days ago; returns studies purged."""
-    cutoff = queue.clock() - timedelta(days=retention_days)
-    open_job = exists().where(and_(jobs.c.study_instance_uid == instances.c.study_instance_uid,
-                                   jobs.c.state.in_(("queued", "running"))))
-    unsent = exists().where(and_(exports.c.result_id == results.c.id, exports.c.state == "pending",
-                                 results.c.study_instance_uid == instances.c.study_instance_uid))
-    with queue.engine.connect() as conn:
-        studies = conn.execute(
-            select(instances.c.study_instance_uid)
-            .where(and_(instances.c.received_at < cutoff, instances.c.path != PURGED, not_(open_job), not_(unsent)))
-            .distinct()
-        ).scalars().all()
+    studies = queue.purgeable_studies(queue.clock() - timedelta(days=retention_days))
     for study in studies:
-        with queue.engine.begin() as conn:
-            paths = conn.execute(select(instances.c.path).where(instances.c.study_instance_uid == study)).scalars().all()
-            for p in paths:
-                Path(p).unlink(missing_ok=True)
-            shutil.rmtree(layout.result_dir(study), ignore_errors=True)
-            conn.execute(update(instances).where(instances.c.study_instance_uid == study).values(path=PURGED))
+        paths = queue.instance_paths(study)
+        for p in paths:
+            Path(p).unlink(missing_ok=True)
+        shutil.rmtree(layout.result_dir(study), ignore_errors=True)
+        queue.mark_purged(study)  # after the files are gone: a crash in between purges again
         log.info("retention: purged study %s (%d image(s))", study, len(paths))
     return len(studies)
 

@@ -12,8 +12,9 @@ from cxr_node.dicom.receiver import Receiver, ReceiverSettings
 from cxr_node.dicom.sender import Sender
 from cxr_node.dispatcher import Dispatcher
 from cxr_node.housekeeping import Housekeeping
+from cxr_node.analysis.decode_pool import DecodePool
 from cxr_node.queue.jobs import JobQueue
-from cxr_node.queue.tables import make_engine
+from cxr_node.queue.schema import open_database
 from cxr_node.results.identity import NodeIdentity
 from cxr_node.storage import StorageLayout
 from cxr_node.worker import Worker, WorkerSettings
@@ -51,17 +52,21 @@ class Node:
     worker: Worker | None
     dispatcher: Dispatcher | None
     housekeeping: Housekeeping | None
+    decode_pool: DecodePool | None = None
 
     @classmethod
     def build(cls, cfg: NodeConfig, bundle: Bundle | None = None) -> "Node":
         roles = set(cfg.roles)
         layout = StorageLayout(cfg.storage)
         layout.ensure()
-        queue = JobQueue(make_engine(cfg.db_url))
+        # A fresh database is created; one behind the code is refused (SchemaError names `db upgrade`).
+        queue = JobQueue(open_database(cfg.db_url))
         receiver = worker = dispatcher = housekeeping = None
+        pool = None
         if "receiver" in roles:
-            receiver = Receiver(ReceiverSettings(cfg.ae_title, cfg.bind, cfg.port, cfg.allowed_calling_aets), queue, layout)
+            receiver = Receiver(ReceiverSettings.from_config(cfg), queue, layout)
         if "worker" in roles:  # only a worker needs the models (and the GPU)
+            pool = DecodePool(kind="process")  # decoding in other processes: OpenJPEG holds the GIL
             worker = Worker(
                 queue,
                 Analyzer(bundle or load_models(cfg), cfg.device, cuda_graphs=cfg.cuda_graphs),
@@ -74,14 +79,15 @@ class Node:
                     poll_interval_s=cfg.poll_interval_s,
                     cam_panels=cfg.cam_panels,
                     sc_max_side=cfg.sc_max_side,
-                    destination=str(cfg.destination) if cfg.destination else None,
+                    destinations=cfg.destination_names,
                 ),
+                pool.decode_many,
             )
         if "dispatcher" in roles and cfg.destination is not None:
             dispatcher = Dispatcher(queue, Sender(cfg.ae_title), cfg.send_retry_s, cfg.poll_interval_s)
         if "housekeeping" in roles:
             housekeeping = Housekeeping(queue, layout, cfg.retention_days, cfg.housekeeping_interval_s)
-        return cls(cfg, queue, receiver, worker, dispatcher, housekeeping)
+        return cls(cfg, queue, receiver, worker, dispatcher, housekeeping, pool)
 
     def _parts(self):
         # Worker and dispatcher first: anything left queued by a previous run starts moving at once;
@@ -95,3 +101,5 @@ class Node:
     def stop(self) -> None:
         for part in reversed(self._parts()):
             part.stop()
+        if self.decode_pool is not None:
+            self.decode_pool.close()

@@ -1,23 +1,27 @@
-"""Worker: claims queued images, analyses them in batches, writes SR + SC, records the result."""
+"""Worker: claims queued images, analyses them in batches, writes SR + SC per image, records the result.
+
+Each result belongs to exactly one image: the job's own file is decoded, analysed and written
+under that image's result directory, and the row records that image's SOP Instance UID.
+Resource failures (disk full, I/O, database) put the job back with a back-off and are never
+final; an image that cannot be decoded fails at once; other errors fail after max_attempts.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
 import socket
-import time
 from dataclasses import dataclass
+from typing import Callable
 
-from pydicom import dcmread
+from sqlalchemy.exc import OperationalError
 
 from cxr_node.analysis.bundle import Bundle
 from cxr_node.analysis.engine import Analyzer
-from cxr_node.analysis.decode_pool import decode_many
-from cxr_node.dicom.pixels import PixelDataError
 from cxr_node.polling import PollingLoop
+from cxr_node.processing import Decode, Outcome, process_batch
 from cxr_node.queue.jobs import ExportItem, Job, JobQueue, ResultRecord
 from cxr_node.results.identity import ModelIdentity, NodeIdentity
-from cxr_node.results.writer import write_results
 from cxr_node.storage import StorageLayout
 
 log = logging.getLogger(__name__)
@@ -31,11 +35,13 @@ class WorkerSettings:
     poll_interval_s: float = 1.0
     cam_panels: str = "per-model"
     sc_max_side: int = 1024
-    destination: str | None = None  # AET@HOST:PORT recorded on each export
+    destinations: tuple[str, ...] = ()  # names recorded on each export; empty = keep results on disk
+    # Wait after the n-th resource failure in a row: doubles from 5 s, at most 10 minutes.
+    resource_backoff_s: Callable[[int], float] = lambda n: min(600.0, 5.0 * 2 ** (n - 1))
 
 
 def model_identity(bundle: Bundle) -> ModelIdentity:
-    return ModelIdentity(bundle.name, bundle.version, bundle.sha256.get("A", ""), bundle.sha256.get("B", ""), bundle.trained)
+    return ModelIdentity.from_bundle(bundle)
 
 
 def pid_alive(pid: int) -> bool:
@@ -60,6 +66,7 @@ class Worker:
         layout: StorageLayout,
         node: NodeIdentity,
         settings: WorkerSettings,
+        decode: Decode,
         name: str | None = None,
     ) -> None:
         self.queue = queue
@@ -67,7 +74,8 @@ class Worker:
         self.layout = layout
         self.node = node
         self.settings = settings
-        self.model = model_identity(analyzer.bundle)
+        self.decode = decode  # a decode pool's decode_many: decoding runs in other processes
+        self.model = ModelIdentity.from_bundle(analyzer.bundle)
         # HOST:PID lets a restarted node recognise jobs its dead predecessor held.
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
         self._loop = PollingLoop("cxr-worker", self.run_once, settings.poll_interval_s)
@@ -77,72 +85,46 @@ class Worker:
         batch = self.queue.claim(self.name, self.settings.lease_s, self.settings.batch_size)
         if not batch:
             return 0
-        loaded = []
-        todo = []
-        for job in batch:
-            if self.queue.study_reported(job.study_instance_uid):
-                self.queue.skip(job, "study already reported")
-                continue
-            todo.append(job)
-        # Decode the whole batch in parallel (a process pool: OpenJPEG holds the GIL).
-        decoded = decode_many([job.path for job in todo])
-        for job, got in zip(todo, decoded):
+        outcomes = process_batch(
+            [job.path for job in batch], self.analyzer, self.node, self.model,
+            # Image i's results go under image i's own directory, named from its job's UIDs.
+            lambda i, _header: self.layout.image_result_dir(batch[i].study_instance_uid, batch[i].sop_instance_uid),
+            self.decode, panels=self.settings.cam_panels, max_side=self.settings.sc_max_side,
+        )
+        for job, outcome in zip(batch, outcomes):
             try:
-                if isinstance(got, BaseException):
-                    raise got
-                image, decode_s = got.image, got.seconds
-                # Header only: the SR and SC copy attributes, the pixels were decoded above.
-                ds = dcmread(job.path, stop_before_pixels=True)
-            except PixelDataError as exc:  # retrying cannot fix the image itself
-                log.error("job %d (%s): %s", job.id, job.sop_instance_uid, exc)
-                self.queue.fail(job, str(exc), self.settings.max_attempts, permanent=True)
-                continue
-            except Exception as exc:
-                log.exception("job %d: cannot read %s", job.id, job.path)
-                self.queue.fail(job, f"{job.path}: {exc}", self.settings.max_attempts)
-                continue
-            loaded.append((job, ds, image, decode_s))
-        if not loaded:
-            return len(batch)
-        try:
-            analyses = self.analyzer.analyse([img.pixels for _, _, img, _ in loaded])
-        except Exception as exc:
-            log.exception("analysis of %d jobs failed", len(loaded))
-            for job, _, _, _ in loaded:
-                self.queue.fail(job, f"analysis failed: {exc}", self.settings.max_attempts)
-            return len(batch)
-        for (job, ds, image, decode_s), analysis in zip(loaded, analyses):
-            analysis.timings = {"decode": decode_s, **analysis.timings}
-            self._finish(job, ds, image, analysis)
+                self._record(job, outcome)
+            except OperationalError as exc:  # the database went away: the lease brings the job back
+                log.error("job %d (image %s): cannot record the outcome: %s", job.id, job.sop_instance_uid, exc)
         return len(batch)
 
-    def _finish(self, job: Job, ds, image, analysis) -> None:
-        try:
-            t0 = time.perf_counter()
-            files = write_results(
-                ds, image.pixels, analysis, self.layout.result_dir(job.study_instance_uid), self.node, self.model,
-                self.settings.cam_panels, self.settings.sc_max_side,
-            )
-            analysis.timings["sr_sc_build"] = time.perf_counter() - t0
-        except Exception as exc:
-            log.exception("job %d: building results failed", job.id)
-            self.queue.fail(job, f"result build failed: {exc}", self.settings.max_attempts)
+    def _record(self, job: Job, outcome: Outcome) -> None:
+        if not outcome.ok:
+            self._failed(job, outcome)
             return
-        r = analysis.result
+        assert outcome.analysis is not None and outcome.files is not None
+        r = outcome.analysis.result
         record = ResultRecord(
             r.label.value, r.p_abnormal, r.p_covid, r.models_disagree, self.model.label, self.model.trained,
-            {k: round(v, 4) for k, v in analysis.timings.items()},
+            {k: round(v, 4) for k, v in outcome.timings.items()},
         )
-        items = [
-            ExportItem("sc", str(files.sc_path), files.sc_uid),
-            ExportItem("sr", str(files.sr_path), files.sr_uid),
-        ]
-        if self.queue.complete(job, record, items, self.settings.destination):
+        files = outcome.files
+        items = [ExportItem("sc", str(files.sc_path), files.sc_uid), ExportItem("sr", str(files.sr_path), files.sr_uid)]
+        if self.queue.complete(job, record, items, self.settings.destinations):
             log.info(
-                "study %s: %s (P(abnormal) %.3f, P(COVID) %.3f)%s",
-                job.study_instance_uid, r.label.value, r.p_abnormal, r.p_covid,
+                "job %d image %s: %s (P(abnormal) %.3f, P(COVID) %.3f)%s",
+                job.id, job.sop_instance_uid, r.label.value, r.p_abnormal, r.p_covid,
                 "" if self.model.trained else " [UNTRAINED MODEL]",
             )
+
+    def _failed(self, job: Job, outcome: Outcome) -> None:
+        error = outcome.error or "unknown error"
+        if outcome.kind == "resource":
+            delay = self.queue.defer(job, f"resource: {error}", self.settings.resource_backoff_s)
+            log.warning("job %d image %s: %s; retrying in %.0f s", job.id, job.sop_instance_uid, error, delay)
+            return
+        state = self.queue.fail(job, error, self.settings.max_attempts, permanent=outcome.kind == "image")
+        log.error("job %d image %s: %s (%s)", job.id, job.sop_instance_uid, error, state)
 
     # -- background loop -------------------------------------------------------------
     def recover(self) -> int:

@@ -1,4 +1,4 @@
-"""Retention purges only finished studies; leftovers of crashed writes are removed."""
+"""Retention purges only finished studies (skipped images included); leftovers of crashed writes are removed."""
 
 from __future__ import annotations
 
@@ -7,39 +7,42 @@ import time
 
 from sqlalchemy import select
 
-from cxr_node.housekeeping import PURGED, purge_finished, remove_stale_temp_files
-from cxr_node.queue.jobs import ExportItem, JobQueue, ReceivedInstance, ResultRecord
-from cxr_node.queue.tables import instances, make_engine
+from cxr_node.housekeeping import purge_finished, remove_stale_temp_files
+from cxr_node.queue.jobs import PURGED, ExportItem, JobQueue, ReceivedInstance, ResultRecord
+from cxr_node.queue.schema import open_database
+from cxr_node.queue.tables import instances
 from cxr_node.storage import StorageLayout, write_durably
 from tests.test_queue import FakeClock
 
 RECORD = ResultRecord("Normal", 0.1, 0.2, False, "m 1", True, {})
 
 
-def _receive(q, layout, study, sop):
+def _receive(q, layout, study, sop, skip=False):
     path = write_durably(layout.instance_path(study, sop), b"DICM")
-    q.enqueue(ReceivedInstance(sop, "1.2.840.10008.5.1.4.1.1.1", study, "MOD", str(path)))
+    q.enqueue(ReceivedInstance(sop, "1.2.840.10008.5.1.4.1.1.1", study, "MOD", str(path), skip=skip,
+                               rule="lateral-view" if skip else None))
     return path
 
 
 def test_retention_purges_finished_studies_only(tmp_path):
     clock = FakeClock()
-    q = JobQueue(make_engine(f"sqlite:///{tmp_path / 'q.db'}"), clock)
+    q = JobQueue(open_database(f"sqlite:///{tmp_path / 'q.db'}"), clock)
     layout = StorageLayout(tmp_path / "s")
     done_img = _receive(q, layout, "1.1", "9.1")
+    skipped_img = _receive(q, layout, "1.1", "9.4", skip=True)  # the study's lateral
     unsent_img = _receive(q, layout, "1.2", "9.2")
     queued_img = _receive(q, layout, "1.3", "9.3")
     a, b = q.claim("w", 60, limit=2)
-    result_file = write_durably(layout.result_dir("1.1") / "report-sr.dcm", b"SR")
-    q.complete(a, RECORD, [ExportItem("sr", str(result_file), "2.25.1")], "P@h:1")
-    q.complete(b, RECORD, [ExportItem("sr", "/x", "2.25.2")], "P@h:1")
+    result_file = write_durably(layout.image_result_dir("1.1", "9.1") / "report-sr.dcm", b"SR")
+    q.complete(a, RECORD, [ExportItem("sr", str(result_file), "2.25.1")], ["pacs"])
+    q.complete(b, RECORD, [ExportItem("sr", "/x", "2.25.2")], ["pacs"])
     (sent,) = [e for e in q.due_exports() if e.sop_instance_uid == "2.25.1"]
     q.export_sent(sent)
 
     assert purge_finished(q, layout, retention_days=7) == 0  # too recent
     clock.advance(8 * 86400)
     assert purge_finished(q, layout, retention_days=7) == 1
-    assert not done_img.exists() and not result_file.exists()
+    assert not done_img.exists() and not result_file.exists() and not skipped_img.exists()
     assert unsent_img.exists()  # its SR has not reached the PACS yet
     assert queued_img.exists()  # not analysed yet
     with q.engine.connect() as conn:

@@ -1,4 +1,5 @@
-"""The job queue on SQLite and on a real PostgreSQL: leases, crash recovery, one report per study."""
+"""The job queue on SQLite and on a real PostgreSQL: leases, crash recovery, one result per image,
+skipped images, back-off after resource failures, one export row per destination."""
 
 from __future__ import annotations
 
@@ -10,7 +11,10 @@ import pytest
 from sqlalchemy import select
 
 from cxr_node.queue.jobs import ExportItem, JobQueue, ReceivedInstance, ResultRecord
-from cxr_node.queue.tables import make_engine, metadata, results
+from cxr_node.queue.schema import open_database
+from cxr_node.queue.states import JobState
+from cxr_node.queue.tables import exports, jobs, results
+from tests.dbutil import drop_database, fresh_url
 
 
 class FakeClock:
@@ -26,13 +30,11 @@ class FakeClock:
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.peers)])
 def engine(request, tmp_path):
-    if request.param == "sqlite":
-        eng = make_engine(f"sqlite:///{tmp_path / 'q.db'}")
-    else:
-        eng = make_engine(request.getfixturevalue("postgres").url)
+    pg = request.getfixturevalue("postgres") if request.param == "postgresql" else None
+    url = fresh_url(request.param, tmp_path, pg)
+    eng = open_database(url)
     yield eng
-    metadata.drop_all(eng)
-    eng.dispose()
+    drop_database(url, eng)
 
 
 def received(study="1.2.3", sop=None):
@@ -87,17 +89,70 @@ def test_failures_requeue_until_attempts_run_out(engine):
     assert q.fail(job, "not a radiograph", max_attempts=5, permanent=True) == "failed"
 
 
-def test_a_study_is_reported_once_even_with_two_images(engine):
+def test_each_image_of_a_study_gets_its_own_result_once(engine):
     q = JobQueue(engine, FakeClock())
-    q.enqueue(received(study="7.7"))
-    q.enqueue(received(study="7.7"))
+    first, repeat = received(study="7.7"), received(study="7.7")
+    q.enqueue(first)
+    q.enqueue(repeat)
     a, b = q.claim("w", 60, limit=2)
-    assert q.complete(a, RECORD, [ExportItem("sr", "/r/sr.dcm", "2.25.1"), ExportItem("sc", "/r/sc.dcm", "2.25.2")], "P@h:1")
-    assert not q.complete(b, RECORD, [ExportItem("sr", "/r/sr2.dcm", "2.25.3")], "P@h:1")
+    assert q.complete(a, RECORD, [ExportItem("sr", "/r/a-sr.dcm", "2.25.1"), ExportItem("sc", "/r/a-sc.dcm", "2.25.2")], ["pacs"])
+    assert q.complete(b, RECORD, [ExportItem("sr", "/r/b-sr.dcm", "2.25.3")], ["pacs"])
+    found = q.results_for_study("7.7")
+    assert [r["sop_instance_uid"] for r in found] == [first.sop_instance_uid, repeat.sop_instance_uid]
+    assert found[0]["timings"] == {"model_a": 0.1}
+    assert [e["sop_instance_uid"] for e in q.result_for_instance(repeat.sop_instance_uid)["exports"]] == ["2.25.3"]
+
+
+def test_an_image_is_reported_once_when_its_job_is_completed_twice(engine):
+    clock = FakeClock()
+    q = JobQueue(engine, clock)
+    q.enqueue(received(study="7.8"))
+    (slow,) = q.claim("slow", lease_s=60)
+    clock.advance(61)  # the slow worker's lease ran out; another takes the job
+    (fast,) = q.claim("fast", lease_s=60)
+    assert q.complete(fast, RECORD, [ExportItem("sr", "/r/sr.dcm", "2.25.30")], ["pacs"])
+    assert not q.complete(slow, RECORD, [ExportItem("sr", "/r/sr.dcm", "2.25.31")], ["pacs"])
     with engine.connect() as conn:
         assert len(conn.execute(select(results)).all()) == 1
-    assert q.counts()["jobs_skipped"] == 1
-    assert q.result_for_study("7.7")["timings"] == {"model_a": 0.1}
+        assert conn.execute(select(exports.c.sop_instance_uid)).scalars().all() == ["2.25.30"]
+    assert q.counts()["jobs_done"] == 1
+
+
+def test_a_skipped_image_is_recorded_with_its_rule_and_never_claimed(engine):
+    q = JobQueue(engine, FakeClock())
+    item = ReceivedInstance("1.2.9", "1.2.840.10008.5.1.4.1.1.1", "1.2", "MOD", "/x/1.2.9.dcm",
+                            skip=True, rule="lateral-view", reason="ViewPosition LL: a lateral view")
+    assert q.enqueue(item)
+    assert q.claim("w", 60) == []
+    job = q.job_for_instance("1.2.9")
+    assert (job["state"], job["rule"], job["reason"]) == ("skipped", "lateral-view", "ViewPosition LL: a lateral view")
+
+
+def test_resource_failures_back_off_and_are_never_final(engine):
+    clock = FakeClock()
+    q = JobQueue(engine, clock)
+    q.enqueue(received())
+    for n in range(1, 6):  # more deferrals than max_attempts would allow
+        (job,) = q.claim("w", 60)
+        assert q.defer(job, "resource: No space left on device", lambda k: 10.0 * k) == 10.0 * n
+        assert q.claim("w", 60) == []  # waits out its back-off
+        clock.advance(10.0 * n + 1)
+    (job,) = q.claim("w", 60)
+    assert job.attempts == 1  # deferrals do not use up attempts
+    assert q.complete(job, RECORD, [ExportItem("sr", "/r/sr.dcm", "2.25.40")], ())
+    with engine.connect() as conn:
+        assert conn.execute(select(jobs.c.state, jobs.c.deferrals, jobs.c.error)).one() == ("done", 0, None)
+
+
+def test_one_export_row_per_object_and_destination(engine):
+    q = JobQueue(engine, FakeClock())
+    q.enqueue(received())
+    (job,) = q.claim("w", 60)
+    q.complete(job, RECORD, [ExportItem("sc", "/r/sc.dcm", "2.25.50"), ExportItem("sr", "/r/sr.dcm", "2.25.51")],
+               ["pacs", "web"])
+    due = q.due_exports()
+    assert sorted((e.kind, e.destination) for e in due) == [("sc", "pacs"), ("sc", "web"), ("sr", "pacs"), ("sr", "web")]
+    assert JobState(q.job_for_instance(job.sop_instance_uid)["state"]) is JobState.DONE
 
 
 def test_exports_retry_later_and_sc_goes_before_sr(engine):
@@ -105,7 +160,7 @@ def test_exports_retry_later_and_sc_goes_before_sr(engine):
     q = JobQueue(engine, clock)
     q.enqueue(received(study="5.5"))
     (job,) = q.claim("w", 60)
-    q.complete(job, RECORD, [ExportItem("sr", "/r/sr.dcm", "2.25.10"), ExportItem("sc", "/r/sc.dcm", "2.25.11")], "P@h:1")
+    q.complete(job, RECORD, [ExportItem("sr", "/r/sr.dcm", "2.25.10"), ExportItem("sc", "/r/sc.dcm", "2.25.11")], ["pacs"])
     due = q.due_exports()
     assert [e.kind for e in due] == ["sc", "sr"]
     for e in due:
@@ -123,7 +178,7 @@ def test_no_destination_keeps_results_local(engine):
     q = JobQueue(engine, FakeClock())
     q.enqueue(received())
     (job,) = q.claim("w", 60)
-    q.complete(job, RECORD, [ExportItem("sr", "/r/sr.dcm", "2.25.20")], None)
+    q.complete(job, RECORD, [ExportItem("sr", "/r/sr.dcm", "2.25.20")], ())
     assert q.due_exports() == [] and q.counts()["exports_local"] == 1
 
 

@@ -45,14 +45,11 @@ def run_infer(
     on_error=None,
 ) -> tuple[list[dict], list[tuple[str, str]]]:
     """Analyse `files`; returns (summaries, [(file, error message)])."""
-    import pydicom
-
     from cxr_node.analysis.bundle import load_bundle, untrained_bundle
     from cxr_node.analysis.decode_pool import DecodePool, decode_file
     from cxr_node.analysis.engine import Analyzer
-    from cxr_node.results.identity import NodeIdentity
-    from cxr_node.results.writer import write_results
-    from cxr_node.worker import model_identity
+    from cxr_node.processing import process_batch
+    from cxr_node.results.identity import ModelIdentity, NodeIdentity
 
     on_result = on_result or (lambda s: None)
     on_error = on_error or (lambda f, m: None)
@@ -60,28 +57,34 @@ def run_infer(
     bundle = load_bundle(models) if models is not None else untrained_bundle(input_size)
     analyzer = Analyzer(bundle, device, precision=precision, compile=compile, cuda_graphs=cuda_graphs)
     load_s = time.perf_counter() - t_load
-    model = model_identity(bundle)
+    model = ModelIdentity.from_bundle(bundle)
     node = NodeIdentity(ae_title)
     out.mkdir(parents=True, exist_ok=True)
 
     summaries: list[dict] = []
     errors: list[tuple[str, str]] = []
 
-    def fail(path: Path, exc: BaseException) -> None:
-        msg = str(exc) if str(path) in str(exc) else f"{path}: {exc}"
+    def fail(path: Path, message: str) -> None:
+        msg = message if str(path) in message else f"{path}: {message}"
         msg = " ".join(msg.split())  # one line
         errors.append((str(path), msg))
         on_error(str(path), msg)
 
     pool = DecodePool(kind="process") if len(files) > 1 else None
     window = max(2 * batch_size, 2)
-    pending: deque = deque()  # (path, future or callable)
+    pending: deque = deque()  # (path, future or None)
     todo = deque(files)
 
     def refill() -> None:
         while todo and len(pending) < window:
             p = todo.popleft()
             pending.append((p, pool.submit(p) if pool else None))
+
+    def settle(path: Path, fut):
+        try:
+            return fut.result() if fut is not None else decode_file(path)
+        except Exception as exc:
+            return exc
 
     used: set[str] = set()
     try:
@@ -91,33 +94,17 @@ def run_infer(
             while pending and len(batch) < batch_size:
                 path, fut = pending.popleft()
                 refill()  # keep the pool busy while this batch is analysed
-                try:
-                    ds = pydicom.dcmread(path)  # header for the SR/SC; a non-DICOM file fails here
-                    decoded = fut.result() if fut is not None else decode_file(path)
-                except Exception as exc:
-                    if isinstance(exc, pydicom.errors.InvalidDicomError):
-                        exc = f"not a DICOM file ({exc})"
-                    fail(path, exc if isinstance(exc, BaseException) else RuntimeError(exc))
+                batch.append((path, settle(path, fut)))
+            targets = [_out_dir(out, path, used) for path, _ in batch]
+            outcomes = process_batch(
+                [p for p, _ in batch], analyzer, node, model, lambda i, _header: targets[i], decode=None,
+                decoded=[d for _, d in batch],
+            )
+            for (path, _), target, outcome in zip(batch, targets, outcomes):
+                if not outcome.ok:
+                    fail(path, outcome.error or "unknown error")
                     continue
-                batch.append((path, ds, decoded))
-            if not batch:
-                continue
-            try:
-                analyses = analyzer.analyse([d.image.pixels for _, _, d in batch])
-            except Exception as exc:
-                for path, _, _ in batch:
-                    fail(path, RuntimeError(f"analysis failed: {exc}"))
-                continue
-            for (path, ds, decoded), analysis in zip(batch, analyses):
-                target = _out_dir(out, path, used)
-                try:
-                    t0 = time.perf_counter()
-                    files_out = write_results(ds, decoded.image.pixels, analysis, target, node, model)
-                    build_s = time.perf_counter() - t0
-                except Exception as exc:
-                    fail(path, RuntimeError(f"building SR/SC failed: {exc}"))
-                    continue
-                r = analysis.result
+                r = outcome.analysis.result
                 summary = {
                     "file": str(path),
                     "class": r.label.value,
@@ -128,15 +115,10 @@ def run_infer(
                     "trained": model.trained,
                     "device": str(analyzer.device),
                     "precision": analyzer.precision,
-                    "timings": {
-                        "model_load": round(load_s, 4),
-                        "decode": round(decoded.seconds, 4),
-                        **{k: round(v, 4) for k, v in analysis.timings.items()},
-                        "sr_sc_build": round(build_s, 4),
-                    },
+                    "timings": {"model_load": round(load_s, 4), **{k: round(v, 4) for k, v in outcome.timings.items()}},
                     "outputs": {
-                        "sr": str(files_out.sr_path),
-                        "sc": str(files_out.sc_path),
+                        "sr": str(outcome.files.sr_path),
+                        "sc": str(outcome.files.sc_path),
                         "json": str(target / "summary.json"),
                     },
                 }

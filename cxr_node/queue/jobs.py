@@ -4,20 +4,24 @@ Claims are optimistic conditional UPDATEs (`... WHERE id = ? AND claimable`), wh
 atomic on SQLite and PostgreSQL alike, so several workers may share one database.
 A worker that dies leaves its job `running` with a lease in the past; the next claim
 takes it again. Nothing here sleeps or reads the wall clock directly: `clock` is injected.
+Every write to the tables goes through this class.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Callable
+from typing import Callable, Sequence
 
-from sqlalchemy import Engine, and_, case, func, insert, or_, select, update
+from sqlalchemy import Engine, and_, case, exists, func, insert, not_, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
+from cxr_node.events import Notifier
+from cxr_node.queue.states import OPEN_JOB_STATES, ExportState, JobState
 from cxr_node.queue.tables import exports, instances, jobs, results
 
 Clock = Callable[[], datetime]
+PURGED = "(purged)"  # instances.path once retention deleted the file
 
 
 def utc_now() -> datetime:
@@ -38,6 +42,11 @@ class ReceivedInstance:
     study_instance_uid: str
     calling_aet: str
     path: str
+    content_sha256: str | None = None
+    # The selection rules' verdict, taken at receipt: skip=True records the job as skipped.
+    skip: bool = False
+    rule: str | None = None
+    reason: str | None = None
 
 
 @dataclass(frozen=True)
@@ -79,13 +88,28 @@ class Export:
 
 
 class JobQueue:
-    def __init__(self, engine: Engine, clock: Clock = utc_now) -> None:
+    def __init__(self, engine: Engine, clock: Clock = utc_now, notifier: Notifier | None = None) -> None:
         self.engine = engine
         self.clock = clock
+        # Wakes the worker ("jobs") and the dispatcher ("exports") when there is work for them.
+        self.notifier = notifier or Notifier()
 
     # -- receiver side ---------------------------------------------------------------
+    def known_instance(self, sop_instance_uid: str) -> dict | None:
+        """The stored instance with this SOP Instance UID (path, content_sha256), or None."""
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(instances.c.id, instances.c.path, instances.c.content_sha256, instances.c.study_instance_uid)
+                .where(instances.c.sop_instance_uid == sop_instance_uid)
+            ).first()
+        return dict(row._mapping) if row is not None else None
+
     def enqueue(self, item: ReceivedInstance) -> bool:
-        """Record an instance and its job in one transaction. False if the instance was already known."""
+        """Record an instance and its job in one transaction. False if the instance was already known.
+
+        A skipped image gets its job too, closed at once as `skipped` with the rule and reason,
+        so operators see every image the node acknowledged.
+        """
         now = self.clock()
         try:
             with self.engine.begin() as conn:
@@ -97,31 +121,33 @@ class JobQueue:
                         calling_aet=item.calling_aet,
                         path=item.path,
                         received_at=now,
+                        content_sha256=item.content_sha256,
                     )
                 ).inserted_primary_key[0]
                 conn.execute(
                     insert(jobs).values(
                         instance_id=instance_id,
                         study_instance_uid=item.study_instance_uid,
-                        state="queued",
+                        state=JobState.SKIPPED if item.skip else JobState.QUEUED,
+                        rule=item.rule,
+                        reason=item.reason,
                         attempts=0,
                         created_at=now,
                         updated_at=now,
                     )
                 )
         except IntegrityError:
-            with self.engine.connect() as conn:
-                known = conn.execute(
-                    select(instances.c.id).where(instances.c.sop_instance_uid == item.sop_instance_uid)
-                ).first()
-            if known is None:
+            if self.known_instance(item.sop_instance_uid) is None:
                 raise
             return False
+        if not item.skip:
+            self.notifier.notify("jobs")
         return True
 
     # -- worker side -----------------------------------------------------------------
     def _claimable(self, now: datetime):
-        return or_(jobs.c.state == "queued", and_(jobs.c.state == "running", jobs.c.lease_until < now))
+        waiting = and_(jobs.c.state == JobState.QUEUED, or_(jobs.c.next_try_at.is_(None), jobs.c.next_try_at <= now))
+        return or_(waiting, and_(jobs.c.state == JobState.RUNNING, jobs.c.lease_until < now))
 
     def claim(self, worker: str, lease_s: float, limit: int = 1) -> list[Job]:
         now = self.clock()
@@ -138,7 +164,7 @@ class JobQueue:
                     update(jobs)
                     .where(and_(jobs.c.id == job_id, self._claimable(now)))
                     .values(
-                        state="running",
+                        state=JobState.RUNNING,
                         worker=worker,
                         lease_until=now + timedelta(seconds=lease_s),
                         attempts=jobs.c.attempts + 1,
@@ -164,30 +190,26 @@ class JobQueue:
         """
         with self.engine.connect() as conn:
             held = conn.execute(
-                select(jobs.c.id, jobs.c.worker).where(and_(jobs.c.state == "running", jobs.c.worker.like(f"{host}:%")))
+                select(jobs.c.id, jobs.c.worker).where(and_(jobs.c.state == JobState.RUNNING, jobs.c.worker.like(f"{host}:%")))
             ).all()
         orphans = [row.id for row in held if row.worker.rpartition(":")[2].isdigit() and not is_alive(int(row.worker.rpartition(":")[2]))]
         if orphans:
             with self.engine.begin() as conn:
                 conn.execute(
                     update(jobs)
-                    .where(and_(jobs.c.id.in_(orphans), jobs.c.state == "running"))
-                    .values(state="queued", lease_until=None, updated_at=self.clock())
+                    .where(and_(jobs.c.id.in_(orphans), jobs.c.state == JobState.RUNNING))
+                    .values(state=JobState.QUEUED, lease_until=None, updated_at=self.clock())
                 )
+            self.notifier.notify("jobs")
         return len(orphans)
 
-    def study_reported(self, study_instance_uid: str) -> bool:
-        with self.engine.connect() as conn:
-            return conn.execute(
-                select(results.c.id).where(results.c.study_instance_uid == study_instance_uid)
-            ).first() is not None
+    def complete(self, job: Job, record: ResultRecord, items: list[ExportItem], destinations: Sequence[str] = ()) -> bool:
+        """Store the result of this job's image and its exports, and close the job, atomically.
 
-    def complete(self, job: Job, record: ResultRecord, items: list[ExportItem], destination: str | None) -> bool:
-        """Store the result and its exports and close the job, atomically.
-
-        Returns False (and marks the job skipped) when the study already has a result:
-        the unique constraint on results.study_instance_uid is what makes a study
-        reported at most once, even with racing workers.
+        One export row per item and destination (one `local` row per item without destinations).
+        Returns False when the image already has a result (a second claim of the same job after a
+        lease expired): the unique constraints on results.job_id and results.sop_instance_uid make
+        an image reported at most once, even with racing workers.
         """
         now = self.clock()
         try:
@@ -196,6 +218,7 @@ class JobQueue:
                     insert(results).values(
                         job_id=job.id,
                         study_instance_uid=job.study_instance_uid,
+                        sop_instance_uid=job.sop_instance_uid,
                         label=record.label,
                         p_abnormal=record.p_abnormal,
                         p_covid=record.p_covid,
@@ -207,42 +230,69 @@ class JobQueue:
                     )
                 ).inserted_primary_key[0]
                 for item in items:
-                    conn.execute(
-                        insert(exports).values(
-                            result_id=result_id,
-                            kind=item.kind,
-                            path=item.path,
-                            sop_instance_uid=item.sop_instance_uid,
-                            destination=destination,
-                            state="pending" if destination else "local",
-                            attempts=0,
-                            next_try_at=now,
+                    for destination in destinations or (None,):
+                        conn.execute(
+                            insert(exports).values(
+                                result_id=result_id,
+                                kind=item.kind,
+                                path=item.path,
+                                sop_instance_uid=item.sop_instance_uid,
+                                destination=destination,
+                                state=ExportState.PENDING if destination else ExportState.LOCAL,
+                                attempts=0,
+                                next_try_at=now,
+                            )
                         )
-                    )
                 conn.execute(
-                    update(jobs).where(jobs.c.id == job.id).values(state="done", error=None, lease_until=None, updated_at=now)
+                    update(jobs).where(jobs.c.id == job.id).values(
+                        state=JobState.DONE, error=None, lease_until=None, next_try_at=None, deferrals=0, updated_at=now
+                    )
                 )
         except IntegrityError:
-            if not self.study_reported(job.study_instance_uid):
+            if self.result_for_instance(job.sop_instance_uid) is None:
                 raise
-            self.skip(job, "study already reported")
+            self._close(job, JobState.DONE, None)  # the earlier claim's result stands
             return False
+        if destinations:
+            self.notifier.notify("exports")
         return True
 
-    def skip(self, job: Job, reason: str) -> None:
+    def _close(self, job: Job, state: JobState, error: str | None) -> None:
         with self.engine.begin() as conn:
             conn.execute(
-                update(jobs).where(jobs.c.id == job.id).values(state="skipped", error=reason, lease_until=None, updated_at=self.clock())
+                update(jobs).where(jobs.c.id == job.id)
+                .values(state=state, error=error, lease_until=None, updated_at=self.clock())
             )
 
-    def fail(self, job: Job, error: str, max_attempts: int, permanent: bool = False) -> str:
+    def fail(self, job: Job, error: str, max_attempts: int, permanent: bool = False) -> JobState:
         """Re-queue for another attempt, or mark failed when attempts are used up or retrying cannot help."""
-        state = "failed" if permanent or job.attempts >= max_attempts else "queued"
+        state = JobState.FAILED if permanent or job.attempts >= max_attempts else JobState.QUEUED
         with self.engine.begin() as conn:
             conn.execute(
-                update(jobs).where(jobs.c.id == job.id).values(state=state, error=error[:2000], lease_until=None, updated_at=self.clock())
+                update(jobs).where(jobs.c.id == job.id)
+                .values(state=state, error=error[:2000], lease_until=None, next_try_at=None, updated_at=self.clock())
             )
+        if state is JobState.QUEUED:
+            self.notifier.notify("jobs")
         return state
+
+    def defer(self, job: Job, error: str, backoff_s: Callable[[int], float]) -> float:
+        """A resource failure (disk full, database, I/O): back to the queue after a back-off, never failed.
+
+        The attempt is not counted against max_attempts (the image is fine, the machine was not);
+        `backoff_s(n)` gives the wait after the n-th deferral in a row. Returns that wait.
+        """
+        now = self.clock()
+        with self.engine.begin() as conn:
+            n = conn.execute(select(jobs.c.deferrals).where(jobs.c.id == job.id)).scalar() or 0
+            delay = backoff_s(n + 1)
+            conn.execute(
+                update(jobs).where(jobs.c.id == job.id).values(
+                    state=JobState.QUEUED, error=error[:2000], lease_until=None, deferrals=n + 1,
+                    attempts=jobs.c.attempts - 1, next_try_at=now + timedelta(seconds=delay), updated_at=now,
+                )
+            )
+        return delay
 
     # -- dispatcher side -------------------------------------------------------------
     def due_exports(self, limit: int = 16) -> list[Export]:
@@ -251,7 +301,7 @@ class JobQueue:
             rows = conn.execute(
                 select(exports.c.id, exports.c.kind, exports.c.path, exports.c.sop_instance_uid,
                        exports.c.destination, exports.c.attempts)
-                .where(and_(exports.c.state == "pending", exports.c.next_try_at <= now))
+                .where(and_(exports.c.state == ExportState.PENDING, exports.c.next_try_at <= now))
                 # SC before SR: the SR references the SC, so the SC should be there first.
                 .order_by(case((exports.c.kind == "sc", 0), else_=1), exports.c.id)
                 .limit(limit)
@@ -263,7 +313,7 @@ class JobQueue:
         with self.engine.begin() as conn:
             conn.execute(
                 update(exports).where(exports.c.id == export.id).values(
-                    state="sent", sent_at=now, attempts=exports.c.attempts + 1, last_error=None
+                    state=ExportState.SENT, sent_at=now, attempts=exports.c.attempts + 1, last_error=None
                 )
             )
 
@@ -278,6 +328,33 @@ class JobQueue:
                 )
             )
 
+    # -- housekeeping ------------------------------------------------------------------
+    def purgeable_studies(self, received_before: datetime) -> list[str]:
+        """Studies received before the cutoff whose every job is closed and every export settled."""
+        open_job = exists().where(and_(jobs.c.study_instance_uid == instances.c.study_instance_uid,
+                                       jobs.c.state.in_(OPEN_JOB_STATES)))
+        unsent = exists().where(and_(exports.c.result_id == results.c.id, exports.c.state == ExportState.PENDING,
+                                     results.c.study_instance_uid == instances.c.study_instance_uid))
+        with self.engine.connect() as conn:
+            return list(conn.execute(
+                select(instances.c.study_instance_uid)
+                .where(and_(instances.c.received_at < received_before, instances.c.path != PURGED,
+                            not_(open_job), not_(unsent)))
+                .distinct()
+            ).scalars().all())
+
+    def instance_paths(self, study_instance_uid: str) -> list[str]:
+        with self.engine.connect() as conn:
+            return list(conn.execute(
+                select(instances.c.path).where(and_(instances.c.study_instance_uid == study_instance_uid,
+                                                    instances.c.path != PURGED))
+            ).scalars().all())
+
+    def mark_purged(self, study_instance_uid: str) -> None:
+        """Retention deleted the study's files; the rows stay as the audit trail."""
+        with self.engine.begin() as conn:
+            conn.execute(update(instances).where(instances.c.study_instance_uid == study_instance_uid).values(path=PURGED))
+
     # -- reading -----------------------------------------------------------------------
     def counts(self) -> dict[str, int]:
         with self.engine.connect() as conn:
@@ -287,16 +364,33 @@ class JobQueue:
         out.update({f"exports_{s}": n for s, n in exp_rows})
         return out
 
-    def result_for_study(self, study_instance_uid: str) -> dict | None:
+    def _result_dicts(self, where) -> list[dict]:
         with self.engine.connect() as conn:
-            row = conn.execute(select(results).where(results.c.study_instance_uid == study_instance_uid)).first()
-            if row is None:
-                return None
-            out = dict(row._mapping)
-            out["exports"] = [
-                dict(r._mapping)
-                for r in conn.execute(select(exports).where(exports.c.result_id == row.id).order_by(exports.c.id))
-            ]
-        for key in ("created_at",):
-            out[key] = _aware(out[key])
+            rows = conn.execute(select(results).where(where).order_by(results.c.id)).all()
+            out = []
+            for row in rows:
+                item = dict(row._mapping)
+                item["created_at"] = _aware(item["created_at"])
+                item["exports"] = [
+                    dict(r._mapping)
+                    for r in conn.execute(select(exports).where(exports.c.result_id == row.id).order_by(exports.c.id))
+                ]
+                out.append(item)
         return out
+
+    def result_for_instance(self, sop_instance_uid: str) -> dict | None:
+        """The result computed from this image, with its exports, or None."""
+        found = self._result_dicts(results.c.sop_instance_uid == sop_instance_uid)
+        return found[0] if found else None
+
+    def results_for_study(self, study_instance_uid: str) -> list[dict]:
+        """Every result of the study (one per analysed image), oldest first."""
+        return self._result_dicts(results.c.study_instance_uid == study_instance_uid)
+
+    def job_for_instance(self, sop_instance_uid: str) -> dict | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(jobs).join(instances, instances.c.id == jobs.c.instance_id)
+                .where(instances.c.sop_instance_uid == sop_instance_uid)
+            ).first()
+        return dict(row._mapping) if row is not None else None

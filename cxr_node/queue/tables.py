@@ -1,10 +1,16 @@
-"""Database tables: received instances, analysis jobs, results, and exports to the PACS.
+"""Database tables: received instances, analysis jobs, results, and exports to destinations.
+
+This is the schema at the newest migration (cxr_node/queue/migrations); the database is
+created and changed only through those migrations, never with create_all.
 
 The constraints carry the guarantees:
   instances.sop_instance_uid unique  -> a re-sent image is stored once
   jobs.instance_id unique            -> one analysis job per image
-  results.study_instance_uid unique  -> a study is reported at most once
-  exports (result_id, kind) unique   -> each result object is sent through one row
+  results.job_id unique, results.sop_instance_uid unique
+                                     -> an image is reported at most once, and its result
+                                        names the image it was computed from
+  exports (result_id, kind, destination) unique
+                                     -> each result object goes to each destination through one row
 """
 
 from __future__ import annotations
@@ -39,6 +45,9 @@ instances = Table(
     Column("calling_aet", String(16), nullable=False),
     Column("path", Text, nullable=False),
     Column("received_at", DateTime(timezone=True), nullable=False),
+    # sha256 of the stored file: a later instance with the same SOP Instance UID but other bytes
+    # is told apart from a plain re-send, and never replaces what was analysed.
+    Column("content_sha256", String(64)),
 )
 
 jobs = Table(
@@ -47,9 +56,14 @@ jobs = Table(
     Column("id", Integer, primary_key=True),
     Column("instance_id", Integer, ForeignKey("instances.id"), nullable=False, unique=True),
     Column("study_instance_uid", String(64), nullable=False, index=True),
-    # queued -> running -> done | failed | skipped (study already reported)
+    # JobState: queued -> running -> done | failed; skipped when a selection rule said so
     Column("state", String(16), nullable=False, index=True),
     Column("attempts", Integer, nullable=False, default=0),
+    Column("rule", String(64)),  # the selection rule that decided (analyse or skip)
+    Column("reason", Text),  # why it was skipped, in words
+    # Not claimable before this time: back-off after a resource failure (disk, database).
+    Column("next_try_at", DateTime(timezone=True)),
+    Column("deferrals", Integer, nullable=False, default=0),  # resource failures in a row (back-off)
     Column("lease_until", DateTime(timezone=True)),
     Column("worker", String(128)),
     Column("error", Text),
@@ -62,7 +76,9 @@ results = Table(
     metadata,
     Column("id", Integer, primary_key=True),
     Column("job_id", Integer, ForeignKey("jobs.id"), nullable=False, unique=True),
-    Column("study_instance_uid", String(64), nullable=False, unique=True),
+    Column("study_instance_uid", String(64), nullable=False, index=True),
+    # The analysed image: the SR references it, and the result's UIDs derive from it.
+    Column("sop_instance_uid", String(64), nullable=False),
     Column("label", String(32), nullable=False),
     Column("p_abnormal", Float, nullable=False),
     Column("p_covid", Float, nullable=False),
@@ -71,6 +87,7 @@ results = Table(
     Column("trained", Boolean, nullable=False),
     Column("timings", JSON),  # seconds per stage, for the demo and operators
     Column("created_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("sop_instance_uid", name="uq_results_sop_instance_uid"),
 )
 
 exports = Table(
@@ -80,20 +97,23 @@ exports = Table(
     Column("result_id", Integer, ForeignKey("results.id"), nullable=False),
     Column("kind", String(8), nullable=False),  # "sr" or "sc"
     Column("path", Text, nullable=False),
-    Column("sop_instance_uid", String(64), nullable=False, unique=True),
-    Column("destination", String(128)),  # AET@HOST:PORT, NULL = keep on disk only
-    # pending -> sent | local (no destination)
+    Column("sop_instance_uid", String(64), nullable=False, index=True),
+    Column("destination", String(128)),  # destination name (or AET@HOST:PORT), NULL = keep on disk only
+    # ExportState: pending -> sent | failed; local when there is no destination
     Column("state", String(16), nullable=False, index=True),
     Column("attempts", Integer, nullable=False, default=0),
     Column("next_try_at", DateTime(timezone=True), nullable=False),
     Column("last_error", Text),
     Column("sent_at", DateTime(timezone=True)),
-    UniqueConstraint("result_id", "kind", name="uq_export_result_kind"),
+    UniqueConstraint("result_id", "kind", "destination", name="uq_export_result_kind_destination"),
 )
 
 
 def make_engine(url: str) -> Engine:
-    """Engine with settings that make a commit durable (SQLite: WAL + synchronous FULL)."""
+    """Engine with settings that make a commit durable (SQLite: WAL + synchronous FULL).
+
+    Creates no tables: `cxr_node.queue.schema.open_database` creates or checks the schema.
+    """
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
 
@@ -108,5 +128,4 @@ def make_engine(url: str) -> Engine:
 
     else:
         engine = create_engine(url, pool_pre_ping=True)
-    metadata.create_all(engine)
     return engine

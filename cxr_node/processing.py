@@ -1,0 +1,134 @@
+"""One path from stored radiographs to written results, shared by the worker, `infer` and the benchmark.
+
+decode (in a pool) -> header -> batched analysis (models A and B, CAMs, fusion) -> SR + SC
+written durably next to each other, one pair per source image. Each image ends in an Outcome
+that says what went wrong, if anything, and whether retrying could help:
+  "image"    the image itself cannot be analysed (pixel data): retrying cannot fix it;
+  "resource" the machine failed (disk full, I/O, out of memory): retry later, never final;
+  "error"    anything else (a bug, a broken model): retried a few times, then failed.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+
+from cxr_node.analysis.decode_pool import Decoded
+from cxr_node.analysis.engine import Analysis, Analyzer
+from cxr_node.dicom.pixels import PixelDataError
+from cxr_node.results.identity import ModelIdentity, NodeIdentity
+from cxr_node.results.writer import ResultFiles, write_results
+
+log = logging.getLogger(__name__)
+
+Decode = Callable[[list[str]], list["Decoded | BaseException"]]
+
+# errno values that say "the machine", not "the image"
+RESOURCE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.ENOMEM, errno.EMFILE, errno.ENFILE, errno.EAGAIN,
+                   errno.EROFS, errno.ESTALE, errno.ETIMEDOUT}
+
+
+@dataclass
+class Outcome:
+    path: str
+    dataset: Dataset | None = None  # header only
+    analysis: Analysis | None = None
+    files: ResultFiles | None = None
+    error: str | None = None
+    kind: str | None = None  # None when it worked; else "image", "resource" or "error"
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def classify(exc: BaseException) -> str:
+    """Which of "image", "resource", "error" an exception is (see the module docstring)."""
+    if isinstance(exc, PixelDataError):
+        return "image"
+    if isinstance(exc, MemoryError):
+        return "resource"
+    if isinstance(exc, OSError) and (exc.errno in RESOURCE_ERRNOS or isinstance(exc, (TimeoutError,))):
+        return "resource"
+    return "error"
+
+
+def one_line(exc: BaseException | str) -> str:
+    return " ".join(str(exc).split())
+
+
+def process_batch(
+    paths: Sequence[str | Path],
+    analyzer: Analyzer,
+    node: NodeIdentity,
+    model: ModelIdentity,
+    out_dir: Callable[[int, Dataset], Path],
+    decode: Decode,
+    *,
+    decoded: Sequence["Decoded | BaseException"] | None = None,
+    panels: str = "per-model",
+    max_side: int = 1024,
+) -> list[Outcome]:
+    """Analyse the files in one batch and write each one's SR and SC into `out_dir(i, header)`.
+
+    `decode` decodes a list of paths (a pool's decode_many); pass `decoded` instead when the
+    caller decoded ahead (infer's prefetch). The result of image i is computed from image i's
+    pixels and header only, and written under the directory the caller names for image i.
+    """
+    paths = [str(p) for p in paths]
+    outcomes = [Outcome(p) for p in paths]
+    got = list(decoded) if decoded is not None else decode(paths)
+    ready: list[tuple[int, Outcome, Decoded]] = []
+    for index, (outcome, item) in enumerate(zip(outcomes, got)):
+        try:
+            if isinstance(item, BaseException):
+                raise item
+            # Header only: the SR and SC copy attributes, the pixels were decoded in the pool.
+            outcome.dataset = dcmread(outcome.path, stop_before_pixels=True)
+            outcome.timings["decode"] = item.seconds
+            ready.append((index, outcome, item))
+        except Exception as exc:
+            _failed(outcome, exc)
+    if not ready:
+        return outcomes
+    try:
+        analyses = analyzer.analyse([d.image.pixels for _, _, d in ready])
+    except Exception as exc:
+        log.exception("analysis of a batch of %d failed", len(ready))
+        for _, outcome, _ in ready:
+            _failed(outcome, exc, prefix="analysis failed: ")
+        return outcomes
+    for (index, outcome, item), analysis in zip(ready, analyses):
+        outcome.analysis = analysis
+        outcome.timings.update(analysis.timings)
+        try:
+            t0 = time.perf_counter()
+            outcome.files = write_results(
+                outcome.dataset, item.image.pixels, analysis, out_dir(index, outcome.dataset), node, model, panels, max_side
+            )
+            outcome.timings["sr_sc_build"] = time.perf_counter() - t0
+        except Exception as exc:
+            _failed(outcome, exc, prefix="result build failed: ")
+    return outcomes
+
+
+def _failed(outcome: Outcome, exc: BaseException, prefix: str = "") -> None:
+    outcome.kind = classify(exc)
+    text = one_line(exc)
+    if isinstance(exc, InvalidDicomError):
+        text = f"not a DICOM file ({text})"
+    if outcome.kind != "image" and outcome.path not in text:
+        text = f"{outcome.path}: {text}"
+    outcome.error = prefix + text
+
+
+__all__ = ["Outcome", "classify", "process_batch"]

@@ -1,0 +1,26 @@
+"""Job and export states. StrEnum: the database stores the plain value, code compares members."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class JobState(StrEnum):
+    QUEUED = "queued"  # waiting for a worker (or for its back-off after a resource failure)
+    RUNNING = "running"  # claimed under a lease
+    DONE = "done"  # result recorded, exports created
+    FAILED = "failed"  # the image itself cannot be analysed, or attempts used up
+    SKIPPED = "skipped"  # a selection rule decided not to analyse it (stored, acknowledged, no result)
+
+
+OPEN_JOB_STATES = (JobState.QUEUED, JobState.RUNNING)
+
+
+class ExportState(StrEnum):
+    PENDING = "pending"  # to be sent (now or at next_try_at)
+    SENT = "sent"  # the destination accepted it
+    LOCAL = "local"  # no destination configured: kept on disk only
+    FAILED = "failed"  # given up: permanent refusal or attempts/time used up; last_error says why
+
+
+__all__ = ["ExportState", "JobState", "OPEN_JOB_STATES"]
