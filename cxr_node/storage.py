@@ -58,9 +58,9 @@ def write_durably(path: Path, data: bytes) -> Path:
 
 
 def free_mb(path: Path) -> float:
-    """Megabytes an unprivileged process may still write on the file system holding `path`."""
+    """MiB an unprivileged process may still write on the file system holding `path`."""
     st = os.statvfs(path)
-    return st.f_bavail * st.f_frsize / 1e6
+    return st.f_bavail * st.f_frsize / 2**20
 
 
 class StorageLayout:
@@ -78,10 +78,6 @@ class StorageLayout:
     def image_result_dir(self, study_uid: str, sop_uid: str) -> Path:
         """The SR and SC computed from one source image (one result per image, not per study)."""
         return self.result_dir(study_uid) / uid_key(sop_uid)
-
-    def result_path(self, study_uid: str, sop_uid: str, kind: str) -> Path:
-        """A result file (kind e.g. "sr", "sc") computed from one source image."""
-        return self.result_dir(study_uid) / f"{uid_key(sop_uid)}-{kind}.dcm"
 
     def ensure(self) -> None:
         for sub in ("instances", "results"):

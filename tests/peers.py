@@ -25,6 +25,13 @@ import pytest
 DEBIAN_PACKAGE = {
     "storescu": "dcmtk",
     "echoscu": "dcmtk",
+    "dcmsend": "dcmtk",
+    "dcmcjpeg": "dcmtk",
+    "dcmcjpls": "dcmtk",
+    "dcmcrle": "dcmtk",
+    "dcmconv": "dcmtk",
+    "dcmodify": "dcmtk",
+    "openssl": "openssl",
     "Orthanc": "orthanc",
     "dciodvfy": "dicom3tools",
     "dcentvfy": "dicom3tools",

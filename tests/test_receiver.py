@@ -6,56 +6,29 @@ import errno
 
 import pytest
 from pydicom import dcmread
-from pynetdicom import AE
-from pynetdicom.sop_class import ComputedRadiographyImageStorage, Verification
-from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
-from cxr_node.dicom.receiver import Receiver, ReceiverSettings
+from cxr_node.dicom.receiver import ReceiverSettings
 from cxr_node.queue.jobs import JobQueue
-from cxr_node.queue.tables import instances, jobs, make_engine
-from cxr_node.storage import StorageLayout, write_durably
+from cxr_node.queue.tables import instances, jobs
+from cxr_node.storage import write_durably
 from tests.dicom_factory import gradient, make_radiograph
-
-
-class Node:
-    def __init__(self, tmp_path, write=write_durably, queue_cls=JobQueue, allowed=()):
-        self.engine = make_engine(f"sqlite:///{tmp_path / 'q.db'}")
-        self.queue = queue_cls(self.engine)
-        self.layout = StorageLayout(tmp_path / "storage")
-        self.receiver = Receiver(ReceiverSettings("CXR_NODE", "127.0.0.1", 0, allowed), self.queue, self.layout, write=write)
-        self.receiver.start()
-
-    def send(self, ds, calling="MODALITY", called="CXR_NODE"):
-        ae = AE(ae_title=calling)
-        ae.add_requested_context(ComputedRadiographyImageStorage)
-        ae.add_requested_context(Verification)
-        assoc = ae.associate("127.0.0.1", self.receiver.port, ae_title=called)
-        if not assoc.is_established:
-            return None
-        try:
-            return assoc.send_c_store(ds)
-        finally:
-            assoc.release()
-
-    def rows(self, table):
-        # A separate connection: sees only what was committed.
-        with make_engine(str(self.engine.url)).connect() as conn:
-            return conn.execute(select(table)).all()
+from tests.receiver_harness import ReceiverNode
 
 
 @pytest.fixture
 def node_factory(tmp_path):
     made = []
 
-    def make(**kw):
-        n = Node(tmp_path, **kw)
+    def make(write=write_durably, queue_cls=JobQueue, allowed=(), **kw):
+        settings = ReceiverSettings("CXR_NODE", "127.0.0.1", 0, allowed, **kw)
+        n = ReceiverNode(tmp_path / f"n{len(made)}", settings, queue_cls=queue_cls, write=write)
         made.append(n)
         return n
 
     yield make
     for n in made:
-        n.receiver.stop()
+        n.stop()
 
 
 def test_success_only_after_file_and_row_are_durable(node_factory):
@@ -137,3 +110,50 @@ def test_uid_unusable_as_file_name_gets_a900(node_factory):
     status = node.send(ds)
     assert status.Status == 0xA900 and "UID" in status.ErrorComment
     assert node.send(make_radiograph(gradient())).Status == 0x0000  # still serving
+
+
+def test_free_space_watermark_gets_a700_before_the_disk_is_full(node_factory, tmp_path):
+    free = {"mib": 499.0}
+    node = node_factory(min_free_mb=500.0)
+    node.receiver.free_space = lambda path: free["mib"]
+    status = node.send(make_radiograph(gradient()))
+    assert status.Status == 0xA700 and "min_free_mb" in status.ErrorComment
+    assert node.rows(jobs) == [] and not any(node.layout.root.glob("instances/*/*.dcm"))
+    free["mib"] = 501.0
+    assert node.send(make_radiograph(gradient())).Status == 0x0000
+
+
+def test_free_space_is_read_from_the_storage_file_system(node_factory):
+    node = node_factory(min_free_mb=1e12)  # more than any disk: the real statvfs must refuse
+    status = node.send(make_radiograph(gradient()))
+    assert status.Status == 0xA700
+
+
+def test_same_sop_uid_with_other_content_is_refused_and_the_first_file_kept(node_factory):
+    node = node_factory()
+    first = make_radiograph(gradient())
+    assert node.send(first).Status == 0x0000
+    (inst,) = node.rows(instances)
+    stored = open(inst.path, "rb").read()
+
+    second = make_radiograph(gradient(maximum=1000))  # other pixels, same identity
+    for keyword in ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
+        setattr(second, keyword, getattr(first, keyword))
+    second.file_meta.MediaStorageSOPInstanceUID = first.SOPInstanceUID
+    status = node.send(second)
+    assert status.Status == 0xA900 and "other content" in status.ErrorComment
+    assert open(inst.path, "rb").read() == stored  # never written over
+    assert [p.name for p in node.layout.root.rglob("*") if p.is_file()] == [inst.path.rsplit("/", 1)[1]]
+    assert node.send(first).Status == 0x0000  # the same bytes again: already received
+    assert len(node.rows(jobs)) == 1 and inst.content_sha256
+
+
+def test_same_sop_uid_in_another_study_is_refused(node_factory):
+    node = node_factory()
+    first = make_radiograph(gradient())
+    assert node.send(first).Status == 0x0000
+    other = make_radiograph(gradient())
+    other.SOPInstanceUID = first.SOPInstanceUID
+    other.file_meta.MediaStorageSOPInstanceUID = first.SOPInstanceUID
+    assert node.send(other).Status == 0xA900
+    assert len(node.rows(instances)) == 1
