@@ -47,7 +47,7 @@ def create_app(
     info: NodeInfo,
     clock: Callable[[], datetime],
     token: str = "",
-) -> Starlette:
+) -> Starlette | TokenGate:
     async def status(request: Request) -> Response:
         html = await run_in_threadpool(render_status, reports, info, clock())
         return HTMLResponse(html)
@@ -69,15 +69,22 @@ def create_app(
         Route("/", status), Route("/metrics", metrics_route), Route("/healthz", healthz), Route("/readyz", readyz),
     ])
 
-    if token:
-        @app.middleware("http")
-        async def require_token(request: Request, call_next):
-            if request.url.path in OPEN_PATHS:
-                return await call_next(request)
-            given = _token_given(request)
-            if given is None or not hmac.compare_digest(given.encode(), token.encode()):
-                return PlainTextResponse("token required\n", status_code=401,
-                                         headers={"WWW-Authenticate": 'Basic realm="cxr-node", charset="UTF-8"'})
-            return await call_next(request)
+    return TokenGate(app, token) if token else app
 
-    return app
+
+class TokenGate:
+    """ASGI wrapper: 401 with a basic-auth challenge unless the request carries the token."""
+
+    def __init__(self, app, token: str) -> None:
+        self.app = app
+        self.token = token.encode()
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and scope["path"] not in OPEN_PATHS:
+            given = _token_given(Request(scope))
+            if given is None or not hmac.compare_digest(given.encode(), self.token):
+                response = PlainTextResponse("token required\n", status_code=401,
+                                             headers={"WWW-Authenticate": 'Basic realm="cxr-node", charset="UTF-8"'})
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
