@@ -33,6 +33,7 @@ def command(config_path, ae_title, port, bind, storage, db, destination, models,
             log_format):
     """Run the Storage SCP, the worker and the dispatcher."""
     from cxr_node.node import Node
+    from cxr_node.queue.schema import SchemaError
 
     setup_logging(verbose, log_format)
     try:
@@ -44,7 +45,7 @@ def command(config_path, ae_title, port, bind, storage, db, destination, models,
             models=models, allow_untrained=allow_untrained, device=device, roles=roles or None,
         )
         node = Node.build(cfg)
-    except ConfigError as exc:
+    except (ConfigError, SchemaError) as exc:  # SchemaError names `cxr-node db upgrade`
         raise click.ClickException(str(exc)) from exc
 
     stopping = threading.Event()
