@@ -9,8 +9,9 @@ from cxr_node.analysis.bundle import Bundle, BundleError, load_bundle, untrained
 from cxr_node.analysis.engine import Analyzer
 from cxr_node.config import ConfigError, NodeConfig
 from cxr_node.dicom.receiver import Receiver, ReceiverSettings
-from cxr_node.dicom.sender import Sender
-from cxr_node.dispatcher import Dispatcher
+from cxr_node.destinations.registry import build_destinations
+from cxr_node.dispatcher import Dispatcher, ExportPolicy
+from cxr_node.events import notifier_for
 from cxr_node.housekeeping import Housekeeping
 from cxr_node.analysis.decode_pool import DecodePool
 from cxr_node.queue.jobs import JobQueue
@@ -60,7 +61,10 @@ class Node:
         layout = StorageLayout(cfg.storage)
         layout.ensure()
         # A fresh database is created; one behind the code is refused (SchemaError names `db upgrade`).
-        queue = JobQueue(open_database(cfg.db_url))
+        engine = open_database(cfg.db_url)
+        # Wake-up signals: in-process, plus NOTIFY/LISTEN when several processes share PostgreSQL.
+        notifier = notifier_for(engine)
+        queue = JobQueue(engine, notifier=notifier)
         receiver = worker = dispatcher = housekeeping = None
         pool = None
         if "receiver" in roles:
@@ -83,10 +87,15 @@ class Node:
                 ),
                 pool.decode_many,
             )
-        if "dispatcher" in roles and cfg.destination is not None:
-            dispatcher = Dispatcher(queue, Sender(cfg.ae_title), cfg.send_retry_s, cfg.poll_interval_s)
+        if "dispatcher" in roles and cfg.destination_specs:
+            policy = ExportPolicy(cfg.send_retry_s, cfg.send_max_attempts, cfg.send_give_up_after_s)
+            dispatcher = Dispatcher(queue, build_destinations(cfg), policy, cfg.poll_interval_s)
         if "housekeeping" in roles:
             housekeeping = Housekeeping(queue, layout, cfg.retention_days, cfg.housekeeping_interval_s)
+        if worker is not None:
+            notifier.subscribe("jobs", worker.wake)
+        if dispatcher is not None:
+            notifier.subscribe("exports", dispatcher.wake)
         return cls(cfg, queue, receiver, worker, dispatcher, housekeeping, pool)
 
     def _parts(self):
@@ -95,6 +104,7 @@ class Node:
         return [p for p in (self.worker, self.dispatcher, self.housekeeping, self.receiver) if p is not None]
 
     def start(self) -> None:
+        self.queue.notifier.start()
         for part in self._parts():
             part.start()
 
@@ -103,3 +113,4 @@ class Node:
             part.stop()
         if self.decode_pool is not None:
             self.decode_pool.close()
+        self.queue.notifier.stop()

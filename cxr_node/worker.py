@@ -134,6 +134,10 @@ class Worker:
             log.warning("re-queued %d job(s) interrupted by a crash of an earlier worker on %s", n, host)
         return n
 
+    def wake(self) -> None:
+        """New jobs were queued: look now instead of at the next poll."""
+        self._loop.wake()
+
     def start(self) -> None:
         self.recover()
         self._loop.start()

@@ -34,6 +34,7 @@ from pynetdicom.sop_class import (
     Verification,
 )
 
+from cxr_node.audit import AssociationAudit
 from cxr_node.dicom.checks import check_header, check_radiograph, check_uids
 from cxr_node.dicom.syntaxes import decodable_transfer_syntaxes, decoder_available
 from cxr_node.queue.jobs import JobQueue, ReceivedInstance
@@ -234,6 +235,7 @@ class Receiver:
     def start(self) -> None:
         self.layout.ensure()
         handlers = [(evt.EVT_C_ECHO, self.handle_echo), (evt.EVT_C_STORE, self.handle_store)]
+        handlers += AssociationAudit().handlers()  # one audit line per association (cxr_node.audit)
         s = self.settings
         if not (s.tls_only and s.ssl_context is not None):
             self._servers.append(self.ae.start_server((s.bind, s.port), block=False, evt_handlers=handlers))
