@@ -14,7 +14,6 @@ import hashlib
 import json
 import os
 import platform
-import sys
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -31,9 +30,12 @@ from cxr_node.analysis.fusion import Thresholds
 from cxr_node.analysis.models import WeightsError, build_densenet161, find_imagenet_weights
 from training.config import ConfigError, TrainConfig
 from training.data import LABELS, LoadedData, load_data
-from training.dataset import Augment, SquareDataset
+from training.dataset import SquareDataset
+from training.determinism import apply_determinism
 from training.distributed import DistEnv, init_distributed, shutdown
-from training.loop import fit, predict
+from training.loop import predict
+from training.parallel import FitJob, run_fit, run_parallel
+from training.runlog import RunLog
 from training.metrics import (
     binary_metrics,
     choose_joint_thresholds,
@@ -43,6 +45,7 @@ from training.metrics import (
     target_a,
     target_b,
 )
+from training.sources import confounding_statement, label_sources, per_source_metrics
 from training.splits import (
     balanced_subset,
     cross_split_duplicates,
@@ -53,22 +56,6 @@ from training.splits import (
     near_duplicates,
     patient_overlap,
 )
-
-
-class RunLog:
-    """Timestamped lines to stderr (through tqdm, so bars stay intact) and to train.log; rank 0 only."""
-
-    def __init__(self, path: Path | None, enabled: bool) -> None:
-        self.path, self.enabled = path, enabled
-
-    def __call__(self, message: str) -> None:
-        if not self.enabled:
-            return
-        line = f"[{datetime.now().strftime('%H:%M:%S')}] {message}"
-        tqdm.write(line, file=sys.stderr)
-        if self.path is not None:
-            with open(self.path, "a", encoding="utf-8") as fh:
-                fh.write(line + "\n")
 
 
 def resolve_weights(cfg: TrainConfig) -> Path | None:
@@ -84,14 +71,6 @@ def resolve_weights(cfg: TrainConfig) -> Path | None:
             "or place it under $TORCH_HOME/hub/checkpoints); set model.init = 'scratch' to train without it"
         )
     return weights
-
-
-def _determinism(cfg: TrainConfig) -> None:
-    if cfg.run.deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # needed by deterministic cuBLAS
-        # warn_only: a few CUDA kernels (pooling backward) have no deterministic version
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
 
 
 def _data_fingerprint(data: LoadedData) -> str:
@@ -113,12 +92,6 @@ class Context:
     near_pairs: list[tuple[int, int, int]]  # near-duplicate image pairs in the whole set
 
 
-def _datasets(ctx: Context, idx: np.ndarray, targets_of, seed: int, train: bool) -> SquareDataset:
-    a = ctx.cfg.augment
-    augment = Augment(a.scale_min, a.scale_max, a.hflip) if train else None
-    return SquareDataset(ctx.data.squares, idx, targets_of(ctx.data.labels[idx]), augment, seed)
-
-
 def _predict_all(ctx: Context, state: dict, idx: np.ndarray) -> np.ndarray:
     model = build_densenet161()
     model.load_state_dict(state)
@@ -137,43 +110,51 @@ def _write_split_csv(ctx: Context, path: Path, split) -> None:
             w.writerow([s.name, s.patient_id, s.label, part])
 
 
-def run_repetition(ctx: Context, rep: int) -> dict[str, Any]:
-    cfg, data, log = ctx.cfg, ctx.data, ctx.log
+@dataclass
+class RepPlan:
+    rep: int
+    seed: int
+    split: Any
+    b_parts: dict[str, np.ndarray]
+    jobs: dict[str, FitJob]
+
+
+def plan_repetition(ctx: Context, rep: int) -> RepPlan:
+    """The split of repetition `rep` and its two trainings (pure: the same on every call and rank)."""
+    cfg, labels = ctx.cfg, ctx.data.labels
     seed = cfg.run.seed + rep
-    labels = data.labels
-    patients = np.array([s.patient_id for s in data.samples])
+    patients = np.array([s.patient_id for s in ctx.data.samples])
     groups = patients if cfg.split.unit == "patient" else np.arange(len(labels)).astype(str)
     if cfg.split.group_near_duplicates:
         groups = merge_groups(groups, ctx.near_pairs)
     split = make_split(labels, groups, (cfg.split.train, cfg.split.val, cfg.split.test), seed)
+    b_parts = split.parts()
+    if cfg.approach.b_balanced:
+        b_parts = {k: balanced_subset(v, labels, LABELS, seed) for k, v in b_parts.items()}
+    jobs = {}
+    for key, parts, targets_of in (("A", split.parts(), target_a), ("B", b_parts, target_b)):
+        jobs[key] = FitJob(rep, key, seed, parts["train"], targets_of(labels[parts["train"]]), parts["val"],
+                           targets_of(labels[parts["val"]]), ctx.out / "checkpoints" / f"rep{rep}_{key}")
+    return RepPlan(rep, seed, split, b_parts, jobs)
+
+
+def run_repetition(ctx: Context, rep: int) -> dict[str, Any]:
+    cfg, data, log = ctx.cfg, ctx.data, ctx.log
+    plan = plan_repetition(ctx, rep)
+    seed, split, b_parts = plan.seed, plan.split, plan.b_parts
+    labels = data.labels
+    patients = np.array([s.patient_id for s in data.samples])
     overlap = patient_overlap(split, patients)
     counts = label_counts(split, labels)
     log(f"repetition {rep + 1}/{cfg.run.repetitions} (seed {seed}): "
         + ", ".join(f"{k} {len(v)} {counts[k]}" for k, v in split.parts().items())
         + f"; patients shared between splits: {overlap}")
-
-    b_parts = split.parts()
     if cfg.approach.b_balanced:
-        b_parts = {k: balanced_subset(v, labels, LABELS, seed) for k, v in b_parts.items()}
         log("model B on the balanced 1:1:1 subset: " + ", ".join(f"{k} {len(v)}" for k, v in b_parts.items()))
 
-    ckpt_dir = ctx.out / "checkpoints"
-    results = {}
-    for key, parts, targets_of in (("A", split.parts(), target_a), ("B", b_parts, target_b)):
-        results[key] = fit(
-            cfg=cfg,
-            train_set=_datasets(ctx, parts["train"], targets_of, seed, train=True),
-            val_set=_datasets(ctx, parts["val"], targets_of, seed, train=False),
-            imagenet_weights=ctx.weights,
-            device=ctx.device,
-            env=ctx.env,
-            ckpt_stem=ckpt_dir / f"rep{rep}_{key}",
-            fingerprint=ctx.fingerprint,
-            seed=seed,
-            label=f"rep {rep + 1} model {key}",
-            log=log,
-            progress=ctx.progress,
-        )
+    results = {key: run_fit(job, cfg=cfg, squares=data.squares, weights=ctx.weights, device=ctx.device, env=ctx.env,
+                            fingerprint=ctx.fingerprint, log=log, progress=ctx.progress)
+               for key, job in plan.jobs.items()}
     if not ctx.env.is_main:
         return {}
 
@@ -226,6 +207,8 @@ def run_repetition(ctx: Context, rep: int) -> dict[str, Any]:
             "test_roc": _roc(target_b(labels[test_idx][in_b_test]), p_cov_test[in_b_test]),
         },
         "joint_test": joint_metrics(labels[test_idx], p_abn_test, p_cov_test, thresholds),
+        "per_source_test": per_source_metrics([data.samples[i].name for i in test_idx], labels[test_idx],
+                                              p_abn_test, p_cov_test, in_b_test, thresholds),
     }
     j = record["joint_test"]
     if not len(b_parts["test"]):
@@ -270,7 +253,7 @@ def train(
 
 def _train(cfg, data_dir, out, env, device, labels_csv, skip_bad_rows, config_path):
     started = time.time()
-    _determinism(cfg)
+    apply_determinism(cfg.run.deterministic)
     weights = resolve_weights(cfg)
     if env.is_main:
         for sub in ("checkpoints", "plots", "predictions", "gradcam"):
@@ -292,6 +275,14 @@ def _train(cfg, data_dir, out, env, device, labels_csv, skip_bad_rows, config_pa
         + ("; their patients are kept in one split" if cfg.split.group_near_duplicates else ""))
     ctx = Context(cfg, data, out, env, device, weights, fingerprint, log, progress, pairs)
 
+    if cfg.run.parallel > 1:
+        if env.enabled:
+            raise ConfigError(f"run.parallel: {cfg.run.parallel} processes per device cannot be combined with "
+                              f"torchrun (WORLD_SIZE={env.world_size}); set run.parallel = 1 or run one process")
+        jobs = [j for r in range(cfg.run.repetitions) for j in plan_repetition(ctx, r).jobs.values()]
+        run_parallel(jobs, cfg=cfg, squares=data.squares, workdir=out / "checkpoints", weights=weights,
+                     device=device, fingerprint=fingerprint, log=log, log_path=out / "train.log",
+                     processes=cfg.run.parallel)
     reps = [run_repetition(ctx, r) for r in range(cfg.run.repetitions)]
     if not env.is_main:
         return None
@@ -307,7 +298,11 @@ def _train(cfg, data_dir, out, env, device, labels_csv, skip_bad_rows, config_pa
         "A": summarise([r["A"]["test"] for r in reps]),
         "B": summarise([r["B"]["test"] for r in reps]),
         "joint": summarise([r["joint_test"] for r in reps]),
+        "per_source": {src: {k: summarise([r["per_source_test"][src][k] for r in reps if src in r["per_source_test"]])
+                             for k in ("A", "B", "joint")}
+                       for src in sorted({s for r in reps for s in r["per_source_test"]})},
     }
+    by_source = label_sources([s.name for s in data.samples], data.labels)
     metrics = {
         "format": "cxr-node-training-metrics/1",
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -315,7 +310,8 @@ def _train(cfg, data_dir, out, env, device, labels_csv, skip_bad_rows, config_pa
         "config_file": config_path,
         "data": {"folder": str(data_dir), "images": len(data.samples), "counts": data.counts(),
                  "patients": len({s.patient_id for s in data.samples}),
-                 "bad_rows_skipped": [str(b) for b in data.bad_rows]},
+                 "bad_rows_skipped": [str(b) for b in data.bad_rows], "sources": by_source},
+        "source_confounding": confounding_statement(by_source),
         "environment": {"device": str(device), "device_name": _device_name(device), "world_size": env.world_size,
                         "torch": torch.__version__, "python": platform.python_version(),
                         "machine": platform.machine(), "cpu_threads": torch.get_num_threads(),

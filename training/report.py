@@ -114,6 +114,47 @@ def paper_table(summary: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _recipe(cfg: dict[str, Any]) -> str:
+    """What departs from the paper's constant-rate SGD and scale + flip, if anything."""
+    o, a = cfg["optim"], cfg["augment"]
+    extra = []
+    if o.get("schedule", "constant") != "constant" or o.get("warmup_epochs", 0):
+        extra.append(f"learning rate {o.get('schedule')} after {o.get('warmup_epochs', 0)} warm-up epoch(s)")
+    if o.get("weight_decay"):
+        extra.append(f"weight decay {o['weight_decay']}")
+    if o.get("label_smoothing"):
+        extra.append(f"label smoothing {o['label_smoothing']}")
+    if a.get("rotate") or a.get("translate"):
+        extra.append(f"rotation ±{a.get('rotate', 0)}°, shift ±{a.get('translate', 0):.0%}")
+    return (" Beyond the paper: " + ", ".join(extra) + ".") if extra else ""
+
+
+def source_section(metrics: dict[str, Any]) -> list[str]:
+    """Per-source test metrics (mean ± std over repetitions) and the source-confounding statement."""
+    per = metrics["summary"].get("per_source", {})
+    statement = metrics.get("source_confounding")
+    if len(per) < 2 and not statement:
+        return []
+    lines = ["## Per source (test split)", ""]
+    if statement:
+        lines += [statement, ""]
+    by_label = metrics["data"].get("sources", {})
+    if by_label:
+        lines += ["Images per label and source (whole data set): "
+                  + "; ".join(f"{lab}: " + ", ".join(f"{s} {n}" for s, n in c.items()) for lab, c in by_label.items())
+                  + ".", ""]
+    lines += ["| Source | Test images (mean) | A acc | A bal. acc | A AUC | B acc (B's test subset) | B AUC | "
+              "Joint acc | Joint bal. acc |", "|---|---|---|---|---|---|---|---|---|"]
+    for src, s in per.items():
+        n = s["joint"].get("n")
+        lines.append(f"| {src} | {n['mean']:.1f} | {_pm(s['A'].get('accuracy'))} | "
+                     f"{_pm(s['A'].get('balanced_accuracy'))} | {_pm(s['A'].get('auc'), False)} | "
+                     f"{_pm(s['B'].get('accuracy'))} | {_pm(s['B'].get('auc'), False)} | "
+                     f"{_pm(s['joint'].get('accuracy'))} | {_pm(s['joint'].get('balanced_accuracy'))} |")
+    lines += ["", "n/a: undefined on that source (one class only, e.g. AUC of B where no COVID-19 image exists).", ""]
+    return lines
+
+
 def write_report(metrics: dict[str, Any], path: Path) -> None:
     cfg, data, env, reps, summary = (metrics[k] for k in ("config", "data", "environment", "repetitions", "summary"))
     n = len(reps)
@@ -136,7 +177,7 @@ def write_report(metrics: dict[str, Any], path: Path) -> None:
         f"{cfg['split']['test']:.0%} by {cfg['split']['unit']}, {n} repetition(s) (seeds "
         f"{', '.join(str(r['seed']) for r in reps)}); model B on "
         f"{'the balanced 1:1:1 subset' if cfg['approach']['b_balanced'] else 'all images'}; epoch kept by "
-        f"validation {cfg['approach']['select_metric']}.",
+        f"validation {cfg['approach']['select_metric']}." + _recipe(cfg),
         "",
         "## Test results, the paper's table format (mean ± sample std over repetitions)",
         "",
@@ -166,6 +207,14 @@ def write_report(metrics: dict[str, Any], path: Path) -> None:
           f"{_pm(summary['joint'].get(f'per_class.{c}.recall'))} | {_pm(summary['joint'].get(f'per_class.{c}.f1'))} |"
           for c in JOINT_CLASSES],
         "",
+        "Joint 3-class confusion matrix, test, summed over the repetitions (rows truth, columns predicted):",
+        "",
+        "| truth \\ predicted | " + " | ".join(JOINT_CLASSES) + " |",
+        "|---|" + "---|" * len(JOINT_CLASSES),
+        *[f"| {c} | " + " | ".join(str(v) for v in row) + " |"
+          for c, row in zip(JOINT_CLASSES, sum_confusions([r["joint_test"] for r in reps]))],
+        "",
+        *source_section(metrics),
         "## Repetitions",
         "",
         "| Rep | Seed | Train/val/test images | Best epoch A, B | Thresholds a, b | Val joint bal. acc | "
