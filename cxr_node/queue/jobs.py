@@ -394,3 +394,41 @@ class JobQueue:
                 .where(instances.c.sop_instance_uid == sop_instance_uid)
             ).first()
         return dict(row._mapping) if row is not None else None
+
+    # -- operator actions (cxr-node jobs retry / exports resend) ----------------------
+    def retry_job(self, job_id: int) -> JobState | None:
+        """Queue a failed job again with its attempts reset (the operator fixed the cause).
+
+        Only a failed job changes; returns the state the job had (None: no such job).
+        """
+        now = self.clock()
+        with self.engine.begin() as conn:
+            state = conn.execute(select(jobs.c.state).where(jobs.c.id == job_id)).scalar()
+            if state != JobState.FAILED:
+                return JobState(state) if state is not None else None
+            conn.execute(
+                update(jobs).where(and_(jobs.c.id == job_id, jobs.c.state == JobState.FAILED)).values(
+                    state=JobState.QUEUED, attempts=0, deferrals=0, error=None, lease_until=None,
+                    next_try_at=None, worker=None, updated_at=now,
+                )
+            )
+        self.notifier.notify("jobs")
+        return JobState.FAILED
+
+    def resend_export(self, export_id: int) -> ExportState | None:
+        """Send a sent or failed export again (same file, same SOP Instance UID) at once.
+
+        Returns the state the row had (None: no such row); pending and local rows do not change.
+        """
+        now = self.clock()
+        with self.engine.begin() as conn:
+            state = conn.execute(select(exports.c.state).where(exports.c.id == export_id)).scalar()
+            if state not in (ExportState.SENT, ExportState.FAILED):
+                return ExportState(state) if state is not None else None
+            conn.execute(
+                update(exports).where(exports.c.id == export_id).values(
+                    state=ExportState.PENDING, attempts=0, next_try_at=now, last_error=None, sent_at=None,
+                )
+            )
+        self.notifier.notify("exports")
+        return ExportState(state)

@@ -1,0 +1,43 @@
+"""`cxr-node config check FILE`: is this node config valid? Errors name the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from cxr_node.config import ConfigError, NodeConfig, load_config
+
+
+@click.group("config")
+def command() -> None:
+    """Node configuration."""
+
+
+def deeper_checks(cfg: NodeConfig) -> list[str]:
+    """What parsing alone cannot see: paths that must exist. One line each, starting with the key."""
+    problems = []
+    if cfg.models is not None and not cfg.models.is_dir():
+        problems.append(f"models.dir: {cfg.models} is not a directory")
+    if cfg.storage.exists() and not cfg.storage.is_dir():
+        problems.append(f"node.storage: {cfg.storage} exists and is not a directory")
+    return problems
+
+
+@command.command("check")
+@click.argument("file", type=click.Path(path_type=Path, dir_okay=False))
+def check(file) -> None:
+    """Exit 0 when FILE is a valid node config; otherwise print each problem (key first) and exit 1."""
+    try:
+        cfg = load_config(file)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
+    problems = deeper_checks(cfg)
+    for problem in problems:
+        click.echo(f"Error: {problem}", err=True)
+    if problems:
+        raise SystemExit(1)
+    dest = ", ".join(cfg.destination_names) or "none (results kept on disk)"
+    web = f"http://{cfg.web_bind}:{cfg.web_port}/" if cfg.web_enabled else "off"
+    click.echo(f"{file}: OK (AE {cfg.ae_title} on {cfg.bind}:{cfg.port}; roles {', '.join(cfg.roles)}; "
+               f"destinations {dest}; status page {web})")
