@@ -18,10 +18,15 @@ from pynetdicom.sop_class import (
 )
 
 from cxr_node.config import ConfigError, Destination, DestinationSpec, NodeConfig
-from cxr_node.destinations.base import DestinationUnavailable, NodeContext, Outgoing, Verdict
+from cxr_node.destinations.base import (
+    DestinationUnavailable,
+    NodeContext,
+    Outgoing,
+    Verdict,
+)
 from cxr_node.destinations.dicom import DicomDestination
 from cxr_node.destinations.registry import build_destinations
-from cxr_node.dicom.sender import SOP_CLASS_NOT_SUPPORTED, Sender, status_ok
+from cxr_node.dicom.sender import SOP_CLASS_NOT_SUPPORTED, Sender
 from cxr_node.results.identity import fallback_sr_uid
 from tests import peers
 from tests.test_results_support import make_results

@@ -6,7 +6,12 @@ import pytest
 from pynetdicom.sop_class import Comprehensive3DSRStorage, SecondaryCaptureImageStorage
 
 from cxr_node.config import ConfigError, DestinationSpec
-from cxr_node.destinations.base import DestinationUnavailable, NodeContext, Outgoing, Verdict
+from cxr_node.destinations.base import (
+    DestinationUnavailable,
+    NodeContext,
+    Outgoing,
+    Verdict,
+)
 from cxr_node.destinations.dicomweb import DicomWebDestination
 from tests import peers
 from tests.test_results_support import make_results

@@ -151,7 +151,11 @@ def test_one_export_row_per_object_and_destination(engine):
     q.complete(job, RECORD, [ExportItem("sc", "/r/sc.dcm", "2.25.50"), ExportItem("sr", "/r/sr.dcm", "2.25.51")],
                ["pacs", "web"])
     due = q.due_exports()
-    assert sorted((e.kind, e.destination) for e in due) == [("sc", "pacs"), ("sc", "web"), ("sr", "pacs"), ("sr", "web")]
+    assert sorted((e.kind, e.destination) for e in due) == [("sc", "pacs"), ("sc", "web")]  # each SR waits for its SC
+    for e in due:
+        q.export_sent(e)
+    assert sorted((e.kind, e.destination) for e in q.due_exports()) == [("sr", "pacs"), ("sr", "web")]
+    assert [e.destination for e in q.due_exports("web")] == ["web"]
     assert JobState(q.job_for_instance(job.sop_instance_uid)["state"]) is JobState.DONE
 
 
@@ -162,15 +166,16 @@ def test_exports_retry_later_and_sc_goes_before_sr(engine):
     (job,) = q.claim("w", 60)
     q.complete(job, RECORD, [ExportItem("sr", "/r/sr.dcm", "2.25.10"), ExportItem("sc", "/r/sc.dcm", "2.25.11")], ["pacs"])
     due = q.due_exports()
-    assert [e.kind for e in due] == ["sc", "sr"]
-    for e in due:
-        q.export_retry(e, "PACS down", delay_s=30)
+    assert [e.kind for e in due] == ["sc"]  # the SR references the SC: it goes once the SC has an end
+    q.export_retry(due[0], "PACS down", delay_s=30)
     assert q.due_exports() == []
     clock.advance(31)
-    due = q.due_exports()
-    assert len(due) == 2 and all(e.attempts == 1 for e in due)
-    for e in due:
-        q.export_sent(e)
+    (sc,) = q.due_exports()
+    assert (sc.attempts, sc.last_error) == (1, "PACS down")
+    q.export_sent(sc)
+    (sr,) = q.due_exports()
+    assert sr.kind == "sr" and not sr.illustration_failed
+    q.export_sent(sr)
     assert q.due_exports() == [] and q.counts()["exports_sent"] == 2
 
 

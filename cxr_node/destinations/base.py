@@ -94,7 +94,7 @@ class ExportDestination(ABC):
 
     @classmethod
     @abstractmethod
-    def from_spec(cls, spec: DestinationSpec, node: NodeContext) -> "ExportDestination":
+    def from_spec(cls, spec: DestinationSpec, node: NodeContext) -> ExportDestination:
         """Check the type's keys (ConfigError naming the key) and build the destination."""
 
     @abstractmethod

@@ -6,16 +6,42 @@ from __future__ import annotations
 from pydicom import Dataset
 from pynetdicom.sop_class import Comprehensive3DSRStorage, ComprehensiveSRStorage
 
-from cxr_node.config import Destination, DestinationSpec, _port, _positive, _str, validate_ae_title
-from cxr_node.destinations.base import Delivery, DestinationUnavailable, ExportDestination, NodeContext, Options, Outgoing, Verdict
+from cxr_node.config import (
+    ConfigError,
+    Destination,
+    DestinationSpec,
+    _bool,
+    _port,
+    _positive,
+    _str,
+    validate_ae_title,
+)
+from cxr_node.destinations.base import (
+    Delivery,
+    DestinationUnavailable,
+    ExportDestination,
+    NodeContext,
+    Options,
+    Outgoing,
+    Verdict,
+)
 from cxr_node.destinations.objects import load
-from cxr_node.dicom.sender import SOP_CLASS_NOT_SUPPORTED, SendError, Sender, StoreRequest, status_meaning, status_ok
+from cxr_node.dicom.sender import (
+    SOP_CLASS_NOT_SUPPORTED,
+    Sender,
+    SendError,
+    StoreRequest,
+    status_meaning,
+    status_ok,
+)
 
 PERMANENT_REFUSALS = frozenset({SOP_CLASS_NOT_SUPPORTED})  # the peer does not take this class at all
 
 
 def _comprehensive(ds: Dataset) -> Dataset:
-    from cxr_node.results.sr import as_comprehensive_sr  # highdicom: imported only when needed
+    from cxr_node.results.sr import (
+        as_comprehensive_sr,  # highdicom: imported only when needed
+    )
 
     return as_comprehensive_sr(ds)
 
@@ -29,7 +55,7 @@ class DicomDestination(ExportDestination):
         self.sender = sender
 
     @classmethod
-    def from_spec(cls, spec: DestinationSpec, node: NodeContext) -> "DicomDestination":
+    def from_spec(cls, spec: DestinationSpec, node: NodeContext) -> DicomDestination:
         opts = Options(spec)
         peer = Destination(
             opts.get("ae_title", validate_ae_title),
@@ -37,8 +63,11 @@ class DicomDestination(ExportDestination):
             opts.get("port", _port),
         )
         timeout_s = float(opts.get("timeout_s", _positive, node.timeout_s))
+        tls = opts.get("tls", _bool, False)
         opts.done()
-        return cls(spec.name, peer, Sender(node.ae_title, timeout_s, node.tls))
+        if tls and node.tls is None:
+            raise ConfigError(f"{spec.key}.tls: needs the node's certificate ([tls] cert and key)")
+        return cls(spec.name, peer, Sender(node.ae_title, timeout_s, node.tls if tls else None))
 
     def describe(self) -> str:
         return str(self.peer)
@@ -49,7 +78,7 @@ class DicomDestination(ExportDestination):
         for item in objects:
             try:
                 ds = load(item)
-            except Exception as exc:  # unreadable file or no report form without the illustration
+            except Exception as exc:  # noqa: BLE001 - unreadable file, or no report form without the illustration: retried
                 deliveries.append(Delivery(Verdict.RETRY, f"{item.path}: cannot prepare for sending: {exc}"))
                 continue
             alternative = (ComprehensiveSRStorage, _comprehensive) if str(ds.SOPClassUID) == Comprehensive3DSRStorage else (None, None)

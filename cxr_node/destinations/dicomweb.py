@@ -11,7 +11,15 @@ from pydicom import Dataset
 from pydicom.uid import UID
 
 from cxr_node.config import ConfigError, DestinationSpec, _positive, _str
-from cxr_node.destinations.base import Delivery, DestinationUnavailable, ExportDestination, NodeContext, Options, Outgoing, Verdict
+from cxr_node.destinations.base import (
+    Delivery,
+    DestinationUnavailable,
+    ExportDestination,
+    NodeContext,
+    Options,
+    Outgoing,
+    Verdict,
+)
 from cxr_node.destinations.objects import load
 from cxr_node.dicom.sender import SOP_CLASS_NOT_SUPPORTED, status_meaning
 
@@ -37,7 +45,7 @@ class DicomWebDestination(ExportDestination):
         self.timeout_s = timeout_s
 
     @classmethod
-    def from_spec(cls, spec: DestinationSpec, node: NodeContext) -> "DicomWebDestination":
+    def from_spec(cls, spec: DestinationSpec, node: NodeContext) -> DicomWebDestination:
         opts = Options(spec)
         url = opts.get("url", _url)
         timeout_s = float(opts.get("timeout_s", _positive, node.timeout_s))
@@ -62,7 +70,7 @@ class DicomWebDestination(ExportDestination):
             try:
                 datasets.append(load(item))
                 slots.append(i)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - unreadable file, or no report form without the illustration: retried
                 deliveries[i] = Delivery(Verdict.RETRY, f"{item.path}: cannot prepare for sending: {exc}")
         if datasets:
             answer = self._store(datasets, nothing_else=len(datasets) == len(objects))

@@ -13,7 +13,9 @@ def load(item: Outgoing) -> Dataset:
     """Read the object; OSError / InvalidDicomError / ValueError propagate (the dispatcher retries them)."""
     ds = dcmread(item.path)
     if item.omit_illustration:
-        from cxr_node.results.sr import without_illustration  # highdicom: imported only when needed
+        from cxr_node.results.sr import (
+            without_illustration,  # highdicom: imported only when needed
+        )
 
         ds = with_file_meta(without_illustration(ds))
     return ds

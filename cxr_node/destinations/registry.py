@@ -23,7 +23,10 @@ def destination_class(type_name: str, key: str = "destinations.type") -> type[Ex
 
 def build_destinations(cfg: NodeConfig, node: NodeContext | None = None) -> dict[str, ExportDestination]:
     """Every configured destination by name, checked; ConfigError names the offending key."""
-    node = node or NodeContext(cfg.ae_title, cfg.send_timeout_s)
+    if node is None:
+        from cxr_node.dicom.tls import client_context
+
+        node = NodeContext(cfg.ae_title, cfg.send_timeout_s, client_context(cfg))
     built: dict[str, ExportDestination] = {}
     for spec in cfg.destination_specs:
         built[spec.name] = destination_class(spec.type, f"{spec.key}.type").from_spec(spec, node)

@@ -15,14 +15,18 @@ of the storage classes offered (pynetdicom aborts an association without accepte
 from __future__ import annotations
 
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from pydicom import Dataset, dcmread
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification
-from pynetdicom.status import GENERAL_STATUS, STORAGE_SERVICE_CLASS_STATUS, code_to_category
+from pynetdicom.status import (
+    GENERAL_STATUS,
+    STORAGE_SERVICE_CLASS_STATUS,
+    code_to_category,
+)
 
 from cxr_node.config import Destination
 
@@ -142,7 +146,7 @@ class Sender:
             return SendOutcome(SOP_CLASS_NOT_SUPPORTED, f"no presentation context accepted for {names}",
                                sop_class, str(ds.SOPInstanceUID))
         ds = _in_accepted_syntax(ds, accepted[sop_class])
-        sent = dict(sop_class_uid=sop_class, sop_instance_uid=str(ds.SOPInstanceUID), fallback=fallback, sent=ds)
+        sent = {"sop_class_uid": sop_class, "sop_instance_uid": str(ds.SOPInstanceUID), "fallback": fallback, "sent": ds}
         try:
             status = assoc.send_c_store(ds)
         except ValueError as exc:  # pynetdicom found no context it can use for this data set

@@ -85,6 +85,10 @@ class Export:
     sop_instance_uid: str
     destination: str
     attempts: int
+    last_error: str | None = None
+    created_at: datetime | None = None  # when the result was made: the clock of dispatcher.give_up_after_s
+    # SR only: the SC of the same result failed at this destination, so the SR goes without it.
+    illustration_failed: bool = False
 
 
 class JobQueue:
@@ -295,27 +299,49 @@ class JobQueue:
         return delay
 
     # -- dispatcher side -------------------------------------------------------------
-    def due_exports(self, limit: int = 16) -> list[Export]:
+    def due_exports(self, destination: str | None = None, limit: int = 16) -> list[Export]:
+        """Pending rows whose time has come, for one destination (None: all), SC before SR.
+
+        An SR is due only when its SC at the same destination has reached an end (sent or
+        failed): the SR references the SC, and if the SC failed the SR must go without it.
+        """
         now = self.clock()
+        sc = exports.alias("sc")
+        same_sc = and_(sc.c.result_id == exports.c.result_id, sc.c.kind == "sc",
+                       sc.c.destination == exports.c.destination)
+        sc_open = exists().where(and_(same_sc, sc.c.state == ExportState.PENDING))
+        sc_failed = exists().where(and_(same_sc, sc.c.state == ExportState.FAILED))
+        where = [exports.c.state == ExportState.PENDING, exports.c.next_try_at <= now,
+                 or_(exports.c.kind != "sr", not_(sc_open))]
+        if destination is not None:
+            where.append(exports.c.destination == destination)
         with self.engine.connect() as conn:
             rows = conn.execute(
                 select(exports.c.id, exports.c.kind, exports.c.path, exports.c.sop_instance_uid,
-                       exports.c.destination, exports.c.attempts)
-                .where(and_(exports.c.state == ExportState.PENDING, exports.c.next_try_at <= now))
-                # SC before SR: the SR references the SC, so the SC should be there first.
+                       exports.c.destination, exports.c.attempts, exports.c.last_error,
+                       results.c.created_at, sc_failed.label("illustration_failed"))
+                .join(results, results.c.id == exports.c.result_id)
+                .where(and_(*where))
                 .order_by(case((exports.c.kind == "sc", 0), else_=1), exports.c.id)
                 .limit(limit)
             ).all()
-        return [Export(r.id, r.kind, r.path, r.sop_instance_uid, r.destination, r.attempts) for r in rows]
+        return [
+            Export(r.id, r.kind, r.path, r.sop_instance_uid, r.destination, r.attempts, r.last_error,
+                   _aware(r.created_at), bool(r.illustration_failed) and r.kind == "sr")
+            for r in rows
+        ]
 
-    def export_sent(self, export: Export) -> None:
+    def export_sent(self, export: Export, sop_instance_uid: str | None = None, path: str | None = None) -> None:
+        """Sent. When another object went in place of the file (the report without the illustration,
+        the Comprehensive SR form), its UID and path replace the row's: the row says what the PACS holds."""
         now = self.clock()
+        values = {"state": ExportState.SENT, "sent_at": now, "attempts": exports.c.attempts + 1, "last_error": None}
+        if sop_instance_uid is not None:
+            values["sop_instance_uid"] = sop_instance_uid
+        if path is not None:
+            values["path"] = path
         with self.engine.begin() as conn:
-            conn.execute(
-                update(exports).where(exports.c.id == export.id).values(
-                    state=ExportState.SENT, sent_at=now, attempts=exports.c.attempts + 1, last_error=None
-                )
-            )
+            conn.execute(update(exports).where(exports.c.id == export.id).values(**values))
 
     def export_retry(self, export: Export, error: str, delay_s: float) -> None:
         now = self.clock()
@@ -325,6 +351,15 @@ class JobQueue:
                     attempts=exports.c.attempts + 1,
                     last_error=error[:2000],
                     next_try_at=now + timedelta(seconds=delay_s),
+                )
+            )
+
+    def export_failed(self, export: Export, reason: str) -> None:
+        """Given up (refused for good, or attempts / time used up); `reason` says why, for operators."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(exports).where(and_(exports.c.id == export.id, exports.c.state == ExportState.PENDING)).values(
+                    state=ExportState.FAILED, attempts=exports.c.attempts + 1, last_error=reason[:2000],
                 )
             )
 
