@@ -58,7 +58,8 @@ def run_demo(cfg: NodeConfig, image: Path, out: Path, timeout_s: float = 300.0) 
         outcome = Sender("DEMO_MODALITY").send_files(Destination(cfg.ae_title, "127.0.0.1", node.receiver.port), [str(image)])[0]
         store_s = time.perf_counter() - t0
         if not status_ok(outcome.status):
-            raise click.ClickException(f"the node refused the image: 0x{outcome.status:04X} {outcome.comment}")
+            why = outcome.transport_error or f"0x{outcome.status:04X} {outcome.comment}"
+            raise click.ClickException(f"the node refused the image: {why}")
         received = pacs.wait_for(2, timeout_s)
         total_s = time.perf_counter() - t0
         if len(received) < 2:
