@@ -43,7 +43,7 @@ def _register() -> None:
     # Imported here so `cxr-node --help` stays fast and each command owns its imports.
     import importlib
 
-    for name in ("serve", "demo", "infer", "bench", "db", "jobs", "exports", "echo", "send", "config_check"):
+    for name in ("serve", "demo", "infer", "bench", "db", "jobs", "exports", "echo", "send", "config_check", "rules"):
         main.add_command(importlib.import_module(f"cxr_node.commands.{name}").command)
 
 

@@ -12,8 +12,8 @@ DEFAULT_CONFIG = Path("configs/node.toml")
 _AET = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # 16 chars, no backslash, no control chars
 
 
-class ConfigError(ValueError):
-    """A setting is wrong; the message starts with the key (e.g. `node.port: ...`)."""
+from cxr_node.dicom.rules import DEFAULT_SELECTION, Selection, parse_selection  # noqa: E402
+from cxr_node.errors import ConfigError  # noqa: E402  (re-exported: callers import it from here)
 
 
 def validate_ae_title(key: str, value: str) -> str:
@@ -105,6 +105,7 @@ class NodeConfig:
     web_token: str = ""  # required when web_bind is not a loopback address
     web_show_patient: bool = False  # patient name and ID on the status page
     destinations: tuple[DestinationSpec, ...] = ()  # [[destinations]]; `destination` joins them as "pacs"
+    selection: Selection = DEFAULT_SELECTION  # [selection]: which received images are analysed
     send_max_attempts: int = 100  # 0 = no limit
     send_give_up_after_s: float = 172800.0  # 0 = no limit
     send_timeout_s: float = 30.0
@@ -262,6 +263,7 @@ _SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
         "max_attempts": ("max_attempts", _int_range(1, 100)),
     },
     "destinations": {},  # handled below: an array of tables, checked by each type's module
+    "selection": {},  # handled below: default action and [[selection.rules]] (cxr_node.dicom.rules)
     "dispatcher": {
         "retry_delays_s": ("send_retry_s", _delays),
         "max_attempts": ("send_max_attempts", _int_range(0, 1_000_000)),
@@ -345,6 +347,9 @@ def parse_config(data: dict[str, Any], source: str = "config") -> NodeConfig:
     for section, content in data.items():
         if section not in _SCHEMA:
             raise ConfigError(f"{section}: unknown section in {source} (known: {', '.join(_SCHEMA)})")
+        if section == "selection":
+            values["selection"] = parse_selection(content)
+            continue
         if section == "destination":
             values["destination"] = _destination(content)
             continue

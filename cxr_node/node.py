@@ -68,7 +68,7 @@ class Node:
         receiver = worker = dispatcher = housekeeping = None
         pool = None
         if "receiver" in roles:
-            receiver = Receiver(ReceiverSettings.from_config(cfg), queue, layout)
+            receiver = Receiver(ReceiverSettings.from_config(cfg), queue, layout, selection=cfg.selection)
         if "worker" in roles:  # only a worker needs the models (and the GPU)
             pool = DecodePool(kind="process")  # decoding in other processes: OpenJPEG holds the GIL
             worker = Worker(

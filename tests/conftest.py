@@ -34,14 +34,24 @@ def rg1_uncr() -> Path:
     return _pydicom_data("RG1_UNCR.dcm")
 
 
-@pytest.fixture(scope="session")
-def public_cxr() -> Path:
-    if not (SHARED_CXR / "manifest.csv").is_file():
-        message = f"{SHARED_CXR} not present (the shared development data set sits beside the repo in CI)"
+def _shared_dataset(path: Path) -> Path:
+    if not (path / "manifest.csv").is_file():
+        message = f"{path} not present (the shared development data set sits beside the repo in CI)"
         if os.environ.get("CI") == "true":
             pytest.fail(message)
         pytest.skip(message)
-    return SHARED_CXR
+    return path
+
+
+@pytest.fixture(scope="session")
+def public_cxr() -> Path:
+    return _shared_dataset(SHARED_CXR)
+
+
+@pytest.fixture(scope="session")
+def public_cxr_plus() -> Path:
+    """public-cxr plus adult NIH normals and pneumonias (its manifest points into ../public-cxr)."""
+    return _shared_dataset(SHARED_CXR.parent / "public-cxr-plus")
 
 
 @pytest.fixture(scope="session")

@@ -36,6 +36,7 @@ from pynetdicom.sop_class import (
 
 from cxr_node.audit import AssociationAudit
 from cxr_node.dicom.checks import check_header, check_radiograph, check_uids
+from cxr_node.dicom.rules import DEFAULT_SELECTION, Decision, Selection
 from cxr_node.dicom.syntaxes import decodable_transfer_syntaxes, decoder_available
 from cxr_node.queue.jobs import JobQueue, ReceivedInstance
 from cxr_node.storage import StorageLayout, free_mb, uid_key, write_durably
@@ -122,8 +123,10 @@ class Receiver:
         write: Callable = write_durably,  # injectable: tests make the disk fail
         free_space: Callable[[Path], float] = free_mb,  # injectable: tests fill the disk
         decodable: Callable[[str], bool] = decoder_available,  # injectable: tests remove a decoder
+        selection: Selection = DEFAULT_SELECTION,  # which images get a result ([selection] rules)
     ) -> None:
         self.settings = settings
+        self.selection = selection
         self.queue = queue
         self.layout = layout
         self.write = write
@@ -166,7 +169,9 @@ class Receiver:
         if problem:
             log.warning("C-STORE from %s refused: %s", calling, problem)
             return _status(DATASET_DOES_NOT_MATCH, problem)
-        # selection rules (lead): decide here, after the checks and before anything is written.
+        # Decided from the header before anything is written: a skipped image is still stored and
+        # acknowledged (the modality must not retry it), it only gets no result.
+        decision = self.selection.decide(ds)
 
         free = self.free_space(self.layout.root)
         if free < self.settings.min_free_mb:
@@ -176,9 +181,9 @@ class Receiver:
 
         sop_uid = str(ds.SOPInstanceUID)
         with self._sop_locks[int(uid_key(sop_uid)[:8], 16) % len(self._sop_locks)]:
-            return self._store(event, ds, calling)
+            return self._store(event, ds, calling, decision)
 
-    def _store(self, event, ds: Dataset, calling: str) -> int | Dataset:
+    def _store(self, event, ds: Dataset, calling: str, decision: Decision) -> int | Dataset:
         sop_uid, study_uid = str(ds.SOPInstanceUID), str(ds.StudyInstanceUID)
         sha256 = dataset_sha256(event.encoded_dataset(include_meta=False))
         try:
@@ -198,12 +203,21 @@ class Receiver:
             return _status(OUT_OF_RESOURCES, f"Storage write failed: {exc.strerror or exc}")
         try:
             new = self.queue.enqueue(
-                ReceivedInstance(sop_uid, str(ds.SOPClassUID), study_uid, calling, str(path), content_sha256=sha256)
+                ReceivedInstance(
+                    sop_uid, str(ds.SOPClassUID), study_uid, calling, str(path), content_sha256=sha256,
+                    skip=not decision.analyse, rule=decision.rule, reason=None if decision.analyse else decision.reason,
+                )
             )
         except Exception as exc:  # database down or full: the image is not acknowledged
             log.error("C-STORE %s: cannot record in the database: %s", sop_uid, exc)
             return _status(OUT_OF_RESOURCES, "Database unavailable, retry later")
-        log.info("C-STORE %s from %s: %s", sop_uid, calling, "queued" if new else "already received")
+        if not new:
+            outcome = "already received"
+        elif decision.analyse:
+            outcome = "queued"
+        else:
+            outcome = f"stored, not analysed: rule {decision.rule}: {decision.reason}"
+        log.info("C-STORE %s from %s: %s", sop_uid, calling, outcome)
         return SUCCESS
 
     def check(self, ds: Dataset, event) -> str | None:
