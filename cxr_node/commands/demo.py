@@ -64,7 +64,7 @@ def run_demo(cfg: NodeConfig, image: Path, out: Path, timeout_s: float = 300.0) 
         total_s = time.perf_counter() - t0
         if len(received) < 2:
             raise click.ClickException(f"no SR + SC at the PACS after {timeout_s:.0f} s; queue: {node.queue.counts()}")
-        result = node.queue.result_for_study(str(source.StudyInstanceUID))
+        result = node.queue.result_for_instance(str(source.SOPInstanceUID))
     finally:
         node.stop()
         pacs.stop()
