@@ -19,7 +19,7 @@ def c_echo(peer: Destination, calling_aet: str, timeout_s: float) -> tuple[int |
     ae.add_requested_context(Verification)
     assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title)
     if not assoc.is_established:
-        return None, "association rejected" if assoc.is_rejected else "association aborted" if assoc.is_aborted else "unreachable"
+        return None, "association rejected" if assoc.is_rejected else "no association (nothing listening there, or the peer aborted)"
     try:
         status = assoc.send_c_echo()
     finally:

@@ -53,7 +53,7 @@ def send_files(dest: Destination, files: list[FileToSend], calling_aet: str, tim
             ae.add_requested_context(sop_class, syntax)
         assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title)
         if not assoc.is_established:
-            why = "association rejected" if assoc.is_rejected else "association aborted" if assoc.is_aborted else "unreachable"
+            why = "association rejected" if assoc.is_rejected else "no association (nothing listening there, or the peer aborted)"
             out += [(f, None, why) for f in batch]
             continue
         try:
