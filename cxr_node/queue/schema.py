@@ -98,7 +98,12 @@ def open_database(url: str, create: bool = True) -> Engine:
     with engine.connect() as conn:
         empty = _is_empty(conn)
     if empty and create:
-        upgrade(engine)
+        try:
+            upgrade(engine)
+        except Exception:
+            # Another process (a second role starting at the same moment) created it first.
+            if current_revision(engine) != head_revision():
+                raise
     check_current(engine, redact_url(url))
     return engine
 
