@@ -27,6 +27,8 @@ from typing import Callable
 
 from pydicom.dataset import Dataset
 from pynetdicom import AE, evt
+from pynetdicom.transport import ThreadedAssociationServer
+from pynetdicom.utils import make_target
 from pynetdicom.sop_class import (
     ComputedRadiographyImageStorage,
     DigitalXRayImageStorageForPresentation,
@@ -110,6 +112,24 @@ def stored_dataset_sha256(path: Path) -> str:
         raise ValueError(f"{path}: not a DICOM file with File Meta Information Group Length")
     group_length = int.from_bytes(data[140:144], "little")
     return dataset_sha256(data[144 + group_length:])
+
+
+class BoundedAssociationServer(ThreadedAssociationServer):
+    """pynetdicom's server, with every accepted connection under the network timeout.
+
+    pynetdicom leaves accepted sockets blocking with no timeout, so a peer that declares a 4 GB
+    PDU and sends half of it holds its thread and an association slot forever; and it does the
+    TLS handshake inside its single accept thread, so one silent TLS client stalls every other.
+    Here the accepted socket gets `network_timeout`, and the handshake waits for the first read,
+    in the association's own thread, under that timeout.
+    """
+
+    def get_request(self):
+        client, address = self.socket.accept()
+        client.settimeout(self.ae.network_timeout)
+        if self.ssl_context:
+            client = self.ssl_context.wrap_socket(client, server_side=True, do_handshake_on_connect=False)
+        return client, address
 
 
 class Receiver:
@@ -252,14 +272,21 @@ class Receiver:
         handlers += AssociationAudit().handlers()  # one audit line per association (cxr_node.audit)
         s = self.settings
         if not (s.tls_only and s.ssl_context is not None):
-            self._servers.append(self.ae.start_server((s.bind, s.port), block=False, evt_handlers=handlers))
+            self._serve(s.port, None, handlers)
             log.info("listening as %s on %s:%d", s.ae_title, s.bind, self.port)
         if s.ssl_context is not None:
-            self._servers.append(self.ae.start_server(
-                (s.bind, s.tls_port), block=False, evt_handlers=handlers, ssl_context=s.ssl_context
-            ))
+            self._serve(s.tls_port, s.ssl_context, handlers)
             log.info("listening as %s on %s:%d with TLS%s", s.ae_title, s.bind, self.tls_port,
                      " (client certificate required)" if s.ssl_context.verify_mode == ssl.CERT_REQUIRED else "")
+
+    def _serve(self, port: int, ssl_context: ssl.SSLContext | None, handlers: list) -> None:
+        server = self.ae.make_server(
+            (self.settings.bind, port), ssl_context=ssl_context, evt_handlers=handlers,
+            server_class=BoundedAssociationServer,
+        )
+        threading.Thread(target=make_target(server.serve_forever), name=f"cxr-scp-{port}", daemon=True).start()
+        self.ae._servers.append(server)  # as AE.start_server does: server.shutdown() removes it there
+        self._servers.append(server)
 
     def _server(self, tls: bool):
         for server in self._servers:

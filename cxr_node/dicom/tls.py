@@ -7,6 +7,7 @@ key and CA bundle:
     client_context(cfg)  -> ssl.SSLContext for AE.associate(tls_args=(ctx, host)), or None
 
 None means TLS is not configured (`tls.cert` empty). Errors are ConfigErrors naming the key.
+The receiver's server defers the handshake to the association thread (BoundedAssociationServer).
 """
 
 from __future__ import annotations
@@ -15,20 +16,6 @@ import ssl
 from pathlib import Path
 
 from cxr_node.config import ConfigError, NodeConfig
-
-
-class _LazyHandshakeContext(ssl.SSLContext):
-    """Server context whose sockets do the TLS handshake on first read, not in accept().
-
-    pynetdicom wraps each accepted socket in its single accept thread; with the default
-    handshake-on-connect, one peer that opens TCP and sends nothing would hold that thread,
-    and so every other TLS connection, forever. Deferred, the handshake runs in the
-    association's own thread under the network timeout.
-    """
-
-    def wrap_socket(self, sock, *args, **kwargs):  # type: ignore[override]
-        kwargs["do_handshake_on_connect"] = False
-        return super().wrap_socket(sock, *args, **kwargs)
 
 
 def _existing(key: str, path: Path | None) -> str:
@@ -60,7 +47,7 @@ def server_context(cfg: NodeConfig) -> ssl.SSLContext | None:
     """The Storage SCP's context; client certificates are verified against tls.ca when required."""
     if cfg.tls_cert is None:
         return None
-    ctx = _LazyHandshakeContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     _load_identity(ctx, cfg)
     if cfg.tls_require_client_cert:
