@@ -13,9 +13,8 @@ manifest.json:
 from __future__ import annotations
 
 import hashlib
+import io
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from torch import nn
 
 from cxr_node.analysis.fusion import Thresholds
 from cxr_node.analysis.models import MODEL_CLASSES, build_densenet161
+from cxr_node.storage import write_durably
 
 FORMAT = "cxr-node-bundle/1"
 MANIFEST = "manifest.json"
@@ -153,19 +153,6 @@ def load_bundle(directory: str | Path) -> Bundle:
     )
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_bundle(
     directory: str | Path,
     model_a: nn.Module,
@@ -184,10 +171,12 @@ def write_bundle(
     for key, model in (("A", model_a), ("B", model_b)):
         path = directory / f"model_{key.lower()}.pt"
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-        tmp = path.with_suffix(".pt.tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-        entries[key] = {"file": path.name, "sha256": sha256_file(path), "classes": list(MODEL_CLASSES[key])}
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        data = buf.getvalue()
+        write_durably(path, data)
+        digest = hashlib.sha256(data).hexdigest()
+        entries[key] = {"file": path.name, "sha256": digest, "classes": list(MODEL_CLASSES[key])}
     manifest = {
         "format": FORMAT,
         "name": name,
@@ -198,5 +187,5 @@ def write_bundle(
         "models": entries,
         "training": training or {},
     }
-    _atomic_write(directory / MANIFEST, json.dumps(manifest, indent=2).encode("utf-8"))
+    write_durably(directory / MANIFEST, json.dumps(manifest, indent=2).encode("utf-8"))
     return directory
