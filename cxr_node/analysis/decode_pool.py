@@ -19,7 +19,6 @@ anything else for I/O trouble that a retry may fix), so callers keep their polic
 
 from __future__ import annotations
 
-import atexit
 import multiprocessing
 import os
 import threading
@@ -140,24 +139,4 @@ def _noop(_: int) -> None:
     return None
 
 
-_DEFAULT: DecodePool | None = None
-_DEFAULT_LOCK = threading.Lock()
-
-
-def default_pool() -> DecodePool:
-    """One process-wide pool (the worker's), started on first use, closed at exit."""
-    global _DEFAULT
-    with _DEFAULT_LOCK:
-        if _DEFAULT is None:
-            kind = os.environ.get("CXR_NODE_DECODE_POOL", "process")
-            _DEFAULT = DecodePool(kind=kind if kind in KINDS else "process")
-            atexit.register(_DEFAULT.close)
-        return _DEFAULT
-
-
-def decode_many(paths: list[str | Path]) -> list[Decoded | BaseException]:
-    """Decode files in parallel on the default pool; a Decoded or the exception, per path, in order."""
-    return default_pool().decode_many(paths)
-
-
-__all__ = ["Decoded", "DecodePool", "KINDS", "decode_dataset", "decode_file", "decode_many", "default_pool"]
+__all__ = ["Decoded", "DecodePool", "KINDS", "decode_dataset", "decode_file"]
