@@ -37,6 +37,8 @@ DEBIAN_PACKAGE = {
     "dcentvfy": "dicom3tools",
     "initdb": "postgresql",
     "DicomSRValidator": "pixelmed-apps",
+    "dsr2html": "dcmtk",
+    "chromium": "chromium",
 }
 POSTGRES_BIN = sorted(Path("/usr/lib/postgresql").glob("*/bin"))
 

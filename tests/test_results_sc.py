@@ -10,11 +10,15 @@ import pydicom
 import pytest
 
 from cxr_node.analysis.fusion import JointClass, JointResult
-from cxr_node.results.render import Legend, render_secondary_capture
+from cxr_node.results.render import Legend, _header_lines, render, render_secondary_capture
 from tests import peers
 from tests.test_results_support import CASES, TRAINED, UNTRAINED, _decoded, blob, make_results
 
-LEGEND_ROWS = 40  # the legend sits below the panels; its rows are at least this tall
+IMAGE = "CR series 1, instance 1, view PA"
+
+
+def _legend(case: str, model=UNTRAINED, image: str = IMAGE) -> Legend:
+    return Legend(CASES[case], model.description, model.trained, image)
 
 
 def _hsv(rgb):
@@ -29,7 +33,7 @@ def _grey_and_cams(rg1):
 @pytest.mark.parametrize("panels, max_side", [("per-model", 1024), ("fused", 1024), ("per-model", 600), ("fused", 512)])
 def test_long_side_capped_legend_included(panels, max_side, rg1_uncr):
     grey, a, b = _grey_and_cams(rg1_uncr)
-    rgb = render_secondary_capture(grey, a, b, Legend(CASES["covid-disagree"], UNTRAINED.label, False), panels, max_side)
+    rgb = render_secondary_capture(grey, a, b, _legend("covid-disagree"), panels, max_side)
     assert rgb.dtype == np.uint8 and rgb.ndim == 3 and rgb.shape[2] == 3
     assert max(rgb.shape[:2]) <= max_side
     assert max(rgb.shape[:2]) >= 0.8 * max_side  # not needlessly small either
@@ -37,11 +41,11 @@ def test_long_side_capped_legend_included(panels, max_side, rg1_uncr):
 
 def test_heatmap_follows_the_cam_and_panels_differ(rg1_uncr):
     grey, a, b = _grey_and_cams(rg1_uncr)
-    rgb = render_secondary_capture(grey, a, b, Legend(CASES["normal"], TRAINED.label, True), "per-model", 1024)
+    rgb, layout = render(grey, a, b, _legend("normal", TRAINED), "per-model", 1024)
     sat = _hsv(rgb)[..., 1].astype(float)
-    half = rgb.shape[1] // 2
-    rows = int(0.6 * (rgb.shape[0] - LEGEND_ROWS))
-    left, right = sat[:rows, :half], sat[:rows, half:]
+    (r0, r1, la, lb), (_, _, ra, rb) = layout.panels
+    rows = r0 + int(0.6 * (r1 - r0))
+    left, right = sat[r0:rows, la:lb], sat[r0:rows, ra:rb]
     # A's blob is at 30 % of the width, B's at 70 %: colour where each CAM is hot, grey where cold.
     lw, rw = left.shape[1], right.shape[1]
     assert left[:, int(0.2 * lw):int(0.4 * lw)].mean() > 40
@@ -54,31 +58,74 @@ def test_radiograph_polarity_kept(rg1_uncr):
     # VOI + MONOCHROME1 inversion happen in decoding; the SC shows the lungs dark, the mediastinum bright.
     grey, _, _ = _grey_and_cams(rg1_uncr)
     zero = np.zeros_like(grey)
-    rgb = render_secondary_capture(grey, zero, zero, Legend(CASES["normal"], TRAINED.label, True), "fused", 1024)
-    v = _hsv(rgb)[..., 2].astype(float)
-    rows, cols = v.shape[0] - 200, v.shape[1]
+    rgb, layout = render(grey, zero, zero, _legend("normal", TRAINED), "fused", 1024)
+    (r0, r1, c0, c1), = layout.panels
+    v = _hsv(rgb)[r0:r1, c0:c1, 2].astype(float)
+    rows, cols = v.shape
     lung = v[int(0.35 * rows):int(0.6 * rows), int(0.2 * cols):int(0.35 * cols)].mean()
     spine = v[int(0.35 * rows):int(0.6 * rows), int(0.47 * cols):int(0.53 * cols)].mean()
     assert spine > lung + 30, (spine, lung)
 
 
-def test_untrained_warning_is_burned_in_red(rg1_uncr):
+def _red(rgb) -> np.ndarray:
+    rgb = rgb.astype(int)
+    return (rgb[..., 0] > 200) & (rgb[..., 1] < 100) & (rgb[..., 2] < 100)
+
+
+def test_untrained_warning_is_burned_in_red_in_the_header(rg1_uncr):
     grey, a, b = _grey_and_cams(rg1_uncr)
-    r = CASES["pathological"]
+    untrained, layout = render(grey, a, b, _legend("pathological", UNTRAINED), "fused", 800)
+    red = _red(untrained)
+    t0, t1 = layout.text_rows
+    assert red[t0:t1].sum() > 200
+    assert red[:t0].sum() == 0 and red[layout.panels[0][1]:].sum() == 0  # nothing red at the top or bottom edge
+    trained, _ = render(grey, a, b, _legend("pathological", TRAINED), "fused", 800)
+    assert _red(trained).sum() == 0
 
-    def red_pixels(trained):
-        rgb = render_secondary_capture(grey, a, b, Legend(r, "m 1", trained), "fused", 800)
-        legend = rgb[-200:].astype(int)
-        return int(((legend[..., 0] > 200) & (legend[..., 1] < 100) & (legend[..., 2] < 100)).sum())
 
-    assert red_pixels(False) > 200
-    assert red_pixels(True) == 0
+@pytest.mark.parametrize("panels, max_side", [("per-model", 1024), ("fused", 1024), ("per-model", 600), ("fused", 512)])
+def test_text_stays_off_the_edges(panels, max_side, rg1_uncr):
+    """Viewers draw their overlays in the corners and along the edges: ours keep clear of them."""
+    grey, a, b = _grey_and_cams(rg1_uncr)
+    rgb, layout = render(grey, a, b, _legend("covid-disagree"), panels, max_side)
+    ink = rgb.max(axis=2) > 0
+    rows, cols = layout.shape
+    t0, t1 = layout.text_rows
+    c0, c1 = layout.text_cols
+    assert t0 >= 0.07 * max_side  # an empty band above the text
+    assert not ink[:t0].any()
+    assert not ink[t0:t1, :c0].any() and not ink[t0:t1, c1:].any()  # side margins
+    assert ink[t0:t1, c0:c1].sum() > 1000  # the text is there
+    last_panel_row = max(p[1] for p in layout.panels)
+    assert rows - last_panel_row >= 0.04 * max_side  # an empty band below the panels
+    assert not ink[last_panel_row:].any()
+    for r0, r1, p0, p1 in layout.panels:
+        assert r0 >= t1 and p0 >= c0 and p1 <= c1
+    assert not ink[t1:, :min(p[2] for p in layout.panels)].any()  # left margin beside the panels
+
+
+def test_header_names_the_model_and_the_image_in_plain_words(rg1_uncr):
+    lines = [text for text, _, _ in _header_lines(_legend("covid", TRAINED, "DX series 7, instance 3, view AP"))]
+    assert lines[0] == "AI overall class: COVID-19"
+    assert "Model: cxr-covid-moura2020 v3, trained 2026-11-20" in lines
+    assert "Computed from DX series 7, instance 3, view AP" in lines
+    assert "AI result - not for diagnostic use" in lines
+    untrained = [text for text, _, _ in _header_lines(_legend("covid", UNTRAINED, "CR series 1, instance 1, view not stated"))]
+    assert "UNTRAINED MODEL - NOT FOR CLINICAL USE" in untrained
+    assert "Computed from CR series 1, instance 1, view not stated" in untrained
+    assert not any("untrained-densenet161" in t for t in untrained)  # no cryptic bundle label
+    # The words are drawn: a different image names a different header.
+    grey, a, b = _grey_and_cams(rg1_uncr)
+    one, layout = render(grey, a, b, _legend("covid", TRAINED, "DX series 7, instance 3, view AP"), "fused", 800)
+    other, _ = render(grey, a, b, _legend("covid", TRAINED, "DX series 7, instance 4, view AP"), "fused", 800)
+    t0, t1 = layout.text_rows
+    assert (one[t0:t1] != other[t0:t1]).any() and (one[t1:] == other[t1:]).all()
 
 
 def test_bad_panel_mode_is_named(rg1_uncr):
     grey, a, b = _grey_and_cams(rg1_uncr)
     with pytest.raises(ValueError, match="panels"):
-        render_secondary_capture(grey, a, b, Legend(CASES["normal"], "m", True), "three-up", 1024)
+        render_secondary_capture(grey, a, b, _legend("normal"), "three-up", 1024)
 
 
 def test_sc_attributes(rg1_uncr, tmp_path):
@@ -94,6 +141,7 @@ def test_sc_attributes(rg1_uncr, tmp_path):
     assert sc.SourceImageSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
     assert sc.SourceImageSequence[0].ReferencedSOPClassUID == source.SOPClassUID
     assert "Grad-CAM" in sc.DerivationDescription and "UNTRAINED" in sc.DerivationDescription
+    assert "CR series 1, instance 1, view PA" in sc.DerivationDescription
     assert "UNTRAINED" in sc.SeriesDescription
     assert sc.StudyDescription == source.StudyDescription
     assert np.array_equal(sc.pixel_array, files.rgb)

@@ -18,7 +18,7 @@ from cxr_node.results.sr import (
     MODELS_DISAGREE,
     TRACKING_A,
     TRACKING_B,
-    TRACKING_JOINT,
+    TRACKING_SUMMARY,
     as_comprehensive_sr,
     build_structured_report,
 )
@@ -39,7 +39,7 @@ def read_back(path):
     """What a reader of the SR recovers: class, probabilities, version, source UID, SC UID, flags."""
     sr = hd.sr.srread(path)
     groups, _ = _groups(sr)
-    a, b, joint = groups[TRACKING_A], groups[TRACKING_B], groups[TRACKING_JOINT]
+    a, b, joint = groups[TRACKING_A], groups[TRACKING_B], groups[TRACKING_SUMMARY]
 
     def certainty(group):
         (m,) = group.get_measurements(name=codes.DCM.CertaintyOfFinding)
@@ -83,7 +83,7 @@ def test_read_back_recovers_the_result(case, rg1_uncr, tmp_path):
     assert all(uids == [source.SOPInstanceUID] for uids in got["sources"].values()), got["sources"]
     assert got["sc_uid"] == files.sc_uid
     assert (got["evaluations"].get(MODELS_DISAGREE) is not None) == expected.models_disagree
-    assert MODEL_STATUS not in got["evaluations"]  # trained model: no warning
+    assert got["evaluations"][MODEL_STATUS].value == "CXR006"  # "Trained model"
 
 
 def test_sr_header_and_document_flags(rg1_uncr, tmp_path):

@@ -7,6 +7,7 @@ for A, the left for B), so every class and flag can be produced on demand and fa
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 import subprocess
@@ -26,7 +27,7 @@ from cxr_node.results.writer import ResultFiles, write_results
 from tests import peers
 
 NODE = NodeIdentity("CXR_NODE", institution_name="Test Hospital")
-TRAINED = ModelIdentity("cxr-densenet161", "2.1.0", "a" * 64, "b" * 64, trained=True)
+TRAINED = ModelIdentity("cxr-covid-moura2020", "3", "a" * 64, "b" * 64, trained=True, trained_on="2026-11-20")
 UNTRAINED = ModelIdentity("untrained-densenet161", "0", "untrained", "untrained", trained=False)
 
 CASES = {
@@ -53,7 +54,7 @@ def blob(shape: tuple[int, int], cy: float, cx: float, sigma: float = 0.15) -> n
 def source_copy(path: Path, **changes) -> Dataset:
     """A copy of the radiograph with header changes (e.g. PatientName, SpecificCharacterSet)."""
     ds, _ = _decoded(str(path))
-    ds = ds.copy()
+    ds = copy.deepcopy(ds)  # Dataset.copy() is shallow: changes would leak into the cached original
     for keyword, value in changes.items():
         setattr(ds, keyword, value)
     return ds

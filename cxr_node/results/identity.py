@@ -171,6 +171,30 @@ def patient_study_keywords() -> tuple[str, ...]:
     return tuple(keywords)
 
 
+# Type 2 in every image IOD, read unconditionally by highdicom's builders; some modalities leave them out.
+_TYPE2_READ_BY_BUILDERS = (
+    "PatientName", "PatientID", "PatientBirthDate", "PatientSex",
+    "StudyID", "StudyDate", "StudyTime", "AccessionNumber", "ReferringPhysicianName",
+)
+
+
+def as_reference(source: Dataset) -> Dataset:
+    """The source's header for highdicom's builders: the same elements, plus an empty one for
+    each Type 2 patient/study attribute the source lacks (the builders fail on a missing one).
+    The source itself is left alone; copy_patient_study then writes what the source says.
+    """
+    missing = [k for k in _TYPE2_READ_BY_BUILDERS if k not in source]
+    if not missing:
+        return source
+    ref = Dataset()
+    ref.update(source)
+    if getattr(source, "file_meta", None) is not None:
+        ref.file_meta = source.file_meta
+    for keyword in missing:
+        setattr(ref, keyword, None)
+    return ref
+
+
 def copy_patient_study(source: Dataset, target: Dataset) -> None:
     """Give target the source's Patient and Study module attributes, element for element.
 

@@ -10,8 +10,18 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian
 
-from cxr_node.results.identity import MANUFACTURER, MODEL_NAME, ModelIdentity, NodeIdentity, ResultUIDs, model_equipment
-from cxr_node.results.render import UNTRAINED_WARNING
+from cxr_node.results.analysed_image import AnalysedImage
+from cxr_node.results.identity import (
+    MANUFACTURER,
+    MODEL_NAME,
+    ModelIdentity,
+    NodeIdentity,
+    ResultUIDs,
+    as_reference,
+    copy_patient_study,
+    model_equipment,
+)
+from cxr_node.results.render import NOT_FOR_DIAGNOSIS, UNTRAINED_WARNING
 
 SC_SERIES_NUMBER = 9902
 SC_SERIES_DESCRIPTION = "AI CXR Grad-CAM - not for diagnosis"
@@ -50,13 +60,10 @@ def build_secondary_capture(
         # The names are the source's, copied as they are; highdicom warns about
         # one-component names (e.g. ReferringPhysicianName "ward") on every image.
         warnings.filterwarnings("ignore", message=".*unlikely to represent the intended person name")
-        sc = _from_ref(source, rgb, uids, node, model, orientation)
-    if "SpecificCharacterSet" in source:
-        sc.SpecificCharacterSet = source.SpecificCharacterSet
-    # Study-level attributes the PACS and dcentvfy compare across the study's instances.
-    for keyword in ("StudyDescription", "TimezoneOffsetFromUTC"):
-        if keyword in source and keyword not in sc:
-            sc[keyword] = source[keyword]
+        sc = _from_ref(as_reference(source), rgb, uids, node, model, orientation)
+    # highdicom copies five patient/study attributes; the PACS files by all of them
+    # (issuers, qualifiers, age, ...), exactly as the SR carries them.
+    copy_patient_study(source, sc)
     # A new series made now: viewers (Orthanc Explorer among them) group series by date.
     sc.SeriesDate, sc.SeriesTime = sc.ContentDate, sc.ContentTime
     sc.DeviceUID = node.device_uid
@@ -68,8 +75,8 @@ def build_secondary_capture(
     if "BodyPartExamined" in source:
         sc.BodyPartExamined = source.BodyPartExamined
     desc = (
-        f"Grad-CAM (class activation maps of model A: abnormal, model B: COVID-19) of {model.label} "
-        "over the source radiograph, VOI and polarity applied; AI result, not for diagnostic use"
+        f"Grad-CAM (class activation maps of model A: abnormal, model B: COVID-19) of {model.description} "
+        f"over {AnalysedImage.of(source).text}, VOI and polarity applied; {NOT_FOR_DIAGNOSIS}"
     )
     if not model.trained:
         desc = f"{UNTRAINED_WARNING}. {desc}"

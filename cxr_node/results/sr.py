@@ -1,29 +1,36 @@
 """TID 1500 Measurement Report in a Comprehensive 3D SR (highdicom), in the source study.
 
-Content tree (PS3.16 TID 1500):
-  observer          the node as a device (TID 1004: device UID, name = AE title,
-                    manufacturer, model name); the node's software version is in
-                    SoftwareVersions (TID 1004 has no row for it) and the model
-                    bundle is a ContributingEquipmentSequence item
-  procedure         SCT 363679005 "Imaging procedure"
-  image library     TID 1600 entry for the source, only when it has PatientOrientation
-                    and ImagerPixelSpacing (TID 1603 needs both; highdicom fails otherwise)
-  group "Model A"   Finding SCT 263654008 "Abnormal"; Certainty of Finding (DCM 111012)
-                    in % = P(abnormal)
-  group "Model B"   Finding SCT 840539006 "Disease caused by SARS-CoV-2"; Certainty of
-                    Finding in % = P(COVID-19)
-  group "Joint"     Finding (DCM 121071) = the joint class (Normal / private
-                    "Pathological finding, non-COVID-19" / SARS-CoV-2 disease);
-                    "Models disagree" and "untrained model" qualitative evaluations when
-                    they apply; IMAGE (DCM 121200 "Illustration of ROI") -> the Grad-CAM SC
-Every group names its algorithm (TID 4019: bundle name, version, weight sha256) and
-the source radiograph as its source image (SCT 260753009 "Source").
+The report leads with its answer. Content tree (PS3.16 TID 1500; rows 2-4 come first
+because the template puts them there):
+  language, observer  the node as a device (TID 1004: device UID, name = AE title,
+                      manufacturer, model name); the node's software version is in
+                      SoftwareVersions and the model bundle is a ContributingEquipmentSequence item
+  procedure           SCT 363679005 "Imaging procedure"
+  image library       TID 1600 entry for the source, only when it has PatientOrientation
+                      and ImagerPixelSpacing (TID 1603 needs both; highdicom fails otherwise)
+  Imaging Measurements
+    group "AI overall result"  (first: what a reader sees first)
+        Finding (DCM 121071) = the overall class; CODE "AI overall class" = Normal /
+        Pathological (non-COVID-19) / COVID-19; CODE "Model training status" = trained /
+        untrained; CODE "Models disagree" = Yes when raised; TEXT "AI model" (bundle name,
+        version, training date, or UNTRAINED MODEL - NOT FOR CLINICAL USE); TEXT "Analysed
+        image" (modality, series, instance, view or "view not stated"); TEXT "Intended use"
+        (not for diagnostic use); TEXT "Grad-CAM illustration" and the IMAGE (DCM 121200
+        "Illustration of ROI") -> the Grad-CAM SC, or the statement that it was not stored
+    group "Model A"   Finding SCT 263654008 "Abnormal"; Certainty of Finding (DCM 111012) in % = P(abnormal)
+    group "Model B"   Finding SCT 840539006 COVID-19; Certainty of Finding in % = P(COVID-19)
+  Qualitative Evaluations (TID 1500 row 12)  "AI overall class" and "AI model" again, at the
+                      place the template gives document-level conclusions, for programs
+Every group names its algorithm (TID 4019: bundle name, version, weight sha256) and the
+analysed radiograph as its source image (SCT 260753009 "Source"). The overall-result group
+is a SEPARATE container, so renderers (dsr2html) print each item with its concept name.
 
 The same content also goes into a Comprehensive SR, for a PACS that accepts no
 presentation context for Comprehensive 3D SR: the tree has no SCOORD3D, so nothing is
 lost; it gets its own SOP Instance UID in the same series. `as_comprehensive_sr` makes
 it from the written 3D SR at send time; `build_structured_report(fallback=True)` builds
-the identical object directly.
+the identical object directly. `without_illustration` makes, from a written report, the
+variant for a PACS that refused the Grad-CAM SC: no reference to it, and it says so.
 """
 
 from __future__ import annotations
@@ -36,26 +43,36 @@ from pydicom.sequence import Sequence
 from pydicom.sr.codedict import codes
 from pydicom.uid import UID
 
-COMPREHENSIVE_3D_SR = UID("1.2.840.10008.5.1.4.1.1.88.34")
-COMPREHENSIVE_SR = UID("1.2.840.10008.5.1.4.1.1.88.33")
-
 from cxr_node.analysis.fusion import JointClass, JointResult
+from cxr_node.results.analysed_image import AnalysedImage
 from cxr_node.results.identity import (
     MANUFACTURER,
     MODEL_NAME,
     PRIVATE_SCHEME,
     PRIVATE_SCHEME_NAME,
+    UNTRAINED_MODEL_TEXT,
     ModelIdentity,
     NodeIdentity,
     ResultUIDs,
+    as_reference,
+    copy_patient_study,
     derived_uid,
     fallback_sr_uid,
     model_equipment,
+    no_illustration_sr_uid,
 )
+
+COMPREHENSIVE_3D_SR = UID("1.2.840.10008.5.1.4.1.1.88.34")
+COMPREHENSIVE_SR = UID("1.2.840.10008.5.1.4.1.1.88.33")
+SECONDARY_CAPTURE = UID("1.2.840.10008.5.1.4.1.1.7")
 
 SR_SERIES_NUMBER = 9901
 SR_SERIES_DESCRIPTION = "AI CXR classification - not for diagnosis"
 UNTRAINED_STATUS = "UNTRAINED (random weights) - not for clinical use"
+NOT_FOR_DIAGNOSIS = "AI result - not for diagnostic use"
+ILLUSTRATION_NOT_STORED = (
+    "not stored: the PACS refused the Grad-CAM Secondary Capture, so this report does not reference it"
+)
 
 IMAGING_PROCEDURE = codes.SCT.ImagingProcedure  # 363679005
 CERTAINTY = codes.DCM.CertaintyOfFinding  # 111012
@@ -65,19 +82,31 @@ YES = hd.sr.CodedConcept("373066001", "SCT", "Yes")
 # DCM 121200 "Illustration of ROI": the standard's concept for "an image that illustrates
 # a region of interest" (TID 1410 row 9). See _illustration() for why it is used here.
 ILLUSTRATION = hd.sr.CodedConcept("121200", "DCM", "Illustration of ROI")
+QUALITATIVE_EVALUATIONS = hd.sr.CodedConcept("C0034375", "UMLS", "Qualitative Evaluations")
+
+
+def _private(value: str, meaning: str) -> hd.sr.CodedConcept:
+    return hd.sr.CodedConcept(value, PRIVATE_SCHEME, meaning)
+
 
 CLASS_CODES = {
     JointClass.NORMAL: hd.sr.CodedConcept("17621005", "SCT", "Normal"),
-    JointClass.PATHOLOGICAL: hd.sr.CodedConcept("CXR001", PRIVATE_SCHEME, "Pathological finding, non-COVID-19"),
-    JointClass.COVID: hd.sr.CodedConcept("840539006", "SCT", "Disease caused by SARS-CoV-2"),
+    JointClass.PATHOLOGICAL: _private("CXR001", "Pathological (non-COVID-19)"),
+    JointClass.COVID: hd.sr.CodedConcept("840539006", "SCT", "COVID-19"),
 }
-MODELS_DISAGREE = hd.sr.CodedConcept("CXR002", PRIVATE_SCHEME, "Models disagree")
-MODEL_STATUS = hd.sr.CodedConcept("CXR003", PRIVATE_SCHEME, "Model training status")
-UNTRAINED = hd.sr.CodedConcept("CXR004", PRIVATE_SCHEME, "Untrained model - not for clinical use")
+MODELS_DISAGREE = _private("CXR002", "Models disagree")
+MODEL_STATUS = _private("CXR003", "Model training status")
+UNTRAINED = _private("CXR004", "Untrained model - not for clinical use")
+OVERALL_CLASS = _private("CXR005", "AI overall class")
+TRAINED = _private("CXR006", "Trained model")
+AI_MODEL = _private("CXR007", "AI model")
+ANALYSED_IMAGE = _private("CXR008", "Analysed image")
+INTENDED_USE = _private("CXR009", "Intended use")
+ILLUSTRATION_NOTE = _private("CXR010", "Grad-CAM illustration")
 
+TRACKING_SUMMARY = "AI overall result"
 TRACKING_A = "Model A: normal vs abnormal"
 TRACKING_B = "Model B: COVID-19 vs not COVID-19"
-TRACKING_JOINT = "Joint classification (A + B)"
 
 
 def _algorithm(model: ModelIdentity, what: str, *shas: str) -> hd.sr.AlgorithmIdentification:
@@ -105,8 +134,8 @@ def _illustration(sc: Dataset) -> hd.sr.ImageContentItem:
     10b-10h already admit IMAGE items in the group. The picture is not a *source* of the
     result (so not SCT 260753009 "Source" nor DCM 121112 "Source of Measurement"); it
     illustrates where the models looked, which is what DCM 121200 "Illustration of ROI"
-    means where the standard itself uses it (TID 1410 row 9). It sits in the joint group,
-    the result it illustrates. PS3.3 C.17.2 wants every instance the content tree
+    means where the standard itself uses it (TID 1410 row 9). It sits in the overall-result
+    group, the result it illustrates. PS3.3 C.17.2 wants every instance the content tree
     references listed as evidence: the SC is passed to highdicom as evidence, so it is in
     CurrentRequestedProcedureEvidenceSequence (same study). dciodvfy and PixelMed's
     DicomSRValidator accept it without a message.
@@ -117,6 +146,51 @@ def _illustration(sc: Dataset) -> hd.sr.ImageContentItem:
         referenced_sop_instance_uid=sc.SOPInstanceUID,
         relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
     )
+
+
+def _text(name: hd.sr.CodedConcept, value: str) -> hd.sr.TextContentItem:
+    return hd.sr.TextContentItem(name=name, value=value[:1024], relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
+
+
+def _code(name: hd.sr.CodedConcept, value: hd.sr.CodedConcept) -> hd.sr.CodeContentItem:
+    return hd.sr.CodeContentItem(name=name, value=value, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
+
+
+def intended_use(model: ModelIdentity) -> str:
+    return NOT_FOR_DIAGNOSIS if model.trained else f"{UNTRAINED_MODEL_TEXT}; {NOT_FOR_DIAGNOSIS}"
+
+
+def illustration_text(sc: Dataset | None) -> str:
+    if sc is None:
+        return ILLUSTRATION_NOT_STORED
+    return (f"Grad-CAM Secondary Capture in this study, series {sc.get('SeriesNumber', '')}, "
+            f"instance {sc.get('InstanceNumber', '')} (where models A and B looked)")
+
+
+def _summary_items(source: Dataset, model: ModelIdentity, sc: Dataset | None) -> list:
+    """The readable statements of the overall-result group, after its coded evaluations."""
+    items = [
+        _text(AI_MODEL, model.description),
+        _text(ANALYSED_IMAGE, AnalysedImage.of(source).text),
+        _text(INTENDED_USE, intended_use(model)),
+        _text(ILLUSTRATION_NOTE, illustration_text(sc)),
+    ]
+    if sc is not None:
+        items.append(_illustration(sc))
+    return items
+
+
+def _top_level_evaluations(result: JointResult, model: ModelIdentity) -> hd.sr.ContainerContentItem:
+    """TID 1500 row 12: the document-level conclusion, where programs look for it."""
+    container = hd.sr.ContainerContentItem(
+        name=QUALITATIVE_EVALUATIONS, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS, is_content_continuous=False
+    )
+    container.ContentSequence = hd.sr.ContentSequence([
+        _code(OVERALL_CLASS, CLASS_CODES[result.label]),
+        _text(AI_MODEL, model.description),
+        _text(INTENDED_USE, intended_use(model)),
+    ])
+    return container
 
 
 def _coding_scheme_identification() -> Sequence:
@@ -141,6 +215,7 @@ def build_report_content(
     model: ModelIdentity,
     sc: Dataset | None = None,
 ) -> hd.sr.MeasurementReport:
+    """sc=None: the report for a PACS that does not hold the Grad-CAM SC (it says so)."""
     observer = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
@@ -151,6 +226,18 @@ def build_report_content(
     algo_b = _algorithm(model, "model B (COVID-19 vs not)", model.sha256_b)
     algo_joint = _algorithm(model, "joint rule (A + B)", model.sha256_a, model.sha256_b)
     key = uids.sr_instance  # tracking UIDs: stable for the same source and bundle
+    evaluations = [
+        hd.sr.QualitativeEvaluation(name=OVERALL_CLASS, value=CLASS_CODES[result.label]),
+        hd.sr.QualitativeEvaluation(name=MODEL_STATUS, value=TRAINED if model.trained else UNTRAINED),
+    ]
+    if result.models_disagree:
+        evaluations.append(hd.sr.QualitativeEvaluation(name=MODELS_DISAGREE, value=YES))
+    summary = _group(
+        source, TRACKING_SUMMARY, derived_uid("track-joint", key), CLASS_CODES[result.label], algo_joint,
+        evaluations=evaluations,
+    )
+    summary[0].ContinuityOfContent = "SEPARATE"  # each statement on its own line, with its name
+    summary[0].ContentSequence.extend(_summary_items(source, model, sc))
     group_a = _group(
         source, TRACKING_A, derived_uid("track-a", key), ABNORMAL, algo_a,
         measurements=[hd.sr.Measurement(name=CERTAINTY, value=round(100 * result.p_abnormal, 2), unit=PERCENT, algorithm_id=algo_a)],
@@ -159,23 +246,14 @@ def build_report_content(
         source, TRACKING_B, derived_uid("track-b", key), CLASS_CODES[JointClass.COVID], algo_b,
         measurements=[hd.sr.Measurement(name=CERTAINTY, value=round(100 * result.p_covid, 2), unit=PERCENT, algorithm_id=algo_b)],
     )
-    evaluations = []
-    if result.models_disagree:
-        evaluations.append(hd.sr.QualitativeEvaluation(name=MODELS_DISAGREE, value=YES))
-    if not model.trained:
-        evaluations.append(hd.sr.QualitativeEvaluation(name=MODEL_STATUS, value=UNTRAINED))
-    joint = _group(
-        source, TRACKING_JOINT, derived_uid("track-joint", key), CLASS_CODES[result.label], algo_joint,
-        evaluations=evaluations or None,
-    )
-    if sc is not None:
-        joint[0].ContentSequence.append(_illustration(sc))
-    return hd.sr.MeasurementReport(
+    report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_device_context=observer),
         procedure_reported=IMAGING_PROCEDURE,
-        imaging_measurements=[group_a, group_b, joint],
+        imaging_measurements=[summary, group_a, group_b],
         referenced_images=[source] if has_image_library_descriptors(source) else None,
     )
+    report[0].ContentSequence.append(_top_level_evaluations(result, model))
+    return report
 
 
 def build_structured_report(
@@ -188,18 +266,24 @@ def build_structured_report(
     fallback: bool = False,
     content: hd.sr.MeasurementReport | None = None,
 ) -> Dataset:
-    """Comprehensive 3D SR, or with fallback=True the same content as Comprehensive SR."""
+    """Comprehensive 3D SR, or with fallback=True the same content as Comprehensive SR.
+
+    sc=None builds the report that says the illustration was not stored (its own UID,
+    the one `without_illustration` gives the written report).
+    """
+    ref = as_reference(source)
     if content is None:
-        content = build_report_content(source, result, uids, node, model, sc)
+        content = build_report_content(ref, result, uids, node, model, sc)
     cls = hd.sr.ComprehensiveSR if fallback else hd.sr.Comprehensive3DSR
     description = SR_SERIES_DESCRIPTION if model.trained else f"{SR_SERIES_DESCRIPTION} - UNTRAINED"
+    instance_uid = uids.sr_instance if sc is not None else no_illustration_sr_uid(uids.sr_instance)
     sr = cls(
-        evidence=[source] + ([sc] if sc is not None else []),
+        evidence=[ref] + ([sc] if sc is not None else []),
         content=content,
         series_instance_uid=uids.sr_series,
         series_number=SR_SERIES_NUMBER,
-        sop_instance_uid=uids.sr_fallback_instance if fallback else uids.sr_instance,
-        instance_number=2 if fallback else 1,
+        sop_instance_uid=fallback_sr_uid(instance_uid) if fallback else instance_uid,
+        instance_number=(1 if sc is not None else 3) + (1 if fallback else 0),
         manufacturer=MANUFACTURER,
         is_complete=True,  # CompletionFlag COMPLETE
         is_final=False,  # PreliminaryFlag PRELIMINARY: nobody has signed it
@@ -210,13 +294,11 @@ def build_structured_report(
         software_versions=node.software_version,
         contributing_equipment=[model_equipment(node, model)],
     )
+    copy_patient_study(source, sr)
     # A new series made now: viewers (Orthanc Explorer among them) group series by date.
     sr.SeriesDate, sr.SeriesTime = sr.ContentDate, sr.ContentTime
     sr.DeviceUID = node.device_uid
     sr.StationName = node.ae_title[:16]
-    for keyword in ("StudyDescription", "TimezoneOffsetFromUTC"):
-        if keyword in source and keyword not in sr:
-            sr[keyword] = source[keyword]
     sr.CodingSchemeIdentificationSequence = _coding_scheme_identification()
     return sr
 
@@ -251,3 +333,76 @@ def as_comprehensive_sr(sr3d: Dataset) -> Dataset:
         ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
         ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     return hd.sr.ComprehensiveSR.from_dataset(ds, copy=False)
+
+
+def _without_images(items, sop_class_uid: str) -> tuple[list, list[str]]:
+    """Content items minus IMAGE items referencing sop_class_uid (recursively); the UIDs removed."""
+    kept, removed = [], []
+    for item in items:
+        refs = item.get("ReferencedSOPSequence") if item.get("ValueType") == "IMAGE" else None
+        if refs and refs[0].ReferencedSOPClassUID == sop_class_uid:
+            removed.append(str(refs[0].ReferencedSOPInstanceUID))
+            continue
+        if "ContentSequence" in item:
+            item.ContentSequence, inner = _without_images(item.ContentSequence, sop_class_uid)
+            removed += inner
+        kept.append(item)
+    return kept, removed
+
+
+def _restate_illustration(items) -> int:
+    """Set every "Grad-CAM illustration" TEXT item to the not-stored statement; how many there were."""
+    n = 0
+    for item in items:
+        names = item.get("ConceptNameCodeSequence")
+        if item.get("ValueType") == "TEXT" and names and names[0].CodeValue == ILLUSTRATION_NOTE.value \
+                and names[0].CodingSchemeDesignator == PRIVATE_SCHEME:
+            item.TextValue = ILLUSTRATION_NOT_STORED
+            n += 1
+        n += _restate_illustration(item.get("ContentSequence", []))
+    return n
+
+
+def without_illustration(sr: Dataset) -> Dataset:
+    """The written report (Comprehensive 3D SR) as it must go to a PACS that refused the Grad-CAM SC.
+
+    The IMAGE item that references the SC and the SC's entry in the evidence sequence go
+    (the PACS would hold a dangling reference otherwise); the "Grad-CAM illustration"
+    statement says the picture was not stored. Different content, so its own SOP
+    Instance UID, derived from the full report's (`identity.no_illustration_sr_uid`):
+    the same call on the same report gives the same object. Same series; instance
+    number + 2. Read back through highdicom, which checks the SOP class and the tree.
+    Equal to `build_structured_report(..., sc=None)` for the same inputs, except for
+    the creation and content times. For a PACS that also refuses 3D SR, convert after:
+    `as_comprehensive_sr(without_illustration(sr))` (one UID per object: the other order
+    would derive a second UID for the same content, so a Comprehensive SR is refused here).
+    Raises ValueError for a report that has no SC reference.
+    """
+    if sr.SOPClassUID != COMPREHENSIVE_3D_SR:
+        raise ValueError(
+            f"SOP class {sr.SOPClassUID} is not Comprehensive 3D SR: leave the illustration out of the written "
+            "3D SR first, then make the Comprehensive SR of the result (as_comprehensive_sr)"
+        )
+    ds = copy.deepcopy(sr)
+    ds.ContentSequence, removed = _without_images(ds.ContentSequence, SECONDARY_CAPTURE)
+    if not removed:
+        raise ValueError(f"report {sr.SOPInstanceUID} references no Secondary Capture: nothing to leave out")
+    if _restate_illustration(ds.ContentSequence) == 0:
+        raise ValueError(f"report {sr.SOPInstanceUID} has no Grad-CAM illustration statement to restate")
+    gone = set(removed)
+    studies = []
+    for study in ds.get("CurrentRequestedProcedureEvidenceSequence", []):
+        series_items = []
+        for series in study.ReferencedSeriesSequence:
+            series.ReferencedSOPSequence = [i for i in series.ReferencedSOPSequence if i.ReferencedSOPInstanceUID not in gone]
+            if series.ReferencedSOPSequence:
+                series_items.append(series)
+        study.ReferencedSeriesSequence = series_items
+        if series_items:
+            studies.append(study)
+    ds.CurrentRequestedProcedureEvidenceSequence = studies
+    ds.SOPInstanceUID = no_illustration_sr_uid(str(sr.SOPInstanceUID))
+    ds.InstanceNumber = int(sr.get("InstanceNumber", 1)) + 2
+    if getattr(ds, "file_meta", None) is not None:
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    return hd.sr.Comprehensive3DSR.from_dataset(ds, copy=False)

@@ -19,6 +19,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from cxr_node.analysis.engine import Analysis
+from cxr_node.results.analysed_image import AnalysedImage
 from cxr_node.results.identity import ModelIdentity, NodeIdentity, ResultUIDs
 from cxr_node.results.render import Legend, render_secondary_capture
 from cxr_node.results.sc import build_secondary_capture
@@ -70,9 +71,8 @@ def write_results(
 ) -> ResultFiles:
     """display: the radiograph as decoded for the model ([0, 1], VOI and polarity applied)."""
     uids = ResultUIDs.for_source(str(source.SOPInstanceUID), model)
-    rgb = render_secondary_capture(
-        display, analysis.cam_a, analysis.cam_b, Legend(analysis.result, model.label, model.trained), panels, max_side
-    )
+    legend = Legend(analysis.result, model.description, model.trained, AnalysedImage.of(source).text)
+    rgb = render_secondary_capture(display, analysis.cam_a, analysis.cam_b, legend, panels, max_side)
     sc = build_secondary_capture(source, rgb, uids, node, model)
     sr = build_structured_report(source, analysis.result, uids, node, model, sc=sc)
     out_dir = Path(out_dir)
