@@ -196,7 +196,7 @@ def test_a_corrupted_image_fails_with_its_reason_and_comes_back_with_retry(tmp_p
     assert job["state"] == "queued"
     stored = Path(job["path"])
     good = stored.read_bytes()
-    stored.write_bytes(good[: len(good) * 2 // 3])  # the disk lost the end of the codestream after the ACK
+    _truncate_codestream(stored)  # the J2K codestream loses its last third after the ACK
 
     node = Node(tmp_path, orthanc).start()
     nodes.append(node)
@@ -205,7 +205,7 @@ def test_a_corrupted_image_fails_with_its_reason_and_comes_back_with_retry(tmp_p
     assert len(failed) == 2  # header + the job
     reason = json.loads(node.admin("jobs", "list", "--state", "failed", "--json").stdout)[0]["why"]
     assert reason and "\n" not in reason and failed[1].endswith(reason)
-    assert re.search(r"pixel|decode|J2K|JPEG|codestream|truncat", reason, re.I), reason
+    assert reason.startswith("PixelData cannot be decoded (1.2.840.10008.1.2.4.90)") and "J2K" in reason, reason
     assert "failed" in node.http("/") and reason.split(":")[0] in node.http("/")
     assert metric(node.http("/metrics"), "cxr_node_images_failed_total") == 1.0
 
@@ -218,6 +218,16 @@ def test_a_corrupted_image_fails_with_its_reason_and_comes_back_with_retry(tmp_p
     refused = node.admin("jobs", "retry", str(job["id"]), check=False)
     assert refused.returncode == 1 and "is done, not failed" in refused.stderr
     assert node.admin("jobs", "retry", "--all-failed").stdout.strip() == "no failed jobs"
+
+
+def _truncate_codestream(path: Path) -> None:
+    """Keep a well-formed DICOM file whose JPEG 2000 codestream stops two thirds of the way."""
+    from pydicom.encaps import encapsulate, generate_frames
+
+    ds = pydicom.dcmread(path)
+    frame = next(generate_frames(ds.PixelData, number_of_frames=1))
+    ds.PixelData = encapsulate([frame[: len(frame) * 2 // 3]])
+    ds.save_as(path)
 
 
 def test_admin_commands_refuse_a_missing_database_and_bad_peers(tmp_path):

@@ -35,7 +35,7 @@ def _fill(engine, image_path: str) -> None:
             c.execute(insert(jobs).values(
                 id=i, instance_id=i, study_instance_uid="1.2.826.0.9", state=state, attempts=1, created_at=NOW,
                 updated_at=NOW + timedelta(seconds=3),
-                error="pixel data: JPEG 2000 codestream truncated\n  traceback line" if state == "failed" else None,
+                error=f"{image_path}: pixel data: JPEG 2000 codestream truncated\n  at byte 5" if state == "failed" else None,
                 rule="lateral-view" if state == "skipped" else None,
                 reason="ViewPosition LL is not AP/PA" if state == "skipped" else None))
         c.execute(insert(results).values(
@@ -72,7 +72,8 @@ def test_status_page_shows_queue_images_failures_skips_destinations_model(node_d
     assert "up 2h 5m" in page
     assert "COVID-19" in page and "0.810" in page and "0.670" in page
     assert "0.41" in page and "2.00" in page  # decode seconds; received -> result seconds
-    assert "pixel data: JPEG 2000 codestream truncated" in page and "traceback line" not in page
+    # One line, without the image's own path in front.
+    assert "<td><span class=\"error\">pixel data: JPEG 2000 codestream truncated at byte 5</span>" in page
     assert "lateral-view" in page and "ViewPosition LL is not AP/PA" in page
     assert "association with ORTHANC@127.0.0.1:4242 rejected" in page
     assert ">archive<" in page  # configured destination with nothing sent yet still listed

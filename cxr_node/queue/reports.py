@@ -23,12 +23,16 @@ def _aware(value: datetime | None) -> datetime | None:
     return value
 
 
-def one_line(message: str | None, limit: int = 200) -> str:
-    """A stored error as one line: the first line, whitespace collapsed, cut at `limit` characters."""
+def one_line(message: str | None, limit: int = 240, drop_prefix: str = "") -> str:
+    """A stored error as one line: whitespace (newlines too) collapsed, a known prefix such as the
+    image's own path dropped (shown elsewhere), cut at `limit` characters."""
     if not message:
         return ""
-    first = " ".join(message.strip().splitlines()[0].split()) if message.strip() else ""
-    return first if len(first) <= limit else first[: limit - 1] + "…"
+    text = message.strip()
+    if drop_prefix and text.startswith(drop_prefix + ": "):
+        text = text[len(drop_prefix) + 2:]
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 @dataclass
@@ -121,7 +125,7 @@ def _job_row(r) -> JobRow:
     return JobRow(
         id=r.id, state=r.state, sop_instance_uid=r.sop_instance_uid, study_instance_uid=r.study_instance_uid,
         calling_aet=r.calling_aet, path=r.path, received_at=_aware(r.received_at), updated_at=_aware(r.updated_at),
-        attempts=r.attempts, worker=r.worker, error=one_line(r.error), rule=r.rule, reason=r.reason,
+        attempts=r.attempts, worker=r.worker, error=one_line(r.error, drop_prefix=r.path), rule=r.rule, reason=r.reason,
         label=r.label, p_abnormal=r.p_abnormal, p_covid=r.p_covid, models_disagree=r.models_disagree,
         model=r.model, trained=r.trained, timings=dict(r.timings or {}), result_id=r.result_id,
         result_at=_aware(r.result_at),
