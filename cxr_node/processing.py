@@ -29,7 +29,7 @@ from cxr_node.results.writer import ResultFiles, write_results
 
 log = logging.getLogger(__name__)
 
-Decode = Callable[[list[str]], list["Decoded | BaseException"]]
+Decode = Callable[[list[str]], "list[Decoded | BaseException]"]
 
 # errno values that say "the machine", not "the image"
 RESOURCE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.ENOMEM, errno.EMFILE, errno.ENFILE, errno.EAGAIN,
@@ -84,36 +84,38 @@ def process_batch(
     caller decoded ahead (infer's prefetch). The result of image i is computed from image i's
     pixels and header only, and written under the directory the caller names for image i.
     """
-    paths = [str(p) for p in paths]
-    outcomes = [Outcome(p) for p in paths]
-    got = list(decoded) if decoded is not None else decode(paths)
-    ready: list[tuple[int, Outcome, Decoded]] = []
-    for index, (outcome, item) in enumerate(zip(outcomes, got)):
+    names = [str(p) for p in paths]
+    outcomes = [Outcome(p) for p in names]
+    got = list(decoded) if decoded is not None else decode(names)
+    ready: list[tuple[int, Outcome, Dataset, Decoded]] = []
+    # strict: a decoder that returned fewer or more items than paths must never pair image i with i+1.
+    for index, (outcome, item) in enumerate(zip(outcomes, got, strict=True)):
         try:
             if isinstance(item, BaseException):
                 raise item
             # Header only: the SR and SC copy attributes, the pixels were decoded in the pool.
-            outcome.dataset = dcmread(outcome.path, stop_before_pixels=True)
+            header = dcmread(outcome.path, stop_before_pixels=True)
+            outcome.dataset = header
             outcome.timings["decode"] = item.seconds
-            ready.append((index, outcome, item))
+            ready.append((index, outcome, header, item))
         except Exception as exc:
             _failed(outcome, exc)
     if not ready:
         return outcomes
     try:
-        analyses = analyzer.analyse([d.image.pixels for _, _, d in ready])
+        analyses = analyzer.analyse([d.image.pixels for _, _, _, d in ready])
     except Exception as exc:
         log.exception("analysis of a batch of %d failed", len(ready))
-        for _, outcome, _ in ready:
+        for _, outcome, _, _ in ready:
             _failed(outcome, exc, prefix="analysis failed: ")
         return outcomes
-    for (index, outcome, item), analysis in zip(ready, analyses):
+    for (index, outcome, header, item), analysis in zip(ready, analyses, strict=True):
         outcome.analysis = analysis
         outcome.timings.update(analysis.timings)
         try:
             t0 = time.perf_counter()
             outcome.files = write_results(
-                outcome.dataset, item.image.pixels, analysis, out_dir(index, outcome.dataset), node, model, panels, max_side
+                header, item.image.pixels, analysis, out_dir(index, header), node, model, panels, max_side
             )
             outcome.timings["sr_sc_build"] = time.perf_counter() - t0
         except Exception as exc:

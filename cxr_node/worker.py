@@ -91,7 +91,7 @@ class Worker:
             lambda i, _header: self.layout.image_result_dir(batch[i].study_instance_uid, batch[i].sop_instance_uid),
             self.decode, panels=self.settings.cam_panels, max_side=self.settings.sc_max_side,
         )
-        for job, outcome in zip(batch, outcomes):
+        for job, outcome in zip(batch, outcomes, strict=True):
             try:
                 self._record(job, outcome)
             except OperationalError as exc:  # the database went away: the lease brings the job back
