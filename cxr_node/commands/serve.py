@@ -27,10 +27,12 @@ from cxr_node.config import DEFAULT_CONFIG, ConfigError, load_config, with_overr
 @click.option("--role", "roles", multiple=True, type=click.Choice(["receiver", "worker", "dispatcher", "housekeeping"]),
               help="Run only these roles (repeatable) [default: all].")
 @click.option("-v", "--verbose", is_flag=True)
+@click.option("--web/--no-web", "web_enabled", default=None,
+              help="Serve the status page, /metrics, /healthz, /readyz [default: web.enabled].")
 @click.option("--log-format", type=click.Choice(FORMATS), default="text", show_default=True,
               help="One line per event as text, or as JSON objects with the ids as keys.")
 def command(config_path, ae_title, port, bind, storage, db, destination, models, allow_untrained, device, roles, verbose,
-            log_format):
+            log_format, web_enabled):
     """Run the Storage SCP, the worker and the dispatcher."""
     from cxr_node.node import Node
     from cxr_node.queue.schema import SchemaError
@@ -43,6 +45,7 @@ def command(config_path, ae_title, port, bind, storage, db, destination, models,
             load_config(config_path),
             ae_title=ae_title, port=port, bind=bind, storage=storage, db=db, destination=destination,
             models=models, allow_untrained=allow_untrained, device=device, roles=roles or None,
+            web_enabled=web_enabled,
         )
         node = Node.build(cfg)
     except (ConfigError, SchemaError) as exc:  # SchemaError names `cxr-node db upgrade`
