@@ -17,8 +17,8 @@ FORMATS = ("text", "json")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # Attributes every LogRecord has; anything else on a record came from `extra=` and goes into JSON.
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
-# Libraries that are chatty at INFO (pynetdicom logs every PDU; uvicorn every request).
-QUIET_LIBRARIES = ("pynetdicom", "uvicorn", "uvicorn.access", "uvicorn.error", "apscheduler", "alembic")
+# Libraries that are chatty at INFO (pynetdicom logs every PDU; highdicom several per SR and SC; uvicorn every request).
+QUIET_LIBRARIES = ("pynetdicom", "highdicom", "uvicorn", "uvicorn.access", "uvicorn.error", "apscheduler", "alembic")
 
 
 class JsonFormatter(logging.Formatter):

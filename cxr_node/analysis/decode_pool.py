@@ -13,6 +13,10 @@ for codecs that release the GIL and for tests.
     ...                                         # analyse earlier images meanwhile
     decoded = futures[0].result()               # Decoded(path, image, seconds)
 
+Pool processes die with their parent: each watches its parent's pid and exits when it
+changes (the parent was killed, even with SIGKILL), so a `kill -9` of the node leaves no
+decoders (~60 MB each) behind.
+
 Errors travel back unchanged (PixelDataError for images that can never be decoded,
 anything else for I/O trouble that a retry may fix), so callers keep their policies.
 """
@@ -84,7 +88,10 @@ class DecodePool:
         with self._lock:
             if self._executor is None:
                 if self.kind == "process":
-                    self._executor = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
+                    self._executor = ProcessPoolExecutor(
+                        self.workers, mp_context=multiprocessing.get_context("spawn"),
+                        initializer=_exit_with_parent, initargs=(os.getpid(),),
+                    )
                 else:
                     self._executor = ThreadPoolExecutor(self.workers, thread_name_prefix="cxr-decode")
             return self._executor
@@ -137,6 +144,27 @@ def _done(fn, *args) -> Future:
 
 def _noop(_: int) -> None:
     return None
+
+
+PARENT_POLL_S = 0.5
+
+
+def _exit_with_parent(parent_pid: int, poll_s: float = PARENT_POLL_S) -> None:
+    """Pool-process initializer: a daemon thread ends this process once its parent is gone.
+
+    A watch thread rather than prctl(PR_SET_PDEATHSIG): the death signal fires when the parent
+    *thread* that started the process ends, and the executor starts processes from whichever
+    thread submits first.
+    """
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(poll_s)
+        os._exit(1)
+
+    if os.getppid() != parent_pid:  # the parent died while this process was starting
+        os._exit(1)
+    threading.Thread(target=watch, name="cxr-decode-parent-watch", daemon=True).start()
 
 
 __all__ = ["Decoded", "DecodePool", "KINDS", "decode_dataset", "decode_file"]

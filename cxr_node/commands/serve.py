@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 from pathlib import Path
@@ -10,6 +11,7 @@ import click
 
 from cxr_node.logs import FORMATS, setup_logging
 from cxr_node.config import DEFAULT_CONFIG, ConfigError, load_config, with_overrides
+from cxr_node.startup import PASSWORD_ENV, url_has_password, wait_for_database, with_db_password
 
 
 @click.command("serve")
@@ -19,7 +21,8 @@ from cxr_node.config import DEFAULT_CONFIG, ConfigError, load_config, with_overr
 @click.option("--port", type=int, default=None, help="DICOM port to listen on.")
 @click.option("--bind", default=None, help="Address to listen on.")
 @click.option("--storage", type=click.Path(path_type=Path), default=None, help="Storage directory.")
-@click.option("--db", default=None, help="SQLAlchemy database URL [default: SQLite under the storage dir].")
+@click.option("--db", default=None, help="SQLAlchemy database URL without password [default: SQLite under the "
+              "storage dir]; the password comes from CXR_NODE_DB_PASSWORD or node.db_password_file.")
 @click.option("--destination", default=None, help="PACS for the results, AET@HOST:PORT.")
 @click.option("--models", type=click.Path(path_type=Path), default=None, help="Model bundle directory.")
 @click.option("--allow-untrained", is_flag=True, default=None, help="Run with random weights (results say UNTRAINED).")
@@ -47,13 +50,23 @@ def command(config_path, ae_title, port, bind, storage, db, destination, models,
             models=models, allow_untrained=allow_untrained, device=device, roles=roles or None,
             web_enabled=web_enabled,
         )
-        node = Node.build(cfg)
-    except (ConfigError, SchemaError) as exc:  # SchemaError names `cxr-node db upgrade`
+        os.umask(cfg.umask)  # before anything is created: images, results, SQLite file 0640, dirs 0750
+        if db is not None and url_has_password(db):
+            click.echo(f"cxr-node: warning: --db carries a password, which `ps` shows; use {PASSWORD_ENV} "
+                       "or node.db_password_file", err=True)
+        cfg = with_db_password(cfg, os.environ)
+    except ConfigError as exc:
         raise click.ClickException(str(exc)) from exc
 
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     signal.signal(signal.SIGINT, lambda *_: stopping.set())
+    if not wait_for_database(cfg.db_url, stopping, lambda line: click.echo(line, err=True)):
+        return  # stopped while waiting for the database
+    try:
+        node = Node.build(cfg)
+    except (ConfigError, SchemaError) as exc:  # SchemaError names `cxr-node db upgrade`
+        raise click.ClickException(str(exc)) from exc
     node.start()
     from cxr_node.web.wiring import build_web_server
 
