@@ -16,16 +16,27 @@ from cxr_node import __version__
 
 
 class _Group(click.Group):
-    """Adds entry-point commands lazily: a broken plug-in breaks only its own command."""
+    """Adds entry-point commands lazily: a broken plug-in breaks only its own command.
+
+    An entry point named `group.sub` (e.g. `bench.train`) becomes sub-command `sub` of the
+    built-in group `group`, loaded only when that group is used."""
 
     def _plugins(self):
-        return {ep.name: ep for ep in entry_points(group="cxr_node.commands")}
+        return {ep.name: ep for ep in entry_points(group="cxr_node.commands") if "." not in ep.name}
+
+    def _sub_plugins(self, group: str):
+        return {ep.name.split(".", 1)[1]: ep for ep in entry_points(group="cxr_node.commands")
+                if ep.name.startswith(group + ".")}
 
     def list_commands(self, ctx):
         return sorted(set(super().list_commands(ctx)) | set(self._plugins()))
 
     def get_command(self, ctx, name):
         cmd = super().get_command(ctx, name)
+        if isinstance(cmd, click.Group):
+            for sub, ep in self._sub_plugins(name).items():
+                if sub not in cmd.commands:
+                    cmd.add_command(ep.load(), sub)
         if cmd is not None:
             return cmd
         ep = self._plugins().get(name)

@@ -87,3 +87,40 @@ def evaluate(bundle_dir, data_dir, labels_csv, skip_bad_rows, device, batch_size
     except _known_errors() as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(json.dumps(metrics, indent=1) if as_json else format_summary(metrics))
+
+
+@click.command("train", short_help="Training throughput and the projected wall time of the full protocol.")
+@click.option("--device", default="cuda", show_default=True, help="cpu, cuda or cuda:N.")
+@click.option("--parallel", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Training processes side by side on the device (run.parallel).")
+@click.option("--epochs", type=click.IntRange(1, 1000), default=3, show_default=True,
+              help="Epochs each process trains (the first is reported apart as warm-up).")
+@click.option("--data", "data_dir", type=click.Path(file_okay=False, exists=True, path_type=Path), default=None,
+              help="Data set (manifest folder) to train on and to project for [default: small synthetic set].")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, exists=True), default="configs/train-paper.toml",
+              show_default=True, help="Training config: batch, input size, step form, epochs and repetitions projected.")
+@click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE", help="Override a config key (repeatable).")
+@click.option("--images", type=click.IntRange(0, 1_000_000), default=0, show_default=True,
+              help="Training images per process (0 = the whole training split of repetition 1).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Also write the JSON here.")
+def bench_train(device, parallel, epochs, data_dir, config_path, overrides, images, as_json, out):
+    """Images/s per process and in aggregate, device memory, and the projected wall time of the
+    full protocol (optim.epochs x run.repetitions, models A and B) with --parallel processes."""
+    import tempfile
+
+    from training.bench import format_report, run_train_bench
+    from training.config import load_config
+
+    try:
+        cfg = load_config(config_path, overrides)
+        with tempfile.TemporaryDirectory(prefix="cxr-bench-train-") as work:
+            result = run_train_bench(cfg=cfg, data_dir=data_dir, device_request=device, parallel=parallel,
+                                     epochs=epochs, images=images, workdir=Path(work),
+                                     log=lambda m: click.echo(f"... {m}", err=True))
+    except (*_known_errors(), RuntimeError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=1), encoding="utf-8")
+    click.echo(json.dumps(result, indent=1) if as_json else format_report(result))

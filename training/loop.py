@@ -232,6 +232,8 @@ def fit(
         record = {"epoch": epoch + 1, "lr": lr, "train_loss": loss_total / max(seen, 1),
                   "train_accuracy": correct_total / max(seen, 1), "train_images": int(seen),
                   "train_seconds": seconds, "images_per_second": seen / seconds}
+        if device.type == "cuda":  # allocator statistics: host-side, no device synchronisation
+            record["device_memory_peak_bytes"] = torch.cuda.max_memory_allocated(device)
         if env.is_main:
             t_val = time.perf_counter()
             p, val_loss = batches.predict_val(model, max(per_rank_batch, 16), val_autocast, memory_format)

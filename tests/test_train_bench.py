@@ -1,0 +1,56 @@
+"""`cxr-node bench train` on the CPU with tiny settings: the command is reachable through the
+runtime's CLI (entry point `bench.train`), runs N processes through the real training code and
+reports consistent figures. No timing is asserted (benchmarks are written down in docs)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from training.bench import makespan
+
+REPO = Path(__file__).resolve().parents[1]
+CXR_NODE = str(Path(sys.executable).parent / "cxr-node")
+ENV = dict(os.environ, OMP_WAIT_POLICY="PASSIVE", OMP_NUM_THREADS="1")
+
+
+def test_makespan_packs_longest_first():
+    assert makespan([3, 3, 2, 2, 2], 2) == 7
+    assert makespan([5, 1, 1], 4) == 5
+    assert makespan([1, 1, 1, 1], 1) == 4
+
+
+def test_bench_is_a_sub_command_of_the_runtime_bench_group():
+    proc = subprocess.run([CXR_NODE, "bench", "--help"], capture_output=True, text=True, env=ENV, timeout=60)
+    assert proc.returncode == 0 and "inference" in proc.stdout and "train" in proc.stdout
+    # the runtime itself still imports nothing from training
+    probe = "import sys, cxr_node.cli; assert not [m for m in sys.modules if m.split('.')[0] == 'training']"
+    assert subprocess.run([sys.executable, "-c", probe], env=ENV, timeout=60).returncode == 0
+
+
+def test_bench_train_on_cpu_two_processes(tmp_path):
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([CXR_NODE, "bench", "train", "--device", "cpu", "--parallel", "2", "--epochs", "2",
+                           "--images", "12", "--set", "data.input_size=64", "--out", str(out)],
+                          capture_output=True, text=True, env=ENV, timeout=400, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    r = json.loads(out.read_text())
+    assert r["settings"]["parallel"] == 2 and r["settings"]["training_images_per_process"] == 12
+    assert len(r["per_process"]) == 2
+    for p in r["per_process"]:
+        assert p["steady_images_per_second"] > 0 and p["first_epoch_images_per_second"] > 0
+        assert p["device_memory_peak_bytes"] is None  # CPU: no device allocator to ask
+    assert r["aggregate"]["steady_images_per_second"] == pytest.approx(
+        sum(p["steady_images_per_second"] for p in r["per_process"]))
+    proj = r["projection"]
+    assert (proj["epochs"], proj["repetitions"], proj["parallel"]) == (200, 5, 2)  # the paper config's protocol
+    assert len(proj["trainings"]) == 10 and {t["model"] for t in proj["trainings"]} == {"A", "B"}
+    assert proj["training_images"] == 200 * sum(t["train"] for t in proj["trainings"])
+    # the projection cannot beat the measured aggregate rate
+    assert proj["wall_seconds"] >= proj["training_images"] / r["aggregate"]["steady_images_per_second"] * 0.99
+    assert "projected full protocol" in proc.stdout and "aggregate" in proc.stdout

@@ -1,0 +1,176 @@
+"""`cxr-node bench train`: training throughput of the real training code, and what it means for
+the full protocol.
+
+It runs N copies of model A's training (repetition 1's split, seeds seed..seed+N-1) as
+`run.parallel` = N processes on one device for a few epochs, through the very `fit` and
+process runner that `cxr-node train` uses, then reports
+  * per process: images/s in the first epoch (warm-up: upload, graph capture or compilation)
+    and in the later ones (steady), validation images/s, peak device memory;
+  * in aggregate: the sum of the steady per-process rates (all N run side by side then), and
+    all training images over the wall time of the whole concurrent section (start-up included);
+  * the projected wall time of the full protocol (optim.epochs x run.repetitions, models A and
+    B, at the data set's split sizes): each training lasts epochs x (train images / steady
+    rate + validation images / validation rate) plus its warm-up, and the trainings are packed
+    longest first onto N slots. The rate measured with N processes busy is kept to the end, so
+    the tail (fewer than N left) is projected on the slow side. Decoding is measured and listed
+    apart; start-up, test scoring, Grad-CAM and the report are not included.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import heapq
+import os
+import platform
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from training.config import TrainConfig
+from training.data import load_data
+from training.distributed import DistEnv
+from training.parallel import FitJob, run_parallel
+
+
+def _device(request: str) -> torch.device:
+    if request.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"--device {request}: CUDA is not available")
+        device = torch.device(request)
+        return torch.device("cuda", torch.cuda.current_device()) if device.index is None else device
+    if request != "cpu":
+        raise RuntimeError(f"--device {request!r}: expected cpu, cuda or cuda:N")
+    return torch.device("cpu")
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{platform.machine()} CPU, {os.cpu_count()} logical cores"
+
+
+def makespan(durations: list[float], slots: int) -> float:
+    """Longest-first packing of independent jobs onto `slots` parallel workers."""
+    free = [0.0] * max(1, slots)
+    for d in sorted(durations, reverse=True):
+        heapq.heapreplace(free, free[0] + d)
+    return max(free)
+
+
+def _rates(history: list[dict], n_val: int) -> dict[str, float | None]:
+    first, later = history[0], history[1:] or history[:1]
+    steady = sum(h["train_images"] for h in later) / sum(h["train_seconds"] for h in later)
+    val_seconds = [h["val_seconds"] for h in later if h.get("val_seconds")]
+    return {
+        "first_epoch_images_per_second": first["train_images"] / first["train_seconds"],
+        "steady_images_per_second": steady,
+        "validation_images_per_second": n_val / float(np.mean(val_seconds)) if val_seconds and n_val else None,
+        "first_epoch_seconds": first["train_seconds"],
+        "device_memory_peak_bytes": max((h.get("device_memory_peak_bytes", 0) for h in history), default=0) or None,
+    }
+
+
+def run_train_bench(*, cfg: TrainConfig, data_dir: Path | None, device_request: str, parallel: int, epochs: int,
+                    images: int, workdir: Path, log: Callable[[str], None]) -> dict[str, Any]:
+    from training.pipeline import Context, plan_repetition
+    from training.splits import hash_all, near_duplicates
+    from training.synthetic import write_synthetic
+
+    device = _device(device_request)
+    full_epochs, reps = cfg.optim.epochs, cfg.run.repetitions
+    bench_cfg = dataclasses.replace(
+        cfg,
+        run=dataclasses.replace(cfg.run, parallel=parallel, device=str(device)),
+        model=dataclasses.replace(cfg.model, init="scratch"),  # the speed does not depend on the start weights
+        optim=dataclasses.replace(cfg.optim, epochs=epochs, warmup_epochs=min(cfg.optim.warmup_epochs, epochs - 1)),
+    )
+    t0 = time.perf_counter()
+    if data_dir is None:
+        data_dir = write_synthetic(workdir / "synthetic", patients_per_label=max(4, images // 3),
+                                   images_per_patient=2, size=max(64, cfg.data.input_size))
+    data = load_data(data_dir, cfg.data.input_size, skip_bad_rows=True, subset=cfg.data.subset, seed=cfg.run.seed,
+                     threads=max(1, cfg.run.num_workers), log=log)
+    decode_seconds = time.perf_counter() - t0
+    pairs = near_duplicates(hash_all(data.squares), cfg.split.near_duplicate_bits)
+    ctx = Context(cfg, data, workdir, DistEnv(), device, None, "bench", log, None, pairs)
+    plans = [plan_repetition(ctx, r) for r in range(reps)]
+
+    template = plans[0].jobs["A"]
+    n_train = min(len(template.train_idx), images) if images else len(template.train_idx)
+    jobs = [dataclasses.replace(template, rep=k, seed=template.seed + k, train_idx=template.train_idx[:n_train],
+                                train_targets=template.train_targets[:n_train],
+                                ckpt_stem=workdir / "checkpoints" / f"bench{k}") for k in range(parallel)]
+    (workdir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    log(f"bench train: {parallel} process(es) x {epochs} epoch(s) of model A, {n_train} training / "
+        f"{len(template.val_idx)} validation images at {cfg.data.input_size} px, batch {cfg.optim.batch_size}, "
+        f"on {_device_name(device)}")
+    t1 = time.perf_counter()
+    run_parallel(jobs, cfg=bench_cfg, squares=data.squares, workdir=workdir / "checkpoints", weights=None,
+                 device=device, fingerprint="bench", log=log, log_path=workdir / "bench.log", processes=parallel)
+    wall = time.perf_counter() - t1
+    histories = [torch.load(j.final_path, map_location="cpu", weights_only=False)["history"] for j in jobs]
+
+    per_process = [_rates(h, len(template.val_idx)) for h in histories]
+    steady = [p["steady_images_per_second"] for p in per_process]
+    val_rates = [p["validation_images_per_second"] for p in per_process if p["validation_images_per_second"]]
+    val_rate = float(np.mean(val_rates)) if val_rates else None
+    rate = float(np.mean(steady))
+    warmup = float(np.mean([p["first_epoch_seconds"] - p["first_epoch_seconds"] * p["first_epoch_images_per_second"]
+                            / p["steady_images_per_second"] for p in per_process]))
+
+    durations, sizes = [], []
+    for plan in plans:
+        for key, job in plan.jobs.items():
+            n_t, n_v = len(job.train_idx), len(job.val_idx)
+            per_epoch = n_t / rate + (n_v / val_rate if val_rate else 0.0)
+            durations.append(full_epochs * per_epoch + max(0.0, warmup))
+            sizes.append({"repetition": plan.rep + 1, "model": key, "train": n_t, "val": n_v})
+    train_images_total = sum(full_epochs * s["train"] for s in sizes)
+    projected = makespan(durations, parallel)
+    return {
+        "format": "cxr-node-bench-train/1",
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": {"device": str(device), "device_name": _device_name(device), "cpu_count": os.cpu_count(),
+                    "torch": torch.__version__, "python": platform.python_version()},
+        "settings": {"parallel": parallel, "epochs": epochs, "training_images_per_process": n_train,
+                     "validation_images": len(template.val_idx), "input_size": cfg.data.input_size,
+                     "batch_size": cfg.optim.batch_size, "step": cfg.run.step, "pipeline": cfg.data.pipeline,
+                     "amp": cfg.run.amp, "deterministic": cfg.run.deterministic,
+                     "data": str(data_dir), "images": len(data.samples)},
+        "per_process": per_process,
+        "aggregate": {"steady_images_per_second": float(np.sum(steady)),
+                      "wall_images_per_second": sum(h["train_images"] for hs in histories for h in hs) / wall,
+                      "wall_seconds": wall},
+        "decode_seconds": decode_seconds,
+        "projection": {"epochs": full_epochs, "repetitions": reps, "parallel": parallel, "trainings": sizes,
+                       "training_images": train_images_total, "wall_seconds": projected,
+                       "needed_images_per_second_for_20_min": train_images_total / 1200.0},
+    }
+
+
+def format_report(r: dict[str, Any]) -> str:
+    s, a, p = r["settings"], r["aggregate"], r["projection"]
+    gib = 1024 ** 3
+    lines = [f"bench train on {r['machine']['device_name']} ({r['created']}, torch {r['machine']['torch']}): "
+             f"{s['parallel']} process(es) x {s['epochs']} epoch(s), {s['training_images_per_process']} training "
+             f"images each at {s['input_size']} px, batch {s['batch_size']}, step {s['step']}, "
+             f"input path {s['pipeline']}, amp {s['amp']}, deterministic {s['deterministic']}"]
+    for k, pp in enumerate(r["per_process"]):
+        mem = pp["device_memory_peak_bytes"]
+        val = pp["validation_images_per_second"]
+        lines.append(f"  process {k + 1}: first epoch {pp['first_epoch_images_per_second']:.1f} images/s, "
+                     f"then {pp['steady_images_per_second']:.1f} images/s; validation "
+                     f"{'n/a' if val is None else f'{val:.1f}'} images/s; device memory peak "
+                     f"{'n/a (CPU)' if mem is None else f'{mem / gib:.2f} GiB'}")
+    lines += [f"  aggregate: {a['steady_images_per_second']:.1f} images/s steady, "
+              f"{a['wall_images_per_second']:.1f} images/s over the {a['wall_seconds']:.0f} s wall time (start-up included)",
+              f"  decoding + letterboxing {s['images']} images: {r['decode_seconds']:.1f} s",
+              f"  projected full protocol ({p['epochs']} epochs x {p['repetitions']} repetitions, A and B: "
+              f"{p['training_images']:,} training images) with run.parallel = {p['parallel']}: "
+              f"{p['wall_seconds'] / 60:.1f} min of training + validation "
+              f"(20 min needs {p['needed_images_per_second_for_20_min']:.0f} images/s in aggregate)"]
+    return "\n".join(lines)
