@@ -1,8 +1,6 @@
-"""The Grad-CAM Secondary Capture: picture content, DICOM attributes, validator, build time."""
+"""The Grad-CAM Secondary Capture: picture content and layout, DICOM attributes, validator."""
 
 from __future__ import annotations
-
-import time
 
 import cv2
 import numpy as np
@@ -92,7 +90,7 @@ def test_text_stays_off_the_edges(panels, max_side, rg1_uncr):
     rows, cols = layout.shape
     t0, t1 = layout.text_rows
     c0, c1 = layout.text_cols
-    assert t0 >= 0.07 * max_side  # an empty band above the text
+    assert t0 >= 0.09 * max_side  # an empty band above the text
     assert not ink[:t0].any()
     assert not ink[t0:t1, :c0].any() and not ink[t0:t1, c1:].any()  # side margins
     assert ink[t0:t1, c0:c1].sum() > 1000  # the text is there
@@ -156,34 +154,18 @@ def test_sc_dciodvfy_no_errors(rg1_uncr, tmp_path):
     assert [w for w in warnings if "<ward>" not in w] == []
 
 
-def test_build_is_fast(rg1_uncr, tmp_path):
-    """SR + SC for a 1955 x 1841 radiograph: was ~0.85 s in the demo (cold highdicom tables)."""
-    from cxr_node.results.writer import warm_up
-
-    warm_up()  # what the module starts in the background at import
-    make_results(rg1_uncr, tmp_path / "first", "normal")
-    times = []
-    for i in range(3):
-        t0 = time.perf_counter()
-        make_results(rg1_uncr, tmp_path / str(i), "covid-disagree")
-        times.append(time.perf_counter() - t0)
-    # ~0.1 s on a quiet 2-core machine; the bound leaves room for a busy CI runner.
-    assert min(times) < 0.4, times
-
-
 def test_real_untrained_bundle_end_to_end(rg1_uncr, tmp_path):
     """Real analysis (untrained DenseNet-161 at 64 px) -> SR + SC that validate."""
     from cxr_node.analysis.bundle import untrained_bundle
     from cxr_node.analysis.engine import Analyzer
-    from cxr_node.results.identity import NodeIdentity
+    from cxr_node.results.identity import ModelIdentity, NodeIdentity
     from cxr_node.results.writer import write_results
-    from cxr_node.worker import model_identity
 
     ds, grey = _decoded(str(rg1_uncr))
     analyzer = Analyzer(untrained_bundle(input_size=64), device="cpu")
     (analysis,) = analyzer.analyse([grey])
     assert analysis.cam_a.shape == grey.shape
-    files = write_results(ds, grey, analysis, tmp_path, NodeIdentity("CXR_NODE"), model_identity(analyzer.bundle))
+    files = write_results(ds, grey, analysis, tmp_path, NodeIdentity("CXR_NODE"), ModelIdentity.from_bundle(analyzer.bundle))
     for path in (files.sr_path, files.sc_path):
         assert peers.dciodvfy(path)[0] == []
     assert isinstance(analysis.result.label, JointClass)

@@ -28,7 +28,7 @@ _FONT = cv2.FONT_HERSHEY_SIMPLEX
 _WHITE, _YELLOW, _RED = (255, 255, 255), (255, 220, 0), (255, 64, 64)
 # Margins as fractions of max_side: the top one is tall enough for a viewer's 4-line
 # corner block at about 1:1 display, the bottom one for its single status line.
-TOP_MARGIN, BOTTOM_MARGIN, SIDE_MARGIN = 0.08, 0.05, 0.03
+TOP_MARGIN, BOTTOM_MARGIN, SIDE_MARGIN = 0.10, 0.05, 0.03
 TEXT_WIDTH = 0.8  # header lines stay within the middle 80 % of the width
 PANEL_MODES = ("per-model", "fused")
 CLASS_WORDS = {
