@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import stat
 import threading
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable, Mapping
 
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url

@@ -14,7 +14,6 @@ import struct
 import subprocess
 import time
 
-import pytest
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 
@@ -63,7 +62,7 @@ def _closed_by_peer(s: socket.socket, within_s: float) -> bool:
                 return True
     except (ConnectionResetError, BrokenPipeError):
         return True
-    except socket.timeout:
+    except TimeoutError:
         return False
 
 

@@ -16,7 +16,6 @@ import stat
 import subprocess
 import sys
 import threading
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -84,7 +83,7 @@ def test_serve_waits_for_an_unreachable_database_with_one_line_per_try(tmp_path)
     try:
         peers.wait_until(lambda: _log(tmp_path).count("unreachable") >= 2, 30, "two retry lines")
         assert proc.poll() is None  # still trying
-        lines = [l for l in _log(tmp_path).splitlines() if "unreachable" in l]
+        lines = [line for line in _log(tmp_path).splitlines() if "unreachable" in line]
         assert lines[0].startswith(f"cxr-node: database postgresql+psycopg://cxr@127.0.0.1:{dead}/cxrnode unreachable (")
         assert "retrying in 1 s" in lines[0] and "retrying in 2 s" in lines[1]
         assert "Traceback" not in _log(tmp_path)

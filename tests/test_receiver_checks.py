@@ -10,7 +10,7 @@ from __future__ import annotations
 import pydicom
 import pytest
 from pydicom.encaps import encapsulate, generate_frames
-from pydicom.uid import JPEG2000Lossless, JPEGLosslessSV1
+from pydicom.uid import JPEGLosslessSV1
 
 from cxr_node.dicom.checks import j2k_image_size, jpeg_frame_size
 from cxr_node.queue.tables import instances, jobs

@@ -126,7 +126,7 @@ class DecodePool:
                 self._executor.shutdown(wait=True, cancel_futures=True)
                 self._executor = None
 
-    def __enter__(self) -> "DecodePool":
+    def __enter__(self) -> DecodePool:
         return self
 
     def __exit__(self, *exc) -> None:

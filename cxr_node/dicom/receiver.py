@@ -21,20 +21,20 @@ import hashlib
 import logging
 import ssl
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from pydicom.dataset import Dataset
 from pynetdicom import AE, evt
-from pynetdicom.transport import ThreadedAssociationServer
-from pynetdicom.utils import make_target
 from pynetdicom.sop_class import (
     ComputedRadiographyImageStorage,
     DigitalXRayImageStorageForPresentation,
     DigitalXRayImageStorageForProcessing,
     Verification,
 )
+from pynetdicom.transport import ThreadedAssociationServer
+from pynetdicom.utils import make_target
 
 from cxr_node.audit import AssociationAudit
 from cxr_node.dicom.checks import check_header, check_radiograph, check_uids
@@ -84,7 +84,7 @@ class ReceiverSettings:
     tls_only: bool = False  # no plain listener
 
     @classmethod
-    def from_config(cls, cfg) -> "ReceiverSettings":
+    def from_config(cls, cfg) -> ReceiverSettings:
         from cxr_node.dicom.tls import server_context  # ConfigError naming tls.* when the files are wrong
 
         return cls(

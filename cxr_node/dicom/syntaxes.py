@@ -8,7 +8,7 @@ one, instead of getting 0x0000 for an image the worker can never decode.
 
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 from pydicom.pixels import get_decoder
 from pynetdicom import ALL_TRANSFER_SYNTAXES
