@@ -105,9 +105,9 @@ def test_validators_accept_the_hospital_identity(rg1_uncr, tmp_path):
     out = subprocess.run([exe, str(source_path), str(files.sr_path), str(files.sc_path)],
                          capture_output=True, text=True, timeout=120)
     lines = (out.stdout + out.stderr).splitlines()
-    assert out.returncode == 0 and [l for l in lines if l.startswith("Error")] == [], "\n".join(lines)
+    assert out.returncode == 0 and [line for line in lines if line.startswith("Error")] == [], "\n".join(lines)
     # dicom3tools files AccessionNumber and its issuer under different IEs for SR and SC; the values
     # agree (a different value would be an Error above).
     quirk = ("Different information entities for attribute - Element=<AccessionNumber>",
              "Different information entities for attribute - Element=<IssuerOfAccessionNumberSequence>")
-    assert [l for l in lines if l.startswith("Warning") and not any(q in l for q in quirk)] == [], "\n".join(lines)
+    assert [line for line in lines if line.startswith("Warning") and not any(q in line for q in quirk)] == [], "\n".join(lines)

@@ -97,7 +97,7 @@ def test_text_stays_off_the_edges(panels, max_side, rg1_uncr):
     last_panel_row = max(p[1] for p in layout.panels)
     assert rows - last_panel_row >= 0.04 * max_side  # an empty band below the panels
     assert not ink[last_panel_row:].any()
-    for r0, r1, p0, p1 in layout.panels:
+    for r0, _, p0, p1 in layout.panels:
         assert r0 >= t1 and p0 >= c0 and p1 <= c1
     assert not ink[t1:, :min(p[2] for p in layout.panels)].any()  # left margin beside the panels
 

@@ -23,7 +23,16 @@ from cxr_node.results.sr import (
     build_structured_report,
 )
 from tests import peers
-from tests.test_results_support import CASES, NODE, TRAINED, UNTRAINED, make_results, pixelmed_errors, pixelmed_sr_validate, source_copy
+from tests.test_results_support import (
+    CASES,
+    NODE,
+    TRAINED,
+    UNTRAINED,
+    make_results,
+    pixelmed_errors,
+    pixelmed_sr_validate,
+    source_copy,
+)
 
 NAME = "Núñez^José"
 

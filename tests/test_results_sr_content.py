@@ -238,4 +238,4 @@ def test_pixelmed_accepts_the_report_without_illustration(rg1_uncr, tmp_path):
     report = pixelmed_sr_validate(path)
     assert pixelmed_errors(report) == []
     # Only our private statements, as extensions of the extensible TID 1501 (docs/results.md).
-    assert [l for l in report[str(path)] if "99CXRNODE" not in l] == []
+    assert [line for line in report[str(path)] if "99CXRNODE" not in line] == []

@@ -37,7 +37,7 @@ class AnalysedImage:
     view: str | None
 
     @classmethod
-    def of(cls, source: Dataset) -> "AnalysedImage":
+    def of(cls, source: Dataset) -> AnalysedImage:
         return cls(_text(source, "Modality"), _text(source, "SeriesNumber"), _text(source, "InstanceNumber"), _view(source))
 
     @property

@@ -73,7 +73,7 @@ class ModelIdentity:
     trained_on: str | None = None  # ISO date the bundle was trained (manifest training.created)
 
     @classmethod
-    def from_bundle(cls, bundle) -> "ModelIdentity":
+    def from_bundle(cls, bundle) -> ModelIdentity:
         """The identity of a loaded analysis Bundle (duck-typed: results/ does not import analysis/)."""
         created = (bundle.training or {}).get("created")
         return cls(
@@ -113,7 +113,7 @@ class ResultUIDs:
     sr_fallback_instance: str  # the same report as Comprehensive SR, for a PACS that refuses 3D SR
 
     @classmethod
-    def for_source(cls, source_sop_uid: str, model: ModelIdentity) -> "ResultUIDs":
+    def for_source(cls, source_sop_uid: str, model: ModelIdentity) -> ResultUIDs:
         key = (source_sop_uid, model.name, model.version, model.fingerprint)
         sr_instance = derived_uid("sr", *key)
         return cls(

@@ -203,7 +203,7 @@ def render(
         _draw_centred(canvas, text, width // 2, y - 8, s, colour)
     y += _line_height(cap_scale) + 6
     boxes = []
-    for i, (tile, caption) in enumerate(zip(tiles, captions)):
+    for i, (tile, caption) in enumerate(zip(tiles, captions, strict=True)):
         x0 = side + i * (panel_w + side)
         _draw_centred(canvas, caption, x0 + panel_w // 2, y - 8, cap_scale, _WHITE)
         canvas[y:y + panel_h, x0:x0 + panel_w] = tile
