@@ -273,3 +273,14 @@ def test_run_settings_do_not_change_the_fingerprint():
     faster = config_from_dict({**TINY, "run": {**TINY["run"], "parallel": 4, "step": "compile", "checkpoint_every": 9}})
     assert base.fingerprint() == faster.fingerprint()
     assert base.fingerprint() != config_from_dict({**TINY, "optim": {"label_smoothing": 0.1}}).fingerprint()
+
+
+def test_paper_config_keeps_the_paper_and_public_config_is_the_scratch_recipe():
+    paper = load_config(REPO / "configs/train-paper.toml")
+    assert (paper.optim.schedule, paper.optim.warmup_epochs, paper.optim.label_smoothing) == ("constant", 0, 0.0)
+    assert (paper.augment.rotate, paper.augment.translate, paper.optim.batch_size) == (0.0, 0.0, 4)
+    public = load_config(REPO / "configs/train-public.toml")
+    assert public.model.init == "scratch" and public.optim.schedule == "cosine" and public.optim.warmup_epochs > 0
+    assert public.optim.weight_decay > 0 and public.optim.label_smoothing > 0 and public.augment.rotate > 0
+    # the protocol itself (splits, repetitions, B balanced, validation selection) is the paper config's
+    assert (public.split, public.run.repetitions, public.approach) == (paper.split, paper.run.repetitions, paper.approach)
