@@ -111,3 +111,26 @@ def test_validators_accept_the_hospital_identity(rg1_uncr, tmp_path):
     quirk = ("Different information entities for attribute - Element=<AccessionNumber>",
              "Different information entities for attribute - Element=<IssuerOfAccessionNumberSequence>")
     assert [line for line in lines if line.startswith("Warning") and not any(q in line for q in quirk)] == [], "\n".join(lines)
+
+
+class _Bundle:
+    """The attributes of analysis.bundle.Bundle that ModelIdentity.from_bundle reads."""
+
+    def __init__(self, version: str, trained: bool, training: dict):
+        self.name, self.version, self.trained, self.training = "cxr-covid-moura2020", version, trained, training
+        self.sha256 = {"A": "a" * 64, "B": "b" * 64}
+
+
+@pytest.mark.parametrize("version, trained, training, expected", [
+    ("3", True, {"created": "2026-11-20T09:14:03+00:00"}, "cxr-covid-moura2020 v3, trained 2026-11-20"),
+    ("v3", True, {"created": "2026-11-20T09:14:03+00:00"}, "cxr-covid-moura2020 v3, trained 2026-11-20"),
+    ("3", True, {}, "cxr-covid-moura2020 v3, training date not recorded"),
+    ("0", False, {}, "UNTRAINED MODEL - NOT FOR CLINICAL USE"),
+])
+def test_model_in_a_radiologists_words(version, trained, training, expected):
+    from cxr_node.results.identity import ModelIdentity
+
+    model = ModelIdentity.from_bundle(_Bundle(version, trained, training))
+    assert model.description == expected
+    # The training date is a label, not part of the identity the result UIDs derive from.
+    assert model.device_uid == ModelIdentity.from_bundle(_Bundle(version, trained, {})).device_uid

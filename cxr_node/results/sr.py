@@ -22,8 +22,9 @@ because the template puts them there):
   Qualitative Evaluations (TID 1500 row 12)  "AI overall class" and "AI model" again, at the
                       place the template gives document-level conclusions, for programs
 Every group names its algorithm (TID 4019: bundle name, version, weight sha256) and the
-analysed radiograph as its source image (SCT 260753009 "Source"). The overall-result group
-is a SEPARATE container, so renderers (dsr2html) print each item with its concept name.
+analysed radiograph as its source image (DCM 121112 "Source of Measurement"). The
+overall-result group is a SEPARATE container, so renderers (dsr2html) print each item
+with its concept name.
 
 The same content also goes into a Comprehensive SR, for a PACS that accepts no
 presentation context for Comprehensive 3D SR: the tree has no SCOORD3D, so nothing is
