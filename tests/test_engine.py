@@ -74,6 +74,9 @@ def test_floor_is_the_same_forward(analyzer, images):
     assert torch.softmax(la, 1)[0, 1].item() == pytest.approx(a.result.p_abnormal, abs=1e-5)
     assert torch.softmax(lb, 1)[0, 1].item() == pytest.approx(a.result.p_covid, abs=1e-5)
     assert x.is_contiguous(memory_format=torch.channels_last)
+    sa, sb = analyzer.floor(x, sequential=True)  # the benchmark's floor_sequential_s: same forwards, one thread
+    torch.testing.assert_close(sa, la, rtol=0, atol=1e-5)
+    torch.testing.assert_close(sb, lb, rtol=0, atol=1e-5)
 
 
 def test_cpu_defaults_to_exact_fp32(analyzer):

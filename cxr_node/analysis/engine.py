@@ -32,9 +32,9 @@ from __future__ import annotations
 import logging
 import os
 import time
-from contextlib import nullcontext
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from functools import cached_property, partial
 
@@ -147,7 +147,7 @@ class Analyzer:
                 2, thread_name_prefix="cxr-model", initializer=torch.set_num_threads, initargs=(per_model,)
             )
         self._prep_pool = ThreadPoolExecutor(_prep_threads(self.device), thread_name_prefix="cxr-prep")
-        tune_malloc()
+        # Process-wide malloc settings are the caller's: cxr_node.memory.tune_malloc() at start-up.
         self.input_size = bundle.input_size
         # channels_last lets oneDNN / cuDNN pick their fastest convolution layouts.
         self.model_a = bundle.model_a.to(self.device, memory_format=torch.channels_last).eval()
@@ -175,7 +175,9 @@ class Analyzer:
         _release_freed_memory()
 
     # -- settings shared by analyse() and floor() -----------------------------------------
-    def _context(self):
+    def precision_context(self):
+        """The autocast context analyse() runs its forwards under (a no-op in fp32), for code that
+        times other forwards of these models like for like (the benchmark's naive Grad-CAM)."""
         if self.autocast_dtype is not None:
             return torch.autocast(self.device.type, dtype=self.autocast_dtype)
         return nullcontext()
@@ -189,7 +191,7 @@ class Analyzer:
                 memory_format=torch.channels_last
             )
             fwd_a, fwd_b = partial(fwd, self.model_a), partial(fwd, self.model_b)
-            with torch.inference_mode(), self._context():
+            with torch.inference_mode(), self.precision_context():
                 fwd_a(x)
                 fwd_b(x)
                 bare_a(x)
@@ -239,7 +241,7 @@ class Analyzer:
         """Run A and B (concurrently when parallel_models); returns ((out_a, s_a), (out_b, s_b))."""
 
         def timed(fn):
-            with torch.inference_mode(), self._context():
+            with torch.inference_mode(), self.precision_context():
                 t = time.perf_counter()
                 out = fn()
                 self._sync()
@@ -251,11 +253,17 @@ class Analyzer:
         return fa.result(), fb.result()
 
     @torch.inference_mode()
-    def floor(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def floor(self, x: torch.Tensor, *, sequential: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """The hardware floor: two bare DenseNet-161 forwards (torchvision's own forward), same settings
         (precision, compile or CUDA graphs, channels_last, and A and B concurrently when analyse()
-        runs them so)."""
-        (la, _), (lb, _) = self._both(lambda: self._bare_a(x), lambda: self._bare_b(x))
+        runs them so). sequential=True runs A then B in the calling thread with all its threads:
+        what the floor is when the two models do not overlap. Returns when the device is done."""
+        if not sequential:
+            (la, _), (lb, _) = self._both(lambda: self._bare_a(x), lambda: self._bare_b(x))
+            return la, lb
+        with self.precision_context():
+            la, lb = self._bare_a(x), self._bare_b(x)
+        self._sync()
         return la, lb
 
     def analyse(self, images: list[np.ndarray]) -> list[Analysis]:
@@ -323,33 +331,6 @@ class Analyzer:
         return out
 
 
-_MALLOC_TUNED = False
-
-
-def tune_malloc() -> None:
-    """Keep a long-running worker's RSS flat (glibc only; CXR_NODE_MALLOC_TUNING=0 turns it off).
-
-    glibc raises its mmap threshold every time a large block is freed, so after the first
-    batch the 14 MB source-grid images and CAMs come from the heap, which fragments and
-    never shrinks (measured: +360 MB peak RSS after two batches of 4). A fixed 4 MB threshold
-    returns those blocks to the OS on free while torch's smaller batch-1 activations stay on
-    the heap; two arenas limit per-thread heap growth (cv2 / decode helper threads).
-    """
-    global _MALLOC_TUNED
-    if _MALLOC_TUNED or os.environ.get("CXR_NODE_MALLOC_TUNING", "1") == "0":
-        return
-    _MALLOC_TUNED = True
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 4 << 20)  # M_MMAP_THRESHOLD
-        libc.mallopt(-1, 4 << 20)  # M_TRIM_THRESHOLD
-        libc.mallopt(-8, 2)  # M_ARENA_MAX
-    except (OSError, AttributeError):
-        pass
-
-
 def _release_freed_memory() -> None:
     """Give the heap freed while building, loading and re-laying out the models back to the OS.
 
@@ -384,4 +365,4 @@ class _WithFallback:
         return self.eager(*args)
 
 
-__all__ = ["Analysis", "Analyzer", "Letterbox", "Prepared", "PRECISIONS", "STAGES", "pick_device", "tune_malloc"]
+__all__ = ["Analysis", "Analyzer", "Letterbox", "Prepared", "PRECISIONS", "STAGES", "pick_device"]

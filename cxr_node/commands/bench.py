@@ -20,7 +20,7 @@ def _sizes(ctx, param, value: str) -> tuple[int, ...]:
 
 @click.group("bench")
 def command() -> None:
-    """Benchmarks."""
+    """Benchmarks (cxr_node/benchmarks; figures in docs/benchmarks.md). Other packages add theirs to this group."""
 
 
 @command.command("inference")
@@ -47,8 +47,11 @@ def inference(as_json, studies, device, batch_sizes, repeats, input_size, models
               no_cuda_graphs, no_naive, no_overlap, no_rss_probe, image, out):
     """Per-stage times (p50/p95), studies/s by batch, peak RSS, floor and naive pipeline, on RG1_J2KR.dcm
     or --image."""
-    from cxr_node.bench import format_report, run_inference_bench
+    from cxr_node.benchmarks.inference import run_inference_bench
+    from cxr_node.benchmarks.report import format_report
+    from cxr_node.memory import tune_malloc
 
+    tune_malloc()  # this process analyses like a worker: the same process-wide settings as serve
     try:
         result = run_inference_bench(
             studies=studies, batch_sizes=batch_sizes, device=device, input_size=input_size, models=models,

@@ -1,0 +1,234 @@
+"""`cxr-node bench latency`: seconds from `dcmsend` of a radiograph to its SR and SC stored in a real Orthanc.
+
+Starts a private Orthanc (Debian `orthanc`) and `cxr-node serve` (the installed console code, its own
+process, SQLite in a temp dir), sends one warm-up image, then N copies of RG1_J2KR.dcm with fresh
+UIDs one after another with DCMTK `dcmsend`, and for each waits until Orthanc's REST API lists both
+result objects in the study (polled every `--look-s`). Per image it also reads what the node recorded:
+stage seconds, receipt -> result, result -> last export sent. Figures go to docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import click
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait(predicate, timeout_s: float, what: str, interval_s: float = 0.05):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval_s)
+    raise click.ClickException(f"timed out after {timeout_s:.0f} s waiting for {what}")
+
+
+@dataclass
+class Orthanc:
+    proc: subprocess.Popen
+    dicom_port: int
+    http_port: int
+
+    def post(self, path: str, body: dict):
+        req = urllib.request.Request(f"http://127.0.0.1:{self.http_port}{path}", data=json.dumps(body).encode(), method="POST")
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return json.loads(resp.read())
+
+    def count(self, study_uid: str) -> int:
+        return len(self.post("/tools/find", {"Level": "Instance", "Query": {"StudyInstanceUID": study_uid}}))
+
+    def alive(self) -> bool:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/system", timeout=2).read()
+            return True
+        except OSError:
+            return False
+
+
+def start_orthanc(workdir: Path) -> Orthanc:
+    exe = shutil.which("Orthanc")
+    if exe is None:
+        raise click.ClickException("Orthanc not installed (Debian package orthanc)")
+    dicom_port, http_port = _free_port(), _free_port()
+    cfg = {"Name": "cxr-bench", "StorageDirectory": str(workdir / "orthanc"), "IndexDirectory": str(workdir / "orthanc"),
+           "DicomAet": "ORTHANC", "DicomPort": dicom_port, "HttpPort": http_port, "RemoteAccessAllowed": False,
+           "AuthenticationEnabled": False, "DicomAlwaysAllowStore": True, "Plugins": []}
+    (workdir / "orthanc.json").write_text(json.dumps(cfg))
+    proc = subprocess.Popen([exe, str(workdir / "orthanc.json")], stdout=open(workdir / "orthanc.log", "wb"),
+                            stderr=subprocess.STDOUT)
+    orthanc = Orthanc(proc, dicom_port, http_port)
+    _wait(lambda: proc.poll() is not None or orthanc.alive(), 60, "Orthanc")
+    return orthanc
+
+
+def restamp(src: Path, out_dir: Path, n: int) -> list[tuple[Path, str]]:
+    """n copies with fresh Study/Series/SOP Instance UIDs, in the source's transfer syntax."""
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    out = []
+    for i in range(n):
+        ds = pydicom.dcmread(src)
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        path = out_dir / f"image-{i:03d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        out.append((path, str(ds.StudyInstanceUID)))
+    return out
+
+
+@dataclass
+class Sample:
+    seconds: float  # dcmsend start -> both objects listed by Orthanc
+    dcmsend_s: float
+    recorded: dict = field(default_factory=dict)
+
+
+def _recorded(db_url: str, sop_uid: str) -> dict:
+    """What the node wrote down for this image: stage seconds and the hand-off times."""
+    from cxr_node.queue.reports import Reports
+    from cxr_node.queue.tables import make_engine
+
+    engine = make_engine(db_url)
+    try:
+        reports = Reports(engine)
+        job = reports.find_job(sop_uid)
+        exports = reports.list_exports(job_id=job.id) if job else []
+    finally:
+        engine.dispose()
+    if job is None or job.result_at is None:
+        return {}
+    last_sent = max((e.sent_at for e in exports if e.sent_at), default=None)
+    return {
+        **{k: v for k, v in job.timings.items() if isinstance(v, (int, float))},
+        "received_to_result": (job.result_at - job.received_at).total_seconds(),
+        "result_to_sent": (last_sent - job.result_at).total_seconds() if last_sent else None,
+    }
+
+
+def run_latency_bench(image: Path, sends: int, look_s: float, workdir: Path, serve_args: list[str]) -> dict:
+    dcmsend = shutil.which("dcmsend")
+    if dcmsend is None:
+        raise click.ClickException("dcmsend not installed (Debian package dcmtk)")
+    import pydicom
+
+    orthanc = start_orthanc(workdir)
+    port = _free_port()
+    storage = workdir / "node"
+    db_url = f"sqlite:///{storage / 'cxr-node.db'}"
+    serve = subprocess.Popen(
+        [sys.executable, "-m", "cxr_node.cli", "serve", "--bind", "127.0.0.1", "--port", str(port), "--storage", str(storage),
+         "--destination", f"ORTHANC@127.0.0.1:{orthanc.dicom_port}", "--no-web", *serve_args],
+        stdout=open(workdir / "serve.log", "wb"), stderr=subprocess.STDOUT, cwd=workdir,
+        env={**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")},
+    )
+    try:
+        _wait(lambda: serve.poll() is not None or "cxr-node: roles" in (workdir / "serve.log").read_text(errors="replace"),
+              300, "cxr-node serve to start")
+        if serve.poll() is not None:
+            raise click.ClickException(f"serve exited: {(workdir / 'serve.log').read_text()[-2000:]}")
+        files = restamp(image, workdir, sends + 1)
+        samples = []
+        load_before = os.getloadavg()
+        for i, (path, study) in enumerate(files):
+            t0 = time.perf_counter()
+            subprocess.run([dcmsend, "-aet", "MOBILE_DR", "-aec", "CXR_NODE", "127.0.0.1", str(port), str(path)],
+                           check=True, capture_output=True, timeout=120)
+            t1 = time.perf_counter()
+            _wait(lambda: orthanc.count(study) >= 2, 300, "SR and SC in Orthanc", interval_s=look_s)
+            t2 = time.perf_counter()
+            if i == 0:
+                continue  # warm-up: first-use costs (lazy imports, allocator growth) are not the steady state
+            sop = str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+            samples.append(Sample(t2 - t0, t1 - t0, _recorded(db_url, sop)))
+        load_after = os.getloadavg()
+    finally:
+        serve.send_signal(signal.SIGTERM)
+        try:
+            serve.wait(60)
+        except subprocess.TimeoutExpired:
+            serve.kill()
+        orthanc.proc.terminate()
+        orthanc.proc.wait(30)
+    return _summary(samples, sends, look_s, load_before, load_after)
+
+
+def _summary(samples: list[Sample], sends: int, look_s: float, load_before, load_after) -> dict:
+    secs = sorted(s.seconds for s in samples)
+    stages: dict[str, list[float]] = {}
+    for s in samples:
+        for k, v in s.recorded.items():
+            if v is not None:
+                stages.setdefault(k, []).append(v)
+    return {
+        "sends": sends,
+        "look_interval_s": look_s,
+        "p50_s": statistics.median(secs),
+        "min_s": secs[0],
+        "max_s": secs[-1],
+        "p90_s": secs[min(len(secs) - 1, int(round(0.9 * (len(secs) - 1))))],
+        "dcmsend_p50_s": statistics.median(s.dcmsend_s for s in samples),
+        "stage_p50_s": {k: statistics.median(v) for k, v in stages.items()},
+        "seconds": [round(s, 3) for s in (x.seconds for x in samples)],
+        "loadavg_before": [round(x, 2) for x in load_before],
+        "loadavg_after": [round(x, 2) for x in load_after],
+        "cpus": os.cpu_count(),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
+
+
+def report(result: dict) -> str:
+    lines = [
+        f"{result['sends']} sends of RG1_J2KR.dcm (after 1 warm-up), dcmsend -> SR and SC listed by Orthanc "
+        f"(looked every {result['look_interval_s'] * 1000:.0f} ms)",
+        f"  p50 {result['p50_s']:.2f} s   p90 {result['p90_s']:.2f} s   min {result['min_s']:.2f} s   max {result['max_s']:.2f} s",
+        f"  dcmsend itself p50 {result['dcmsend_p50_s']:.2f} s",
+        "  node's own record, p50 per image:",
+    ]
+    for k, v in result["stage_p50_s"].items():
+        lines.append(f"    {k:<20} {v:.3f} s")
+    lines.append(f"  {result['cpus']} CPUs, load average before {result['loadavg_before']} after {result['loadavg_after']}, {result['date']}")
+    return "\n".join(lines)
+
+
+@click.command("latency")
+@click.option("--image", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Radiograph to send [default: RG1_J2KR.dcm from pydicom-data].")
+@click.option("--sends", type=click.IntRange(1, 1000), default=10, show_default=True)
+@click.option("--look-s", type=float, default=0.02, show_default=True, help="Seconds between looks at Orthanc.")
+@click.option("--models", type=click.Path(path_type=Path), default=None, help="Model bundle [default: untrained weights].")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def command(image, sends, look_s, models, device, as_json) -> None:
+    """Median seconds from dcmsend to SR + SC stored in a real Orthanc (starts both itself)."""
+    if image is None:
+        from pydicom.data import get_testdata_file
+
+        image = Path(get_testdata_file("RG1_J2KR.dcm"))
+    serve_args = ["--device", device, *(["--models", str(models)] if models else ["--allow-untrained"])]
+    with tempfile.TemporaryDirectory(prefix="cxr-latency-") as tmp:
+        result = run_latency_bench(image, sends, look_s, Path(tmp), serve_args)
+    click.echo(json.dumps(result, indent=1) if as_json else report(result))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    command()
