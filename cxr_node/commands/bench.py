@@ -63,3 +63,13 @@ def inference(as_json, studies, device, batch_sizes, repeats, input_size, models
     if out:
         Path(out).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     click.echo(json.dumps(result, indent=2) if as_json else format_report(result))
+
+
+def _add_latency() -> None:
+    # Its own module (it starts Orthanc and serve); imported when `bench` is built, imports nothing heavy.
+    from cxr_node.benchmarks.latency import command as latency
+
+    command.add_command(latency)
+
+
+_add_latency()
