@@ -149,6 +149,8 @@ def command(files, models, allow_untrained, out, device, batch_size, input_size,
             as_json):
     """Analyse DICOM radiographs offline; writes SR, Grad-CAM SC and summary.json per file."""
     from cxr_node.analysis.bundle import BundleError
+    from cxr_node.memory import tune_malloc
+    from cxr_node.results.writer import start_warm_up
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if models is None and not allow_untrained:
@@ -167,6 +169,8 @@ def command(files, models, allow_untrained, out, device, batch_size, input_size,
             f"P(COVID-19) {100 * s['p_covid']:.1f} %{flag}{warn} -> {Path(s['outputs']['json']).parent}"
         )
 
+    tune_malloc()  # this process is an analysis process: settings before the models load
+    start_warm_up()  # highdicom's tables load while the models do
     try:
         _, errors = run_infer(
             list(files), out, models=models, allow_untrained=allow_untrained, device=device, batch_size=batch_size,

@@ -37,8 +37,10 @@ from cxr_node.startup import PASSWORD_ENV, url_has_password, wait_for_database, 
 def command(config_path, ae_title, port, bind, storage, db, destination, models, allow_untrained, device, roles, verbose,
             log_format, web_enabled):
     """Run the Storage SCP, the worker and the dispatcher."""
+    from cxr_node.memory import tune_malloc
     from cxr_node.node import Node
     from cxr_node.queue.schema import SchemaError
+    from cxr_node.results.writer import start_warm_up
 
     setup_logging(verbose, log_format)
     try:
@@ -64,7 +66,11 @@ def command(config_path, ae_title, port, bind, storage, db, destination, models,
     if not wait_for_database(cfg.db_url, stopping, lambda line: click.echo(line, err=True)):
         return  # stopped while waiting for the database
     try:
+        if "worker" in cfg.roles:  # process-wide malloc settings of an analysis process, before the models load
+            tune_malloc()
         node = Node.build(cfg)
+        if node.worker is not None:  # highdicom's tables load now, not on the first radiograph
+            start_warm_up()
     except (ConfigError, SchemaError) as exc:  # SchemaError names `cxr-node db upgrade`
         raise click.ClickException(str(exc)) from exc
     node.start()

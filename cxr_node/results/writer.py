@@ -45,8 +45,8 @@ def _encode(ds: Dataset) -> bytes:
 def warm_up() -> None:
     """Load highdicom's IOD/module tables (~0.4 s of JSON parsing, once per process).
 
-    highdicom parses them lazily on the first SR/SC it builds; doing it at import in
-    the background keeps that cost off the first radiograph's latency.
+    highdicom parses them lazily on the first SR/SC it builds; doing it at start-up
+    (start_warm_up, called by `serve`) keeps that cost off the first radiograph's latency.
     """
     from highdicom import _standard_utils as su
 
@@ -56,7 +56,11 @@ def warm_up() -> None:
             fn()
 
 
-threading.Thread(target=warm_up, name="cxr-results-warm-up", daemon=True).start()
+def start_warm_up() -> threading.Thread:
+    """warm_up() in a background thread, so that it overlaps the rest of start-up (model loading)."""
+    thread = threading.Thread(target=warm_up, name="cxr-results-warm-up", daemon=True)
+    thread.start()
+    return thread
 
 
 def write_results(
