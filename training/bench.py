@@ -173,4 +173,56 @@ def format_report(r: dict[str, Any]) -> str:
               f"{p['training_images']:,} training images) with run.parallel = {p['parallel']}: "
               f"{p['wall_seconds'] / 60:.1f} min of training + validation "
               f"(20 min needs {p['needed_images_per_second_for_20_min']:.0f} images/s in aggregate)"]
+    if "profile" in r:
+        q = r["profile"]
+        lines.append(f"  profile of one process ({q['mode']}, {q['steps']} steps): {q['wall_ms_per_step']:.1f} ms per "
+                     f"step, device busy {q['device_busy_ms_per_step']:.1f} ms ({q['device_busy_fraction']:.0%}), "
+                     f"{q['images_per_second']:.1f} images/s alone")
     return "\n".join(lines)
+
+
+def profile_steps(cfg: TrainConfig, device_request: str, steps: int) -> tuple[dict[str, Any], str]:
+    """Where one process's step time goes: wall time per step against the device's busy time per
+    step (kernel time; CPU ops time on a CPU), and the top operators. Random inputs, the config's
+    batch, input size and step form; a few warm-up steps (capture, compilation) are not profiled."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from cxr_node.analysis.models import build_model
+    from training.determinism import apply_determinism
+    from training.step import TrainStep, resolve_mode
+
+    device = _device(device_request)
+    apply_determinism(cfg.run.deterministic)
+    torch.manual_seed(0)
+    fmt = torch.channels_last if cfg.run.channels_last and device.type == "cuda" else torch.preserve_format
+    model = build_model(None).to(device, memory_format=fmt).train()
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum,
+                          weight_decay=cfg.optim.weight_decay)
+    mode, _ = resolve_mode(cfg.run.step, device, False)
+    step = TrainStep(model, opt, mode=mode, device=device, amp=cfg.run.amp, label_smoothing=cfg.optim.label_smoothing,
+                     log=lambda m: None, label="profile")
+    b, s = cfg.optim.batch_size, cfg.data.input_size
+    x = torch.randn(b, 3, s, s, device=device).contiguous(memory_format=fmt)
+    y = torch.randint(0, 2, (b,), device=device)
+    for _ in range(5):
+        step(x, y)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    t0 = time.perf_counter()
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            step(x, y)
+        sync()
+    wall = (time.perf_counter() - t0) / steps
+    events = prof.key_averages()
+    if device.type == "cuda":
+        busy = sum(e.self_device_time_total for e in events) / 1e6 / steps
+        sort = "self_device_time_total"
+    else:
+        busy = sum(e.self_cpu_time_total for e in events) / 1e6 / steps
+        sort = "self_cpu_time_total"
+    result = {"mode": mode, "batch": b, "input_size": s, "steps": steps, "wall_ms_per_step": wall * 1e3,
+              "device_busy_ms_per_step": busy * 1e3, "device_busy_fraction": min(1.0, busy / wall),
+              "images_per_second": b / wall}
+    return result, events.table(sort_by=sort, row_limit=25)

@@ -102,9 +102,12 @@ def evaluate(bundle_dir, data_dir, labels_csv, skip_bad_rows, device, batch_size
 @click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE", help="Override a config key (repeatable).")
 @click.option("--images", type=click.IntRange(0, 1_000_000), default=0, show_default=True,
               help="Training images per process (0 = the whole training split of repetition 1).")
+@click.option("--profile", "profile_steps_n", type=click.IntRange(0, 1000), default=0, show_default=True,
+              help="Also profile this many steps of one process (where the step time goes) after the bench.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Also write the JSON here.")
-def bench_train(device, parallel, epochs, data_dir, config_path, overrides, images, as_json, out):
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the JSON here (and the profile table next to it, .profile.txt).")
+def bench_train(device, parallel, epochs, data_dir, config_path, overrides, images, profile_steps_n, as_json, out):
     """Images/s per process and in aggregate, device memory, and the projected wall time of the
     full protocol (optim.epochs x run.repetitions, models A and B) with --parallel processes."""
     import tempfile
@@ -118,6 +121,12 @@ def bench_train(device, parallel, epochs, data_dir, config_path, overrides, imag
             result = run_train_bench(cfg=cfg, data_dir=data_dir, device_request=device, parallel=parallel,
                                      epochs=epochs, images=images, workdir=Path(work),
                                      log=lambda m: click.echo(f"... {m}", err=True))
+        if profile_steps_n:
+            from training.bench import profile_steps
+
+            result["profile"], table = profile_steps(cfg, device, profile_steps_n)
+            if out:
+                out.with_suffix(".profile.txt").write_text(table, encoding="utf-8")
     except (*_known_errors(), RuntimeError) as exc:
         raise click.ClickException(str(exc)) from exc
     if out:
