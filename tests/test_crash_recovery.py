@@ -33,7 +33,8 @@ def db_rows(storage, sql):
 def test_kill_during_pacs_outage_then_restart_delivers_once(tmp_path, fresh_uncr, reaper):
     pacs_port = peers.free_port()  # nothing listens here yet: the PACS is down
     config = tmp_path / "node.toml"
-    config.write_text("[dispatcher]\nretry_delays_s = [0.5]\n[worker]\npoll_interval_s = 0.2\n")
+    # max_attempts = 0: fast retries must not use up the attempts before the PACS is back.
+    config.write_text("[dispatcher]\nretry_delays_s = [0.5]\nmax_attempts = 0\n[worker]\npoll_interval_s = 0.2\n")
     down = peers.Orthanc("ORTHANC", pacs_port, 0, None, tmp_path / "none.log")
     node = ServeProcess(tmp_path, down, extra=["--config", str(config)])
     reaper(node)
@@ -45,7 +46,8 @@ def test_kill_during_pacs_outage_then_restart_delivers_once(tmp_path, fresh_uncr
     # Acknowledged: from here on the image must survive anything.
     assert db_rows(node.storage, "select count(*) from instances") == [(1,)]
     peers.wait_until(
-        lambda: db_rows(node.storage, "select count(*) from exports where attempts >= 1") == [(2,)],
+        # The SR waits for its SC, which the dispatcher keeps trying.
+        lambda: db_rows(node.storage, "select kind, attempts >= 1 from exports order by kind") == [("sc", 1), ("sr", 0)],
         120, "the dispatcher to fail at least once against the absent PACS",
     )
     assert node.stop(signal.SIGKILL) == -signal.SIGKILL  # no clean shutdown

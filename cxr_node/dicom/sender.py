@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from pydicom import Dataset, dcmread
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE
+from pynetdicom import AE, evt
 from pynetdicom.sop_class import Verification
 from pynetdicom.status import (
     GENERAL_STATUS,
@@ -102,12 +102,19 @@ class Sender:
         if not requests:
             return []
         kwargs = {"tls_args": (self.tls, peer.host)} if self.tls is not None else {}
+        connected: list[bool] = []  # pynetdicom reports a refused connection as an abort; this tells them apart
+        handlers = [(evt.EVT_CONN_OPEN, lambda event: connected.append(True))]
         try:
-            assoc = self._ae(requests).associate(peer.host, peer.port, ae_title=peer.ae_title, **kwargs)
+            assoc = self._ae(requests).associate(peer.host, peer.port, ae_title=peer.ae_title, evt_handlers=handlers, **kwargs)
         except (OSError, RuntimeError) as exc:
             raise SendError(f"cannot connect to {peer}: {exc}") from exc
         if not assoc.is_established:
-            why = "rejected the association" if assoc.is_rejected else "aborted the association" if assoc.is_aborted else "is unreachable"
+            if not connected:
+                why = f"is unreachable (no TCP connection within {self.timeout_s:g} s, or refused)"
+            elif assoc.is_rejected:
+                why = "rejected the association"
+            else:
+                why = "aborted the association (or gave no answer in time)"
             raise SendError(f"{peer} {why}")
         outcomes: list[SendOutcome] = []
         try:
