@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -9,8 +10,8 @@ from pathlib import Path
 import click
 from sqlalchemy.engine import make_url
 
-from cxr_node.commands.common import one_line, resolve_db_url
-from cxr_node.config import ConfigError
+from cxr_node.commands.common import load_node_config, one_line
+from cxr_node.config import ConfigError, with_overrides
 
 
 def open_existing(db: str | None, config: Path | None):
@@ -20,7 +21,10 @@ def open_existing(db: str | None, config: Path | None):
     from cxr_node.queue.schema import SchemaError, open_database
 
     try:
-        url = resolve_db_url(db, config)
+        from cxr_node.startup import with_db_password
+
+        # The same database serve would use, with the password from CXR_NODE_DB_PASSWORD or node.db_password_file.
+        url = with_db_password(with_overrides(load_node_config(config), db=db), os.environ).db_url
         parsed = make_url(url)
         if parsed.drivername.startswith("sqlite") and parsed.database and not Path(parsed.database).is_file():
             # SQLite would create an empty file; an operator command must not.
