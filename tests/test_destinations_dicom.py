@@ -166,6 +166,7 @@ def test_dicom_destination_keys_are_checked():
     for options, key in [
         ({"host": "h", "port": 104}, "destinations[0].ae_title"),
         ({"ae_title": "A", "host": "h", "port": 0}, "destinations[0].port"),
+        ({"ae_title": "A", "host": "h", "port": 104, "tls": True}, "destinations[0].tls"),  # no node certificate
         ({"ae_title": "A", "host": "h", "port": 104, "url": "x"}, "destinations[0].url"),
     ]:
         with pytest.raises(ConfigError) as err:

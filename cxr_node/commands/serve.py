@@ -89,7 +89,7 @@ def command(config_path, ae_title, port, bind, storage, db, destination, models,
     if node.worker:
         model = node.worker.model
         parts.append(f"models {model.label}{'' if model.trained else ' (UNTRAINED - NOT FOR CLINICAL USE)'}")
-    parts.append(f"results to {cfg.destination or 'disk only'}")
+    parts.append(f"results to {', '.join(cfg.destination_names) or 'disk only'}")
     if web is not None:
         parts.append(f"status page http://{cfg.web_bind}:{web.port}/")
     click.echo("cxr-node: " + "; ".join(parts), err=True)
