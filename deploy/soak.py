@@ -1,0 +1,481 @@
+"""Soak the node under load and faults; print acknowledged / delivered / lost / duplicated per scenario.
+
+Run through deploy/soak.sh. Every scenario starts its own node (`cxr-node serve`, untrained
+models on the CPU, SQLite unless said otherwise), its own Orthanc as the PACS and sends with
+DCMTK storescu (several senders in parallel, one association each). Each image is its own
+study, so "delivered" = the SR and the SC of that study are in Orthanc, "lost" = acknowledged
+(C-STORE success) but not delivered within the wait, "duplicated" = more than the two result
+objects in a study. "refused" counts images that got a failure status (not acknowledged: the
+modality keeps them). Lost and duplicated must be 0 everywhere.
+
+Scenarios: load, kill9 (kill -9 rounds while sending and analysing), pacs_outage (Orthanc down
+while images arrive), disk_full (a small tmpfs as the storage dir: watermark refusals, then the
+disk filled to 100 % while results are written, then freed), postgres_restart (PostgreSQL as the
+queue, restarted while images arrive), hostile (20 hostile connections and malformed images next
+to the valid senders).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import random
+import re
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import numpy as np  # noqa: E402
+from pydicom.uid import generate_uid  # noqa: E402
+
+from tests import peers  # noqa: E402  (Orthanc / PostgreSQL / DCMTK helpers shared with the tests)
+from tests.dicom_factory import make_radiograph  # noqa: E402
+
+
+@dataclass
+class Row:
+    scenario: str
+    sent: int = 0
+    acknowledged: int = 0
+    refused: int = 0
+    delivered: int = 0
+    lost: int = 0
+    duplicated: int = 0
+    seconds: float = 0.0
+    note: str = ""
+    acked_studies: set = field(default_factory=set)
+
+
+# -- images and senders ------------------------------------------------------------------------
+
+
+def make_images(directory: Path, count: int, tag: str) -> list[Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(abs(hash(tag)) % 2**32)
+    out = []
+    for i in range(count):
+        rows, cols = 256, 208
+        yy, xx = np.mgrid[0:rows, 0:cols]
+        pixels = 1500 + 1000 * np.sin(xx / (9 + i % 7)) * np.cos(yy / 13.0) + rng.integers(0, 200, (rows, cols))
+        ds = make_radiograph(pixels.round().clip(0, 4095), study_uid=generate_uid())
+        path = directory / f"{tag}-{i:03d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        out.append(path)
+    return out
+
+
+def study_of(path: Path) -> str:
+    import pydicom
+
+    return str(pydicom.dcmread(path, stop_before_pixels=True).StudyInstanceUID)
+
+
+_SENDING = re.compile(r"Sending file: (\S+)")
+_RESPONSE = re.compile(r"Received Store Response \((\w+)")
+
+
+def storescu(port: int, files: list[Path], timeout_s: float = 600) -> dict[Path, bool]:
+    """One association for `files`; per file: True if C-STORE success, False if a failure status or never sent."""
+    if not files:
+        return {}
+    exe = peers.find_program("storescu")
+    try:
+        out = subprocess.run([exe, "-v", "-aet", "SOAK", "-aec", "CXR_NODE", "127.0.0.1", str(port), *map(str, files)],
+                             capture_output=True, text=True, timeout=timeout_s)
+        text = out.stdout + out.stderr
+    except subprocess.TimeoutExpired as exc:
+        text = (exc.stdout or b"").decode(errors="replace") + (exc.stderr or b"").decode(errors="replace")
+    result = {f: False for f in files}
+    current = None
+    for line in text.splitlines():
+        m = _SENDING.search(line)
+        if m:
+            current = Path(m.group(1))
+            continue
+        m = _RESPONSE.search(line)
+        if m and current is not None:
+            result[current] = m.group(1) == "Success"
+            current = None
+    return result
+
+
+def send_parallel(port: int, files: list[Path], senders: int) -> dict[Path, bool]:
+    groups = [files[i::senders] for i in range(senders)]
+    results: dict[Path, bool] = {}
+    lock = threading.Lock()
+
+    def run(group):
+        r = storescu(port, group)
+        with lock:
+            results.update(r)
+
+    threads = [threading.Thread(target=run, args=(g,)) for g in groups if g]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
+
+
+# -- node --------------------------------------------------------------------------------------
+
+
+class Node:
+    def __init__(self, work: Path, pacs_port: int, config: str = "", db: str | None = None, storage: Path | None = None):
+        self.work = work
+        self.port = peers.free_port()
+        self.storage = storage or work / "storage"
+        self.config = work / "node.toml"
+        self.config.write_text(
+            "[worker]\npoll_interval_s = 0.2\nlease_s = 30.0\n"
+            "[dispatcher]\nretry_delays_s = [0.5, 1.0, 2.0, 5.0]\n" + config
+        )
+        self.args = [sys.executable, "-m", "cxr_node.cli", "serve", "--config", str(self.config),
+                     "--bind", "127.0.0.1", "--port", str(self.port), "--storage", str(self.storage),
+                     "--destination", f"ORTHANC@127.0.0.1:{pacs_port}", "--allow-untrained", "--device", "cpu"]
+        if db:
+            self.args += ["--db", db]
+        self.proc: subprocess.Popen | None = None
+        self.starts = 0
+
+    def start(self) -> Node:
+        self.starts += 1
+        log = open(self.work / f"serve-{self.starts}.log", "ab")
+        env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
+        self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT, cwd=self.work, env=env)
+        echo = peers.find_program("echoscu")
+        peers.wait_until(lambda: self.proc.poll() is not None or subprocess.run(
+            [echo, "-aec", "CXR_NODE", "127.0.0.1", str(self.port)], capture_output=True, timeout=30).returncode == 0,
+            300, "the node to answer C-ECHO", interval_s=0.5)
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"serve exited {self.proc.returncode}; see {self.work}/serve-{self.starts}.log")
+        return self
+
+    def kill9(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(60)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def results_in_orthanc(orthanc: peers.Orthanc, study: str) -> int:
+    """Instances of the study in Orthanc: only the node sends there, so these are its result objects."""
+    return len(orthanc.post_json("/tools/find", {"Level": "Instance", "Query": {"StudyInstanceUID": study}}))
+
+
+def settle(row: Row, orthanc: peers.Orthanc, all_studies: list[str], wait_s: float) -> None:
+    """Wait for every acknowledged study's 2 results (or wait_s), then fill in delivered/lost/duplicated."""
+    acked = sorted(row.acked_studies)
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        if all(results_in_orthanc(orthanc, s) >= 2 for s in acked):
+            break
+        time.sleep(2)
+    time.sleep(3)  # a late duplicate would show up now
+    counts = {s: results_in_orthanc(orthanc, s) for s in all_studies}
+    row.delivered = sum(1 for s in acked if counts[s] >= 2)
+    row.lost = sum(1 for s in acked if counts[s] < 2)
+    row.duplicated = sum(max(0, c - 2) for c in counts.values())
+    stray = [s for s in all_studies if s not in row.acked_studies and counts[s] > 0]
+    if stray:
+        row.note += f" {len(stray)} not-acknowledged images got results (re-sent by nobody: check)"
+
+
+def record(row: Row, results: dict[Path, bool]) -> None:
+    row.sent += len(results)
+    for path, ok in results.items():
+        if ok:
+            row.acknowledged += 1
+            row.acked_studies.add(study_of(path))
+        else:
+            row.refused += 1
+
+
+# -- scenarios ---------------------------------------------------------------------------------
+
+
+def scenario_load(work: Path, a) -> Row:
+    row = Row("load")
+    pacs = peers.start_orthanc(work / "orthanc")
+    node = Node(work, pacs.dicom_port).start()
+    try:
+        files = make_images(work / "img", a.senders * a.studies, "load")
+        record(row, send_parallel(node.port, files, a.senders))
+        settle(row, pacs, [study_of(f) for f in files], a.wait)
+    finally:
+        node.stop()
+        peers.stop_process(pacs.process)
+    row.note = f"{a.senders} senders x {a.studies} studies"
+    return row
+
+
+def scenario_kill9(work: Path, a) -> Row:
+    row = Row("kill9")
+    pacs = peers.start_orthanc(work / "orthanc")
+    node = Node(work, pacs.dicom_port).start()
+    all_files = []
+    rng = random.Random(11)
+    try:
+        for r in range(a.kill_rounds):
+            files = make_images(work / f"img{r}", a.per_round, f"kill{r}")
+            all_files += files
+            results: dict[Path, bool] = {}
+            sender = threading.Thread(target=lambda f=files, r=results: r.update(send_parallel(node.port, f, a.senders)))
+            sender.start()
+            time.sleep(rng.uniform(0.5, 3.0))  # while images arrive or are analysed
+            node.kill9()
+            sender.join()
+            record(row, results)
+            node.start()
+        settle(row, pacs, [study_of(f) for f in all_files], a.wait)
+    finally:
+        node.stop()
+        peers.stop_process(pacs.process)
+    row.note = f"{a.kill_rounds} rounds of {a.per_round} images, kill -9 0.5-3 s into each"
+    return row
+
+
+def scenario_pacs_outage(work: Path, a) -> Row:
+    row = Row("pacs_outage")
+    pacs = peers.start_orthanc(work / "orthanc")
+    node = Node(work, pacs.dicom_port).start()
+    try:
+        peers.stop_process(pacs.process)  # the PACS goes away
+        files = make_images(work / "img", a.per_round * 2, "outage")
+        record(row, send_parallel(node.port, files, a.senders))
+        time.sleep(a.outage)
+        pacs = peers.start_orthanc(work / "orthanc", dicom_port=pacs.dicom_port)  # back, same storage
+        settle(row, pacs, [study_of(f) for f in files], a.wait)
+    finally:
+        node.stop()
+        peers.stop_process(pacs.process)
+    row.note = f"Orthanc down for {a.outage:g} s while images arrived"
+    return row
+
+
+def _free_mib(path: Path) -> float:
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize / 2**20
+
+
+def _fill(path: Path, leave_mib: float) -> Path:
+    filler = path / "filler.bin"
+    with open(filler, "ab") as fh:
+        chunk = b"\0" * 2**20
+        try:
+            while _free_mib(path) > leave_mib + 1:
+                fh.write(chunk)
+                fh.flush()
+        except OSError:
+            pass
+    return filler
+
+
+def scenario_disk_full(work: Path, a) -> Row:
+    row = Row("disk_full")
+    mnt = work / "small-fs"
+    mnt.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m,mode=0750", "tmpfs", str(mnt)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        row.note = f"NOT RUN: cannot mount a tmpfs ({mounted.stderr.strip()}); needs root"
+        return row
+    pacs = peers.start_orthanc(work / "orthanc")
+    # The queue database lives off the small file system, so what fills up is the storage alone.
+    node = Node(work, pacs.dicom_port, "[receiver]\nmin_free_mb = 16.0\n", db=f"sqlite:///{work / 'q.db'}",
+                storage=mnt / "storage")
+    try:
+        node.start()
+        filler = _fill(mnt, leave_mib=8)  # under the watermark: refused with 0xA700
+        refused = make_images(work / "img-a", a.per_round, "full-a")
+        record(row, send_parallel(node.port, refused, a.senders))
+        filler.unlink()
+        files = make_images(work / "img-b", a.per_round * 2, "full-b")
+        record(row, send_parallel(node.port, files, a.senders))
+        filler = _fill(mnt, leave_mib=0)  # 100 % while the results are being written
+        time.sleep(a.outage)
+        filler.unlink()
+        settle(row, pacs, [study_of(f) for f in refused + files], a.wait)
+    finally:
+        node.stop()
+        peers.stop_process(pacs.process)
+        subprocess.run(["umount", str(mnt)], capture_output=True)
+    row.note = (f"64 MiB tmpfs: {a.per_round} sent under min_free_mb (0xA700 expected), then "
+                f"{a.per_round * 2} acknowledged and the disk filled to 100 % for {a.outage:g} s")
+    return row
+
+
+def scenario_postgres_restart(work: Path, a) -> Row:
+    row = Row("postgres_restart")
+    pg = peers.start_postgres()
+    pacs = peers.start_orthanc(work / "orthanc")
+    node = Node(work, pacs.dicom_port, db=pg.url).start()
+    try:
+        files = make_images(work / "img", a.per_round * 3, "pg")
+        results: dict[Path, bool] = {}
+        sender = threading.Thread(target=lambda: results.update(send_parallel(node.port, files, a.senders)))
+        sender.start()
+        time.sleep(1.0)
+        pg_ctl = str(Path(peers.find_program("initdb")).parent / "pg_ctl")
+        peers._as_postgres_user([pg_ctl, "-D", str(pg.datadir), "-m", "fast", "-w", "restart"], timeout=120)
+        sender.join()
+        record(row, results)
+        settle(row, pacs, [study_of(f) for f in files], a.wait)
+    finally:
+        node.stop()
+        peers.stop_process(pacs.process)
+        peers.stop_postgres(pg)
+    row.note = "PostgreSQL restarted (pg_ctl -m fast) 1 s into the sends"
+    return row
+
+
+def _hostile_sockets(port: int) -> list[socket.socket]:
+    out = []
+    for i in range(20):
+        s = socket.create_connection(("127.0.0.1", port), timeout=5)
+        if i % 2 == 0:  # half an A-ASSOCIATE-RQ declaring 4 GB
+            s.sendall(struct.pack(">BBL", 1, 0, 0xFFFFFFFF) + struct.pack(">HH", 1, 0) + b"CXR_NODE".ljust(16) + b"EVIL".ljust(16))
+        out.append(s)
+    return out
+
+
+def _malformed(directory: Path) -> list[Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    cases = {}
+    base = generate_uid()
+    ds = make_radiograph(np.zeros((64, 48)), study_uid=f"{base[:40]}.2:2")
+    cases["uid-colon"] = ds
+    ds = make_radiograph(np.zeros((64, 48)), study_uid=f"{base[:40]}.2;2")
+    cases["uid-semicolon"] = ds
+    ds = make_radiograph(np.zeros((64, 48)))
+    ds.PixelData = ds.PixelData[:1000]
+    cases["cut-short"] = ds
+    ds = make_radiograph(np.zeros((32, 64)))
+    ds.Rows = ds.Columns = 30000
+    cases["30000x30000"] = ds
+    ds = make_radiograph(np.zeros((64, 48)))
+    ds.SamplesPerPixel = 3
+    cases["spp3"] = ds
+    ds = make_radiograph(np.zeros((64, 48)))
+    ds.NumberOfFrames = 5
+    cases["frames5"] = ds
+    ds = make_radiograph(np.zeros((64, 48)))
+    ds.SpecificCharacterSet = "ISO_IR 999"
+    cases["charset"] = ds
+    paths = []
+    import warnings
+
+    for name, ds in cases.items():
+        path = directory / f"{name}.dcm"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths
+
+
+def scenario_hostile(work: Path, a) -> Row:
+    row = Row("hostile")
+    pacs = peers.start_orthanc(work / "orthanc")
+    node = Node(work, pacs.dicom_port).start()
+    sockets: list[socket.socket] = []
+    try:
+        sockets = _hostile_sockets(node.port)
+        bad = _malformed(work / "bad")
+        files = make_images(work / "img", a.per_round * 2, "hostile")
+        results = send_parallel(node.port, files + bad, a.senders)
+        record(row, results)
+        bad_acked = [p.name for p in bad if results.get(p)]
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            studies = [study_of(f) for f in files + bad]
+        settle(row, pacs, studies, a.wait)
+        row.note = (f"20 hostile connections open + {len(bad)} malformed images (bad UIDs, cut short, "
+                    f"30000x30000, SPP 3, 5 frames, bad charset) beside {len(files)} valid")
+        if bad_acked:
+            row.note += f"; MALFORMED ACKNOWLEDGED: {bad_acked}"
+    finally:
+        for s in sockets:
+            s.close()
+        node.stop()
+        peers.stop_process(pacs.process)
+    return row
+
+
+SCENARIOS = {
+    "load": scenario_load,
+    "kill9": scenario_kill9,
+    "pacs_outage": scenario_pacs_outage,
+    "disk_full": scenario_disk_full,
+    "postgres_restart": scenario_postgres_restart,
+    "hostile": scenario_hostile,
+}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--senders", type=int, default=4)
+    p.add_argument("--studies", type=int, default=25, help="studies per sender in the load scenario")
+    p.add_argument("--kill-rounds", type=int, default=5)
+    p.add_argument("--per-round", type=int, default=8, help="images per round / per fault scenario step")
+    p.add_argument("--outage", type=float, default=20.0, help="seconds the PACS is down / the disk is full")
+    p.add_argument("--wait", type=float, default=900.0, help="seconds to wait for the results of acknowledged images")
+    p.add_argument("--only", action="append", choices=list(SCENARIOS), help="run only these scenarios")
+    p.add_argument("--keep", action="store_true", help="keep the work directory")
+    a = p.parse_args(argv)
+
+    root = Path(tempfile.mkdtemp(prefix="cxr-soak-"))
+    rows = []
+    started = time.monotonic()
+    try:
+        for name in a.only or SCENARIOS:
+            work = root / name
+            work.mkdir()
+            t0 = time.monotonic()
+            try:
+                row = SCENARIOS[name](work, a)
+            except Exception as exc:  # a scenario that cannot run says why; the others still run
+                row = Row(name, note=f"ERROR: {type(exc).__name__}: {exc}")
+            row.seconds = time.monotonic() - t0
+            rows.append(row)
+            print(f"{name}: done in {row.seconds:.0f} s", file=sys.stderr, flush=True)
+    finally:
+        if not a.keep:
+            shutil.rmtree(root, ignore_errors=True)
+
+    print(f"cxr-node soak, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {platform.node()}, "
+          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}, total {time.monotonic() - started:.0f} s")
+    print()
+    print("| scenario | sent | acknowledged | refused | delivered | lost | duplicated | seconds | notes |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---|")
+    for r in rows:
+        print(f"| {r.scenario} | {r.sent} | {r.acknowledged} | {r.refused} | {r.delivered} | {r.lost} | "
+              f"{r.duplicated} | {r.seconds:.0f} | {r.note.strip()} |")
+    bad = [r.scenario for r in rows if r.lost or r.duplicated or "ERROR" in r.note or "MALFORMED" in r.note]
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
