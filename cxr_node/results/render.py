@@ -111,8 +111,11 @@ def _wrap(text: str, scale: float, budget: int) -> list[str]:
 def _fit_scale(lines, budget: int, max_side: int) -> float:
     """One font scale for the header: the longest line fits budget, within readable bounds."""
     longest = max(_width(text, 1.0) * size for text, _, size in lines)
-    top = 0.9 * max_side / 1024  # no larger than at 1024 px
-    return float(np.clip(budget / longest, 0.35, max(0.35, top)))
+    return float(np.clip(budget / longest, 0.35, max(0.35, _top_scale(max_side))))
+
+
+def _top_scale(max_side: int) -> float:
+    return 0.9 * max_side / 1024  # the header font is no larger than at 1024 px
 
 
 def _line_height(scale: float) -> int:
@@ -153,10 +156,13 @@ def _plan(shape, n: int, lines, captions, max_side: int):
     """Panel scale, canvas width, header block and caption scale so that the long side <= max_side."""
     top, bottom, side = (round(f * max_side) for f in (TOP_MARGIN, BOTTOM_MARGIN, SIDE_MARGIN))
     chrome_w = 2 * side + (n - 1) * side + n  # + n: a panel's size is rounded up by at most 1 px
+    # Never narrower than the header needs at full size (a tall fused panel would otherwise
+    # squeeze the text into many small wrapped lines): the panels are centred in the width.
+    text_w = min(max_side, int(max(_width(t, 1.0) * size for t, _, size in lines) * _top_scale(max_side) / TEXT_WIDTH))
     scale = _scale_for(shape, (max_side - chrome_w) / n, max_side - 1)
     for _ in range(4):  # the text depends on the width, the width on the room the text leaves
         panel_w = max(1, round(shape[1] * scale))
-        width = n * panel_w + chrome_w
+        width = max(n * panel_w + chrome_w, text_w)
         budget = int(TEXT_WIDTH * width)
         font = _fit_scale(lines, budget, max_side)
         block = _text_block(lines, width, font, budget)
@@ -203,8 +209,9 @@ def render(
         _draw_centred(canvas, text, width // 2, y - 8, s, colour)
     y += _line_height(cap_scale) + 6
     boxes = []
+    left = (width - n * panel_w - (n - 1) * side) // 2
     for i, (tile, caption) in enumerate(zip(tiles, captions, strict=True)):
-        x0 = side + i * (panel_w + side)
+        x0 = left + i * (panel_w + side)
         _draw_centred(canvas, caption, x0 + panel_w // 2, y - 8, cap_scale, _WHITE)
         canvas[y:y + panel_h, x0:x0 + panel_w] = tile
         boxes.append((y, y + panel_h, x0, x0 + panel_w))

@@ -225,7 +225,7 @@ def build_report_content(
     )
     algo_a = _algorithm(model, "model A (normal vs abnormal)", model.sha256_a)
     algo_b = _algorithm(model, "model B (COVID-19 vs not)", model.sha256_b)
-    algo_joint = _algorithm(model, "joint rule (A + B)", model.sha256_a, model.sha256_b)
+    algo_joint = _algorithm(model, "joint rule (A + B)")  # its weights are named in groups A and B
     key = uids.sr_instance  # tracking UIDs: stable for the same source and bundle
     evaluations = [
         hd.sr.QualitativeEvaluation(name=OVERALL_CLASS, value=CLASS_CODES[result.label]),
