@@ -26,6 +26,7 @@ from cxr_node.results.sc import build_secondary_capture
 from cxr_node.results.sr import build_structured_report
 from cxr_node.storage import write_durably
 
+
 @dataclass(frozen=True)
 class ResultFiles:
     sr_path: Path
