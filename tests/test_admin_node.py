@@ -158,6 +158,9 @@ def test_a_study_through_send_page_metrics_jobs_and_exports(tmp_path, orthanc, f
     node.stop()
     log = node.log()
     assert "association from MOBILE_DR at 127.0.0.1:" in log and "1 instance(s) stored" in log
+    for e in exports:  # one audit line per result object sent (twice for the resent SR)
+        assert f"result {e['kind'].upper()} {e['sop_instance_uid']} to pacs: status 0x0000 (stored)" in log
+    assert log.count(f"result SR {sr['sop_instance_uid']} to pacs") == 2
     header = pydicom.dcmread(fresh_j2kr, stop_before_pixels=True)
     for secret in (str(header.PatientName), str(header.PatientID)):
         assert secret not in log, f"{secret!r} appears in the default-level log"
