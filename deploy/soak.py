@@ -5,8 +5,9 @@ models on the CPU, SQLite unless said otherwise), its own Orthanc as the PACS an
 DCMTK storescu (several senders in parallel, one association each). Each image is its own
 study, so "delivered" = the SR and the SC of that study are in Orthanc, "lost" = acknowledged
 (C-STORE success) but not delivered within the wait, "duplicated" = more than the two result
-objects in a study. "refused" counts images that got a failure status (not acknowledged: the
-modality keeps them). Lost and duplicated must be 0 everywhere.
+objects in a study. "refused" counts images that got a failure status and "no answer" those that got
+none (node killed mid-association, file not sendable): neither is acknowledged, the modality
+keeps them. Lost and duplicated must be 0 everywhere.
 
 Scenarios: load, kill9 (kill -9 rounds while sending and analysing), pacs_outage (Orthanc down
 while images arrive), disk_full (a small tmpfs as the storage dir: watermark refusals, then the
@@ -18,6 +19,7 @@ to the valid senders).
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import platform
 import random
@@ -31,6 +33,7 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -51,6 +54,7 @@ class Row:
     sent: int = 0
     acknowledged: int = 0
     refused: int = 0
+    unanswered: int = 0  # storescu never got a status (connection lost, node killed, file not sendable)
     delivered: int = 0
     lost: int = 0
     duplicated: int = 0
@@ -80,15 +84,17 @@ def make_images(directory: Path, count: int, tag: str) -> list[Path]:
 def study_of(path: Path) -> str:
     import pydicom
 
-    return str(pydicom.dcmread(path, stop_before_pixels=True).StudyInstanceUID)
+    with warnings.catch_warnings():  # the malformed images' UIDs are malformed on purpose
+        warnings.simplefilter("ignore")
+        return str(pydicom.dcmread(path, stop_before_pixels=True).StudyInstanceUID)
 
 
 _SENDING = re.compile(r"Sending file: (\S+)")
 _RESPONSE = re.compile(r"Received Store Response \((\w+)")
 
 
-def storescu(port: int, files: list[Path], timeout_s: float = 600) -> dict[Path, bool]:
-    """One association for `files`; per file: True if C-STORE success, False if a failure status or never sent."""
+def storescu(port: int, files: list[Path], timeout_s: float = 600) -> dict[Path, bool | None]:
+    """One association for `files`; per file: True on C-STORE success, False on a failure status, None if never answered."""
     if not files:
         return {}
     exe = peers.find_program("storescu")
@@ -98,7 +104,7 @@ def storescu(port: int, files: list[Path], timeout_s: float = 600) -> dict[Path,
         text = out.stdout + out.stderr
     except subprocess.TimeoutExpired as exc:
         text = (exc.stdout or b"").decode(errors="replace") + (exc.stderr or b"").decode(errors="replace")
-    result = {f: False for f in files}
+    result: dict[Path, bool | None] = {f: None for f in files}
     current = None
     for line in text.splitlines():
         m = _SENDING.search(line)
@@ -112,9 +118,37 @@ def storescu(port: int, files: list[Path], timeout_s: float = 600) -> dict[Path,
     return result
 
 
-def send_parallel(port: int, files: list[Path], senders: int) -> dict[Path, bool]:
+def pynetdicom_send(port: int, files: list[Path]) -> dict[Path, bool | None]:
+    """A hostile sender: pynetdicom sends each data set as it is (DCMTK refuses to read some of them)."""
+    import pydicom
+    from pynetdicom import AE
+
+    ae = AE(ae_title="HOSTILE")
+    datasets = {}
+    for f in files:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            datasets[f] = pydicom.dcmread(f)
+    for ds in datasets.values():
+        ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
+    result: dict[Path, bool | None] = {f: None for f in files}
+    assoc = ae.associate("127.0.0.1", port, ae_title="CXR_NODE")
+    if not assoc.is_established:
+        return result
+    try:
+        for f, ds in datasets.items():
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                status = assoc.send_c_store(ds)
+            result[f] = None if "Status" not in status else status.Status == 0x0000
+    finally:
+        assoc.release()
+    return result
+
+
+def send_parallel(port: int, files: list[Path], senders: int) -> dict[Path, bool | None]:
     groups = [files[i::senders] for i in range(senders)]
-    results: dict[Path, bool] = {}
+    results: dict[Path, bool | None] = {}
     lock = threading.Lock()
 
     def run(group):
@@ -207,6 +241,8 @@ def record(row: Row, results: dict[Path, bool]) -> None:
         if ok:
             row.acknowledged += 1
             row.acked_studies.add(study_of(path))
+        elif ok is None:
+            row.unanswered += 1
         else:
             row.refused += 1
 
@@ -383,8 +419,6 @@ def _malformed(directory: Path) -> list[Path]:
     ds.SpecificCharacterSet = "ISO_IR 999"
     cases["charset"] = ds
     paths = []
-    import warnings
-
     for name, ds in cases.items():
         path = directory / f"{name}.dcm"
         with warnings.catch_warnings():
@@ -403,17 +437,17 @@ def scenario_hostile(work: Path, a) -> Row:
         sockets = _hostile_sockets(node.port)
         bad = _malformed(work / "bad")
         files = make_images(work / "img", a.per_round * 2, "hostile")
-        results = send_parallel(node.port, files + bad, a.senders)
+        results: dict[Path, bool | None] = {}
+        hostile = threading.Thread(target=lambda: results.update(pynetdicom_send(node.port, bad)))
+        hostile.start()
+        results.update(send_parallel(node.port, files, a.senders))
+        hostile.join()
         record(row, results)
         bad_acked = [p.name for p in bad if results.get(p)]
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            studies = [study_of(f) for f in files + bad]
+        studies = [study_of(f) for f in files + bad]
         settle(row, pacs, studies, a.wait)
         row.note = (f"20 hostile connections open + {len(bad)} malformed images (bad UIDs, cut short, "
-                    f"30000x30000, SPP 3, 5 frames, bad charset) beside {len(files)} valid")
+                    f"30000x30000, SPP 3, 5 frames, bad charset; sent by pynetdicom) beside {len(files)} valid (storescu)")
         if bad_acked:
             row.note += f"; MALFORMED ACKNOWLEDGED: {bad_acked}"
     finally:
@@ -445,6 +479,7 @@ def main(argv=None) -> int:
     p.add_argument("--only", action="append", choices=list(SCENARIOS), help="run only these scenarios")
     p.add_argument("--keep", action="store_true", help="keep the work directory")
     a = p.parse_args(argv)
+    logging.getLogger("pydicom").setLevel(logging.ERROR)  # malformed test images are malformed on purpose
 
     root = Path(tempfile.mkdtemp(prefix="cxr-soak-"))
     rows = []
@@ -468,10 +503,10 @@ def main(argv=None) -> int:
     print(f"cxr-node soak, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {platform.node()}, "
           f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}, total {time.monotonic() - started:.0f} s")
     print()
-    print("| scenario | sent | acknowledged | refused | delivered | lost | duplicated | seconds | notes |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---|")
+    print("| scenario | sent | acknowledged | refused | no answer | delivered | lost | duplicated | seconds | notes |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for r in rows:
-        print(f"| {r.scenario} | {r.sent} | {r.acknowledged} | {r.refused} | {r.delivered} | {r.lost} | "
+        print(f"| {r.scenario} | {r.sent} | {r.acknowledged} | {r.refused} | {r.unanswered} | {r.delivered} | {r.lost} | "
               f"{r.duplicated} | {r.seconds:.0f} | {r.note.strip()} |")
     bad = [r.scenario for r in rows if r.lost or r.duplicated or "ERROR" in r.note or "MALFORMED" in r.note]
     return 1 if bad else 0
