@@ -94,25 +94,51 @@ class AssociationAudit:
         refusals = f"; refused: {' | '.join(tally.comments[:3])}" if tally.comments else ""
         audit_log.info(
             "association from %s at %s to %s %s: %d instance(s) stored, %d refused, %d echo(es)%s",
-            tally.calling_aet, tally.address, tally.called_aet, tally.outcome,
-            tally.stored, tally.refused, tally.echoes, refusals,
+            tally.calling_aet,
+            tally.address,
+            tally.called_aet,
+            tally.outcome,
+            tally.stored,
+            tally.refused,
+            tally.echoes,
+            refusals,
             extra={
-                "event": "association", "calling_aet": tally.calling_aet, "called_aet": tally.called_aet,
-                "address": tally.address, "outcome": tally.outcome, "stored": tally.stored,
-                "refused": tally.refused, "echoes": tally.echoes,
+                "event": "association",
+                "calling_aet": tally.calling_aet,
+                "called_aet": tally.called_aet,
+                "address": tally.address,
+                "outcome": tally.outcome,
+                "stored": tally.stored,
+                "refused": tally.refused,
+                "echoes": tally.echoes,
             },
         )
 
 
-def result_sent(kind: str, sop_instance_uid: str, destination: str, status: int, job_id: int | None = None,
-                study_instance_uid: str | None = None) -> None:
+def result_sent(
+    kind: str,
+    sop_instance_uid: str,
+    destination: str,
+    status: int,
+    job_id: int | None = None,
+    study_instance_uid: str | None = None,
+) -> None:
     """One line per result object handed to a destination, with the status it answered."""
     ok = status == 0x0000 or (status & 0xF000) == 0xB000
     audit_log.info(
-        "result %s %s to %s: status 0x%04X (%s)", kind.upper(), sop_instance_uid, destination, status,
+        "result %s %s to %s: status 0x%04X (%s)",
+        kind.upper(),
+        sop_instance_uid,
+        destination,
+        status,
         "stored" if ok else "refused",
         extra={
-            "event": "result_sent", "kind": kind, "sop_instance_uid": sop_instance_uid,
-            "destination": destination, "status": status, "job_id": job_id, "study_instance_uid": study_instance_uid,
+            "event": "result_sent",
+            "kind": kind,
+            "sop_instance_uid": sop_instance_uid,
+            "destination": destination,
+            "status": status,
+            "job_id": job_id,
+            "study_instance_uid": study_instance_uid,
         },
     )

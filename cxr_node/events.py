@@ -12,7 +12,8 @@ from __future__ import annotations
 import logging
 import threading
 from collections import defaultdict
-from typing import Callable
+from collections.abc import Callable
+from typing import Any
 
 from sqlalchemy import Engine, text
 
@@ -62,10 +63,15 @@ def _psycopg_connect(engine: Engine):
     import psycopg
 
     url = engine.url
-    params = {k: v for k, v in dict(url.query).items() if isinstance(v, str)}
+    params: dict[str, Any] = {k: v for k, v in dict(url.query).items() if isinstance(v, str)}
     conn = psycopg.connect(
-        host=url.host, port=url.port, user=url.username, password=url.password, dbname=url.database,
-        autocommit=True, **params,
+        host=url.host,
+        port=url.port,
+        user=url.username,
+        password=url.password,
+        dbname=url.database,
+        autocommit=True,
+        **params,
     )
     return conn
 

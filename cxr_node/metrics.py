@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Gauge, Histogram, Info, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -39,8 +39,9 @@ class _DatabaseCollector:
             ("cxr_node_images_failed", "failed", "Images whose job failed for good."),
         ):
             yield CounterMetricFamily(name, doc, value=totals[key])
-        exported = CounterMetricFamily("cxr_node_results_exported", "Result objects a destination accepted.",
-                                       labels=["destination"])
+        exported = CounterMetricFamily(
+            "cxr_node_results_exported", "Result objects a destination accepted.", labels=["destination"]
+        )
         for dest, n in sorted(self.reports.exported_by_destination().items()):
             exported.add_metric([dest], n)
         yield exported
@@ -78,7 +79,9 @@ class _GpuCollector:
         values = self.read()
         if not values:
             return
-        family = GaugeMetricFamily("cxr_node_gpu_memory_bytes", "GPU memory held by this process.", labels=["device", "kind"])
+        family = GaugeMetricFamily(
+            "cxr_node_gpu_memory_bytes", "GPU memory held by this process.", labels=["device", "kind"]
+        )
         for key, value in sorted(values.items()):
             device, kind = key.split("/")
             family.add_metric([device, kind], value)
@@ -98,21 +101,31 @@ class NodeMetrics:
         self.registry.register(_DatabaseCollector(reports))
         self.registry.register(_GpuCollector(gpu_memory))
         self.stage_seconds = Histogram(
-            "cxr_node_stage_seconds", "Seconds per processing stage of each analysed image.", ["stage"],
-            buckets=STAGE_BUCKETS, registry=self.registry,
+            "cxr_node_stage_seconds",
+            "Seconds per processing stage of each analysed image.",
+            ["stage"],
+            buckets=STAGE_BUCKETS,
+            registry=self.registry,
         )
         self.received_to_result = Histogram(
-            "cxr_node_received_to_result_seconds", "Seconds from the image's receipt to its recorded result.",
-            buckets=STAGE_BUCKETS, registry=self.registry,
+            "cxr_node_received_to_result_seconds",
+            "Seconds from the image's receipt to its recorded result.",
+            buckets=STAGE_BUCKETS,
+            registry=self.registry,
         )
         Gauge("cxr_node_start_time_seconds", "Unix time this process started.", registry=self.registry).set(
             started_at if started_at is not None else time.time()
         )
         if model is not None:
-            Info("cxr_node_model", "The model bundle this process analyses with.", registry=self.registry).info({
-                "name": model.name, "version": model.version, "sha256_a": model.sha256_a, "sha256_b": model.sha256_b,
-                "trained": "true" if model.trained else "false",
-            })
+            Info("cxr_node_model", "The model bundle this process analyses with.", registry=self.registry).info(
+                {
+                    "name": model.name,
+                    "version": model.version,
+                    "sha256_a": model.sha256_a,
+                    "sha256_b": model.sha256_b,
+                    "trained": "true" if model.trained else "false",
+                }
+            )
         self._seen_result = reports.max_result_id()  # histograms cover results from now on
         self._lock = threading.Lock()
 

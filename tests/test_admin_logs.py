@@ -76,20 +76,31 @@ def test_one_audit_line_per_association(rg1_uncr, tmp_path, caplog):
     ae.add_supported_context(Verification)
     ae.add_supported_context(ComputedRadiographyImageStorage)
     port = peers.free_port()
-    server = ae.start_server(("127.0.0.1", port), block=False,
-                             evt_handlers=[(evt.EVT_C_STORE, on_store), *AssociationAudit().handlers()])
+    server = ae.start_server(
+        ("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store), *AssociationAudit().handlers()]
+    )
     caplog.set_level(logging.INFO, logger="cxr_node.audit")
     try:
         second = tmp_path / "second.dcm"
         second.write_bytes(rg1_uncr.read_bytes())
-        subprocess.run([storescu, "-aet", "MOBILE_DR", "-aec", "AUDITED", "127.0.0.1", str(port), str(rg1_uncr), str(second)],
-                       capture_output=True, timeout=120)
-        subprocess.run([echoscu, "-aet", "ECHOER", "-aec", "AUDITED", "127.0.0.1", str(port)], capture_output=True, timeout=60)
-        subprocess.run([echoscu, "-aet", "ECHOER", "-aec", "WRONG", "127.0.0.1", str(port)], capture_output=True, timeout=60)
+        subprocess.run(
+            [storescu, "-aet", "MOBILE_DR", "-aec", "AUDITED", "127.0.0.1", str(port), str(rg1_uncr), str(second)],
+            capture_output=True,
+            timeout=120,
+        )
+        subprocess.run(
+            [echoscu, "-aet", "ECHOER", "-aec", "AUDITED", "127.0.0.1", str(port)], capture_output=True, timeout=60
+        )
+        subprocess.run(
+            [echoscu, "-aet", "ECHOER", "-aec", "WRONG", "127.0.0.1", str(port)], capture_output=True, timeout=60
+        )
         lines = peers.wait_until(
             lambda: (lambda found: found if len(found) >= 3 else None)(
-                [r for r in caplog.records if getattr(r, "event", None) == "association"]),
-            30, "three audit lines")
+                [r for r in caplog.records if getattr(r, "event", None) == "association"]
+            ),
+            30,
+            "three audit lines",
+        )
     finally:
         server.shutdown()
     store, echo, rejected = lines[:3]

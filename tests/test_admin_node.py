@@ -47,17 +47,24 @@ class Node:
             f'[node]\nae_title = "CXR_NODE"\nbind = "127.0.0.1"\nport = {self.port}\nstorage = "{self.storage}"\n'
             f'[destination]\nae_title = "{orthanc.aet}"\nhost = "127.0.0.1"\nport = {orthanc.dicom_port}\n'
             f'[models]\nallow_untrained = true\ndevice = "cpu"\n'
-            f'[web]\nenabled = {"true" if web else "false"}\nport = {self.web_port}\n'
+            f"[web]\nenabled = {'true' if web else 'false'}\nport = {self.web_port}\n"
         )
         self.log_path = tmp / f"serve-{self.port}.log"
         self.args = [*CLI, "serve", "--config", str(self.config), *[a for r in roles for a in ("--role", r)]]
         self.proc: subprocess.Popen | None = None
 
-    def start(self) -> "Node":
+    def start(self) -> Node:
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT, cwd=self.storage.parent)
-        peers.wait_until(lambda: self.proc.poll() is not None or cli("echo", f"CXR_NODE@127.0.0.1:{self.port}", check=False).returncode == 0,
-                         180, "node to answer C-ECHO", interval_s=0.5)
+        peers.wait_until(
+            lambda: (
+                self.proc.poll() is not None
+                or cli("echo", f"CXR_NODE@127.0.0.1:{self.port}", check=False).returncode == 0
+            ),
+            180,
+            "node to answer C-ECHO",
+            interval_s=0.5,
+        )
         if self.proc.poll() is not None:
             raise RuntimeError(f"serve exited {self.proc.returncode}: {self.log()}")
         return self
@@ -81,7 +88,10 @@ class Node:
 def results_in(orthanc: peers.Orthanc, study_uid: str, count: int, timeout_s: float = 300) -> list[dict]:
     return peers.wait_until(
         lambda: (lambda found: found if len(found) >= count else None)(orthanc.instances_in_study(study_uid)),
-        timeout_s, f"{count} result objects in Orthanc", interval_s=0.5)
+        timeout_s,
+        f"{count} result objects in Orthanc",
+        interval_s=0.5,
+    )
 
 
 def metric(text: str, name: str) -> float:
@@ -112,8 +122,11 @@ def test_a_study_through_send_page_metrics_jobs_and_exports(tmp_path, orthanc, f
     during_page, during_metrics = node.http("/"), node.http("/metrics")
     assert "Recent images" in during_page and "cxr_node_images_received_total 1.0" in during_metrics
     results_in(orthanc, study, 2)
-    peers.wait_until(lambda: 'cxr_node_results_exported_total{destination="pacs"} 2.0' in node.http("/metrics"),
-                     60, "both exports counted")
+    peers.wait_until(
+        lambda: 'cxr_node_results_exported_total{destination="pacs"} 2.0' in node.http("/metrics"),
+        60,
+        "both exports counted",
+    )
 
     metrics = node.http("/metrics")
     assert metric(metrics, "cxr_node_images_analysed_total") == 1.0
@@ -146,13 +159,18 @@ def test_a_study_through_send_page_metrics_jobs_and_exports(tmp_path, orthanc, f
     assert f"export {sr['id']}: SR {sr['sop_instance_uid']} to pacs queued again (was sent)" in out
     again = peers.wait_until(
         lambda: (lambda rows: rows if rows[0]["state"] == "sent" and rows[0]["sent_at"] != sr["sent_at"] else None)(
-            [e for e in json.loads(node.admin("exports", "list", "--json").stdout) if e["id"] == sr["id"]]),
-        60, "the export to be sent again")
+            [e for e in json.loads(node.admin("exports", "list", "--json").stdout) if e["id"] == sr["id"]]
+        ),
+        60,
+        "the export to be sent again",
+    )
     assert again[0]["sop_instance_uid"] == sr["sop_instance_uid"]
     assert {i["Tags"]["SOPInstanceUID"] for i in orthanc.instances_in_study(study)} == in_orthanc
     assert node.admin("exports", "list", "--pending").stdout.strip() == "no pending exports"
-    assert "already" in node.admin("exports", "resend", "999999", check=False).stderr or \
-        "no such export" in node.admin("exports", "resend", "999999", check=False).stderr
+    assert (
+        "already" in node.admin("exports", "resend", "999999", check=False).stderr
+        or "no such export" in node.admin("exports", "resend", "999999", check=False).stderr
+    )
 
     # Logs at the default level: audit lines, and never the patient's name or ID.
     node.stop()
@@ -178,10 +196,26 @@ def _screenshot(node: Node, tmp_path: Path, orthanc) -> None:
         pytest.skip(message)
     node.start()  # same storage and database: the page shows what the first run did
     shot = tmp_path / "status-page.png"
-    subprocess.run([exe, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", f"--screenshot={shot}",
-                    "--window-size=1500,1100", f"http://127.0.0.1:{node.web_port}/"], capture_output=True, timeout=120)
-    dom = subprocess.run([exe, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom", f"http://127.0.0.1:{node.web_port}/"],
-                         capture_output=True, text=True, timeout=120).stdout
+    subprocess.run(
+        [
+            exe,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            f"--screenshot={shot}",
+            "--window-size=1500,1100",
+            f"http://127.0.0.1:{node.web_port}/",
+        ],
+        capture_output=True,
+        timeout=120,
+    )
+    dom = subprocess.run(
+        [exe, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom", f"http://127.0.0.1:{node.web_port}/"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    ).stdout
     assert "Recent images" in dom and "done" in dom
     assert shot.is_file() and shot.stat().st_size > 10_000
     if os.environ.get("CXR_NODE_DOCS_SCREENSHOT"):
@@ -245,7 +279,9 @@ def test_admin_commands_refuse_a_missing_database_and_bad_peers(tmp_path):
     bad.write_text("[worker]\nlease_s = -1\n")
     out = cli("config", "check", str(bad), check=False)
     assert out.returncode == 1 and "worker.lease_s" in out.stderr
-    assert cli("config", "check", str(Path(__file__).resolve().parents[1] / "configs" / "node.toml")).stdout.endswith("status page off)\n")
+    assert cli("config", "check", str(Path(__file__).resolve().parents[1] / "configs" / "node.toml")).stdout.endswith(
+        "status page off)\n"
+    )
 
 
 def test_send_refuses_what_the_peer_does_not_accept(tmp_path, orthanc, rg1_j2kr):

@@ -45,8 +45,14 @@ def _parse(path: Path) -> dict[str, list[str]]:
 def test_unit_settings(name):
     unit = _parse(UNITS / name)
     assert unit["User"] == ["cxr-node"] and unit["Restart"] == ["on-failure"]
-    for key, value in (("NoNewPrivileges", "yes"), ("ProtectSystem", "strict"), ("ProtectHome", "yes"),
-                       ("PrivateTmp", "yes"), ("ReadWritePaths", "/var/lib/cxr-node"), ("CapabilityBoundingSet", "")):
+    for key, value in (
+        ("NoNewPrivileges", "yes"),
+        ("ProtectSystem", "strict"),
+        ("ProtectHome", "yes"),
+        ("PrivateTmp", "yes"),
+        ("ReadWritePaths", "/var/lib/cxr-node"),
+        ("CapabilityBoundingSet", ""),
+    ):
         assert unit[key] == [value], key
     command = unit["ExecStart"][0].split()
     assert command[:4] == [INSTALLED_CLI, "serve", "--config", "/etc/cxr-node/node.toml"]
@@ -68,7 +74,9 @@ def _local_copies(tmp_path: Path) -> list[Path]:
 
 def test_systemd_analyze_verify_is_clean(tmp_path):
     exe = _systemd_analyze()
-    out = subprocess.run([exe, "verify", *map(str, _local_copies(tmp_path))], capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [exe, "verify", *map(str, _local_copies(tmp_path))], capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0 and (out.stdout + out.stderr).strip() == "", out.stdout + out.stderr
 
 

@@ -40,13 +40,19 @@ def _echo_ok(port: int) -> bool:
 
 
 def _send(port: int, path: Path) -> None:
-    out = subprocess.run([*CLI, "send", str(path), "--to", f"CXR_NODE@127.0.0.1:{port}"], capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [*CLI, "send", str(path), "--to", f"CXR_NODE@127.0.0.1:{port}"], capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, out.stdout + out.stderr
 
 
 def _results(orthanc, study: str) -> list:
-    return peers.wait_until(lambda: (lambda f: f if len(f) >= 2 else None)(orthanc.instances_in_study(study)),
-                            WAIT_S, "SR and SC in Orthanc (a missed wake-up would wait for the 10-minute poll)", interval_s=0.5)
+    return peers.wait_until(
+        lambda: (lambda f: f if len(f) >= 2 else None)(orthanc.instances_in_study(study)),
+        WAIT_S,
+        "SR and SC in Orthanc (a missed wake-up would wait for the 10-minute poll)",
+        interval_s=0.5,
+    )
 
 
 def _stop(*procs: subprocess.Popen) -> None:
@@ -64,7 +70,9 @@ def test_roles_in_one_process_wake_each_other(tmp_path, orthanc, fresh_uncr):
     port = peers.free_port()
     proc = _start(_config(tmp_path, orthanc, port), tmp_path / "serve.log")
     try:
-        peers.wait_until(lambda: proc.poll() is not None or _echo_ok(port), 180, "node to answer C-ECHO", interval_s=0.5)
+        peers.wait_until(
+            lambda: proc.poll() is not None or _echo_ok(port), 180, "node to answer C-ECHO", interval_s=0.5
+        )
         assert proc.poll() is None, (tmp_path / "serve.log").read_text()
         _send(port, fresh_uncr)
         _results(orthanc, str(pydicom.dcmread(fresh_uncr, stop_before_pixels=True).StudyInstanceUID))
@@ -79,10 +87,15 @@ def test_roles_in_separate_processes_wake_through_postgres(tmp_path, orthanc, po
     worker = _start(config, tmp_path / "worker.log", "worker")
     dispatcher = _start(config, tmp_path / "dispatcher.log", "dispatcher")
     try:
-        peers.wait_until(lambda: receiver.poll() is not None or _echo_ok(port), 180, "receiver to answer C-ECHO", interval_s=0.5)
+        peers.wait_until(
+            lambda: receiver.poll() is not None or _echo_ok(port), 180, "receiver to answer C-ECHO", interval_s=0.5
+        )
         # The worker is ready once its model is loaded and its first look at the queue is done.
-        peers.wait_until(lambda: worker.poll() is not None or "roles worker" in (tmp_path / "worker.log").read_text(),
-                         180, "worker to start")
+        peers.wait_until(
+            lambda: worker.poll() is not None or "roles worker" in (tmp_path / "worker.log").read_text(),
+            180,
+            "worker to start",
+        )
         for proc, name in ((receiver, "receiver"), (worker, "worker"), (dispatcher, "dispatcher")):
             assert proc.poll() is None, (tmp_path / f"{name}.log").read_text()
         _send(port, fresh_uncr)

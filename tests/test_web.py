@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import base64
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -20,7 +20,7 @@ from cxr_node.web.health import Readiness
 from cxr_node.web.page import NodeInfo, read_patient
 from tests import peers
 
-NOW = datetime(2026, 11, 27, 10, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 27, 10, 0, tzinfo=UTC)
 TOKEN = "s3cret-token-0123456789"
 MODEL = ModelIdentity("cxr-densenet", "1.2", "a" * 64, "b" * 64, True)
 
@@ -29,25 +29,82 @@ def _fill(engine, image_path: str) -> None:
     """Rows as the receiver and worker write them: one done (sent + pending export), one failed, one skipped."""
     with engine.begin() as c:
         for i, state in ((1, "done"), (2, "failed"), (3, "skipped")):
-            c.execute(insert(instances).values(
-                id=i, sop_instance_uid=f"1.2.826.0.1.{i}", sop_class_uid="1.2.840.10008.5.1.4.1.1.1",
-                study_instance_uid="1.2.826.0.9", calling_aet="MOBILE_DR", path=image_path, received_at=NOW))
-            c.execute(insert(jobs).values(
-                id=i, instance_id=i, study_instance_uid="1.2.826.0.9", state=state, attempts=1, created_at=NOW,
-                updated_at=NOW + timedelta(seconds=3),
-                error=f"{image_path}: pixel data: JPEG 2000 codestream truncated\n  at byte 5" if state == "failed" else None,
-                rule="lateral-view" if state == "skipped" else None,
-                reason="ViewPosition LL is not AP/PA" if state == "skipped" else None))
-        c.execute(insert(results).values(
-            id=1, job_id=1, study_instance_uid="1.2.826.0.9", sop_instance_uid="1.2.826.0.1.1", label="COVID-19",
-            p_abnormal=0.81, p_covid=0.67, models_disagree=False, model=MODEL.label, trained=True,
-            timings={"decode": 0.41, "preprocess": 0.05, "model_a": 0.33, "model_b": 0.31, "cams": 0.01, "sr_sc_build": 0.2},
-            created_at=NOW + timedelta(seconds=2)))
-        c.execute(insert(exports).values(result_id=1, kind="sc", path="/r/sc", sop_instance_uid="1.2.826.0.7.1",
-                                         destination="pacs", state="sent", attempts=1, next_try_at=NOW, sent_at=NOW))
-        c.execute(insert(exports).values(result_id=1, kind="sr", path="/r/sr", sop_instance_uid="1.2.826.0.7.2",
-                                         destination="pacs", state="pending", attempts=2, next_try_at=NOW,
-                                         last_error="association with ORTHANC@127.0.0.1:4242 rejected"))
+            c.execute(
+                insert(instances).values(
+                    id=i,
+                    sop_instance_uid=f"1.2.826.0.1.{i}",
+                    sop_class_uid="1.2.840.10008.5.1.4.1.1.1",
+                    study_instance_uid="1.2.826.0.9",
+                    calling_aet="MOBILE_DR",
+                    path=image_path,
+                    received_at=NOW,
+                )
+            )
+            c.execute(
+                insert(jobs).values(
+                    id=i,
+                    instance_id=i,
+                    study_instance_uid="1.2.826.0.9",
+                    state=state,
+                    attempts=1,
+                    created_at=NOW,
+                    updated_at=NOW + timedelta(seconds=3),
+                    error=f"{image_path}: pixel data: JPEG 2000 codestream truncated\n  at byte 5"
+                    if state == "failed"
+                    else None,
+                    rule="lateral-view" if state == "skipped" else None,
+                    reason="ViewPosition LL is not AP/PA" if state == "skipped" else None,
+                )
+            )
+        c.execute(
+            insert(results).values(
+                id=1,
+                job_id=1,
+                study_instance_uid="1.2.826.0.9",
+                sop_instance_uid="1.2.826.0.1.1",
+                label="COVID-19",
+                p_abnormal=0.81,
+                p_covid=0.67,
+                models_disagree=False,
+                model=MODEL.label,
+                trained=True,
+                timings={
+                    "decode": 0.41,
+                    "preprocess": 0.05,
+                    "model_a": 0.33,
+                    "model_b": 0.31,
+                    "cams": 0.01,
+                    "sr_sc_build": 0.2,
+                },
+                created_at=NOW + timedelta(seconds=2),
+            )
+        )
+        c.execute(
+            insert(exports).values(
+                result_id=1,
+                kind="sc",
+                path="/r/sc",
+                sop_instance_uid="1.2.826.0.7.1",
+                destination="pacs",
+                state="sent",
+                attempts=1,
+                next_try_at=NOW,
+                sent_at=NOW,
+            )
+        )
+        c.execute(
+            insert(exports).values(
+                result_id=1,
+                kind="sr",
+                path="/r/sr",
+                sop_instance_uid="1.2.826.0.7.2",
+                destination="pacs",
+                state="pending",
+                attempts=2,
+                next_try_at=NOW,
+                last_error="association with ORTHANC@127.0.0.1:4242 rejected",
+            )
+        )
 
 
 @pytest.fixture
@@ -58,10 +115,24 @@ def node_db(tmp_path, rg1_uncr):
 
 
 def _client(reports, tmp_path, token="", show_patient=False, min_free_mb=0.0, metrics=None):
-    info = NodeInfo("CXR_NODE", ("receiver", "worker"), NOW - timedelta(hours=2, minutes=5), MODEL, "2026-10-01",
-                    ("pacs", "archive"), show_patient, read_patient)
-    app = create_app(reports, metrics or NodeMetrics(reports, MODEL), Readiness(reports, tmp_path, min_free_mb), info,
-                     lambda: NOW + timedelta(seconds=30), token)
+    info = NodeInfo(
+        "CXR_NODE",
+        ("receiver", "worker"),
+        NOW - timedelta(hours=2, minutes=5),
+        MODEL,
+        "2026-10-01",
+        ("pacs", "archive"),
+        show_patient,
+        read_patient,
+    )
+    app = create_app(
+        reports,
+        metrics or NodeMetrics(reports, MODEL),
+        Readiness(reports, tmp_path, min_free_mb),
+        info,
+        lambda: NOW + timedelta(seconds=30),
+        token,
+    )
     return TestClient(app)
 
 
@@ -73,7 +144,7 @@ def test_status_page_shows_queue_images_failures_skips_destinations_model(node_d
     assert "COVID-19" in page and "0.810" in page and "0.670" in page
     assert "0.41" in page and "2.00" in page  # decode seconds; received -> result seconds
     # One line, without the image's own path in front.
-    assert "<td><span class=\"error\">pixel data: JPEG 2000 codestream truncated at byte 5</span>" in page
+    assert '<td><span class="error">pixel data: JPEG 2000 codestream truncated at byte 5</span>' in page
     assert "lateral-view" in page and "ViewPosition LL is not AP/PA" in page
     assert "association with ORTHANC@127.0.0.1:4242 rejected" in page
     assert ">archive<" in page  # configured destination with nothing sent yet still listed
@@ -95,10 +166,29 @@ def test_no_patient_name_or_id_unless_configured(node_db, tmp_path):
 def test_values_from_the_database_are_escaped(node_db, tmp_path):
     engine, reports, image = node_db
     with engine.begin() as c:
-        c.execute(insert(instances).values(id=9, sop_instance_uid="1.9", sop_class_uid="1.2", study_instance_uid="1.9",
-                                           calling_aet="<b>EVIL</b>", path=image, received_at=NOW))
-        c.execute(insert(jobs).values(id=9, instance_id=9, study_instance_uid="1.9", state="failed", attempts=1,
-                                      error="<script>alert(1)</script>", created_at=NOW, updated_at=NOW))
+        c.execute(
+            insert(instances).values(
+                id=9,
+                sop_instance_uid="1.9",
+                sop_class_uid="1.2",
+                study_instance_uid="1.9",
+                calling_aet="<b>EVIL</b>",
+                path=image,
+                received_at=NOW,
+            )
+        )
+        c.execute(
+            insert(jobs).values(
+                id=9,
+                instance_id=9,
+                study_instance_uid="1.9",
+                state="failed",
+                attempts=1,
+                error="<script>alert(1)</script>",
+                created_at=NOW,
+                updated_at=NOW,
+            )
+        )
     page = _client(reports, tmp_path).get("/").text
     assert "<script>" not in page and "&lt;script&gt;" in page and "<b>EVIL</b>" not in page
 
@@ -109,11 +199,15 @@ def test_metrics(node_db, tmp_path):
     _fill(engine, image)
     text = _client(reports, tmp_path, metrics=metrics).get("/metrics").text
     for line in (
-        "cxr_node_images_received_total 3.0", "cxr_node_images_analysed_total 1.0",
-        "cxr_node_images_failed_total 1.0", "cxr_node_images_skipped_total 1.0",
+        "cxr_node_images_received_total 3.0",
+        "cxr_node_images_analysed_total 1.0",
+        "cxr_node_images_failed_total 1.0",
+        "cxr_node_images_skipped_total 1.0",
         'cxr_node_results_exported_total{destination="pacs"} 1.0',
-        'cxr_node_queue_jobs{state="failed"} 1.0', 'cxr_node_queue_exports{state="pending"} 1.0',
-        'cxr_node_stage_seconds_count{stage="decode"} 1.0', 'cxr_node_stage_seconds_sum{stage="decode"} 0.41',
+        'cxr_node_queue_jobs{state="failed"} 1.0',
+        'cxr_node_queue_exports{state="pending"} 1.0',
+        'cxr_node_stage_seconds_count{stage="decode"} 1.0',
+        'cxr_node_stage_seconds_sum{stage="decode"} 0.41',
         "cxr_node_received_to_result_seconds_sum 2.0",
         'cxr_node_model_info{name="cxr-densenet",sha256_a="' + "a" * 64,
     ):

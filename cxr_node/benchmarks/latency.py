@@ -49,7 +49,9 @@ class Orthanc:
     http_port: int
 
     def post(self, path: str, body: dict):
-        req = urllib.request.Request(f"http://127.0.0.1:{self.http_port}{path}", data=json.dumps(body).encode(), method="POST")
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{self.http_port}{path}", data=json.dumps(body).encode(), method="POST"
+        )
         with urllib.request.urlopen(req, timeout=10) as resp:
             return json.loads(resp.read())
 
@@ -69,12 +71,22 @@ def start_orthanc(workdir: Path) -> Orthanc:
     if exe is None:
         raise click.ClickException("Orthanc not installed (Debian package orthanc)")
     dicom_port, http_port = _free_port(), _free_port()
-    cfg = {"Name": "cxr-bench", "StorageDirectory": str(workdir / "orthanc"), "IndexDirectory": str(workdir / "orthanc"),
-           "DicomAet": "ORTHANC", "DicomPort": dicom_port, "HttpPort": http_port, "RemoteAccessAllowed": False,
-           "AuthenticationEnabled": False, "DicomAlwaysAllowStore": True, "Plugins": []}
+    cfg = {
+        "Name": "cxr-bench",
+        "StorageDirectory": str(workdir / "orthanc"),
+        "IndexDirectory": str(workdir / "orthanc"),
+        "DicomAet": "ORTHANC",
+        "DicomPort": dicom_port,
+        "HttpPort": http_port,
+        "RemoteAccessAllowed": False,
+        "AuthenticationEnabled": False,
+        "DicomAlwaysAllowStore": True,
+        "Plugins": [],
+    }
     (workdir / "orthanc.json").write_text(json.dumps(cfg))
-    proc = subprocess.Popen([exe, str(workdir / "orthanc.json")], stdout=open(workdir / "orthanc.log", "wb"),
-                            stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [exe, str(workdir / "orthanc.json")], stdout=open(workdir / "orthanc.log", "wb"), stderr=subprocess.STDOUT
+    )
     orthanc = Orthanc(proc, dicom_port, http_port)
     _wait(lambda: proc.poll() is not None or orthanc.alive(), 60, "Orthanc")
     return orthanc
@@ -115,7 +127,7 @@ def _recorded(db_url: str, sop_uid: str) -> dict:
         exports = reports.list_exports(job_id=job.id) if job else []
     finally:
         engine.dispose()
-    if job is None or job.result_at is None:
+    if job is None or job.result_at is None or job.received_at is None:
         return {}
     last_sent = max((e.sent_at for e in exports if e.sent_at), default=None)
     return {
@@ -136,14 +148,35 @@ def run_latency_bench(image: Path, sends: int, look_s: float, workdir: Path, ser
     storage = workdir / "node"
     db_url = f"sqlite:///{storage / 'cxr-node.db'}"
     serve = subprocess.Popen(
-        [sys.executable, "-m", "cxr_node.cli", "serve", "--bind", "127.0.0.1", "--port", str(port), "--storage", str(storage),
-         "--destination", f"ORTHANC@127.0.0.1:{orthanc.dicom_port}", "--no-web", *serve_args],
-        stdout=open(workdir / "serve.log", "wb"), stderr=subprocess.STDOUT, cwd=workdir,
+        [
+            sys.executable,
+            "-m",
+            "cxr_node.cli",
+            "serve",
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--storage",
+            str(storage),
+            "--destination",
+            f"ORTHANC@127.0.0.1:{orthanc.dicom_port}",
+            "--no-web",
+            *serve_args,
+        ],
+        stdout=open(workdir / "serve.log", "wb"),
+        stderr=subprocess.STDOUT,
+        cwd=workdir,
         env={**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")},
     )
     try:
-        _wait(lambda: serve.poll() is not None or "cxr-node: roles" in (workdir / "serve.log").read_text(errors="replace"),
-              300, "cxr-node serve to start")
+        _wait(
+            lambda: (
+                serve.poll() is not None or "cxr-node: roles" in (workdir / "serve.log").read_text(errors="replace")
+            ),
+            300,
+            "cxr-node serve to start",
+        )
         if serve.poll() is not None:
             raise click.ClickException(f"serve exited: {(workdir / 'serve.log').read_text()[-2000:]}")
         files = restamp(image, workdir, sends + 1)
@@ -151,10 +184,14 @@ def run_latency_bench(image: Path, sends: int, look_s: float, workdir: Path, ser
         load_before = os.getloadavg()
         for i, (path, study) in enumerate(files):
             t0 = time.perf_counter()
-            subprocess.run([dcmsend, "-aet", "MOBILE_DR", "-aec", "CXR_NODE", "127.0.0.1", str(port), str(path)],
-                           check=True, capture_output=True, timeout=120)
+            subprocess.run(
+                [dcmsend, "-aet", "MOBILE_DR", "-aec", "CXR_NODE", "127.0.0.1", str(port), str(path)],
+                check=True,
+                capture_output=True,
+                timeout=120,
+            )
             t1 = time.perf_counter()
-            _wait(lambda: orthanc.count(study) >= 2, 300, "SR and SC in Orthanc", interval_s=look_s)
+            _wait(lambda s=study: orthanc.count(s) >= 2, 300, "SR and SC in Orthanc", interval_s=look_s)
             t2 = time.perf_counter()
             if i == 0:
                 continue  # warm-up: first-use costs (lazy imports, allocator growth) are not the steady state
@@ -206,16 +243,24 @@ def report(result: dict) -> str:
     ]
     for k, v in result["stage_p50_s"].items():
         lines.append(f"    {k:<20} {v:.3f} s")
-    lines.append(f"  {result['cpus']} CPUs, load average before {result['loadavg_before']} after {result['loadavg_after']}, {result['date']}")
+    lines.append(
+        f"  {result['cpus']} CPUs, load average before {result['loadavg_before']} after {result['loadavg_after']}, {result['date']}"
+    )
     return "\n".join(lines)
 
 
 @click.command("latency")
-@click.option("--image", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-              help="Radiograph to send [default: RG1_J2KR.dcm from pydicom-data].")
+@click.option(
+    "--image",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Radiograph to send [default: RG1_J2KR.dcm from pydicom-data].",
+)
 @click.option("--sends", type=click.IntRange(1, 1000), default=10, show_default=True)
 @click.option("--look-s", type=float, default=0.02, show_default=True, help="Seconds between looks at Orthanc.")
-@click.option("--models", type=click.Path(path_type=Path), default=None, help="Model bundle [default: untrained weights].")
+@click.option(
+    "--models", type=click.Path(path_type=Path), default=None, help="Model bundle [default: untrained weights]."
+)
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 def command(image, sends, look_s, models, device, as_json) -> None:
@@ -223,7 +268,7 @@ def command(image, sends, look_s, models, device, as_json) -> None:
     if image is None:
         from pydicom.data import get_testdata_file
 
-        image = Path(get_testdata_file("RG1_J2KR.dcm"))
+        image = Path(str(get_testdata_file("RG1_J2KR.dcm")))
     serve_args = ["--device", device, *(["--models", str(models)] if models else ["--allow-untrained"])]
     with tempfile.TemporaryDirectory(prefix="cxr-latency-") as tmp:
         result = run_latency_bench(image, sends, look_s, Path(tmp), serve_args)

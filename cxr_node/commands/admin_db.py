@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import click
@@ -53,8 +53,10 @@ def parse_since(text: str, now: datetime) -> datetime:
     try:
         when = datetime.fromisoformat(text.strip())
     except ValueError:
-        raise click.BadParameter(f"{text!r}: use a span like 24h, 30m, 7d or an ISO time like 2026-11-27T08:00") from None
-    return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
+        raise click.BadParameter(
+            f"{text!r}: use a span like 24h, 30m, 7d or an ISO time like 2026-11-27T08:00"
+        ) from None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
 def table(headers: list[str], rows: list[list[str]]) -> str:
@@ -62,10 +64,10 @@ def table(headers: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
     lines = []
     for row in [headers, *rows]:
-        cells = [c.ljust(w) for c, w in zip(row[:-1], widths[:-1])] + [row[-1]]
+        cells = [c.ljust(w) for c, w in zip(row[:-1], widths[:-1], strict=True)] + [row[-1]]
         lines.append("  ".join(cells).rstrip())
     return "\n".join(lines)
 
 
 def when(value: datetime | None) -> str:
-    return value.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S") if value else "-"
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S") if value else "-"

@@ -39,5 +39,7 @@ def check(file) -> None:
         raise SystemExit(1)
     dest = ", ".join(cfg.destination_names) or "none (results kept on disk)"
     web = f"http://{cfg.web_bind}:{cfg.web_port}/" if cfg.web_enabled else "off"
-    click.echo(f"{file}: OK (AE {cfg.ae_title} on {cfg.bind}:{cfg.port}; roles {', '.join(cfg.roles)}; "
-               f"destinations {dest}; status page {web})")
+    click.echo(
+        f"{file}: OK (AE {cfg.ae_title} on {cfg.bind}:{cfg.port}; roles {', '.join(cfg.roles)}; "
+        f"destinations {dest}; status page {web})"
+    )

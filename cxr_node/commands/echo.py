@@ -12,14 +12,19 @@ from cxr_node.config import ConfigError, Destination
 def c_echo(peer: Destination, calling_aet: str, timeout_s: float) -> tuple[int | None, str]:
     """(status, problem): status None when no association or no answer."""
     from pynetdicom import AE
-    from pynetdicom.sop_class import Verification
+    from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # made at import time
 
     ae = AE(ae_title=calling_aet)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout_s
     ae.add_requested_context(Verification)
     assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title)
     if not assoc.is_established:
-        return None, "association rejected" if assoc.is_rejected else "no association (nothing listening there, or the peer aborted)"
+        return (
+            None,
+            "association rejected"
+            if assoc.is_rejected
+            else "no association (nothing listening there, or the peer aborted)",
+        )
     try:
         status = assoc.send_c_echo()
     finally:

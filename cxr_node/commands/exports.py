@@ -32,11 +32,25 @@ def list_exports(db, config, only, limit, as_json) -> None:
     if not rows:
         click.echo(f"no {only} exports" if only else "no exports")
         return
-    click.echo(table(
-        ["ID", "JOB", "KIND", "DESTINATION", "STATE", "TRIES", "SENT (UTC)", "SOP INSTANCE UID", "LAST ERROR"],
-        [[str(r.id), str(r.job_id), r.kind.upper(), r.destination or "(disk only)", r.state, str(r.attempts),
-          when(r.sent_at), r.sop_instance_uid, r.last_error] for r in rows],
-    ))
+    click.echo(
+        table(
+            ["ID", "JOB", "KIND", "DESTINATION", "STATE", "TRIES", "SENT (UTC)", "SOP INSTANCE UID", "LAST ERROR"],
+            [
+                [
+                    str(r.id),
+                    str(r.job_id),
+                    r.kind.upper(),
+                    r.destination or "(disk only)",
+                    r.state,
+                    str(r.attempts),
+                    when(r.sent_at),
+                    r.sop_instance_uid,
+                    r.last_error,
+                ]
+                for r in rows
+            ],
+        )
+    )
 
 
 @command.command("resend")
@@ -53,4 +67,6 @@ def resend(db, config, export_id) -> None:
     if before == ExportState.LOCAL:
         raise click.ClickException(f"export {export_id}: kept on disk only, it has no destination")
     row = reports.find_export(export_id)
-    click.echo(f"export {export_id}: {row.kind.upper()} {row.sop_instance_uid} to {row.destination} queued again (was {before})")
+    click.echo(
+        f"export {export_id}: {row.kind.upper()} {row.sop_instance_uid} to {row.destination} queued again (was {before})"
+    )

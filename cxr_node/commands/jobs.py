@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import click
 
@@ -25,26 +25,44 @@ def _p(value: float | None) -> str:
 
 @command.command("list")
 @db_options
-@click.option("--state", "states", multiple=True, type=click.Choice(STATES), help="Only jobs in this state (repeatable).")
+@click.option(
+    "--state", "states", multiple=True, type=click.Choice(STATES), help="Only jobs in this state (repeatable)."
+)
 @click.option("--since", default=None, help="Only jobs changed within this span (24h, 30m, 7d) or since an ISO time.")
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 100000))
 @click.option("--json", "as_json", is_flag=True, help="One JSON array instead of a table.")
 def list_jobs(db, config, states, since, limit, as_json) -> None:
     """Newest first: state, class, both probabilities and, for failed or skipped jobs, why (one line)."""
     _, reports = open_existing(db, config)
-    since_at = parse_since(since, datetime.now(timezone.utc)) if since else None
+    since_at = parse_since(since, datetime.now(UTC)) if since else None
     rows = reports.list_jobs(states=states, since=since_at, limit=limit)
     if as_json:
         click.echo(json.dumps([r.as_json() for r in rows], indent=1))
         return
     if not rows:
-        click.echo("no jobs" + (f" in state {', '.join(states)}" if states else "") + (f" since {since}" if since else ""))
+        click.echo(
+            "no jobs" + (f" in state {', '.join(states)}" if states else "") + (f" since {since}" if since else "")
+        )
         return
-    click.echo(table(
-        ["ID", "STATE", "UPDATED (UTC)", "FROM", "CLASS", "P(ABN)", "P(COVID)", "SOP INSTANCE UID", "WHY"],
-        [[str(r.id), r.state, when(r.updated_at), r.calling_aet, r.label or "-", _p(r.p_abnormal), _p(r.p_covid),
-          r.sop_instance_uid, r.why or ""] for r in rows],
-    ))
+    click.echo(
+        table(
+            ["ID", "STATE", "UPDATED (UTC)", "FROM", "CLASS", "P(ABN)", "P(COVID)", "SOP INSTANCE UID", "WHY"],
+            [
+                [
+                    str(r.id),
+                    r.state,
+                    when(r.updated_at),
+                    r.calling_aet,
+                    r.label or "-",
+                    _p(r.p_abnormal),
+                    _p(r.p_covid),
+                    r.sop_instance_uid,
+                    r.why or "",
+                ]
+                for r in rows
+            ],
+        )
+    )
 
 
 @command.command("show")
@@ -76,17 +94,24 @@ def show(db, config, key, as_json) -> None:
         lines.append(f"  error          {job.error}")
     if job.label is not None:
         flags = ("" if job.trained else " [UNTRAINED MODEL]") + (" [models disagree]" if job.models_disagree else "")
-        lines.append(f"  result         {job.label} (P(abnormal) {job.p_abnormal:.3f}, P(COVID-19) {job.p_covid:.3f}){flags}")
+        lines.append(
+            f"  result         {job.label} (P(abnormal) {job.p_abnormal:.3f}, P(COVID-19) {job.p_covid:.3f}){flags}"
+        )
         lines.append(f"  model          {job.model}")
         if job.result_at and job.received_at:
             lines.append(f"  received->result {(job.result_at - job.received_at).total_seconds():.2f} s")
     if job.timings:
-        lines.append("  seconds        " + ", ".join(f"{k} {v:.3f}" for k, v in job.timings.items() if isinstance(v, (int, float))))
+        lines.append(
+            "  seconds        "
+            + ", ".join(f"{k} {v:.3f}" for k, v in job.timings.items() if isinstance(v, (int, float)))
+        )
     for e in exports:
         state = e.state + (f" {when(e.sent_at)} UTC" if e.sent_at else "")
         error = f" - {e.last_error}" if e.last_error else ""
-        lines.append(f"  export {e.id:<6} {e.kind.upper():<3} {e.sop_instance_uid} -> {e.destination or '(disk only)'}: "
-                     f"{state}, {e.attempts} attempt(s){error}")
+        lines.append(
+            f"  export {e.id:<6} {e.kind.upper():<3} {e.sop_instance_uid} -> {e.destination or '(disk only)'}: "
+            f"{state}, {e.attempts} attempt(s){error}"
+        )
     click.echo("\n".join(lines))
 
 

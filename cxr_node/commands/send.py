@@ -31,21 +31,26 @@ def collect(paths: list[Path]) -> tuple[list[FileToSend], list[str]]:
         for path in candidates:
             try:
                 ds = dcmread(path, stop_before_pixels=True)
-                found.append(FileToSend(path, str(ds.SOPClassUID), str(ds.SOPInstanceUID),
-                                        str(ds.file_meta.TransferSyntaxUID)))
+                found.append(
+                    FileToSend(path, str(ds.SOPClassUID), str(ds.SOPInstanceUID), str(ds.file_meta.TransferSyntaxUID))
+                )
             except (InvalidDicomError, AttributeError, KeyError, OSError) as exc:
-                notes.append(f"{path}: left out: not a DICOM file with SOP class, instance and transfer syntax ({type(exc).__name__})")
+                notes.append(
+                    f"{path}: left out: not a DICOM file with SOP class, instance and transfer syntax ({type(exc).__name__})"
+                )
     return found, notes
 
 
-def send_files(dest: Destination, files: list[FileToSend], calling_aet: str, timeout_s: float) -> list[tuple[FileToSend, int | None, str]]:
+def send_files(
+    dest: Destination, files: list[FileToSend], calling_aet: str, timeout_s: float
+) -> list[tuple[FileToSend, int | None, str]]:
     """(file, status, problem) per file. Each file goes in its own transfer syntax, streamed from disk."""
     from pynetdicom import AE
 
-    out = []
+    out: list[tuple[FileToSend, int | None, str]] = []
     contexts = list(dict.fromkeys((f.sop_class_uid, f.transfer_syntax_uid) for f in files))
     for start in range(0, len(contexts), MAX_CONTEXTS):
-        chunk = set(contexts[start:start + MAX_CONTEXTS])
+        chunk = set(contexts[start : start + MAX_CONTEXTS])
         batch = [f for f in files if (f.sop_class_uid, f.transfer_syntax_uid) in chunk]
         ae = AE(ae_title=calling_aet)
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout_s
@@ -53,14 +58,24 @@ def send_files(dest: Destination, files: list[FileToSend], calling_aet: str, tim
             ae.add_requested_context(sop_class, syntax)
         assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title)
         if not assoc.is_established:
-            why = "association rejected" if assoc.is_rejected else "no association (nothing listening there, or the peer aborted)"
+            why = (
+                "association rejected"
+                if assoc.is_rejected
+                else "no association (nothing listening there, or the peer aborted)"
+            )
             out += [(f, None, why) for f in batch]
             continue
         try:
             accepted = {(str(c.abstract_syntax), str(c.transfer_syntax[0])) for c in assoc.accepted_contexts}
             for f in batch:
                 if (f.sop_class_uid, f.transfer_syntax_uid) not in accepted:
-                    out.append((f, None, f"{dest.ae_title} accepts no context for this SOP class in transfer syntax {f.transfer_syntax_uid}"))
+                    out.append(
+                        (
+                            f,
+                            None,
+                            f"{dest.ae_title} accepts no context for this SOP class in transfer syntax {f.transfer_syntax_uid}",
+                        )
+                    )
                     continue
                 # A path is streamed from the file as it is: no decode, no re-encode.
                 status = assoc.send_c_store(f.path)

@@ -6,9 +6,10 @@ Timestamps come back timezone-aware (UTC) on SQLite and PostgreSQL alike.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
-from typing import Any, Iterable
+from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import Engine, and_, desc, func, or_, select, text
 
@@ -19,7 +20,7 @@ from cxr_node.queue.tables import exports, instances, jobs, results
 def _aware(value: datetime | None) -> datetime | None:
     # SQLite returns naive datetimes for timezone=True columns; they were stored as UTC.
     if value is not None and value.tzinfo is None:
-        return value.replace(tzinfo=timezone.utc)
+        return value.replace(tzinfo=UTC)
     return value
 
 
@@ -30,7 +31,7 @@ def one_line(message: str | None, limit: int = 240, drop_prefix: str = "") -> st
         return ""
     text = message.strip()
     if drop_prefix and text.startswith(drop_prefix + ": "):
-        text = text[len(drop_prefix) + 2:]
+        text = text[len(drop_prefix) + 2 :]
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
@@ -113,21 +114,54 @@ class DestinationRow:
 
 
 _JOB_COLUMNS = (
-    jobs.c.id, jobs.c.state, jobs.c.attempts, jobs.c.worker, jobs.c.error, jobs.c.rule, jobs.c.reason,
-    jobs.c.updated_at, instances.c.sop_instance_uid, instances.c.study_instance_uid, instances.c.calling_aet,
-    instances.c.path, instances.c.received_at, results.c.id.label("result_id"), results.c.label,
-    results.c.p_abnormal, results.c.p_covid, results.c.models_disagree, results.c.model, results.c.trained,
-    results.c.timings, results.c.created_at.label("result_at"),
+    jobs.c.id,
+    jobs.c.state,
+    jobs.c.attempts,
+    jobs.c.worker,
+    jobs.c.error,
+    jobs.c.rule,
+    jobs.c.reason,
+    jobs.c.updated_at,
+    instances.c.sop_instance_uid,
+    instances.c.study_instance_uid,
+    instances.c.calling_aet,
+    instances.c.path,
+    instances.c.received_at,
+    results.c.id.label("result_id"),
+    results.c.label,
+    results.c.p_abnormal,
+    results.c.p_covid,
+    results.c.models_disagree,
+    results.c.model,
+    results.c.trained,
+    results.c.timings,
+    results.c.created_at.label("result_at"),
 )
 
 
 def _job_row(r) -> JobRow:
     return JobRow(
-        id=r.id, state=r.state, sop_instance_uid=r.sop_instance_uid, study_instance_uid=r.study_instance_uid,
-        calling_aet=r.calling_aet, path=r.path, received_at=_aware(r.received_at), updated_at=_aware(r.updated_at),
-        attempts=r.attempts, worker=r.worker, error=one_line(r.error, drop_prefix=r.path), rule=r.rule, reason=r.reason,
-        label=r.label, p_abnormal=r.p_abnormal, p_covid=r.p_covid, models_disagree=r.models_disagree,
-        model=r.model, trained=r.trained, timings=dict(r.timings or {}), result_id=r.result_id,
+        id=r.id,
+        state=r.state,
+        sop_instance_uid=r.sop_instance_uid,
+        study_instance_uid=r.study_instance_uid,
+        calling_aet=r.calling_aet,
+        path=r.path,
+        received_at=_aware(r.received_at),
+        updated_at=_aware(r.updated_at),
+        attempts=r.attempts,
+        worker=r.worker,
+        error=one_line(r.error, drop_prefix=r.path),
+        rule=r.rule,
+        reason=r.reason,
+        label=r.label,
+        p_abnormal=r.p_abnormal,
+        p_covid=r.p_covid,
+        models_disagree=r.models_disagree,
+        model=r.model,
+        trained=r.trained,
+        timings=dict(r.timings or {}),
+        result_id=r.result_id,
         result_at=_aware(r.result_at),
     )
 
@@ -137,9 +171,8 @@ class Reports:
         self.engine = engine
 
     def _jobs_query(self):
-        return (
-            select(*_JOB_COLUMNS)
-            .select_from(jobs.join(instances, instances.c.id == jobs.c.instance_id).outerjoin(results, results.c.job_id == jobs.c.id))
+        return select(*_JOB_COLUMNS).select_from(
+            jobs.join(instances, instances.c.id == jobs.c.instance_id).outerjoin(results, results.c.job_id == jobs.c.id)
         )
 
     # -- jobs ------------------------------------------------------------------------
@@ -168,14 +201,25 @@ class Reports:
 
     def failed_job_ids(self) -> list[int]:
         with self.engine.connect() as conn:
-            return list(conn.execute(select(jobs.c.id).where(jobs.c.state == JobState.FAILED).order_by(jobs.c.id)).scalars())
+            return list(
+                conn.execute(select(jobs.c.id).where(jobs.c.state == JobState.FAILED).order_by(jobs.c.id)).scalars()
+            )
 
     # -- exports ---------------------------------------------------------------------
     def list_exports(self, states: Iterable[str] = (), job_id: int | None = None, limit: int = 50) -> list[ExportRow]:
         query = select(
-            exports.c.id, results.c.job_id, exports.c.result_id, exports.c.kind, exports.c.sop_instance_uid,
-            exports.c.destination, exports.c.state, exports.c.attempts, exports.c.next_try_at, exports.c.sent_at,
-            exports.c.last_error, exports.c.path,
+            exports.c.id,
+            results.c.job_id,
+            exports.c.result_id,
+            exports.c.kind,
+            exports.c.sop_instance_uid,
+            exports.c.destination,
+            exports.c.state,
+            exports.c.attempts,
+            exports.c.next_try_at,
+            exports.c.sent_at,
+            exports.c.last_error,
+            exports.c.path,
         ).select_from(exports.join(results, results.c.id == exports.c.result_id))
         states = [str(s) for s in states]
         if states:
@@ -187,15 +231,28 @@ class Reports:
         with self.engine.connect() as conn:
             rows = conn.execute(query.limit(limit)).all()
         return [
-            ExportRow(r.id, r.job_id, r.result_id, r.kind, r.sop_instance_uid, r.destination, r.state, r.attempts,
-                      _aware(r.next_try_at), _aware(r.sent_at), one_line(r.last_error), r.path)
+            ExportRow(
+                r.id,
+                r.job_id,
+                r.result_id,
+                r.kind,
+                r.sop_instance_uid,
+                r.destination,
+                r.state,
+                r.attempts,
+                _aware(r.next_try_at),
+                _aware(r.sent_at),
+                one_line(r.last_error),
+                r.path,
+            )
             for r in rows
         ]
 
     def find_export(self, export_id: int) -> ExportRow | None:
         with self.engine.connect() as conn:
             job_id = conn.execute(
-                select(results.c.job_id).select_from(exports.join(results, results.c.id == exports.c.result_id))
+                select(results.c.job_id)
+                .select_from(exports.join(results, results.c.id == exports.c.result_id))
                 .where(exports.c.id == export_id)
             ).scalar()
         if job_id is None:
@@ -212,8 +269,13 @@ class Reports:
             ).all()
             errors = conn.execute(
                 select(exports.c.destination, exports.c.last_error)
-                .where(and_(exports.c.destination.is_not(None), exports.c.last_error.is_not(None),
-                            exports.c.state.in_([ExportState.PENDING, ExportState.FAILED])))
+                .where(
+                    and_(
+                        exports.c.destination.is_not(None),
+                        exports.c.last_error.is_not(None),
+                        exports.c.state.in_([ExportState.PENDING, ExportState.FAILED]),
+                    )
+                )
                 .order_by(desc(exports.c.id))
             ).all()
         out: dict[str, DestinationRow] = {}
@@ -259,7 +321,8 @@ class Reports:
     def exported_by_destination(self) -> dict[str, int]:
         with self.engine.connect() as conn:
             rows = conn.execute(
-                select(exports.c.destination, func.count()).where(exports.c.state == ExportState.SENT)
+                select(exports.c.destination, func.count())
+                .where(exports.c.state == ExportState.SENT)
                 .group_by(exports.c.destination)
             ).all()
         return {d or "": n for d, n in rows}
@@ -268,13 +331,21 @@ class Reports:
         with self.engine.connect() as conn:
             return conn.execute(select(func.coalesce(func.max(results.c.id), 0))).scalar_one()
 
-    def results_after(self, result_id: int, limit: int = 1000) -> list[tuple[int, dict, datetime | None, datetime | None]]:
+    def results_after(
+        self, result_id: int, limit: int = 1000
+    ) -> list[tuple[int, dict, datetime | None, datetime | None]]:
         """(id, stage seconds, received_at, result created_at) of results newer than `result_id`, oldest first."""
         with self.engine.connect() as conn:
             rows = conn.execute(
                 select(results.c.id, results.c.timings, instances.c.received_at, results.c.created_at)
-                .select_from(results.join(jobs, jobs.c.id == results.c.job_id).join(instances, instances.c.id == jobs.c.instance_id))
-                .where(results.c.id > result_id).order_by(results.c.id).limit(limit)
+                .select_from(
+                    results.join(jobs, jobs.c.id == results.c.job_id).join(
+                        instances, instances.c.id == jobs.c.instance_id
+                    )
+                )
+                .where(results.c.id > result_id)
+                .order_by(results.c.id)
+                .limit(limit)
             ).all()
         return [(r.id, dict(r.timings or {}), _aware(r.received_at), _aware(r.created_at)) for r in rows]
 

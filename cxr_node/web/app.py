@@ -10,8 +10,8 @@ import base64
 import binascii
 import hmac
 import json
+from collections.abc import Callable
 from datetime import datetime
-from typing import Callable
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -63,11 +63,18 @@ def create_app(
         checks = await run_in_threadpool(readiness.run)
         ready = all(c.ok for c in checks)
         body = {"ready": ready, "checks": {c.name: {"ok": c.ok, "detail": c.detail} for c in checks}}
-        return Response(json.dumps(body, indent=1) + "\n", status_code=200 if ready else 503, media_type="application/json")
+        return Response(
+            json.dumps(body, indent=1) + "\n", status_code=200 if ready else 503, media_type="application/json"
+        )
 
-    app = Starlette(routes=[
-        Route("/", status), Route("/metrics", metrics_route), Route("/healthz", healthz), Route("/readyz", readyz),
-    ])
+    app = Starlette(
+        routes=[
+            Route("/", status),
+            Route("/metrics", metrics_route),
+            Route("/healthz", healthz),
+            Route("/readyz", readyz),
+        ]
+    )
 
     return TokenGate(app, token) if token else app
 
@@ -83,8 +90,11 @@ class TokenGate:
         if scope["type"] == "http" and scope["path"] not in OPEN_PATHS:
             given = _token_given(Request(scope))
             if given is None or not hmac.compare_digest(given.encode(), self.token):
-                response = PlainTextResponse("token required\n", status_code=401,
-                                             headers={"WWW-Authenticate": 'Basic realm="cxr-node", charset="UTF-8"'})
+                response = PlainTextResponse(
+                    "token required\n",
+                    status_code=401,
+                    headers={"WWW-Authenticate": 'Basic realm="cxr-node", charset="UTF-8"'},
+                )
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from cxr_node.queue.reports import Reports
 
@@ -58,7 +58,11 @@ class Readiness:
             return Check("storage", False, f"{self.storage} not writable: {exc.strerror or exc}")
         free = self.free_mb(self.storage)
         if free < self.min_free_mb:
-            return Check("storage", False, f"{free:.0f} MB free in {self.storage}, below receiver.min_free_mb {self.min_free_mb:.0f}")
+            return Check(
+                "storage",
+                False,
+                f"{free:.0f} MB free in {self.storage}, below receiver.min_free_mb {self.min_free_mb:.0f}",
+            )
         return Check("storage", True, f"writable, {free:.0f} MB free")
 
     def _model(self) -> Check:

@@ -6,11 +6,10 @@ only when `web.show_patient` is on; otherwise images are named by job id and SOP
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from html import escape
-from pathlib import Path
-from typing import Callable
 
 from cxr_node import __version__
 from cxr_node.queue.reports import DestinationRow, JobRow, Reports
@@ -107,25 +106,57 @@ def _label(job: JobRow) -> str:
 
 def _recent(jobs: list[JobRow], info: NodeInfo, now: datetime) -> str:
     rows = [
-        [_h(j.id), _when(j.received_at, now), _image_cell(j, info), _h(j.calling_aet), _state(j), _label(j),
-         _p(j.p_abnormal), _p(j.p_covid), *_stage_cells(j), _h(j.why)]
+        [
+            _h(j.id),
+            _when(j.received_at, now),
+            _image_cell(j, info),
+            _h(j.calling_aet),
+            _state(j),
+            _label(j),
+            _p(j.p_abnormal),
+            _p(j.p_covid),
+            *_stage_cells(j),
+            _h(j.why),
+        ]
         for j in jobs
     ]
     return _table(
-        ["job", "received", "image (SOP Instance UID)", "from", "state", "class", "P(abnormal)", "P(COVID-19)",
-         *[f"{s} s" for s in STAGES], "received→result s", "note"],
-        rows, "No images received yet.",
+        [
+            "job",
+            "received",
+            "image (SOP Instance UID)",
+            "from",
+            "state",
+            "class",
+            "P(abnormal)",
+            "P(COVID-19)",
+            *[f"{s} s" for s in STAGES],
+            "received→result s",
+            "note",
+        ],
+        rows,
+        "No images received yet.",
     )
 
 
 def _failures(jobs: list[JobRow], info: NodeInfo, now: datetime) -> str:
-    rows = [[_h(j.id), _when(j.updated_at, now), _image_cell(j, info), _h(j.attempts), f'<span class="error">{_h(j.why)}</span>']
-            for j in jobs]
+    rows = [
+        [
+            _h(j.id),
+            _when(j.updated_at, now),
+            _image_cell(j, info),
+            _h(j.attempts),
+            f'<span class="error">{_h(j.why)}</span>',
+        ]
+        for j in jobs
+    ]
     return _table(["job", "failed", "image", "attempts", "reason"], rows, "No failed jobs.")
 
 
 def _skipped(jobs: list[JobRow], info: NodeInfo, now: datetime) -> str:
-    rows = [[_h(j.id), _when(j.received_at, now), _image_cell(j, info), _h(j.rule or "–"), _h(j.reason or "")] for j in jobs]
+    rows = [
+        [_h(j.id), _when(j.received_at, now), _image_cell(j, info), _h(j.rule or "–"), _h(j.reason or "")] for j in jobs
+    ]
     return _table(["job", "received", "image", "rule", "reason"], rows, "No skipped images.")
 
 
@@ -134,17 +165,28 @@ def _destinations(dests: list[DestinationRow], configured: tuple[str, ...], now:
     for name in configured:
         known.setdefault(name, DestinationRow(name, 0, 0, 0, None, ""))
     rows = [
-        [_h(d.name), _when(d.last_success, now), _h(d.sent), _h(d.pending), _h(d.failed),
-         f'<span class="error">{_h(d.last_error)}</span>' if d.last_error else "–"]
+        [
+            _h(d.name),
+            _when(d.last_success, now),
+            _h(d.sent),
+            _h(d.pending),
+            _h(d.failed),
+            f'<span class="error">{_h(d.last_error)}</span>' if d.last_error else "–",
+        ]
         for d in sorted(known.values(), key=lambda d: d.name)
     ]
-    return _table(["destination", "last success", "sent", "pending", "failed", "last error"], rows,
-                  "No destination: results are kept on disk only.")
+    return _table(
+        ["destination", "last success", "sent", "pending", "failed", "last error"],
+        rows,
+        "No destination: results are kept on disk only.",
+    )
 
 
 def _depth(depth: dict[str, dict[str, int]]) -> str:
     jobs = "".join(f'<div class="count"><b>{_h(n)}</b><span>{_h(s)}</span></div>' for s, n in depth["jobs"].items())
-    exports = "".join(f'<div class="count"><b>{_h(n)}</b><span>{_h(s)}</span></div>' for s, n in depth["exports"].items())
+    exports = "".join(
+        f'<div class="count"><b>{_h(n)}</b><span>{_h(s)}</span></div>' for s, n in depth["exports"].items()
+    )
     return f'<h3>jobs</h3><div class="counts">{jobs}</div><h3>exports</h3><div class="counts">{exports}</div>'
 
 
@@ -154,10 +196,18 @@ def _model(info: NodeInfo, reports: Reports) -> str:
         latest = reports.latest_model()
         where = f"newest result made with <b>{_h(latest)}</b>" if latest else "no results yet"
         return f"<p>This process runs no worker; {where}.</p>"
-    trained = "yes" + (f" ({_h(info.model_trained_on)})" if info.model_trained_on else "") if m.trained else \
-        '<span class="warn">NO – UNTRAINED MODEL, NOT FOR CLINICAL USE</span>'
-    rows = [["name", _h(m.name)], ["version", _h(m.version)], ["sha256 model A", f'<span class="uid">{_h(m.sha256_a)}</span>'],
-            ["sha256 model B", f'<span class="uid">{_h(m.sha256_b)}</span>'], ["trained", trained]]
+    trained = (
+        "yes" + (f" ({_h(info.model_trained_on)})" if info.model_trained_on else "")
+        if m.trained
+        else '<span class="warn">NO – UNTRAINED MODEL, NOT FOR CLINICAL USE</span>'
+    )
+    rows = [
+        ["name", _h(m.name)],
+        ["version", _h(m.version)],
+        ["sha256 model A", f'<span class="uid">{_h(m.sha256_a)}</span>'],
+        ["sha256 model B", f'<span class="uid">{_h(m.sha256_b)}</span>'],
+        ["trained", trained],
+    ]
     return "<table>" + "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in rows) + "</table>"
 
 

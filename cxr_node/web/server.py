@@ -27,7 +27,9 @@ class WebServer:
             if self._server.started:
                 break
             if not self._thread.is_alive() or (timeout_s := timeout_s - 0.05) <= 0:
-                raise RuntimeError(f"web.port: the status page could not listen on {self.bind}:{self._server.config.port}")
+                raise RuntimeError(
+                    f"web.port: the status page could not listen on {self.bind}:{self._server.config.port}"
+                )
         log.info("status page on http://%s:%d/", self.bind, self.port)
 
     @property
