@@ -120,7 +120,7 @@ class NodeConfig:
     @property
     def destination_specs(self) -> tuple[DestinationSpec, ...]:
         """Every destination: the legacy single DICOM peer (named "pacs") first, then [[destinations]]."""
-        legacy = ()
+        legacy: tuple[DestinationSpec, ...] = ()
         if self.destination is not None:
             d = self.destination
             legacy = (DestinationSpec(LEGACY_DESTINATION_NAME, "dicom", {"ae_title": d.ae_title, "host": d.host, "port": d.port}, "destination"),)

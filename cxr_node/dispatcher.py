@@ -16,6 +16,7 @@ import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 
 from pydicom import Dataset
@@ -87,7 +88,7 @@ class Dispatcher:
         self.policy = policy
         self.batch_size = batch_size
         self._loops = {
-            name: PollingLoop(f"cxr-dispatch-{name}", lambda name=name: self.run_destination(name), poll_interval_s)
+            name: PollingLoop(f"cxr-dispatch-{name}", partial(self.run_destination, name), poll_interval_s)
             for name in self.destinations
         }
 
@@ -107,13 +108,15 @@ class Dispatcher:
         except Exception as exc:  # a bug or an unforeseen library error: retried like a transport failure
             log.exception("destination %s: sending failed", destination)
             deliveries = [Delivery(Verdict.RETRY, f"{type(exc).__name__}: {exc}") for _ in due]
-        for export, delivery in zip(due, deliveries):
+        for export, delivery in zip(due, deliveries, strict=True):
             self._record(destination, export, delivery)
         return len(due)
 
     def _record(self, destination: ExportDestination, export: Export, delivery: Delivery) -> None:
         if delivery.status is not None:
-            audit.result_sent(export.kind, delivery.sop_instance_uid or export.sop_instance_uid, destination.name, delivery.status)
+            audit.result_sent(
+                export.kind, delivery.sop_instance_uid or export.sop_instance_uid, destination.name, delivery.status
+            )
         if delivery.verdict == Verdict.STORED:
             self._sent(destination, export, delivery)
             return
@@ -122,11 +125,19 @@ class Dispatcher:
         end = "" if delivery.verdict == Verdict.REFUSED else self.policy.end(attempts, self._age_s(export))
         if delivery.verdict == Verdict.REFUSED or end:
             final = reason if delivery.verdict == Verdict.REFUSED else f"{reason} ({end})"
-            log.error("%s %s to %s failed for good: %s", export.kind.upper(), export.sop_instance_uid, destination, final)
+            log.error(
+                "%s %s to %s failed for good: %s", export.kind.upper(), export.sop_instance_uid, destination, final
+            )
             self.queue.export_failed(export, final)
         else:
-            log.warning("%s %s to %s not sent (attempt %d): %s", export.kind.upper(), export.sop_instance_uid,
-                        destination, attempts, reason)
+            log.warning(
+                "%s %s to %s not sent (attempt %d): %s",
+                export.kind.upper(),
+                export.sop_instance_uid,
+                destination,
+                attempts,
+                reason,
+            )
             self.queue.export_retry(export, reason, self.policy.delay(attempts))
 
     def _sent(self, destination: ExportDestination, export: Export, delivery: Delivery) -> None:
@@ -157,7 +168,9 @@ class Dispatcher:
                 log.exception("dispatcher: destination %s", name)
                 counts[name] = 0
 
-        threads = [threading.Thread(target=one, args=(name,), name=f"cxr-dispatch-once-{name}") for name in self.destinations]
+        threads = [
+            threading.Thread(target=one, args=(name,), name=f"cxr-dispatch-once-{name}") for name in self.destinations
+        ]
         for t in threads:
             t.start()
         for t in threads:

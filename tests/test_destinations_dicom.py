@@ -53,7 +53,9 @@ def scp():
     """Start a pynetdicom Storage SCP taking only `classes`, in only `syntaxes`, answering `status`."""
     servers = []
 
-    def start(classes=ALL, syntaxes=(ExplicitVRLittleEndian, ImplicitVRLittleEndian), status=0x0000, verification=True) -> Scp:
+    def start(
+        classes=ALL, syntaxes=(ExplicitVRLittleEndian, ImplicitVRLittleEndian), status=0x0000, verification=True
+    ) -> Scp:
         ae = AE("TEST_PACS")
         for sop in classes:
             ae.add_supported_context(sop, list(syntaxes))
@@ -63,7 +65,9 @@ def scp():
         got = Scp(port)
 
         def on_store(event):
-            got.received.append((str(event.request.AffectedSOPClassUID), str(event.context.transfer_syntax), event.dataset))
+            got.received.append(
+                (str(event.request.AffectedSOPClassUID), str(event.context.transfer_syntax), event.dataset)
+            )
             return status
 
         servers.append(ae.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)]))
@@ -86,7 +90,8 @@ def test_implicit_vr_only_peer_gets_both_converted(scp, rg1_uncr, tmp_path):
     assert (sc.verdict, sr.verdict) == (Verdict.STORED, Verdict.STORED), (sc, sr)
     assert (sc.sent, sr.sent) == (None, None)  # the same objects, only re-encoded
     assert [(c, ts) for c, ts, _ in pacs.received] == [
-        (SecondaryCaptureImageStorage, ImplicitVRLittleEndian), (Comprehensive3DSRStorage, ImplicitVRLittleEndian),
+        (SecondaryCaptureImageStorage, ImplicitVRLittleEndian),
+        (Comprehensive3DSRStorage, ImplicitVRLittleEndian),
     ]
     stored_sc = pacs.received[0][2]
     assert stored_sc.PixelData == pydicom.dcmread(files.sc_path).PixelData
@@ -145,7 +150,9 @@ def test_no_sr_class_at_all_is_refused(scp, rg1_uncr, tmp_path):
 
 def test_unreachable_peer_raises_quickly(rg1_uncr, tmp_path):
     _, files = make_results(rg1_uncr, tmp_path, "normal")
-    dest = DicomDestination("down", Destination("NOBODY", "127.0.0.1", peers.free_port()), Sender("CXR_NODE", timeout_s=5))
+    dest = DicomDestination(
+        "down", Destination("NOBODY", "127.0.0.1", peers.free_port()), Sender("CXR_NODE", timeout_s=5)
+    )
     with pytest.raises(DestinationUnavailable, match="NOBODY@127.0.0.1"):
         dest.send(_outgoing(files))
 
@@ -161,7 +168,10 @@ def test_unreadable_file_is_retried_not_fatal(scp, rg1_uncr, tmp_path):
 
 def test_dicom_destination_keys_are_checked():
     node = NodeContext("CXR_NODE")
-    ok = DicomDestination.from_spec(DestinationSpec("a", "dicom", {"ae_title": "A", "host": "h", "port": 104, "timeout_s": 5}, "destinations[0]"), node)
+    ok = DicomDestination.from_spec(
+        DestinationSpec("a", "dicom", {"ae_title": "A", "host": "h", "port": 104, "timeout_s": 5}, "destinations[0]"),
+        node,
+    )
     assert (str(ok), ok.sender.timeout_s) == ("a (A@h:104)", 5)
     for options, key in [
         ({"host": "h", "port": 104}, "destinations[0].ae_title"),
@@ -175,12 +185,17 @@ def test_dicom_destination_keys_are_checked():
 
 
 def test_registry_builds_every_configured_destination():
-    cfg = NodeConfig(destination=Destination("PACS", "h", 104),
-                     destinations=(DestinationSpec("web", "dicomweb", {"url": "http://h:8042/dicom-web"}, "destinations[0]"),))
+    cfg = NodeConfig(
+        destination=Destination("PACS", "h", 104),
+        destinations=(DestinationSpec("web", "dicomweb", {"url": "http://h:8042/dicom-web"}, "destinations[0]"),),
+    )
     built = build_destinations(cfg)
     assert [(n, type(d).__name__, d.describe()) for n, d in built.items()] == [
-        ("pacs", "DicomDestination", "PACS@h:104"), ("web", "DicomWebDestination", "STOW-RS http://h:8042/dicom-web"),
+        ("pacs", "DicomDestination", "PACS@h:104"),
+        ("web", "DicomWebDestination", "STOW-RS http://h:8042/dicom-web"),
     ]
     bad = NodeConfig(destinations=(DestinationSpec("x", "ftp", {}, "destinations[0]"),))
-    with pytest.raises(ConfigError, match=r"^destinations\[0\].type: 'ftp' is not a destination type \(known: dicom, dicomweb\)"):
+    with pytest.raises(
+        ConfigError, match=r"^destinations\[0\].type: 'ftp' is not a destination type \(known: dicom, dicomweb\)"
+    ):
         build_destinations(bad)

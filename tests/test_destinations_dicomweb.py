@@ -30,7 +30,9 @@ def orthanc_web(tmp_path_factory):
 def test_stow_rs_stores_sr_and_sc_in_orthanc(orthanc_web, fresh_uncr, tmp_path):
     source, files = make_results(fresh_uncr, tmp_path, "pathological")
     dest = DicomWebDestination("web", f"{orthanc_web.url}/dicom-web", timeout_s=30)
-    sc, sr = dest.send([Outgoing("sc", str(files.sc_path), files.sc_uid), Outgoing("sr", str(files.sr_path), files.sr_uid)])
+    sc, sr = dest.send(
+        [Outgoing("sc", str(files.sc_path), files.sc_uid), Outgoing("sr", str(files.sr_path), files.sr_uid)]
+    )
     assert (sc.verdict, sr.verdict) == (Verdict.STORED, Verdict.STORED), (sc, sr)
     assert (sc.sop_instance_uid, sr.sop_instance_uid, sc.sent, sr.sent) == (files.sc_uid, files.sr_uid, None, None)
     found = {i["Tags"]["SOPInstanceUID"]: i["Tags"] for i in orthanc_web.instances_in_study(source.StudyInstanceUID)}
@@ -59,11 +61,16 @@ def test_stow_rs_to_a_wrong_path_names_the_http_status(orthanc_web, fresh_uncr, 
 
 def test_dicomweb_keys_are_checked():
     node = NodeContext("CXR_NODE", timeout_s=7)
-    dest = DicomWebDestination.from_spec(DestinationSpec("w", "dicomweb", {"url": "http://h:8042/dicom-web/"}, "destinations[2]"), node)
+    dest = DicomWebDestination.from_spec(
+        DestinationSpec("w", "dicomweb", {"url": "http://h:8042/dicom-web/"}, "destinations[2]"), node
+    )
     assert (dest.url, dest.timeout_s) == ("http://h:8042/dicom-web", 7)
-    for options, key in [({}, "destinations[2].url"), ({"url": "ftp://h"}, "destinations[2].url"),
-                         ({"url": "http://h", "timeout_s": 0}, "destinations[2].timeout_s"),
-                         ({"url": "http://h", "ae_title": "X"}, "destinations[2].ae_title")]:
+    for options, key in [
+        ({}, "destinations[2].url"),
+        ({"url": "ftp://h"}, "destinations[2].url"),
+        ({"url": "http://h", "timeout_s": 0}, "destinations[2].timeout_s"),
+        ({"url": "http://h", "ae_title": "X"}, "destinations[2].ae_title"),
+    ]:
         with pytest.raises(ConfigError) as err:
             DicomWebDestination.from_spec(DestinationSpec("w", "dicomweb", options, "destinations[2]"), node)
         assert str(err.value).startswith(key), str(err.value)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import socket
 import threading
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pydicom
@@ -25,16 +25,16 @@ from cxr_node.queue.jobs import ExportItem, JobQueue, ReceivedInstance, ResultRe
 from cxr_node.queue.schema import open_database
 from cxr_node.queue.states import ExportState
 from cxr_node.results.identity import fallback_sr_uid, no_illustration_sr_uid
-from tests import peers
-from tests.test_destinations_dicom import scp  # noqa: F401 - the pynetdicom SCP fixture
+from tests import peers, test_destinations_dicom
 from tests.test_results_support import make_results
 
+scp = test_destinations_dicom.scp  # the pynetdicom SCP fixture
 RECORD = ResultRecord("Normal", 0.1, 0.05, False, "untrained-densenet161 0", False)
 
 
 class FakeClock:
     def __init__(self):
-        self.now = datetime(2026, 1, 1, 8, 0, tzinfo=timezone.utc)
+        self.now = datetime(2026, 1, 1, 8, 0, tzinfo=UTC)
 
     def __call__(self):
         return self.now
@@ -55,7 +55,9 @@ def result(queue, rg1_uncr, tmp_path):
     def add(destinations, case="normal"):
         source, files = make_results(rg1_uncr, tmp_path / f"r{len(list(tmp_path.iterdir()))}", case)
         uid = pydicom.uid.generate_uid()
-        queue.enqueue(ReceivedInstance(uid, str(source.SOPClassUID), str(source.StudyInstanceUID), "MODALITY", str(rg1_uncr)))
+        queue.enqueue(
+            ReceivedInstance(uid, str(source.SOPClassUID), str(source.StudyInstanceUID), "MODALITY", str(rg1_uncr))
+        )
         (job,) = queue.claim("w", 60)
         items = [ExportItem("sc", str(files.sc_path), files.sc_uid), ExportItem("sr", str(files.sr_path), files.sr_uid)]
         assert queue.complete(job, RECORD, items, destinations)
@@ -216,11 +218,15 @@ def silent_peer():
 def test_a_hung_and_a_dead_destination_hold_back_no_other(queue, result, scp, silent_peer):
     pacs = scp()
     result(["hung", "dead", "pacs"])
-    dispatcher = Dispatcher(queue, {
-        "hung": dicom(silent_peer, "hung", timeout_s=8),
-        "dead": dicom(peers.free_port(), "dead"),
-        "pacs": dicom(pacs),
-    }, poll_interval_s=0.1)
+    dispatcher = Dispatcher(
+        queue,
+        {
+            "hung": dicom(silent_peer, "hung", timeout_s=8),
+            "dead": dicom(peers.free_port(), "dead"),
+            "pacs": dicom(pacs),
+        },
+        poll_interval_s=0.1,
+    )
     dispatcher.start()
     try:
         # Both objects reach the working PACS while the hung one is still waiting for an answer.

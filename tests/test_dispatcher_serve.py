@@ -54,13 +54,24 @@ port = {peers.free_port()}
 
         def rows():
             with sqlite3.connect(node.storage / "cxr-node.db") as conn:
-                return conn.execute("select destination, kind, state, attempts from exports order by destination, kind").fetchall()
+                return conn.execute(
+                    "select destination, kind, state, attempts from exports order by destination, kind"
+                ).fetchall()
 
-        peers.wait_until(lambda: [r[2:] for r in rows()][:2] == [("pending", 1), ("pending", 0)]
-                         and [r[2] for r in rows()][2:] == ["sent"] * 4, 60, "4 rows sent, 1 attempt to the dead one")
+        peers.wait_until(
+            lambda: (
+                [r[2:] for r in rows()][:2] == [("pending", 1), ("pending", 0)]
+                and [r[2] for r in rows()][2:] == ["sent"] * 4
+            ),
+            60,
+            "4 rows sent, 1 attempt to the dead one",
+        )
         found = rows()
         assert [(d, k, s) for d, k, s, _ in found if d != "down"] == [
-            ("pacs", "sc", "sent"), ("pacs", "sr", "sent"), ("web", "sc", "sent"), ("web", "sr", "sent"),
+            ("pacs", "sc", "sent"),
+            ("pacs", "sr", "sent"),
+            ("web", "sc", "sent"),
+            ("web", "sr", "sent"),
         ]
         down = [r for r in found if r[0] == "down"]
         assert down == [("down", "sc", "pending", 1), ("down", "sr", "pending", 0)]  # its SR waits for its SC

@@ -82,8 +82,10 @@ class Options:
     def done(self) -> None:
         unknown = sorted(set(self.spec.options) - self.used)
         if unknown:
-            raise ConfigError(f"{self._key(unknown[0])}: unknown key for a {self.spec.type} destination "
-                              f"(known: name, type, {', '.join(sorted(self.used))})")
+            raise ConfigError(
+                f"{self._key(unknown[0])}: unknown key for a {self.spec.type} destination "
+                f"(known: name, type, {', '.join(sorted(self.used))})"
+            )
 
 
 class ExportDestination(ABC):

@@ -4,7 +4,7 @@ PACS that takes no Comprehensive 3D SR (same content, its own SOP Instance UID).
 from __future__ import annotations
 
 from pydicom import Dataset
-from pynetdicom.sop_class import Comprehensive3DSRStorage, ComprehensiveSRStorage
+from pydicom.uid import Comprehensive3DSRStorage, ComprehensiveSRStorage
 
 from cxr_node.config import (
     ConfigError,
@@ -81,7 +81,11 @@ class DicomDestination(ExportDestination):
             except Exception as exc:  # noqa: BLE001 - unreadable file, or no report form without the illustration: retried
                 deliveries.append(Delivery(Verdict.RETRY, f"{item.path}: cannot prepare for sending: {exc}"))
                 continue
-            alternative = (ComprehensiveSRStorage, _comprehensive) if str(ds.SOPClassUID) == Comprehensive3DSRStorage else (None, None)
+            alternative = (
+                (ComprehensiveSRStorage, _comprehensive)
+                if str(ds.SOPClassUID) == Comprehensive3DSRStorage
+                else (None, None)
+            )
             slots.append(len(deliveries))
             deliveries.append(None)
             requests.append(StoreRequest(ds, *alternative))
@@ -90,11 +94,11 @@ class DicomDestination(ExportDestination):
         except SendError as exc:
             if not any(d is not None for d in deliveries):
                 raise DestinationUnavailable(str(exc)) from exc
-            outcomes = []
             for slot in slots:
                 deliveries[slot] = Delivery(Verdict.RETRY, str(exc))
-        for slot, outcome in zip(slots, outcomes):
-            deliveries[slot] = self._delivery(objects[slot], outcome)
+        else:
+            for slot, outcome in zip(slots, outcomes, strict=True):
+                deliveries[slot] = self._delivery(objects[slot], outcome)
         return [d for d in deliveries if d is not None]
 
     @staticmethod
@@ -104,8 +108,16 @@ class DicomDestination(ExportDestination):
         went_as_file = outcome.sop_instance_uid == item.sop_instance_uid
         if status_ok(outcome.status):
             note = "as Comprehensive SR" if outcome.fallback else ""
-            return Delivery(Verdict.STORED, status=outcome.status, sop_instance_uid=outcome.sop_instance_uid,
-                            sent=None if went_as_file else outcome.sent, note=note, from_peer=True)
+            return Delivery(
+                Verdict.STORED,
+                status=outcome.status,
+                sop_instance_uid=outcome.sop_instance_uid,
+                sent=None if went_as_file else outcome.sent,
+                note=note,
+                from_peer=True,
+            )
         reason = status_meaning(outcome.status) + (f" ({outcome.comment})" if outcome.comment else "")
         verdict = Verdict.REFUSED if outcome.status in PERMANENT_REFUSALS else Verdict.RETRY
-        return Delivery(verdict, reason, from_peer=True, status=outcome.status, sop_instance_uid=outcome.sop_instance_uid)
+        return Delivery(
+            verdict, reason, from_peer=True, status=outcome.status, sop_instance_uid=outcome.sop_instance_uid
+        )

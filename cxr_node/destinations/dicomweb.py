@@ -32,7 +32,9 @@ def _url(key: str, value) -> str:
     url = _str(key, value).rstrip("/")
     parsed = urlparse(url)
     if parsed.scheme not in ("http", "https") or not parsed.netloc:
-        raise ConfigError(f"{key}: {value!r} must be an http(s) URL of the DICOMweb service root, e.g. http://pacs:8042/dicom-web")
+        raise ConfigError(
+            f"{key}: {value!r} must be an http(s) URL of the DICOMweb service root, e.g. http://pacs:8042/dicom-web"
+        )
     return url
 
 
@@ -74,7 +76,7 @@ class DicomWebDestination(ExportDestination):
                 deliveries[i] = Delivery(Verdict.RETRY, f"{item.path}: cannot prepare for sending: {exc}")
         if datasets:
             answer = self._store(datasets, nothing_else=len(datasets) == len(objects))
-            for i, ds in zip(slots, datasets):
+            for i, ds in zip(slots, datasets, strict=True):
                 deliveries[i] = self._delivery(objects[i], ds, answer)
         return [d for d in deliveries if d is not None]
 
@@ -87,7 +89,11 @@ class DicomWebDestination(ExportDestination):
             body = _response_dataset(response)
             if body is not None and ("FailedSOPSequence" in body or "ReferencedSOPSequence" in body):
                 return body  # 409 Conflict and the like: the per-instance answer is in the body
-            why = f"{self.url}: HTTP {response.status_code} {response.reason}" if response is not None else f"{self.url}: {exc}"
+            why = (
+                f"{self.url}: HTTP {response.status_code} {response.reason}"
+                if response is not None
+                else f"{self.url}: {exc}"
+            )
         except (requests.ConnectionError, requests.Timeout, OSError) as exc:
             why = f"{self.url}: {type(exc).__name__}: {exc}"
         except ValueError as exc:  # an answer dicomweb-client cannot read
@@ -114,7 +120,9 @@ class DicomWebDestination(ExportDestination):
         if "ReferencedSOPSequence" not in answer and "FailedSOPSequence" not in answer:
             # A 200 without a body: PS3.18 says all instances were stored.
             return Delivery(Verdict.STORED, status=0, sop_instance_uid=uid, sent=sent, from_peer=True)
-        return Delivery(Verdict.RETRY, f"STOW-RS response does not mention {UID(str(ds.SOPClassUID)).name} {uid}", from_peer=True)
+        return Delivery(
+            Verdict.RETRY, f"STOW-RS response does not mention {UID(str(ds.SOPClassUID)).name} {uid}", from_peer=True
+        )
 
 
 def _response_dataset(response) -> Dataset | None:

@@ -11,7 +11,7 @@ from cxr_node.destinations.base import Outgoing
 
 def load(item: Outgoing) -> Dataset:
     """Read the object; OSError / InvalidDicomError / ValueError propagate (the dispatcher retries them)."""
-    ds = dcmread(item.path)
+    ds: Dataset = dcmread(item.path)
     if item.omit_illustration:
         from cxr_node.results.sr import (
             without_illustration,  # highdicom: imported only when needed

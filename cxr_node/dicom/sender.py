@@ -17,11 +17,12 @@ from __future__ import annotations
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from pydicom import Dataset, dcmread
+from pydicom.dataset import FileMetaDataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, evt
-from pynetdicom.sop_class import Verification
 from pynetdicom.status import (
     GENERAL_STATUS,
     STORAGE_SERVICE_CLASS_STATUS,
@@ -30,6 +31,7 @@ from pynetdicom.status import (
 
 from cxr_node.config import Destination
 
+VERIFICATION = "1.2.840.10008.1.1"  # Verification SOP Class
 SOP_CLASS_NOT_SUPPORTED = 0x0122  # the peer accepted no context for the object's SOP class
 _UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 
@@ -83,7 +85,9 @@ class Sender:
         offered: dict[str, list[str]] = {}
         for req in requests:
             ds = req.dataset
-            stored = str(ds.file_meta.TransferSyntaxUID) if "TransferSyntaxUID" in getattr(ds, "file_meta", {}) else None
+            stored = (
+                str(ds.file_meta.TransferSyntaxUID) if "TransferSyntaxUID" in getattr(ds, "file_meta", {}) else None
+            )
             syntaxes = offered.setdefault(str(ds.SOPClassUID), [])
             for ts in ([stored] if stored else []) + list(_UNCOMPRESSED):
                 if ts not in syntaxes:
@@ -91,7 +95,7 @@ class Sender:
             if req.alternative_class:
                 alt = offered.setdefault(req.alternative_class, [])
                 alt.extend(ts for ts in _UNCOMPRESSED if ts not in alt)
-        offered.setdefault(Verification, [ImplicitVRLittleEndian])
+        offered.setdefault(VERIFICATION, [ImplicitVRLittleEndian])
         for sop_class, syntaxes in offered.items():
             for ts in syntaxes:
                 ae.add_requested_context(sop_class, ts)
@@ -101,11 +105,13 @@ class Sender:
         """Send over one association; raises SendError when no association is established."""
         if not requests:
             return []
-        kwargs = {"tls_args": (self.tls, peer.host)} if self.tls is not None else {}
+        tls_args = (self.tls, peer.host) if self.tls is not None else None
         connected: list[bool] = []  # pynetdicom reports a refused connection as an abort; this tells them apart
-        handlers = [(evt.EVT_CONN_OPEN, lambda event: connected.append(True))]
+        handlers: list[Any] = [(evt.EVT_CONN_OPEN, lambda event: connected.append(True))]
         try:
-            assoc = self._ae(requests).associate(peer.host, peer.port, ae_title=peer.ae_title, evt_handlers=handlers, **kwargs)
+            assoc = self._ae(requests).associate(
+                peer.host, peer.port, ae_title=peer.ae_title, evt_handlers=handlers, tls_args=tls_args
+            )
         except (OSError, RuntimeError) as exc:
             raise SendError(f"cannot connect to {peer}: {exc}") from exc
         if not assoc.is_established:
@@ -134,7 +140,9 @@ class Sender:
     @staticmethod
     def _unsent(req: StoreRequest, why: str) -> SendOutcome:
         ds = req.dataset
-        return SendOutcome(None, sop_class_uid=str(ds.SOPClassUID), sop_instance_uid=str(ds.SOPInstanceUID), transport_error=why)
+        return SendOutcome(
+            None, sop_class_uid=str(ds.SOPClassUID), sop_instance_uid=str(ds.SOPInstanceUID), transport_error=why
+        )
 
     def _store(self, assoc, peer: Destination, req: StoreRequest, accepted: dict[str, set[str]]) -> SendOutcome:
         ds, fallback = req.dataset, False
@@ -144,25 +152,37 @@ class Sender:
                 ds, fallback = req.alternative(ds), True
             except ValueError as exc:
                 return SendOutcome(
-                    SOP_CLASS_NOT_SUPPORTED, f"no context for {UID(sop_class).name}; no alternative: {exc}"[:64],
-                    sop_class, str(ds.SOPInstanceUID),
+                    SOP_CLASS_NOT_SUPPORTED,
+                    f"no context for {UID(sop_class).name}; no alternative: {exc}"[:64],
+                    sop_class,
+                    str(ds.SOPInstanceUID),
                 )
             sop_class = str(ds.SOPClassUID)
         if sop_class not in accepted:
             names = " nor ".join(UID(c).name for c in [sop_class, req.alternative_class] if c)
-            return SendOutcome(SOP_CLASS_NOT_SUPPORTED, f"no presentation context accepted for {names}",
-                               sop_class, str(ds.SOPInstanceUID))
+            return SendOutcome(
+                SOP_CLASS_NOT_SUPPORTED,
+                f"no presentation context accepted for {names}",
+                sop_class,
+                str(ds.SOPInstanceUID),
+            )
         ds = _in_accepted_syntax(ds, accepted[sop_class])
-        sent = {"sop_class_uid": sop_class, "sop_instance_uid": str(ds.SOPInstanceUID), "fallback": fallback, "sent": ds}
+        sending = ds
+
+        def outcome(status: int | None, comment: str = "", transport_error: str = "") -> SendOutcome:
+            return SendOutcome(
+                status, comment, sop_class, str(sending.SOPInstanceUID), fallback, sending, transport_error
+            )
+
         try:
             status = assoc.send_c_store(ds)
         except ValueError as exc:  # pynetdicom found no context it can use for this data set
-            return SendOutcome(SOP_CLASS_NOT_SUPPORTED, str(exc)[:64], **sent)
+            return outcome(SOP_CLASS_NOT_SUPPORTED, str(exc)[:64])
         except (OSError, RuntimeError) as exc:
-            return SendOutcome(None, transport_error=f"{peer}: {exc}", **sent)
+            return outcome(None, transport_error=f"{peer}: {exc}")
         if not status:  # no response: connection dropped or timed out
-            return SendOutcome(None, transport_error=f"{peer} gave no C-STORE response (timeout or connection lost)", **sent)
-        return SendOutcome(int(status.Status), str(status.get("ErrorComment", "")), **sent)
+            return outcome(None, transport_error=f"{peer} gave no C-STORE response (timeout or connection lost)")
+        return outcome(int(status.Status), str(status.get("ErrorComment", "")))
 
     def send_files(self, peer: Destination, paths: list[str]) -> list[SendOutcome]:
         """Send files as they are (no alternatives); raises SendError if none can be attempted."""
@@ -186,6 +206,6 @@ def _in_accepted_syntax(ds: Dataset, syntaxes: set[str]) -> Dataset:
     if target is None or current not in (*_UNCOMPRESSED, None):
         return ds  # compressed source and no matching context: pynetdicom answers with its own error
     out = Dataset(ds)  # shallow copy: same elements, own file meta
-    out.file_meta = Dataset(meta) if meta is not None else Dataset()
+    out.file_meta = FileMetaDataset(meta) if meta is not None else FileMetaDataset()
     out.file_meta.TransferSyntaxUID = UID(target)
     return out
