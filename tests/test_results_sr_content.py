@@ -169,6 +169,9 @@ def test_dsr2html_shows_the_answer_before_the_model_details(rg1_uncr, tmp_path):
     assert all(pos >= 0 for pos in first.values()), first
     for statement in statements:
         assert first[statement] < first[TRACKING_A] < first[TRACKING_B], (statement, first)
+    # The per-model probabilities come labelled, in their groups.
+    assert first[TRACKING_A] < text.find("Certainty of Finding: 30.03 %") < first[TRACKING_B]
+    assert text.find("Certainty of Finding: 81.23 %") > first[TRACKING_B]
 
 
 # -- the report for a PACS that refused the Grad-CAM SC ------------------------------------

@@ -22,9 +22,9 @@ because the template puts them there):
   Qualitative Evaluations (TID 1500 row 12)  "AI overall class" and "AI model" again, at the
                       place the template gives document-level conclusions, for programs
 Every group names its algorithm (TID 4019: bundle name, version, weight sha256) and the
-analysed radiograph as its source image (DCM 121112 "Source of Measurement"). The
-overall-result group is a SEPARATE container, so renderers (dsr2html) print each item
-with its concept name.
+analysed radiograph as its source image (DCM 121112 "Source of Measurement"). The groups
+are SEPARATE containers, so renderers (dsr2html) print each item with its concept name
+("Certainty of Finding: 30.03 %", not a bare number).
 
 The same content also goes into a Comprehensive SR, for a PACS that accepts no
 presentation context for Comprehensive 3D SR: the tree has no SCOORD3D, so nothing is
@@ -247,6 +247,8 @@ def build_report_content(
         source, TRACKING_B, derived_uid("track-b", key), CLASS_CODES[JointClass.COVID], algo_b,
         measurements=[hd.sr.Measurement(name=CERTAINTY, value=round(100 * result.p_covid, 2), unit=PERCENT, algorithm_id=algo_b)],
     )
+    for group in (group_a, group_b):  # "Certainty of Finding: 30.03 %", not a bare number
+        group[0].ContinuityOfContent = "SEPARATE"
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_device_context=observer),
         procedure_reported=IMAGING_PROCEDURE,
