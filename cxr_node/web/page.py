@@ -75,7 +75,7 @@ def _table(headers: list[str], rows: list[list[str]], empty: str) -> str:
         return f'<p class="empty">{_h(empty)}</p>'
     head = "".join(f"<th>{_h(h)}</th>" for h in headers)
     body = "".join("<tr>" + "".join(f"<td>{cell}</td>" for cell in row) + "</tr>" for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    return f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
 
 
 def _stage_cells(job: JobRow) -> list[str]:
@@ -215,7 +215,8 @@ CSS = """
 body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#222}
 h1{font-size:1.4em;margin:0}h2{font-size:1.1em;margin-top:1.6em;border-bottom:1px solid #ccc}h3{font-size:.95em;margin:.6em 0 .2em}
 table{border-collapse:collapse;font-size:.9em}th,td{border:1px solid #ddd;padding:.25em .5em;text-align:left;vertical-align:top}
-th{background:#f4f4f4}.uid{font-family:monospace;font-size:.85em}.counts{display:flex;gap:.6em;flex-wrap:wrap}
+th{background:#f4f4f4}.uid{font-family:monospace;font-size:.85em;word-break:break-all;display:inline-block;max-width:24em}.counts{display:flex;gap:.6em;flex-wrap:wrap}
+.scroll{overflow-x:auto}
 .count{border:1px solid #ddd;border-radius:4px;padding:.3em .8em;text-align:center}.count b{display:block;font-size:1.3em}
 .state.failed,.error{color:#b00}.state.done{color:#070}.state.skipped{color:#666}.warn{color:#b00;font-weight:bold}
 .empty{color:#666}.meta{color:#555}
