@@ -182,6 +182,10 @@ class Dispatcher:
             loop.wake()
 
     def start(self) -> None:
+        # Rows for a destination no longer configured wait untouched (nothing is dropped); say so.
+        for name, n in self.queue.pending_export_destinations().items():
+            if name not in self.destinations:
+                log.warning("%d pending export(s) name destination %r, which is not configured: they wait", n, name)
         for loop in self._loops.values():
             loop.start()
 

@@ -241,3 +241,19 @@ def test_a_hung_and_a_dead_destination_hold_back_no_other(queue, result, scp, si
     assert len(pacs.received) == 2
     hung = rows(queue)[("hung", "sc")]
     assert hung["attempts"] == 1 and "TEST_PACS@127.0.0.1" in hung["last_error"], hung
+
+
+def test_rows_for_an_unconfigured_destination_wait_and_are_named(queue, result, scp, caplog):
+    pacs = scp()
+    result(["pacs", "old-archive"])
+    dispatcher = Dispatcher(queue, {"pacs": dicom(pacs)})
+    dispatcher.start()
+    try:
+        peers.wait_until(lambda: rows(queue)[("pacs", "sr")]["state"] == ExportState.SENT, 30, "the SR at pacs")
+    finally:
+        dispatcher.stop()
+    assert "2 pending export(s) name destination 'old-archive', which is not configured" in caplog.text
+    assert {k: r["state"] for k, r in rows(queue).items() if k[0] == "old-archive"} == {
+        ("old-archive", "sc"): ExportState.PENDING,
+        ("old-archive", "sr"): ExportState.PENDING,
+    }

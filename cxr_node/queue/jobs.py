@@ -354,6 +354,16 @@ class JobQueue:
                 )
             )
 
+    def pending_export_destinations(self) -> dict[str, int]:
+        """Destination name -> pending rows, for rows that name any destination."""
+        with self.engine.connect() as conn:
+            found = conn.execute(
+                select(exports.c.destination, func.count())
+                .where(and_(exports.c.state == ExportState.PENDING, exports.c.destination.is_not(None)))
+                .group_by(exports.c.destination)
+            ).all()
+        return {name: n for name, n in found}
+
     def export_failed(self, export: Export, reason: str) -> None:
         """Given up (refused for good, or attempts / time used up); `reason` says why, for operators."""
         with self.engine.begin() as conn:
