@@ -37,7 +37,14 @@ def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
 
 
 class Node:
-    def __init__(self, tmp: Path, orthanc: peers.Orthanc, roles: tuple[str, ...] = (), web: bool = True):
+    def __init__(
+        self,
+        tmp: Path,
+        orthanc: peers.Orthanc,
+        roles: tuple[str, ...] = (),
+        web: bool = True,
+        extra: tuple[str, ...] = (),
+    ):
         self.port, self.web_port = peers.free_port(), peers.free_port()
         self.storage = tmp / "node"
         self.storage.mkdir(parents=True, exist_ok=True)
@@ -50,7 +57,7 @@ class Node:
             f"[web]\nenabled = {'true' if web else 'false'}\nport = {self.web_port}\n"
         )
         self.log_path = tmp / f"serve-{self.port}.log"
-        self.args = [*CLI, "serve", "--config", str(self.config), *[a for r in roles for a in ("--role", r)]]
+        self.args = [*CLI, "serve", "--config", str(self.config), *[a for r in roles for a in ("--role", r)], *extra]
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> Node:
@@ -235,7 +242,7 @@ def test_a_corrupted_image_fails_with_its_reason_and_comes_back_with_retry(tmp_p
     good = stored.read_bytes()
     _truncate_codestream(stored)  # the J2K codestream loses its last third after the ACK
 
-    node = Node(tmp_path, orthanc).start()
+    node = Node(tmp_path, orthanc, extra=("--log-format", "json")).start()
     nodes.append(node)
     peers.wait_until(lambda: "failed" in node.admin("jobs", "list", "--state", "failed").stdout, 240, "the job to fail")
     failed = node.admin("jobs", "list", "--state", "failed").stdout.splitlines()
@@ -255,6 +262,13 @@ def test_a_corrupted_image_fails_with_its_reason_and_comes_back_with_retry(tmp_p
     refused = node.admin("jobs", "retry", str(job["id"]), check=False)
     assert refused.returncode == 1 and "is done, not failed" in refused.stderr
     assert node.admin("jobs", "retry", "--all-failed").stdout.strip() == "no failed jobs"
+
+    # --log-format json: every log line is a JSON object; audit lines carry their fields as keys.
+    node.stop()
+    records = [json.loads(line) for line in node.log().splitlines() if not line.startswith("cxr-node: ")]
+    assert records and all({"ts", "level", "logger", "msg"} <= set(r) for r in records)
+    sent = [r for r in records if r.get("event") == "result_sent"]
+    assert {r["kind"] for r in sent} == {"sr", "sc"} and all(r["destination"] == "pacs" for r in sent)
 
 
 def _truncate_codestream(path: Path) -> None:
