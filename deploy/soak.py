@@ -373,7 +373,9 @@ def scenario_postgres_restart(work: Path, a) -> Row:
         sender.start()
         time.sleep(1.0)
         pg_ctl = str(Path(peers.find_program("initdb")).parent / "pg_ctl")
-        peers._as_postgres_user([pg_ctl, "-D", str(pg.datadir), "-m", "fast", "-w", "restart"], timeout=120)
+        # -l: the restarted server must not inherit this process's pipes (run() would wait for them)
+        peers._as_postgres_user([pg_ctl, "-D", str(pg.datadir), "-l", str(pg.workdir / "pg.log"), "-m", "fast",
+                                 "-w", "restart"], timeout=120)
         sender.join()
         record(row, results)
         settle(row, pacs, [study_of(f) for f in files], a.wait)
