@@ -57,7 +57,7 @@ if [[ "${INFERENCE:-0}" == 1 ]]; then
 fi
 
 say "GPU step tests (CUDA graphs / compile vs eager)"
-timeout 150 "$PY" -m pytest -q -p no:cacheprovider tests/test_train_fast_path.py -k gpu_step_forms \
+timeout 150 "$PY" -m pytest -q -p no:cacheprovider tests/test_train_fast_path.py -k "gpu_step_forms or gpu_fit" \
     > "$OUT/gpu-tests.txt" 2>&1
 tail -3 "$OUT/gpu-tests.txt" | tee -a "$OUT/summary.txt"
 

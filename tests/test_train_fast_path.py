@@ -158,8 +158,10 @@ def _tiny_net(seed=0):
 def _losses(mode: str, device: torch.device, steps: int = 4) -> list[float]:
     model = _tiny_net().to(device)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    step = TrainStep(model, opt, mode=mode, device=device, amp=False, label_smoothing=0.1,
-                     log=lambda m: pytest.fail(f"fell back: {m}"), label=mode)
+    def log(line: str) -> None:
+        assert "continuing eagerly" not in line, line  # a fallback would compare eager with eager
+
+    step = TrainStep(model, opt, mode=mode, device=device, amp=False, label_smoothing=0.1, log=log, label=mode)
     g = torch.Generator().manual_seed(1)
     out = []
     for _ in range(steps):
@@ -181,8 +183,24 @@ def test_compiled_step_gives_the_eager_losses():
 @pytest.mark.parametrize("mode", ["cuda_graphs", "compile"])
 def test_gpu_step_forms_give_the_eager_losses(mode):
     cuda = torch.device("cuda")
-    eager, other = _losses("eager", cuda, steps=8), _losses(mode, cuda, steps=8)
+    eager, other = _losses("eager", cuda, steps=8), _losses(mode, cuda, steps=8)  # 3 warm-up, capture, 4 replays
     assert other == pytest.approx(eager, rel=1e-3, abs=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device (run by deploy/gpu-check.sh)")
+def test_gpu_fit_replays_densenet_steps_from_a_cuda_graph(tiny, tmp_path):
+    """The real model (DenseNet-161, bf16 autocast, channels_last) through fit with run.step = cuda_graphs."""
+    _, data, idx = tiny
+    cfg = config_from_dict({**TINY, "run": {**TINY["run"], "device": "cuda", "step": "cuda_graphs"},
+                            "optim": {"batch_size": 4, "epochs": 2}})
+    train, val = _sets(data, idx)
+    lines = []
+    result = fit(cfg=cfg, train_set=train, val_set=val, imagenet_weights=None, device=torch.device("cuda"),
+                 env=DistEnv(), ckpt_stem=tmp_path / "m", fingerprint="fp", seed=5, label="g", log=lines.append)
+    assert any("captured in a CUDA graph" in line for line in lines), lines
+    assert not any("continuing eagerly" in line for line in lines), lines
+    assert [h["train_images"] for h in result.history] == [20, 20]
+    assert all(np.isfinite(h["train_loss"]) and h["device_memory_peak_bytes"] > 0 for h in result.history)
 
 
 def test_a_failing_compiled_step_falls_back_to_eager_with_the_same_weights(monkeypatch):
