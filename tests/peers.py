@@ -26,6 +26,7 @@ DEBIAN_PACKAGE = {
     "storescu": "dcmtk",
     "echoscu": "dcmtk",
     "dcmsend": "dcmtk",
+    "storescp": "dcmtk",
     "dcmcjpeg": "dcmtk",
     "dcmcjpls": "dcmtk",
     "dcmcrle": "dcmtk",

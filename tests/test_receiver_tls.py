@@ -161,3 +161,42 @@ def test_tls_config_errors_name_the_key(tmp_path, pki):
     with pytest.raises(ConfigError, match=r"^tls.cert: cannot load"):
         server_context(replace(NodeConfig(), tls_cert=pki["ca"], tls_key=pki["server"][1]))
     assert server_context(NodeConfig()) is None and client_context(NodeConfig()) is None
+
+
+def test_client_context_sends_to_dcmtk_storescp_over_tls(tmp_path, pki):
+    """The sender's helper against a real TLS peer (DCMTK storescp requiring our client certificate):
+    the PACS certificate is checked against tls.ca, host name included."""
+    cert, key = pki["server"]
+    port = peers.free_port()
+    out_dir = tmp_path / "received"
+    out_dir.mkdir()
+    scp = subprocess.Popen([peers.find_program("storescp"), "+tls", str(key), str(cert), "+cf", str(pki["ca"]),
+                            "-od", str(out_dir), "-aet", "TLS_PACS", str(port)],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        peers.wait_until(lambda: scp.poll() is not None or _listening(port), 30, "storescp to listen")
+        assert scp.poll() is None
+        ccert, ckey = pki["client"]
+        ctx = client_context(replace(NodeConfig(), tls_cert=ccert, tls_key=ckey, tls_ca=pki["ca"]))
+        ae = AE(ae_title="CXR_NODE")
+        ae.add_requested_context(ComputedRadiographyImageStorage)
+        assoc = ae.associate("127.0.0.1", port, ae_title="TLS_PACS", tls_args=(ctx, "localhost"))
+        assert assoc.is_established
+        try:
+            assert assoc.send_c_store(make_radiograph(gradient())).Status == 0x0000
+        finally:
+            assoc.release()
+        assert len(list(out_dir.iterdir())) == 1
+        # A peer whose certificate does not match the host name is refused by the client side.
+        wrong = ae.associate("127.0.0.1", port, ae_title="TLS_PACS", tls_args=(ctx, "pacs.example.org"))
+        assert not wrong.is_established
+    finally:
+        peers.stop_process(scp)
+
+
+def _listening(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False

@@ -85,7 +85,10 @@ def command(config_path, ae_title, port, bind, storage, db, destination, models,
         raise click.ClickException(str(exc)) from exc
     parts = [f"roles {', '.join(cfg.roles)}"]
     if node.receiver:
-        parts.append(f"listening as {cfg.ae_title} on {cfg.bind}:{node.receiver.port}")
+        ports = [str(node.receiver.port)] if node.receiver.port is not None else []
+        if node.receiver.tls_port is not None:
+            ports.append(f"{node.receiver.tls_port} (TLS)")
+        parts.append(f"listening as {cfg.ae_title} on {cfg.bind}:{' and '.join(ports)}")
     if node.worker:
         model = node.worker.model
         parts.append(f"models {model.label}{'' if model.trained else ' (UNTRAINED - NOT FOR CLINICAL USE)'}")
