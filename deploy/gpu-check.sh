@@ -6,6 +6,7 @@
 #   3. the paper's protocol (configs/train-paper.toml, scratch init: no ImageNet weights here) on
 #      DATA_DIR with run.parallel = PARALLEL: all 200 epochs x 5 repetitions when the bench's
 #      projection says they fit the time left, else as many epochs as fit (said in summary.txt);
+#   2b. the same bench, short, with run.deterministic = false (what determinism costs);
 #   4. optionally (INFERENCE=1) `cxr-node bench inference` first, as the earlier version did.
 # Results land in OUT_DIR: summary.txt, gpu-tests.txt, bench-train.json, train-metrics.json,
 # train-report.md, train.log, train-plots.tar.gz (plots, Grad-CAM, splits, predictions).
@@ -15,7 +16,7 @@
 #   dependencies and pytest. Knobs (environment): DEVICE (cuda), PARALLEL (10: 5 repetitions x
 #   A and B at once), CONFIG (configs/train-paper.toml), INIT (scratch), EPOCHS (200: the most
 #   the main run may take), BENCH_EPOCHS (3), TRAIN_SET / BENCH_SET ("key=value ..." overrides),
-#   THREADS (decoding threads, 8).
+#   THREADS (decoding threads, 8), DETERMINISM (1: also bench with run.deterministic = false).
 #   Fits a 15-minute device slot: the default 540 s leaves the machine's start-up the rest.
 #   Dry run on a CPU (tiny, minutes):
 #     DEVICE=cpu PARALLEL=2 BENCH_EPOCHS=2 EPOCHS=2 THREADS=1 \
@@ -68,6 +69,13 @@ timeout $(( $(left) / 3 )) "$PY" -m cxr_node.cli bench train --device "$DEVICE" 
 rc=$?
 cat "$WORK/bench.out" | tee -a "$OUT/summary.txt"
 [[ $rc == 0 ]] || { tail -30 "$WORK/bench.err" | tee -a "$OUT/summary.txt"; say "bench train failed ($rc)"; exit 1; }
+
+if [[ "${DETERMINISM:-1}" == 1 ]]; then  # what run.deterministic costs: the same bench, short, with it off
+    say "bench train with run.deterministic = false (2 epochs, 160 images per process)"
+    timeout 120 "$PY" -m cxr_node.cli bench train --device "$DEVICE" --parallel "$PARALLEL" --epochs 2 --images 160 \
+        --data "$DATA" --config "$CONFIG" --set "run.num_workers=$THREADS" --set run.deterministic=false "${bench_sets[@]}" \
+        --out "$OUT/bench-train-nondeterministic.json" 2>/dev/null | grep -E "aggregate|process 1:" | tee -a "$OUT/summary.txt"
+fi
 
 # Epochs for the main run: the projection per epoch, plus start-up/decode/test/report costs once.
 plan=$("$PY" - "$OUT/bench-train.json" "$(left)" "$EPOCHS" <<'EOF'

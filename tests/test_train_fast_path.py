@@ -13,12 +13,12 @@ import pytest
 import torch
 from torch import nn
 
+from cxr_node.analysis.models import build_model
 from training.config import ConfigError, config_from_dict, load_config
 from training.data import load_data
 from training.dataset import Augment, SquareDataset, augment_rng
 from training.device_data import DeviceBatches, DeviceSet, affine_thetas, warp
 from training.distributed import DistEnv
-from cxr_node.analysis.models import build_model
 from training.loop import _DeviceBatches, _LoaderBatches, fit, learning_rate
 from training.metrics import target_a
 from training.step import TrainStep

@@ -23,9 +23,10 @@ import heapq
 import os
 import platform
 import time
-from datetime import datetime, timezone
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,7 +34,7 @@ import torch
 from training.config import TrainConfig
 from training.data import load_data
 from training.distributed import DistEnv
-from training.parallel import FitJob, run_parallel
+from training.parallel import run_parallel
 
 
 def _device(request: str) -> torch.device:
@@ -133,7 +134,7 @@ def run_train_bench(*, cfg: TrainConfig, data_dir: Path | None, device_request: 
     projected = makespan(durations, parallel)
     return {
         "format": "cxr-node-bench-train/1",
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {"device": str(device), "device_name": _device_name(device), "cpu_count": os.cpu_count(),
                     "torch": torch.__version__, "python": platform.python_version()},
         "settings": {"parallel": parallel, "epochs": epochs, "training_images_per_process": n_train,

@@ -11,7 +11,6 @@ from pathlib import Path
 import click
 
 
-
 def _known_errors():
     from cxr_node.analysis.bundle import BundleError
     from cxr_node.analysis.models import WeightsError
@@ -77,7 +76,8 @@ def evaluate(bundle_dir, data_dir, labels_csv, skip_bad_rows, device, batch_size
     per-class precision/recall/F1, confusion matrix, counts."""
     from tqdm import tqdm
 
-    from training.evaluate import evaluate as run_evaluate, format_summary
+    from training.evaluate import evaluate as run_evaluate
+    from training.evaluate import format_summary
 
     try:
         metrics = run_evaluate(bundle_dir, data_dir, labels_csv=labels_csv, skip_bad_rows=skip_bad_rows,

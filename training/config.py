@@ -14,7 +14,6 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-
 STEP_MODES = ("auto", "eager", "compile", "cuda_graphs")
 PIPELINES = ("auto", "device", "loader")
 SCHEDULES = ("constant", "cosine")

@@ -14,10 +14,10 @@ Decoding and letterboxing use cxr_node's functions, so training sees exactly wha
 from __future__ import annotations
 
 import csv
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pydicom

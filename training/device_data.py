@@ -13,7 +13,7 @@ No worker processes, no per-step host transfer: one index and one parameter uplo
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import torch

@@ -7,8 +7,9 @@ compute; the metrics are the ones training reports for its test splits.
 from __future__ import annotations
 
 import csv
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 

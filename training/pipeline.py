@@ -16,7 +16,7 @@ import os
 import platform
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -34,8 +34,6 @@ from training.dataset import SquareDataset
 from training.determinism import apply_determinism
 from training.distributed import DistEnv, init_distributed, shutdown
 from training.loop import predict
-from training.parallel import FitJob, run_fit, run_parallel
-from training.runlog import RunLog
 from training.metrics import (
     binary_metrics,
     choose_joint_thresholds,
@@ -45,6 +43,8 @@ from training.metrics import (
     target_a,
     target_b,
 )
+from training.parallel import FitJob, run_fit, run_parallel
+from training.runlog import RunLog
 from training.sources import confounding_statement, label_sources, per_source_metrics
 from training.splits import (
     balanced_subset,
@@ -305,7 +305,7 @@ def _train(cfg, data_dir, out, env, device, labels_csv, skip_bad_rows, config_pa
     by_source = label_sources([s.name for s in data.samples], data.labels)
     metrics = {
         "format": "cxr-node-training-metrics/1",
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "config": cfg.to_dict(),
         "config_file": config_path,
         "data": {"folder": str(data_dir), "images": len(data.samples), "counts": data.counts(),

@@ -14,7 +14,7 @@ tensors. The graph bakes the learning rate in, so a new rate (schedule) is captu
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
