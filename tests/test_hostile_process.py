@@ -185,3 +185,53 @@ def test_highdicom_and_pynetdicom_quiet_unless_verbose(restore_logging):
 
 def test_default_bind_is_loopback():
     assert NodeConfig().bind == "127.0.0.1"
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for stat_file in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat_file.read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat_file.parent.name))
+    return out
+
+
+def _decode_workers(pid: int) -> list[int]:
+    found = []
+    for child in _children(pid):
+        try:
+            cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
+        except FileNotFoundError:
+            continue
+        if b"spawn_main" in cmdline:
+            found.append(child)
+    return found
+
+
+@pytest.mark.peers
+@pytest.mark.slow
+def test_kill_9_of_serve_leaves_no_decode_processes(tmp_path, orthanc):
+    from tests.test_end_to_end import ServeProcess, storescu
+
+    node = ServeProcess(tmp_path, orthanc).start()
+    try:
+        images = []
+        for i in range(4):  # several at once: the worker decodes a batch in its process pool
+            path = tmp_path / f"cr{i}.dcm"
+            make_radiograph(gradient(256, 200)).save_as(path, enforce_file_format=True)
+            images.append(path)
+        assert storescu(node.port, node.ae_title, *images).returncode == 0
+        workers = peers.wait_until(lambda: _decode_workers(node.proc.pid), 120, "decode-pool processes to start")
+        node.proc.send_signal(signal.SIGKILL)
+        node.proc.wait(30)
+        peers.wait_until(lambda: not any(_alive(p) for p in workers), 15, "decode-pool processes to exit after kill -9")
+    finally:
+        if node.proc.poll() is None:
+            node.proc.kill()
+            node.proc.wait()
+        for pid in locals().get("workers") or []:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
