@@ -15,7 +15,17 @@ def load_node_config(config: Path | None) -> NodeConfig:
 
 
 def resolve_db_url(db: str | None, config: Path | None) -> str:
-    return db or load_node_config(config).db_url
+    """--db, else the config's database; the password comes from node.db_password_file or
+    CXR_NODE_DB_PASSWORD as for serve, so it never has to be on the command line."""
+    import os
+
+    from cxr_node.config import with_overrides
+    from cxr_node.startup import with_db_password
+
+    cfg = load_node_config(config)
+    if db:
+        cfg = with_overrides(cfg, db=db)
+    return with_db_password(cfg, os.environ).db_url
 
 
 def db_options(fn):
