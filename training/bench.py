@@ -102,8 +102,10 @@ def run_train_bench(*, cfg: TrainConfig, data_dir: Path | None, device_request: 
 
     template = plans[0].jobs["A"]
     n_train = min(len(template.train_idx), images) if images else len(template.train_idx)
-    jobs = [dataclasses.replace(template, rep=k, seed=template.seed + k, train_idx=template.train_idx[:n_train],
-                                train_targets=template.train_targets[:n_train],
+    # a seeded random subset (the indices are sorted by image, i.e. often by source and label)
+    keep = np.sort(np.random.default_rng(cfg.run.seed).permutation(len(template.train_idx))[:n_train])
+    jobs = [dataclasses.replace(template, rep=k, seed=template.seed + k, train_idx=template.train_idx[keep],
+                                train_targets=template.train_targets[keep],
                                 ckpt_stem=workdir / "checkpoints" / f"bench{k}") for k in range(parallel)]
     (workdir / "checkpoints").mkdir(parents=True, exist_ok=True)
     log(f"bench train: {parallel} process(es) x {epochs} epoch(s) of model A, {n_train} training / "
