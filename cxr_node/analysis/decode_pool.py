@@ -27,6 +27,7 @@ import multiprocessing
 import os
 import threading
 import time
+from collections.abc import Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,7 +101,7 @@ class DecodePool:
         """Start decoding `path`; the future yields a Decoded or raises the decoder's error."""
         return self._pool().submit(decode_file, str(path))
 
-    def decode_many(self, paths: list[str | Path]) -> list[Decoded | BaseException]:
+    def decode_many(self, paths: Sequence[str | Path]) -> list[Decoded | BaseException]:
         """Decode all paths in parallel; per path a Decoded or the exception it raised, in order."""
         if len(paths) == 1:  # nothing to overlap with: skip the round trip through the pool
             futures = [_done(decode_file, paths[0])]

@@ -35,12 +35,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 from cxr_node.benchmarks import goals
-from cxr_node.benchmarks.probe import run_probe
+from cxr_node.benchmarks.probe import result_dirs, run_probe
 
 BENCH_IMAGE = "RG1_J2KR.dcm"
 WORKER_BATCH = 4  # the worker-like probe's batch (the worker's default batch size)
@@ -133,6 +134,7 @@ class PerStudy:
 
 def per_study_phase(analyzer, image: Path, decoded, model, studies: int, naive: bool) -> PerStudy:
     """Study by study at batch 1: the processing path (stages, SR/SC written), floor, naive."""
+    from cxr_node.analysis.decode_pool import Decoded
     from cxr_node.analysis.engine import STAGES
     from cxr_node.processing import process_batch
     from cxr_node.results.identity import NodeIdentity
@@ -140,11 +142,13 @@ def per_study_phase(analyzer, image: Path, decoded, model, studies: int, naive: 
     node, img = NodeIdentity("CXR_NODE"), decoded.image.pixels
     x1, _ = analyzer.preprocess([img])
     out = PerStudy(stages={k: [] for k in (*STAGES, "sr_sc_build")})
+
+    def decode(paths: list[str]) -> list[Decoded | BaseException]:  # timed once per study in decode_phase
+        return [decoded] * len(paths)
+
     with tempfile.TemporaryDirectory(prefix="cxr-bench-") as tmp:
         for i in range(studies):
-            (outcome,) = process_batch(
-                [image], analyzer, node, model, lambda _i, _h, i=i: Path(tmp) / f"s{i}", decode=None, decoded=[decoded]
-            )
+            (outcome,) = process_batch([image], analyzer, node, model, result_dirs(Path(tmp), f"s{i}-"), decode)
             if not outcome.ok:
                 raise RuntimeError(outcome.error)
             out.analysis.append(analyzer.last_timings["total"])
@@ -168,9 +172,9 @@ def batch_phase(analyzer, image: np.ndarray, batch_sizes: tuple[int, ...], repea
         analyzer.floor(xb)
         runs, fruns, splits = [], [], []
         for _ in range(max(1, repeats)):
-            runs.append(_timed(lambda batch=batch: analyzer.analyse(batch)))
+            runs.append(_timed(partial(analyzer.analyse, batch)))
             splits.append(dict(analyzer.last_timings))
-            fruns.append(_timed(lambda xb=xb: analyzer.floor(xb)))
+            fruns.append(_timed(partial(analyzer.floor, xb)))
         per_s[str(b)] = round(b / float(np.median(runs)), 3)
         floor_per_s[str(b)] = round(b / float(np.median(fruns)), 3)
         median_run = splits[int(np.argsort(runs)[len(runs) // 2])]
@@ -241,7 +245,7 @@ def overlap_phase(analyzer, image: Path, studies: int) -> dict:
 
 
 # -- the whole benchmark -----------------------------------------------------------------------
-def _environment(analyzer, model, load_s: float) -> dict:
+def _environment(analyzer, model) -> dict:
     import torch
 
     gpu = None
@@ -264,7 +268,6 @@ def _environment(analyzer, model, load_s: float) -> dict:
         "cpu_count": os.cpu_count(),
         "machine": platform.machine(),
         "model": model.label,
-        "model_load_s": round(load_s, 3),
     }
 
 
@@ -333,9 +336,10 @@ def run_inference_bench(
         "date": datetime.now(UTC).strftime("%Y-%m-%d"),
         "image": image.name,
         "image_shape": list(img.shape),
-        **_environment(analyzer, model, load_s),
+        **_environment(analyzer, model),
         "studies": studies,
         "repeats": repeats,
+        "model_load_s": round(load_s, 3),
         **_per_study_figures(decode_s, per_study),
         **batches,  # batch_stages_s: stage seconds of the whole batch, median run
         "stream": stream,  # analyse_stream(): letterbox of batch n+1 while batch n is on the device

@@ -18,7 +18,10 @@ import json
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+
+from pydicom.dataset import Dataset
 
 PROBE_TIMEOUT_S = 600
 
@@ -33,6 +36,11 @@ def own_peak_mb() -> float | None:
     except OSError:
         pass
     return None
+
+
+def result_dirs(root: Path, prefix: str) -> Callable[[int, Dataset], Path]:
+    """process_batch's out_dir: image i of the batch -> root/<prefix><i>."""
+    return lambda i, _header: root / f"{prefix}{i}"
 
 
 def worker_rss_probe(image: Path, models: Path | None, input_size: int, device: str, batch: int) -> dict:
@@ -54,12 +62,7 @@ def worker_rss_probe(image: Path, models: Path | None, input_size: int, device: 
     with tempfile.TemporaryDirectory(prefix="cxr-probe-") as tmp, DecodePool(kind="thread", workers=1) as pool:
         for round_ in range(2):
             outcomes = process_batch(
-                [image] * batch,
-                analyzer,
-                node,
-                model,
-                lambda i, _header, r=round_: Path(tmp) / f"{r}-{i}",
-                pool.decode_many,
+                [image] * batch, analyzer, node, model, result_dirs(Path(tmp), f"{round_}-"), pool.decode_many
             )
             failed = [o.error for o in outcomes if not o.ok]
             if failed:

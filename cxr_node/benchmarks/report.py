@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+BATCH_STAGES = ("preprocess", "model_a", "model_b", "models", "cams", "total")
 
-def format_report(r: dict) -> str:
-    lines = [
+
+def _header(r: dict) -> list[str]:
+    return [
         f"cxr-node inference benchmark  {r['date']}  {r['image']} {r['image_shape'][0]}x{r['image_shape'][1]}",
-        f"device {r['device']}  precision {r['precision']}  compiled {r['compiled']}  cuda graphs {r['cuda_graphs']}  input {r['input_size']} px  "
-        f"torch {r['torch']} ({r['torch_threads']} threads)  load {r['load_avg_start'][0]} -> {r['load_avg_end'][0]}",
+        f"device {r['device']}  precision {r['precision']}  compiled {r['compiled']}  cuda graphs {r['cuda_graphs']}  "
+        f"input {r['input_size']} px  torch {r['torch']} ({r['torch_threads']} threads)  "
+        f"load {r['load_avg_start'][0]} -> {r['load_avg_end'][0]}",
         "",
         f"{'stage (per study, batch 1)':<28}{'p50 s':>10}{'p95 s':>10}",
+        *(f"  {stage:<26}{s['p50']:>10.4f}{s['p95']:>10.4f}" for stage, s in r["stages_s"].items()),
     ]
-    for stage, s in r["stages_s"].items():
-        lines.append(f"  {stage:<26}{s['p50']:>10.4f}{s['p95']:>10.4f}")
-    lines += [
+
+
+def _speed(r: dict) -> list[str]:
+    lines = [
         "",
         f"analysis (models + CAMs)    {r['analysis_s_p50']:.4f} s p50",
         f"floor (2 bare forwards)     {r['floor_s']:.4f} s   analysis/floor = {r['analysis_over_floor']:.3f}",
@@ -33,12 +38,12 @@ def format_report(r: dict) -> str:
             f"{st['studies_per_s']:.2f} studies/s"
         )
     for b, t in r.get("batch_stages_s", {}).items():
-        lines.append(
-            f"  batch {b:>4} stage s: "
-            + "  ".join(
-                f"{k} {t[k]:.4f}" for k in ("preprocess", "model_a", "model_b", "models", "cams", "total") if k in t
-            )
-        )
+        lines.append(f"  batch {b:>4} stage s: " + "  ".join(f"{k} {t[k]:.4f}" for k in BATCH_STAGES if k in t))
+    return lines
+
+
+def _rest(r: dict) -> list[str]:
+    lines = []
     ref = r.get("cpu_fp32_agreement")
     if ref:
         lines.append(
@@ -52,14 +57,15 @@ def format_report(r: dict) -> str:
             f"({o['speedup']:.2f}x)"
         )
     w = r["worker_peak_rss_mb"]
-    lines.append(
-        f"peak RSS: this process {r['peak_rss_mb']:.0f} MB; worker-like process {w.get('peak_mb', w) if w else '-'} MB"
-    )
-    lines.append(
-        "goals: "
-        + ", ".join(f"{k}: {'met' if v else ('not met' if v is False else 'n/a')}" for k, v in r["goals"].items())
-    )
-    return "\n".join(lines)
+    worker = w.get("peak_mb", w) if w else "-"
+    lines.append(f"peak RSS: this process {r['peak_rss_mb']:.0f} MB; worker-like process {worker} MB")
+    verdicts = {True: "met", False: "not met", None: "n/a"}
+    lines.append("goals: " + ", ".join(f"{k}: {verdicts[v]}" for k, v in r["goals"].items()))
+    return lines
+
+
+def format_report(r: dict) -> str:
+    return "\n".join(_header(r) + _speed(r) + _rest(r))
 
 
 __all__ = ["format_report"]
