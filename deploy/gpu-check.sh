@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The training side of cxr-node on a GPU host, measured in one time-boxed go (issue 15):
 #   1. the GPU step tests: CUDA-graph and compiled training steps give the eager losses;
-#   2. `cxr-node bench train` on DATA_DIR with PARALLEL processes: images/s per process and in
+#   2. `cxr-node bench train` on DATA_DIR with PARALLEL processes (2 epochs of 300 images each): images/s per process and in
 #      aggregate, GPU memory, projected wall time of the full protocol;
 #   3. the paper's protocol (configs/train-paper.toml, scratch init: no ImageNet weights here) on
 #      DATA_DIR with run.parallel = PARALLEL: all 200 epochs x 5 repetitions when the bench's
@@ -15,7 +15,7 @@
 #   Runs from the repository root with $PYTHON (default python3) importing cxr-node's
 #   dependencies and pytest. Knobs (environment): DEVICE (cuda), PARALLEL (10: 5 repetitions x
 #   A and B at once), CONFIG (configs/train-paper.toml), INIT (scratch), EPOCHS (200: the most
-#   the main run may take), BENCH_EPOCHS (3), TRAIN_SET / BENCH_SET ("key=value ..." overrides),
+#   the main run may take), BENCH_EPOCHS (2), BENCH_IMAGES (300 training images per process), TRAIN_SET / BENCH_SET ("key=value ..." overrides),
 #   THREADS (decoding threads, 8), DETERMINISM (1: also bench with run.deterministic = false).
 #   Fits a 15-minute device slot: the default 540 s leaves the machine's start-up the rest.
 #   Dry run on a CPU (tiny, minutes):
@@ -32,7 +32,8 @@ PARALLEL=${PARALLEL:-10}
 CONFIG=${CONFIG:-configs/train-paper.toml}
 INIT=${INIT:-scratch}
 EPOCHS=${EPOCHS:-200}
-BENCH_EPOCHS=${BENCH_EPOCHS:-3}
+BENCH_EPOCHS=${BENCH_EPOCHS:-2}
+BENCH_IMAGES=${BENCH_IMAGES:-300}
 THREADS=${THREADS:-8}
 read -r -a train_extra <<< "${TRAIN_SET:-}"
 read -r -a bench_extra <<< "${BENCH_SET:-}"
@@ -64,7 +65,7 @@ tail -3 "$OUT/gpu-tests.txt" | tee -a "$OUT/summary.txt"
 
 say "bench train: $PARALLEL process(es) x $BENCH_EPOCHS epochs ($(left)s left)"
 timeout $(( $(left) / 3 )) "$PY" -m cxr_node.cli bench train --device "$DEVICE" --parallel "$PARALLEL" \
-    --epochs "$BENCH_EPOCHS" --data "$DATA" --config "$CONFIG" --set "run.num_workers=$THREADS" "${bench_sets[@]}" \
+    --epochs "$BENCH_EPOCHS" --images "$BENCH_IMAGES" --data "$DATA" --config "$CONFIG" --set "run.num_workers=$THREADS" "${bench_sets[@]}" \
     --out "$OUT/bench-train.json" > "$WORK/bench.out" 2> "$WORK/bench.err"
 rc=$?
 cat "$WORK/bench.out" | tee -a "$OUT/summary.txt"
