@@ -265,7 +265,7 @@ def test_a_corrupted_image_fails_with_its_reason_and_comes_back_with_retry(tmp_p
 
     # --log-format json: every log line is a JSON object; audit lines carry their fields as keys.
     node.stop()
-    records = [json.loads(line) for line in node.log().splitlines() if not line.startswith("cxr-node: ")]
+    records = [json.loads(line) for line in node.log().splitlines()]
     assert records and all({"ts", "level", "logger", "msg"} <= set(r) for r in records)
     sent = [r for r in records if r.get("event") == "result_sent"]
     assert {r["kind"] for r in sent} == {"sr", "sc"} and all(r["destination"] == "pacs" for r in sent)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import threading
@@ -9,8 +10,8 @@ from pathlib import Path
 
 import click
 
-from cxr_node.logs import FORMATS, setup_logging
 from cxr_node.config import DEFAULT_CONFIG, ConfigError, load_config, with_overrides
+from cxr_node.logs import FORMATS, setup_logging
 from cxr_node.startup import PASSWORD_ENV, url_has_password, wait_for_database, with_db_password
 
 
@@ -95,7 +96,10 @@ def command(config_path, ae_title, port, bind, storage, db, destination, models,
     parts.append(f"results to {', '.join(cfg.destination_names) or 'disk only'}")
     if web is not None:
         parts.append(f"status page http://{cfg.web_bind}:{web.port}/")
-    click.echo("cxr-node: " + "; ".join(parts), err=True)
+    if log_format == "json":  # every line a JSON object, for the log collector
+        logging.getLogger("cxr_node.serve").info("cxr-node: " + "; ".join(parts))
+    else:
+        click.echo("cxr-node: " + "; ".join(parts), err=True)
     stopping.wait()
     if web is not None:
         web.stop()
