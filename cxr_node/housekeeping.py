@@ -10,10 +10,11 @@ from __future__ import annotations
 import logging
 import shutil
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from apscheduler.schedulers.background import BackgroundScheduler
+
 from cxr_node.queue.jobs import JobQueue
 from cxr_node.storage import StorageLayout
 
@@ -50,7 +51,9 @@ def remove_stale_temp_files(root: Path, now: float | None = None, max_age_s: flo
 
 
 class Housekeeping:
-    def __init__(self, queue: JobQueue, layout: StorageLayout, retention_days: float, interval_s: float = 3600.0) -> None:
+    def __init__(
+        self, queue: JobQueue, layout: StorageLayout, retention_days: float, interval_s: float = 3600.0
+    ) -> None:
         self.queue = queue
         self.layout = layout
         self.retention_days = retention_days
@@ -66,8 +69,15 @@ class Housekeeping:
 
     def start(self) -> None:
         # coalesce + max_instances=1: a slow run is never stacked on another.
-        self.scheduler.add_job(self.run_once, "interval", seconds=self.interval_s, id="housekeeping",
-                               coalesce=True, max_instances=1, next_run_time=datetime.now(timezone.utc))
+        self.scheduler.add_job(
+            self.run_once,
+            "interval",
+            seconds=self.interval_s,
+            id="housekeeping",
+            coalesce=True,
+            max_instances=1,
+            next_run_time=datetime.now(UTC),
+        )
         self.scheduler.start()
 
     def stop(self) -> None:

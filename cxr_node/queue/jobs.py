@@ -9,11 +9,11 @@ Every write to the tables goes through this class.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
-from typing import Callable, Sequence
+from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import Engine, and_, case, exists, func, insert, not_, or_, select, update
+from sqlalchemy import CursorResult, Engine, and_, case, exists, func, insert, not_, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from cxr_node.events import Notifier
@@ -25,13 +25,20 @@ PURGED = "(purged)"  # instances.path once retention deleted the file
 
 
 def utc_now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
+
+
+def _new_id(result: CursorResult) -> int:
+    # A single-row INSERT always reports its primary key (None is only for executemany / non-inserts).
+    key = result.inserted_primary_key
+    assert key is not None
+    return int(key[0])
 
 
 def _aware(value: datetime | None) -> datetime | None:
     # SQLite returns naive datetimes even for timezone=True columns; they were stored as UTC.
     if value is not None and value.tzinfo is None:
-        return value.replace(tzinfo=timezone.utc)
+        return value.replace(tzinfo=UTC)
     return value
 
 
@@ -103,8 +110,9 @@ class JobQueue:
         """The stored instance with this SOP Instance UID (path, content_sha256), or None."""
         with self.engine.connect() as conn:
             row = conn.execute(
-                select(instances.c.id, instances.c.path, instances.c.content_sha256, instances.c.study_instance_uid)
-                .where(instances.c.sop_instance_uid == sop_instance_uid)
+                select(
+                    instances.c.id, instances.c.path, instances.c.content_sha256, instances.c.study_instance_uid
+                ).where(instances.c.sop_instance_uid == sop_instance_uid)
             ).first()
         return dict(row._mapping) if row is not None else None
 
@@ -117,17 +125,19 @@ class JobQueue:
         now = self.clock()
         try:
             with self.engine.begin() as conn:
-                instance_id = conn.execute(
-                    insert(instances).values(
-                        sop_instance_uid=item.sop_instance_uid,
-                        sop_class_uid=item.sop_class_uid,
-                        study_instance_uid=item.study_instance_uid,
-                        calling_aet=item.calling_aet,
-                        path=item.path,
-                        received_at=now,
-                        content_sha256=item.content_sha256,
+                instance_id = _new_id(
+                    conn.execute(
+                        insert(instances).values(
+                            sop_instance_uid=item.sop_instance_uid,
+                            sop_class_uid=item.sop_class_uid,
+                            study_instance_uid=item.study_instance_uid,
+                            calling_aet=item.calling_aet,
+                            path=item.path,
+                            received_at=now,
+                            content_sha256=item.content_sha256,
+                        )
                     )
-                ).inserted_primary_key[0]
+                )
                 conn.execute(
                     insert(jobs).values(
                         instance_id=instance_id,
@@ -157,9 +167,11 @@ class JobQueue:
         now = self.clock()
         claimed: list[Job] = []
         with self.engine.connect() as conn:
-            candidates = conn.execute(
-                select(jobs.c.id).where(self._claimable(now)).order_by(jobs.c.id).limit(limit * 4)
-            ).scalars().all()
+            candidates = (
+                conn.execute(select(jobs.c.id).where(self._claimable(now)).order_by(jobs.c.id).limit(limit * 4))
+                .scalars()
+                .all()
+            )
         for job_id in candidates:
             if len(claimed) >= limit:
                 break
@@ -178,12 +190,20 @@ class JobQueue:
                 if won != 1:
                     continue  # another worker was faster
                 row = conn.execute(
-                    select(jobs.c.id, jobs.c.instance_id, jobs.c.study_instance_uid, jobs.c.attempts,
-                           instances.c.sop_instance_uid, instances.c.path)
+                    select(
+                        jobs.c.id,
+                        jobs.c.instance_id,
+                        jobs.c.study_instance_uid,
+                        jobs.c.attempts,
+                        instances.c.sop_instance_uid,
+                        instances.c.path,
+                    )
                     .join(instances, instances.c.id == jobs.c.instance_id)
                     .where(jobs.c.id == job_id)
                 ).one()
-            claimed.append(Job(row.id, row.instance_id, row.study_instance_uid, row.sop_instance_uid, row.path, row.attempts))
+            claimed.append(
+                Job(row.id, row.instance_id, row.study_instance_uid, row.sop_instance_uid, row.path, row.attempts)
+            )
         return claimed
 
     def requeue_orphans(self, host: str, is_alive: Callable[[int], bool]) -> int:
@@ -194,9 +214,15 @@ class JobQueue:
         """
         with self.engine.connect() as conn:
             held = conn.execute(
-                select(jobs.c.id, jobs.c.worker).where(and_(jobs.c.state == JobState.RUNNING, jobs.c.worker.like(f"{host}:%")))
+                select(jobs.c.id, jobs.c.worker).where(
+                    and_(jobs.c.state == JobState.RUNNING, jobs.c.worker.like(f"{host}:%"))
+                )
             ).all()
-        orphans = [row.id for row in held if row.worker.rpartition(":")[2].isdigit() and not is_alive(int(row.worker.rpartition(":")[2]))]
+        orphans = [
+            row.id
+            for row in held
+            if row.worker.rpartition(":")[2].isdigit() and not is_alive(int(row.worker.rpartition(":")[2]))
+        ]
         if orphans:
             with self.engine.begin() as conn:
                 conn.execute(
@@ -207,7 +233,9 @@ class JobQueue:
             self.notifier.notify("jobs")
         return len(orphans)
 
-    def complete(self, job: Job, record: ResultRecord, items: list[ExportItem], destinations: Sequence[str] = ()) -> bool:
+    def complete(
+        self, job: Job, record: ResultRecord, items: list[ExportItem], destinations: Sequence[str] = ()
+    ) -> bool:
         """Store the result of this job's image and its exports, and close the job, atomically.
 
         One export row per item and destination (one `local` row per item without destinations).
@@ -218,21 +246,23 @@ class JobQueue:
         now = self.clock()
         try:
             with self.engine.begin() as conn:
-                result_id = conn.execute(
-                    insert(results).values(
-                        job_id=job.id,
-                        study_instance_uid=job.study_instance_uid,
-                        sop_instance_uid=job.sop_instance_uid,
-                        label=record.label,
-                        p_abnormal=record.p_abnormal,
-                        p_covid=record.p_covid,
-                        models_disagree=record.models_disagree,
-                        model=record.model,
-                        trained=record.trained,
-                        timings=record.timings,
-                        created_at=now,
+                result_id = _new_id(
+                    conn.execute(
+                        insert(results).values(
+                            job_id=job.id,
+                            study_instance_uid=job.study_instance_uid,
+                            sop_instance_uid=job.sop_instance_uid,
+                            label=record.label,
+                            p_abnormal=record.p_abnormal,
+                            p_covid=record.p_covid,
+                            models_disagree=record.models_disagree,
+                            model=record.model,
+                            trained=record.trained,
+                            timings=record.timings,
+                            created_at=now,
+                        )
                     )
-                ).inserted_primary_key[0]
+                )
                 for item in items:
                     for destination in destinations or (None,):
                         conn.execute(
@@ -248,7 +278,9 @@ class JobQueue:
                             )
                         )
                 conn.execute(
-                    update(jobs).where(jobs.c.id == job.id).values(
+                    update(jobs)
+                    .where(jobs.c.id == job.id)
+                    .values(
                         state=JobState.DONE, error=None, lease_until=None, next_try_at=None, deferrals=0, updated_at=now
                     )
                 )
@@ -264,7 +296,8 @@ class JobQueue:
     def _close(self, job: Job, state: JobState, error: str | None) -> None:
         with self.engine.begin() as conn:
             conn.execute(
-                update(jobs).where(jobs.c.id == job.id)
+                update(jobs)
+                .where(jobs.c.id == job.id)
                 .values(state=state, error=error, lease_until=None, updated_at=self.clock())
             )
 
@@ -273,7 +306,8 @@ class JobQueue:
         state = JobState.FAILED if permanent or job.attempts >= max_attempts else JobState.QUEUED
         with self.engine.begin() as conn:
             conn.execute(
-                update(jobs).where(jobs.c.id == job.id)
+                update(jobs)
+                .where(jobs.c.id == job.id)
                 .values(state=state, error=error[:2000], lease_until=None, next_try_at=None, updated_at=self.clock())
             )
         if state is JobState.QUEUED:
@@ -291,9 +325,16 @@ class JobQueue:
             n = conn.execute(select(jobs.c.deferrals).where(jobs.c.id == job.id)).scalar() or 0
             delay = backoff_s(n + 1)
             conn.execute(
-                update(jobs).where(jobs.c.id == job.id).values(
-                    state=JobState.QUEUED, error=error[:2000], lease_until=None, deferrals=n + 1,
-                    attempts=jobs.c.attempts - 1, next_try_at=now + timedelta(seconds=delay), updated_at=now,
+                update(jobs)
+                .where(jobs.c.id == job.id)
+                .values(
+                    state=JobState.QUEUED,
+                    error=error[:2000],
+                    lease_until=None,
+                    deferrals=n + 1,
+                    attempts=jobs.c.attempts - 1,
+                    next_try_at=now + timedelta(seconds=delay),
+                    updated_at=now,
                 )
             )
         return delay
@@ -307,27 +348,48 @@ class JobQueue:
         """
         now = self.clock()
         sc = exports.alias("sc")
-        same_sc = and_(sc.c.result_id == exports.c.result_id, sc.c.kind == "sc",
-                       sc.c.destination == exports.c.destination)
+        same_sc = and_(
+            sc.c.result_id == exports.c.result_id, sc.c.kind == "sc", sc.c.destination == exports.c.destination
+        )
         sc_open = exists().where(and_(same_sc, sc.c.state == ExportState.PENDING))
         sc_failed = exists().where(and_(same_sc, sc.c.state == ExportState.FAILED))
-        where = [exports.c.state == ExportState.PENDING, exports.c.next_try_at <= now,
-                 or_(exports.c.kind != "sr", not_(sc_open))]
+        where = [
+            exports.c.state == ExportState.PENDING,
+            exports.c.next_try_at <= now,
+            or_(exports.c.kind != "sr", not_(sc_open)),
+        ]
         if destination is not None:
             where.append(exports.c.destination == destination)
         with self.engine.connect() as conn:
             rows = conn.execute(
-                select(exports.c.id, exports.c.kind, exports.c.path, exports.c.sop_instance_uid,
-                       exports.c.destination, exports.c.attempts, exports.c.last_error,
-                       results.c.created_at, sc_failed.label("illustration_failed"))
+                select(
+                    exports.c.id,
+                    exports.c.kind,
+                    exports.c.path,
+                    exports.c.sop_instance_uid,
+                    exports.c.destination,
+                    exports.c.attempts,
+                    exports.c.last_error,
+                    results.c.created_at,
+                    sc_failed.label("illustration_failed"),
+                )
                 .join(results, results.c.id == exports.c.result_id)
                 .where(and_(*where))
                 .order_by(case((exports.c.kind == "sc", 0), else_=1), exports.c.id)
                 .limit(limit)
             ).all()
         return [
-            Export(r.id, r.kind, r.path, r.sop_instance_uid, r.destination, r.attempts, r.last_error,
-                   _aware(r.created_at), bool(r.illustration_failed) and r.kind == "sr")
+            Export(
+                r.id,
+                r.kind,
+                r.path,
+                r.sop_instance_uid,
+                r.destination,
+                r.attempts,
+                r.last_error,
+                _aware(r.created_at),
+                bool(r.illustration_failed) and r.kind == "sr",
+            )
             for r in rows
         ]
 
@@ -347,7 +409,9 @@ class JobQueue:
         now = self.clock()
         with self.engine.begin() as conn:
             conn.execute(
-                update(exports).where(exports.c.id == export.id).values(
+                update(exports)
+                .where(exports.c.id == export.id)
+                .values(
                     attempts=exports.c.attempts + 1,
                     last_error=error[:2000],
                     next_try_at=now + timedelta(seconds=delay_s),
@@ -368,37 +432,64 @@ class JobQueue:
         """Given up (refused for good, or attempts / time used up); `reason` says why, for operators."""
         with self.engine.begin() as conn:
             conn.execute(
-                update(exports).where(and_(exports.c.id == export.id, exports.c.state == ExportState.PENDING)).values(
-                    state=ExportState.FAILED, attempts=exports.c.attempts + 1, last_error=reason[:2000],
+                update(exports)
+                .where(and_(exports.c.id == export.id, exports.c.state == ExportState.PENDING))
+                .values(
+                    state=ExportState.FAILED,
+                    attempts=exports.c.attempts + 1,
+                    last_error=reason[:2000],
                 )
             )
 
     # -- housekeeping ------------------------------------------------------------------
     def purgeable_studies(self, received_before: datetime) -> list[str]:
         """Studies received before the cutoff whose every job is closed and every export settled."""
-        open_job = exists().where(and_(jobs.c.study_instance_uid == instances.c.study_instance_uid,
-                                       jobs.c.state.in_(OPEN_JOB_STATES)))
-        unsent = exists().where(and_(exports.c.result_id == results.c.id, exports.c.state == ExportState.PENDING,
-                                     results.c.study_instance_uid == instances.c.study_instance_uid))
+        open_job = exists().where(
+            and_(jobs.c.study_instance_uid == instances.c.study_instance_uid, jobs.c.state.in_(OPEN_JOB_STATES))
+        )
+        unsent = exists().where(
+            and_(
+                exports.c.result_id == results.c.id,
+                exports.c.state == ExportState.PENDING,
+                results.c.study_instance_uid == instances.c.study_instance_uid,
+            )
+        )
         with self.engine.connect() as conn:
-            return list(conn.execute(
-                select(instances.c.study_instance_uid)
-                .where(and_(instances.c.received_at < received_before, instances.c.path != PURGED,
-                            not_(open_job), not_(unsent)))
-                .distinct()
-            ).scalars().all())
+            return list(
+                conn.execute(
+                    select(instances.c.study_instance_uid)
+                    .where(
+                        and_(
+                            instances.c.received_at < received_before,
+                            instances.c.path != PURGED,
+                            not_(open_job),
+                            not_(unsent),
+                        )
+                    )
+                    .distinct()
+                )
+                .scalars()
+                .all()
+            )
 
     def instance_paths(self, study_instance_uid: str) -> list[str]:
         with self.engine.connect() as conn:
-            return list(conn.execute(
-                select(instances.c.path).where(and_(instances.c.study_instance_uid == study_instance_uid,
-                                                    instances.c.path != PURGED))
-            ).scalars().all())
+            return list(
+                conn.execute(
+                    select(instances.c.path).where(
+                        and_(instances.c.study_instance_uid == study_instance_uid, instances.c.path != PURGED)
+                    )
+                )
+                .scalars()
+                .all()
+            )
 
     def mark_purged(self, study_instance_uid: str) -> None:
         """Retention deleted the study's files; the rows stay as the audit trail."""
         with self.engine.begin() as conn:
-            conn.execute(update(instances).where(instances.c.study_instance_uid == study_instance_uid).values(path=PURGED))
+            conn.execute(
+                update(instances).where(instances.c.study_instance_uid == study_instance_uid).values(path=PURGED)
+            )
 
     # -- reading -----------------------------------------------------------------------
     def counts(self) -> dict[str, int]:
@@ -435,7 +526,8 @@ class JobQueue:
     def job_for_instance(self, sop_instance_uid: str) -> dict | None:
         with self.engine.connect() as conn:
             row = conn.execute(
-                select(jobs).join(instances, instances.c.id == jobs.c.instance_id)
+                select(jobs)
+                .join(instances, instances.c.id == jobs.c.instance_id)
                 .where(instances.c.sop_instance_uid == sop_instance_uid)
             ).first()
         return dict(row._mapping) if row is not None else None
@@ -452,9 +544,17 @@ class JobQueue:
             if state != JobState.FAILED:
                 return JobState(state) if state is not None else None
             conn.execute(
-                update(jobs).where(and_(jobs.c.id == job_id, jobs.c.state == JobState.FAILED)).values(
-                    state=JobState.QUEUED, attempts=0, deferrals=0, error=None, lease_until=None,
-                    next_try_at=None, worker=None, updated_at=now,
+                update(jobs)
+                .where(and_(jobs.c.id == job_id, jobs.c.state == JobState.FAILED))
+                .values(
+                    state=JobState.QUEUED,
+                    attempts=0,
+                    deferrals=0,
+                    error=None,
+                    lease_until=None,
+                    next_try_at=None,
+                    worker=None,
+                    updated_at=now,
                 )
             )
         self.notifier.notify("jobs")
@@ -471,8 +571,14 @@ class JobQueue:
             if state not in (ExportState.SENT, ExportState.FAILED):
                 return ExportState(state) if state is not None else None
             conn.execute(
-                update(exports).where(exports.c.id == export_id).values(
-                    state=ExportState.PENDING, attempts=0, next_try_at=now, last_error=None, sent_at=None,
+                update(exports)
+                .where(exports.c.id == export_id)
+                .values(
+                    state=ExportState.PENDING,
+                    attempts=0,
+                    next_try_at=now,
+                    last_error=None,
+                    sent_at=None,
                 )
             )
         self.notifier.notify("exports")

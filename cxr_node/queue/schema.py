@@ -115,4 +115,12 @@ def redact_url(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 
-__all__ = ["SchemaError", "check_current", "current_revision", "head_revision", "open_database", "redact_url", "upgrade"]
+__all__ = [
+    "SchemaError",
+    "check_current",
+    "current_revision",
+    "head_revision",
+    "open_database",
+    "redact_url",
+    "upgrade",
+]

@@ -16,6 +16,7 @@ The constraints carry the guarantees:
 from __future__ import annotations
 
 from sqlalchemy import (
+    JSON,
     Boolean,
     Column,
     DateTime,
@@ -23,7 +24,6 @@ from sqlalchemy import (
     Float,
     ForeignKey,
     Integer,
-    JSON,
     MetaData,
     String,
     Table,

@@ -61,9 +61,7 @@ def upgrade() -> None:
         with op.batch_alter_table("exports", recreate="always", naming_convention=NAMING) as batch:
             batch.drop_constraint("uq_exports_sop_instance_uid", type_="unique")
             batch.drop_constraint("uq_export_result_kind", type_="unique")
-            batch.create_unique_constraint(
-                "uq_export_result_kind_destination", ["result_id", "kind", "destination"]
-            )
+            batch.create_unique_constraint("uq_export_result_kind_destination", ["result_id", "kind", "destination"])
             batch.create_index("ix_exports_sop_instance_uid", ["sop_instance_uid"])
     else:  # PostgreSQL named the unnamed constraints <table>_<column>_key
         op.drop_constraint("results_study_instance_uid_key", "results", type_="unique")
