@@ -8,12 +8,12 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from cxr_node import validation as V
+from cxr_node.dicom.rules import DEFAULT_SELECTION, Selection, parse_selection
+from cxr_node.errors import ConfigError  # re-exported: callers import it from here
+
 DEFAULT_CONFIG = Path("configs/node.toml")
 _AET = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # 16 chars, no backslash, no control chars
-
-
-from cxr_node.dicom.rules import DEFAULT_SELECTION, Selection, parse_selection  # noqa: E402
-from cxr_node.errors import ConfigError  # noqa: E402  (re-exported: callers import it from here)
 
 
 def validate_ae_title(key: str, value: str) -> str:
@@ -29,7 +29,7 @@ class Destination:
     port: int
 
     @classmethod
-    def parse(cls, key: str, text: str) -> "Destination":
+    def parse(cls, key: str, text: str) -> Destination:
         """`AET@HOST:PORT`, the form used on the command line."""
         m = re.match(r"^([^@]+)@(.+):(\d+)$", text or "")
         if not m:
@@ -96,7 +96,7 @@ class NodeConfig:
     send_retry_s: tuple[float, ...] = (5.0, 30.0, 120.0, 600.0)
     batch_size: int = 4
     cuda_graphs: bool = True  # on a GPU, replay the forwards from captured CUDA graphs
-    roles: tuple[str, ...] = ("receiver", "worker", "dispatcher", "housekeeping")
+    roles: tuple[str, ...] = V.ROLE_NAMES
     retention_days: float = 0.0  # 0 = keep everything
     housekeeping_interval_s: float = 3600.0
     web_enabled: bool = False  # read-only status page, /metrics, /healthz, /readyz
@@ -114,8 +114,10 @@ class NodeConfig:
         names = [spec.name for spec in self.destination_specs]
         for name in names:
             if names.count(name) > 1:
-                raise ConfigError(f"destinations: the name {name!r} is used twice"
-                                  + (" ([destination] / --destination is named 'pacs')" if name == LEGACY_DESTINATION_NAME else ""))
+                raise ConfigError(
+                    f"destinations: the name {name!r} is used twice"
+                    + (" ([destination] / --destination is named 'pacs')" if name == LEGACY_DESTINATION_NAME else "")
+                )
 
     @property
     def destination_specs(self) -> tuple[DestinationSpec, ...]:
@@ -123,7 +125,14 @@ class NodeConfig:
         legacy: tuple[DestinationSpec, ...] = ()
         if self.destination is not None:
             d = self.destination
-            legacy = (DestinationSpec(LEGACY_DESTINATION_NAME, "dicom", {"ae_title": d.ae_title, "host": d.host, "port": d.port}, "destination"),)
+            legacy = (
+                DestinationSpec(
+                    LEGACY_DESTINATION_NAME,
+                    "dicom",
+                    {"ae_title": d.ae_title, "host": d.host, "port": d.port},
+                    "destination",
+                ),
+            )
         return legacy + self.destinations
 
     @property
@@ -137,46 +146,7 @@ class NodeConfig:
 
 
 # TOML table.key -> (field name, expected type, checker)
-def _positive(key, v):
-    if not isinstance(v, (int, float)) or isinstance(v, bool) or v <= 0:
-        raise ConfigError(f"{key}: {v!r} must be a positive number")
-    return v
-
-
-def _non_negative(key, v):
-    if not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0:
-        raise ConfigError(f"{key}: {v!r} must be a number >= 0")
-    return v
-
-
-def _str(key, v):
-    if not isinstance(v, str):
-        raise ConfigError(f"{key}: {v!r} must be a string")
-    return v
-
-
-def _bool(key, v):
-    if not isinstance(v, bool):
-        raise ConfigError(f"{key}: {v!r} must be true or false")
-    return v
-
-
-def _int_range(lo, hi):
-    def check(key, v):
-        if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
-            raise ConfigError(f"{key}: {v!r} must be an integer in {lo}..{hi}")
-        return v
-
-    return check
-
-
-def _choice(*options):
-    def check(key, v):
-        if v not in options:
-            raise ConfigError(f"{key}: {v!r} must be one of {', '.join(options)}")
-        return v
-
-    return check
+ROLE_NAMES = V.ROLE_NAMES  # the checkers live in cxr_node.validation, shared with training.config
 
 
 def _aet_list(key, v):
@@ -185,101 +155,83 @@ def _aet_list(key, v):
     return tuple(validate_ae_title(f"{key}[{i}]", x) for i, x in enumerate(v))
 
 
-ROLE_NAMES = ("receiver", "worker", "dispatcher", "housekeeping")
-
-
-def _roles(key, v):
-    if not isinstance(v, (list, tuple)) or not v:
-        raise ConfigError(f"{key}: must be a non-empty list of roles ({', '.join(ROLE_NAMES)})")
-    for i, role in enumerate(v):
-        if role not in ROLE_NAMES:
-            raise ConfigError(f"{key}[{i}]: {role!r} is not a role ({', '.join(ROLE_NAMES)})")
-    return tuple(dict.fromkeys(v))
-
-
 def _delays(key, v):
     if not isinstance(v, list) or not v:
         raise ConfigError(f"{key}: must be a non-empty list of seconds")
-    return tuple(float(_positive(f"{key}[{i}]", x)) for i, x in enumerate(v))
+    return tuple(float(V.positive(f"{key}[{i}]", x)) for i, x in enumerate(v))
 
 
 def _umask(key, v):
     if not isinstance(v, str) or not re.match(r"^0?[0-7]{3}$", v):
-        raise ConfigError(f"{key}: {v!r} must be an octal string such as \"027\"")
+        raise ConfigError(f'{key}: {v!r} must be an octal string such as "027"')
     return int(v, 8)
-
-
-def _device(key, v):
-    if not isinstance(v, str) or not re.match(r"^(auto|cpu|cuda(:\d+)?)$", v):
-        raise ConfigError(f"{key}: {v!r} must be auto, cpu, cuda or cuda:N")
-    return v
 
 
 _SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
     "node": {
         "ae_title": ("ae_title", validate_ae_title),
-        "bind": ("bind", _str),
+        "bind": ("bind", V.string),
         "port": ("port", lambda k, v: _port(k, v, listen=True)),
-        "storage": ("storage", lambda k, v: Path(_str(k, v))),
-        "db": ("db", _str),
-        "roles": ("roles", _roles),
-        "db_password_file": ("db_password_file", lambda k, v: Path(_str(k, v)) if v else None),
+        "storage": ("storage", lambda k, v: Path(V.string(k, v))),
+        "db": ("db", V.string),
+        "roles": ("roles", V.roles),
+        "db_password_file": ("db_password_file", lambda k, v: Path(V.string(k, v)) if v else None),
         "umask": ("umask", _umask),
     },
     "receiver": {
         "allowed_calling_aets": ("allowed_calling_aets", _aet_list),
-        "max_associations": ("max_associations", _int_range(1, 1000)),
-        "acse_timeout_s": ("acse_timeout_s", _positive),
-        "dimse_timeout_s": ("dimse_timeout_s", _positive),
-        "network_timeout_s": ("network_timeout_s", _positive),
-        "min_free_mb": ("min_free_mb", _non_negative),
+        "max_associations": ("max_associations", V.int_range(1, 1000)),
+        "acse_timeout_s": ("acse_timeout_s", V.positive),
+        "dimse_timeout_s": ("dimse_timeout_s", V.positive),
+        "network_timeout_s": ("network_timeout_s", V.positive),
+        "min_free_mb": ("min_free_mb", V.non_negative),
     },
     "tls": {
-        "cert": ("tls_cert", lambda k, v: Path(_str(k, v)) if v else None),
-        "key": ("tls_key", lambda k, v: Path(_str(k, v)) if v else None),
-        "ca": ("tls_ca", lambda k, v: Path(_str(k, v)) if v else None),
-        "require_client_cert": ("tls_require_client_cert", _bool),
+        "cert": ("tls_cert", lambda k, v: Path(V.string(k, v)) if v else None),
+        "key": ("tls_key", lambda k, v: Path(V.string(k, v)) if v else None),
+        "ca": ("tls_ca", lambda k, v: Path(V.string(k, v)) if v else None),
+        "require_client_cert": ("tls_require_client_cert", V.boolean),
         "port": ("tls_port", lambda k, v: _port(k, v, listen=True)),
-        "only": ("tls_only", _bool),
+        "only": ("tls_only", V.boolean),
     },
     "destination": {},  # handled below: ae_title/host/port together
     "models": {
-        "dir": ("models", lambda k, v: Path(_str(k, v)) if v else None),
-        "allow_untrained": ("allow_untrained", _bool),
-        "device": ("device", _device),
+        "dir": ("models", lambda k, v: Path(V.string(k, v)) if v else None),
+        "allow_untrained": ("allow_untrained", V.boolean),
+        "device": ("device", V.device),
     },
     "analysis": {
-        "input_size": ("input_size", _int_range(32, 2048)),
-        "batch_size": ("batch_size", _int_range(1, 256)),
-        "cuda_graphs": ("cuda_graphs", _bool),
+        "input_size": ("input_size", V.int_range(32, 2048)),
+        "batch_size": ("batch_size", V.int_range(1, 256)),
+        "cuda_graphs": ("cuda_graphs", V.boolean),
     },
     "results": {
-        "cam_panels": ("cam_panels", _choice("per-model", "fused")),
-        "sc_max_side": ("sc_max_side", _int_range(256, 4096)),
+        "cam_panels": ("cam_panels", V.choice("per-model", "fused")),
+        "sc_max_side": ("sc_max_side", V.int_range(256, 4096)),
     },
     "worker": {
-        "poll_interval_s": ("poll_interval_s", _positive),
-        "lease_s": ("lease_s", _positive),
-        "max_attempts": ("max_attempts", _int_range(1, 100)),
+        "poll_interval_s": ("poll_interval_s", V.positive),
+        "lease_s": ("lease_s", V.positive),
+        "max_attempts": ("max_attempts", V.int_range(1, 100)),
     },
     "destinations": {},  # handled below: an array of tables, checked by each type's module
     "selection": {},  # handled below: default action and [[selection.rules]] (cxr_node.dicom.rules)
     "dispatcher": {
         "retry_delays_s": ("send_retry_s", _delays),
-        "max_attempts": ("send_max_attempts", _int_range(0, 1_000_000)),
-        "give_up_after_s": ("send_give_up_after_s", _non_negative),
-        "timeout_s": ("send_timeout_s", _positive),
+        "max_attempts": ("send_max_attempts", V.int_range(0, 1_000_000)),
+        "give_up_after_s": ("send_give_up_after_s", V.non_negative),
+        "timeout_s": ("send_timeout_s", V.positive),
     },
     "housekeeping": {
-        "retention_days": ("retention_days", _non_negative),
-        "interval_s": ("housekeeping_interval_s", _positive),
+        "retention_days": ("retention_days", V.non_negative),
+        "interval_s": ("housekeeping_interval_s", V.positive),
     },
     "web": {
-        "enabled": ("web_enabled", _bool),
-        "bind": ("web_bind", _str),
+        "enabled": ("web_enabled", V.boolean),
+        "bind": ("web_bind", V.string),
         "port": ("web_port", lambda k, v: _port(k, v, listen=True)),
-        "token": ("web_token", _str),
-        "show_patient": ("web_show_patient", _bool),
+        "token": ("web_token", V.string),
+        "show_patient": ("web_show_patient", V.boolean),
     },
 }
 
@@ -317,14 +269,16 @@ def _destination(table: Any) -> Destination | None:
             raise ConfigError(f"destination.{key}: missing (the PACS needs ae_title, host and port)")
     return Destination(
         validate_ae_title("destination.ae_title", table["ae_title"]),
-        _str("destination.host", table["host"]),
+        V.string("destination.host", table["host"]),
         _port("destination.port", table["port"]),
     )
 
 
 def _destinations(value: Any) -> tuple[DestinationSpec, ...]:
     if not isinstance(value, list):
-        raise ConfigError("destinations: must be an array of tables ([[destinations]] with name, type and the type's keys)")
+        raise ConfigError(
+            "destinations: must be an array of tables ([[destinations]] with name, type and the type's keys)"
+        )
     specs = []
     for i, table in enumerate(value):
         key = f"destinations[{i}]"
@@ -336,7 +290,7 @@ def _destinations(value: Any) -> tuple[DestinationSpec, ...]:
         name = table["name"]
         if not isinstance(name, str) or not _DESTINATION_NAME.match(name):
             raise ConfigError(f"{key}.name: {name!r} must be 1-64 letters, digits, '.', '_' or '-'")
-        kind = _str(f"{key}.type", table["type"])
+        kind = V.string(f"{key}.type", table["type"])
         options = {k: v for k, v in table.items() if k not in ("name", "type")}
         specs.append(DestinationSpec(name, kind, options, key))
     return tuple(specs)
@@ -393,10 +347,19 @@ def with_overrides(cfg: NodeConfig, **overrides: Any) -> NodeConfig:
     if "port" in given:
         given["port"] = _port("--port", given["port"], listen=True)
     if "roles" in given:
-        given["roles"] = _roles("--role", list(given["roles"]))
+        given["roles"] = V.roles("--role", list(given["roles"]))
     if isinstance(given.get("destination"), str):
         given["destination"] = Destination.parse("--destination", given["destination"])
     return check_web(replace(cfg, **given))
 
 
-__all__ = ["ConfigError", "Destination", "DestinationSpec", "NodeConfig", "load_config", "parse_config", "with_overrides", "field"]
+__all__ = [
+    "ConfigError",
+    "Destination",
+    "DestinationSpec",
+    "NodeConfig",
+    "load_config",
+    "parse_config",
+    "with_overrides",
+    "field",
+]

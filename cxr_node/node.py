@@ -39,7 +39,6 @@ def load_models(cfg: NodeConfig) -> Bundle:
     )
 
 
-ROLES = ("receiver", "worker", "dispatcher", "housekeeping")
 
 
 @dataclass

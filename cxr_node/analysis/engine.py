@@ -46,12 +46,12 @@ from cxr_node.analysis.cam import cam_from_features, forward_with_features
 from cxr_node.analysis.cuda_graphs import GraphedForward
 from cxr_node.analysis.fusion import JointResult, joint_rule
 from cxr_node.analysis.preprocess import Letterbox, map_to_source, normalise, normalise_batch, square_input
+from cxr_node.validation import PRECISIONS  # one list for the config, the engine and the CLI
 
 log = logging.getLogger(__name__)
 
 POSITIVE = 1  # index of the positive class in both heads (abnormal for A, COVID for B)
 STAGES = ("preprocess", "model_a", "model_b", "cams")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 @dataclass

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from cxr_node.validation import PRECISIONS
+
 
 def _sizes(ctx, param, value: str) -> tuple[int, ...]:
     try:
@@ -34,7 +36,7 @@ def command() -> None:
               help="Model input size (untrained models; a bundle fixes its own).")
 @click.option("--models", type=click.Path(path_type=Path, file_okay=False, exists=True), default=None,
               help="Model bundle [default: untrained weights; same cost].")
-@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True)
+@click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True)
 @click.option("--compile", "use_compile", is_flag=True, help="torch.compile the models (falls back to eager).")
 @click.option("--no-cuda-graphs", is_flag=True, help="On a GPU, run the forwards eagerly instead of replaying CUDA graphs.")
 @click.option("--no-naive", is_flag=True, help="Skip the autograd Grad-CAM baseline.")

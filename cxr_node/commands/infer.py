@@ -16,6 +16,8 @@ from pathlib import Path
 
 import click
 
+from cxr_node.validation import PRECISIONS
+
 log = logging.getLogger(__name__)
 
 
@@ -140,7 +142,7 @@ def run_infer(
 @click.option("--batch-size", type=click.IntRange(1, 256), default=4, show_default=True)
 @click.option("--input-size", type=click.IntRange(32, 2048), default=224, show_default=True,
               help="Model input size for --allow-untrained (a bundle fixes its own).")
-@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
+@click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
               help="auto = bf16 autocast on GPU, exact fp32 on CPU.")
 @click.option("--compile", "use_compile", is_flag=True, help="torch.compile the models (falls back to eager).")
 @click.option("--no-cuda-graphs", is_flag=True, help="On a GPU, run the forwards eagerly instead of replaying CUDA graphs.")

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import click
 
+from cxr_node.validation import ROLE_NAMES
+
 from cxr_node.config import DEFAULT_CONFIG, ConfigError, load_config, with_overrides
 from cxr_node.logs import FORMATS, setup_logging
 from cxr_node.startup import PASSWORD_ENV, url_has_password, wait_for_database, with_db_password
@@ -28,7 +30,7 @@ from cxr_node.startup import PASSWORD_ENV, url_has_password, wait_for_database, 
 @click.option("--models", type=click.Path(path_type=Path), default=None, help="Model bundle directory.")
 @click.option("--allow-untrained", is_flag=True, default=None, help="Run with random weights (results say UNTRAINED).")
 @click.option("--device", default=None, help="auto, cpu, cuda or cuda:N.")
-@click.option("--role", "roles", multiple=True, type=click.Choice(["receiver", "worker", "dispatcher", "housekeeping"]),
+@click.option("--role", "roles", multiple=True, type=click.Choice(ROLE_NAMES),
               help="Run only these roles (repeatable) [default: all].")
 @click.option("-v", "--verbose", is_flag=True)
 @click.option("--web/--no-web", "web_enabled", default=None,
