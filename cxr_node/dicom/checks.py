@@ -117,10 +117,21 @@ def _check_charset(ds: Dataset) -> str | None:
     return None
 
 
-JPEG_SYNTAXES = {"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.57",
-                 "1.2.840.10008.1.2.4.70", "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81"}
-J2K_SYNTAXES = {"1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.201",
-                "1.2.840.10008.1.2.4.202", "1.2.840.10008.1.2.4.203"}
+JPEG_SYNTAXES = {
+    "1.2.840.10008.1.2.4.50",
+    "1.2.840.10008.1.2.4.51",
+    "1.2.840.10008.1.2.4.57",
+    "1.2.840.10008.1.2.4.70",
+    "1.2.840.10008.1.2.4.80",
+    "1.2.840.10008.1.2.4.81",
+}
+J2K_SYNTAXES = {
+    "1.2.840.10008.1.2.4.90",
+    "1.2.840.10008.1.2.4.91",
+    "1.2.840.10008.1.2.4.201",
+    "1.2.840.10008.1.2.4.202",
+    "1.2.840.10008.1.2.4.203",
+}
 RLE_LOSSLESS = "1.2.840.10008.1.2.5"
 
 
@@ -163,7 +174,7 @@ def _after_offset_table(pixel_data: bytes) -> bytes:
     length = struct.unpack_from("<I", pixel_data, 4)[0]
     if 8 + length > len(pixel_data):
         raise ValueError("Basic Offset Table longer than PixelData")
-    return pixel_data[8 + length:]
+    return pixel_data[8 + length :]
 
 
 # SOFn markers carry the frame size; C4 (DHT), C8 (JPG), CC (DAC) are not SOF. F7 is JPEG-LS SOF55.
@@ -207,6 +218,11 @@ def j2k_image_size(stream: bytes) -> tuple[int, int] | None:
 
 
 __all__ = [
-    "UID_MAX_LEN", "check_header", "check_radiograph", "check_uids", "is_valid_uid",
-    "j2k_image_size", "jpeg_frame_size",
+    "UID_MAX_LEN",
+    "check_header",
+    "check_radiograph",
+    "check_uids",
+    "is_valid_uid",
+    "j2k_image_size",
+    "jpeg_frame_size",
 ]

@@ -9,11 +9,15 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
+from pydicom.uid import Comprehensive3DSRStorage, ComprehensiveSRStorage, SecondaryCaptureImageStorage
 from pynetdicom import AE, evt
-from pynetdicom.sop_class import Verification
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # made at import time
+from pynetdicom.transport import ThreadedAssociationServer
 
-from cxr_node.dicom.sender import RESULT_SOP_CLASSES
 from cxr_node.storage import safe_name, write_durably
+
+# what the node sends: the SR (Comprehensive 3D, or Comprehensive as the fallback) and the Grad-CAM SC
+RESULT_SOP_CLASSES = (Comprehensive3DSRStorage, ComprehensiveSRStorage, SecondaryCaptureImageStorage)
 
 
 class LoopbackPACS:
@@ -28,11 +32,15 @@ class LoopbackPACS:
         self.ae.add_supported_context(Verification)
         for sop_class in RESULT_SOP_CLASSES:
             self.ae.add_supported_context(sop_class)
-        self._server = None
+        self._server: ThreadedAssociationServer | None = None
 
     def _on_store(self, event) -> int:
         ds = event.dataset
-        path = self.directory / safe_name(str(ds.StudyInstanceUID)) / f"{ds.Modality}-{safe_name(str(ds.SOPInstanceUID))}.dcm"
+        path = (
+            self.directory
+            / safe_name(str(ds.StudyInstanceUID))
+            / f"{ds.Modality}-{safe_name(str(ds.SOPInstanceUID))}.dcm"
+        )
         write_durably(path, event.encoded_dataset(include_meta=True))
         with self._changed:
             self.received.append(path)
@@ -42,13 +50,16 @@ class LoopbackPACS:
     def start(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         self._server = self.ae.start_server(
-            (self.host, self._port), block=False,
+            (self.host, self._port),
+            block=False,
             evt_handlers=[(evt.EVT_C_STORE, self._on_store), (evt.EVT_C_ECHO, lambda e: 0x0000)],
         )
 
     @property
     def port(self) -> int:
-        return self._server.server_address[1]
+        if self._server is None:
+            raise RuntimeError("LoopbackPACS.port: the server is not started")
+        return int(self._server.server_address[1])
 
     @property
     def address(self) -> str:

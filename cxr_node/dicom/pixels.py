@@ -92,7 +92,9 @@ def dataset_to_float(ds: Dataset) -> FloatImage:
     try:
         stored = ds.pixel_array
     except Exception as exc:  # pydicom raises many types for broken/unsupported pixel data
-        raise PixelDataError(f"PixelData cannot be decoded ({ds.file_meta.get('TransferSyntaxUID', '?')}): {exc}") from exc
+        raise PixelDataError(
+            f"PixelData cannot be decoded ({ds.file_meta.get('TransferSyntaxUID', '?')}): {exc}"
+        ) from exc
     if stored.ndim == 3:  # multi-frame: a radiograph has one frame; take the first
         stored = stored[0]
     if stored.ndim != 2:
@@ -138,7 +140,8 @@ def read_image(path: str | Path) -> FloatImage:
             raise PixelDataError(f"{path}: not a readable image")
         if raw.ndim == 3:
             raw = cv2.cvtColor(raw[..., :3], cv2.COLOR_BGR2GRAY)
-        scale = float(np.iinfo(raw.dtype).max) if np.issubdtype(raw.dtype, np.integer) else 1.0
+        # by name: numpy's stubs cannot narrow a dtype to integer through issubdtype
+        scale = float(np.iinfo(raw.dtype.name).max) if np.issubdtype(raw.dtype, np.integer) else 1.0
         img = np.clip(raw.astype(np.float32) / scale, 0.0, 1.0)
         return FloatImage(pixels=img, mask=np.ones(img.shape, dtype=bool), window="file values")
     try:

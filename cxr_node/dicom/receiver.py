@@ -26,13 +26,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pydicom.dataset import Dataset
-from pynetdicom import AE, evt
-from pynetdicom.sop_class import (
+from pydicom.uid import (
     ComputedRadiographyImageStorage,
     DigitalXRayImageStorageForPresentation,
     DigitalXRayImageStorageForProcessing,
-    Verification,
 )
+from pynetdicom import AE, evt
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # made at import time
 from pynetdicom.transport import ThreadedAssociationServer
 from pynetdicom.utils import make_target
 
@@ -88,7 +88,10 @@ class ReceiverSettings:
         from cxr_node.dicom.tls import server_context  # ConfigError naming tls.* when the files are wrong
 
         return cls(
-            cfg.ae_title, cfg.bind, cfg.port, cfg.allowed_calling_aets,
+            cfg.ae_title,
+            cfg.bind,
+            cfg.port,
+            cfg.allowed_calling_aets,
             max_associations=cfg.max_associations,
             acse_timeout_s=cfg.acse_timeout_s,
             dimse_timeout_s=cfg.dimse_timeout_s,
@@ -111,7 +114,7 @@ def stored_dataset_sha256(path: Path) -> str:
     if data[128:132] != b"DICM" or data[132:136] != b"\x02\x00\x00\x00":
         raise ValueError(f"{path}: not a DICOM file with File Meta Information Group Length")
     group_length = int.from_bytes(data[140:144], "little")
-    return dataset_sha256(data[144 + group_length:])
+    return dataset_sha256(data[144 + group_length :])
 
 
 class BoundedAssociationServer(ThreadedAssociationServer):
@@ -195,8 +198,12 @@ class Receiver:
 
         free = self.free_space(self.layout.root)
         if free < self.settings.min_free_mb:
-            log.error("C-STORE from %s refused: %.0f MiB free < receiver.min_free_mb %.0f",
-                      calling, free, self.settings.min_free_mb)
+            log.error(
+                "C-STORE from %s refused: %.0f MiB free < receiver.min_free_mb %.0f",
+                calling,
+                free,
+                self.settings.min_free_mb,
+            )
             return _status(OUT_OF_RESOURCES, "Storage full (receiver.min_free_mb), retry later")
 
         sop_uid = str(ds.SOPInstanceUID)
@@ -224,8 +231,15 @@ class Receiver:
         try:
             new = self.queue.enqueue(
                 ReceivedInstance(
-                    sop_uid, str(ds.SOPClassUID), study_uid, calling, str(path), content_sha256=sha256,
-                    skip=not decision.analyse, rule=decision.rule, reason=None if decision.analyse else decision.reason,
+                    sop_uid,
+                    str(ds.SOPClassUID),
+                    study_uid,
+                    calling,
+                    str(path),
+                    content_sha256=sha256,
+                    skip=not decision.analyse,
+                    rule=decision.rule,
+                    reason=None if decision.analyse else decision.reason,
                 )
             )
         except Exception as exc:  # database down or full: the image is not acknowledged
@@ -261,7 +275,11 @@ class Receiver:
             return SUCCESS
         log.warning(
             "C-STORE %s from %s refused: already received with other content (stored sha256 %s, new %s); "
-            "the stored file is kept", sop_uid, calling, stored, sha256,
+            "the stored file is kept",
+            sop_uid,
+            calling,
+            stored,
+            sha256,
         )
         return _status(DATASET_DOES_NOT_MATCH, OTHER_CONTENT)
 
@@ -276,12 +294,19 @@ class Receiver:
             log.info("listening as %s on %s:%d", s.ae_title, s.bind, self.port)
         if s.ssl_context is not None:
             self._serve(s.tls_port, s.ssl_context, handlers)
-            log.info("listening as %s on %s:%d with TLS%s", s.ae_title, s.bind, self.tls_port,
-                     " (client certificate required)" if s.ssl_context.verify_mode == ssl.CERT_REQUIRED else "")
+            log.info(
+                "listening as %s on %s:%d with TLS%s",
+                s.ae_title,
+                s.bind,
+                self.tls_port,
+                " (client certificate required)" if s.ssl_context.verify_mode == ssl.CERT_REQUIRED else "",
+            )
 
     def _serve(self, port: int, ssl_context: ssl.SSLContext | None, handlers: list) -> None:
         server = self.ae.make_server(
-            (self.settings.bind, port), ssl_context=ssl_context, evt_handlers=handlers,
+            (self.settings.bind, port),
+            ssl_context=ssl_context,
+            evt_handlers=handlers,
             server_class=BoundedAssociationServer,
         )
         threading.Thread(target=make_target(server.serve_forever), name=f"cxr-scp-{port}", daemon=True).start()
@@ -314,6 +339,11 @@ class Receiver:
 
 
 __all__ = [
-    "OTHER_CONTENT", "RADIOGRAPH_SOP_CLASSES", "Receiver", "ReceiverSettings", "check_radiograph",
-    "dataset_sha256", "stored_dataset_sha256",
+    "OTHER_CONTENT",
+    "RADIOGRAPH_SOP_CLASSES",
+    "Receiver",
+    "ReceiverSettings",
+    "check_radiograph",
+    "dataset_sha256",
+    "stored_dataset_sha256",
 ]

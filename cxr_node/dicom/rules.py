@@ -28,7 +28,16 @@ from cxr_node.errors import ConfigError
 
 Action = Literal["analyse", "skip"]
 ACTIONS: tuple[str, ...] = ("analyse", "skip")
-OPERATORS: tuple[str, ...] = ("equals", "one_of", "not_one_of", "matches", "not_matches", "present", "absent", "age_below")
+OPERATORS: tuple[str, ...] = (
+    "equals",
+    "one_of",
+    "not_one_of",
+    "matches",
+    "not_matches",
+    "present",
+    "absent",
+    "age_below",
+)
 DEFAULT_RULE = "default"
 
 _AS = re.compile(r"^(\d{3})([DWMY])$")
@@ -224,7 +233,9 @@ def parse_rule(key: str, table: Any) -> Rule:
         akey = f"{key}.when.{attr}"
         _attribute(akey, attr)
         if not isinstance(ops, dict) or not ops:
-            raise ConfigError(f"{akey}: must be a table such as {{ equals = \"AP\" }} (operators: {', '.join(OPERATORS)})")
+            raise ConfigError(
+                f'{akey}: must be a table such as {{ equals = "AP" }} (operators: {", ".join(OPERATORS)})'
+            )
         for op, value in ops.items():
             if op not in OPERATORS:
                 raise ConfigError(f'{akey}: unknown operator "{op}" (known: {", ".join(OPERATORS)})')
@@ -261,39 +272,77 @@ def parse_selection(table: Any, key: str = "selection") -> Selection:
 _DX_FOR_PROCESSING = "1.2.840.10008.5.1.4.1.1.1.1.1"
 
 DEFAULT_RULES: list[dict[str, Any]] = [
-    {"name": "for-processing-class", "action": "skip",
-     "reason": "DX For Processing: raw detector data, the models were trained on processed images",
-     "when": {"SOPClassUID": {"equals": _DX_FOR_PROCESSING}}},
-    {"name": "for-processing-intent", "action": "skip",
-     "reason": "Presentation Intent FOR PROCESSING: raw detector data, not a processed radiograph",
-     "when": {"PresentationIntentType": {"equals": "FOR PROCESSING"}}},
-    {"name": "secondary-image", "action": "skip",
-     "reason": "a secondary (derived copy, screen capture) image, not an original radiograph",
-     "when": {"ImageType": {"matches": r"^[^\\]*\\SECONDARY"}}},
-    {"name": "not-chest", "action": "skip",
-     "reason": "body part is not the chest",
-     "when": {"BodyPartExamined": {"not_one_of": ["CHEST", "THORAX", "LUNG"]}}},
-    {"name": "lateral-view", "action": "skip",
-     "reason": "a lateral view: the models read frontal (AP/PA) radiographs",
-     "when": {"ViewPosition": {"one_of": ["LL", "RL", "LATERAL"]}}},
-    {"name": "oblique-view", "action": "skip",
-     "reason": "an oblique view: the models read frontal (AP/PA) radiographs",
-     "when": {"ViewPosition": {"one_of": ["LLO", "RLO", "OBLIQUE"]}}},
-    {"name": "lateral-view-code", "action": "skip",
-     "reason": "the view code says lateral or oblique: the models read frontal radiographs",
-     "when": {"ViewCodeSequence.CodeMeaning": {"matches": r"^(?!.*decubitus).*\b(lateral|oblique)\b"}}},
-    {"name": "paediatric", "action": "skip",
-     "reason": "patient younger than 18 years: the models were trained on adults",
-     "when": {"PatientAge": {"age_below": 18}}},
-    {"name": "manufacturer-not-allowed", "action": "skip", "enabled": False,
-     "reason": "the modality's manufacturer is not on the allow-list",
-     "when": {"Manufacturer": {"not_matches": r"^(agfa|ge\b|general electric)"}}},
+    {
+        "name": "for-processing-class",
+        "action": "skip",
+        "reason": "DX For Processing: raw detector data, the models were trained on processed images",
+        "when": {"SOPClassUID": {"equals": _DX_FOR_PROCESSING}},
+    },
+    {
+        "name": "for-processing-intent",
+        "action": "skip",
+        "reason": "Presentation Intent FOR PROCESSING: raw detector data, not a processed radiograph",
+        "when": {"PresentationIntentType": {"equals": "FOR PROCESSING"}},
+    },
+    {
+        "name": "secondary-image",
+        "action": "skip",
+        "reason": "a secondary (derived copy, screen capture) image, not an original radiograph",
+        "when": {"ImageType": {"matches": r"^[^\\]*\\SECONDARY"}},
+    },
+    {
+        "name": "not-chest",
+        "action": "skip",
+        "reason": "body part is not the chest",
+        "when": {"BodyPartExamined": {"not_one_of": ["CHEST", "THORAX", "LUNG"]}},
+    },
+    {
+        "name": "lateral-view",
+        "action": "skip",
+        "reason": "a lateral view: the models read frontal (AP/PA) radiographs",
+        "when": {"ViewPosition": {"one_of": ["LL", "RL", "LATERAL"]}},
+    },
+    {
+        "name": "oblique-view",
+        "action": "skip",
+        "reason": "an oblique view: the models read frontal (AP/PA) radiographs",
+        "when": {"ViewPosition": {"one_of": ["LLO", "RLO", "OBLIQUE"]}},
+    },
+    {
+        "name": "lateral-view-code",
+        "action": "skip",
+        "reason": "the view code says lateral or oblique: the models read frontal radiographs",
+        "when": {"ViewCodeSequence.CodeMeaning": {"matches": r"^(?!.*decubitus).*\b(lateral|oblique)\b"}},
+    },
+    {
+        "name": "paediatric",
+        "action": "skip",
+        "reason": "patient younger than 18 years: the models were trained on adults",
+        "when": {"PatientAge": {"age_below": 18}},
+    },
+    {
+        "name": "manufacturer-not-allowed",
+        "action": "skip",
+        "enabled": False,
+        "reason": "the modality's manufacturer is not on the allow-list",
+        "when": {"Manufacturer": {"not_matches": r"^(agfa|ge\b|general electric)"}},
+    },
 ]
 
 DEFAULT_SELECTION = Selection(tuple(parse_rule(f"DEFAULT_RULES[{i}]", r) for i, r in enumerate(DEFAULT_RULES)))
 
 
 __all__ = [
-    "ACTIONS", "DEFAULT_SELECTION", "OPERATORS", "Check", "Condition", "Decision", "Rule", "Selection",
-    "age_in_years", "attribute_text", "parse_rule", "parse_selection",
+    "ACTIONS",
+    "DEFAULT_SELECTION",
+    "OPERATORS",
+    "Check",
+    "Condition",
+    "Decision",
+    "Rule",
+    "Selection",
+    "age_in_years",
+    "attribute_text",
+    "parse_rule",
+    "parse_selection",
 ]
