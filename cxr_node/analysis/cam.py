@@ -17,11 +17,19 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def _densenet_parts(model: nn.Module) -> tuple[nn.Module, nn.Module]:
+    """torchvision DenseNet's `features` and `classifier` (nn.Module's attribute lookup types them loosely)."""
+    features, classifier = model.features, model.classifier
+    assert isinstance(features, nn.Module) and isinstance(classifier, nn.Module), "not a torchvision DenseNet"
+    return features, classifier
+
+
 def forward_with_features(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """One DenseNet forward returning (post-ReLU features A, logits)."""
-    feats = F.relu(model.features(x))
+    features, classifier = _densenet_parts(model)
+    feats = F.relu(features(x))
     pooled = torch.flatten(F.adaptive_avg_pool2d(feats, 1), 1)
-    return feats, model.classifier(pooled)
+    return feats, classifier(pooled)
 
 
 def cam_from_features(feats: torch.Tensor, classifier: nn.Linear, class_index: int) -> torch.Tensor:
@@ -42,11 +50,13 @@ def gradcam_autograd(model: nn.Module, x: torch.Tensor, class_index: int) -> tor
     The reference for tests and the "naive" pipeline of the benchmark; not used when serving.
     Returns (B, H, W) maps normalised to [0, 1] like cam_from_features.
     """
+    features, classifier = _densenet_parts(model)
     with torch.enable_grad():
-        feats = F.relu(model.features(x))
+        feats = F.relu(features(x))
         feats.retain_grad()
-        logits = model.classifier(torch.flatten(F.adaptive_avg_pool2d(feats, 1), 1))
+        logits = classifier(torch.flatten(F.adaptive_avg_pool2d(feats, 1), 1))
         logits[:, class_index].sum().backward()
+        assert feats.grad is not None  # retain_grad() above, and the backward reached feats
         alpha = feats.grad.mean(dim=(2, 3))  # (B, K)
         cam = F.relu(torch.einsum("bkhw,bk->bhw", feats.detach(), alpha))
     peak = cam.flatten(1).amax(dim=1).clamp_min(torch.finfo(cam.dtype).tiny)

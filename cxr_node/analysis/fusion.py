@@ -17,10 +17,10 @@ COVID-19 and the disagreement is flagged for the reader.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 
-class JointClass(str, Enum):
+class JointClass(StrEnum):
     NORMAL = "Normal"
     PATHOLOGICAL = "Pathological"
     COVID = "COVID-19"

@@ -63,9 +63,7 @@ def load_imagenet_backbone(model: nn.Module, weights: Path) -> nn.Module:
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.startswith("classifier.")]
     if missing or unexpected:
-        raise WeightsError(
-            f"{weights}: does not fit DenseNet-161 (missing {missing[:3]}, unexpected {unexpected[:3]})"
-        )
+        raise WeightsError(f"{weights}: does not fit DenseNet-161 (missing {missing[:3]}, unexpected {unexpected[:3]})")
     return model
 
 

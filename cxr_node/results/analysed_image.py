@@ -38,7 +38,9 @@ class AnalysedImage:
 
     @classmethod
     def of(cls, source: Dataset) -> AnalysedImage:
-        return cls(_text(source, "Modality"), _text(source, "SeriesNumber"), _text(source, "InstanceNumber"), _view(source))
+        return cls(
+            _text(source, "Modality"), _text(source, "SeriesNumber"), _text(source, "InstanceNumber"), _view(source)
+        )
 
     @property
     def view_text(self) -> str:

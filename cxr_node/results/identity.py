@@ -77,7 +77,11 @@ class ModelIdentity:
         """The identity of a loaded analysis Bundle (duck-typed: results/ does not import analysis/)."""
         created = (bundle.training or {}).get("created")
         return cls(
-            bundle.name, bundle.version, bundle.sha256.get("A", ""), bundle.sha256.get("B", ""), bundle.trained,
+            bundle.name,
+            bundle.version,
+            bundle.sha256.get("A", ""),
+            bundle.sha256.get("B", ""),
+            bundle.trained,
             str(created)[:10] if created else None,
         )
 
@@ -173,8 +177,15 @@ def patient_study_keywords() -> tuple[str, ...]:
 
 # Type 2 in every image IOD, read unconditionally by highdicom's builders; some modalities leave them out.
 _TYPE2_READ_BY_BUILDERS = (
-    "PatientName", "PatientID", "PatientBirthDate", "PatientSex",
-    "StudyID", "StudyDate", "StudyTime", "AccessionNumber", "ReferringPhysicianName",
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyID",
+    "StudyDate",
+    "StudyTime",
+    "AccessionNumber",
+    "ReferringPhysicianName",
 )
 
 

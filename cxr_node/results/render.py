@@ -74,7 +74,11 @@ def _header_lines(legend: Legend) -> list[tuple[str, tuple[int, int, int], float
     r = legend.result
     lines = [
         (legend_class(r), _YELLOW, 1.3),
-        (f"P(abnormal) {100 * r.p_abnormal:.1f}% (model A)   P(COVID-19) {100 * r.p_covid:.1f}% (model B)", _WHITE, 1.0),
+        (
+            f"P(abnormal) {100 * r.p_abnormal:.1f}% (model A)   P(COVID-19) {100 * r.p_covid:.1f}% (model B)",
+            _WHITE,
+            1.0,
+        ),
     ]
     if r.models_disagree:
         lines.append(("Models disagree: B says COVID-19, A says normal", _YELLOW, 1.0))
@@ -195,7 +199,9 @@ def render(
     n = 1 if panels == "fused" else 2
     captions = ["Grad-CAM of models A and B (max)"] if n == 1 else ["Model A: abnormal", "Model B: COVID-19"]
     grey = np.asarray(grey, dtype=np.float32)
-    scale, width, block, cap_scale, (top, bottom, side) = _plan(grey.shape, n, _header_lines(legend), captions, max_side)
+    scale, width, block, cap_scale, (top, bottom, side) = _plan(
+        grey.shape, n, _header_lines(legend), captions, max_side
+    )
     # Shrink before blending: the source can be 3000 px, a panel is a few hundred.
     grey = _resize(grey, scale)
     cam_a, cam_b = (_resize(np.asarray(m, dtype=np.float32), scale, smooth=True) for m in (cam_a, cam_b))
@@ -213,7 +219,7 @@ def render(
     for i, (tile, caption) in enumerate(zip(tiles, captions, strict=True)):
         x0 = left + i * (panel_w + side)
         _draw_centred(canvas, caption, x0 + panel_w // 2, y - 8, cap_scale, _WHITE)
-        canvas[y:y + panel_h, x0:x0 + panel_w] = tile
+        canvas[y : y + panel_h, x0 : x0 + panel_w] = tile
         boxes.append((y, y + panel_h, x0, x0 + panel_w))
     layout = Layout(canvas.shape[:2], (top, y), (side, width - side), tuple(boxes))
     return np.ascontiguousarray(canvas), layout

@@ -40,7 +40,6 @@ import copy
 
 import highdicom as hd
 from pydicom.dataset import Dataset
-from pydicom.sequence import Sequence
 from pydicom.sr.codedict import codes
 from pydicom.uid import UID
 
@@ -164,13 +163,15 @@ def intended_use(model: ModelIdentity) -> str:
 def illustration_text(sc: Dataset | None) -> str:
     if sc is None:
         return ILLUSTRATION_NOT_STORED
-    return (f"Grad-CAM Secondary Capture in this study, series {sc.get('SeriesNumber', '')}, "
-            f"instance {sc.get('InstanceNumber', '')} (where models A and B looked)")
+    return (
+        f"Grad-CAM Secondary Capture in this study, series {sc.get('SeriesNumber', '')}, "
+        f"instance {sc.get('InstanceNumber', '')} (where models A and B looked)"
+    )
 
 
 def _summary_items(source: Dataset, model: ModelIdentity, sc: Dataset | None) -> list:
     """The readable statements of the overall-result group, after its coded evaluations."""
-    items = [
+    items: list[hd.sr.ContentItem] = [
         _text(AI_MODEL, model.description),
         _text(ANALYSED_IMAGE, AnalysedImage.of(source).text),
         _text(INTENDED_USE, intended_use(model)),
@@ -184,22 +185,27 @@ def _summary_items(source: Dataset, model: ModelIdentity, sc: Dataset | None) ->
 def _top_level_evaluations(result: JointResult, model: ModelIdentity) -> hd.sr.ContainerContentItem:
     """TID 1500 row 12: the document-level conclusion, where programs look for it."""
     container = hd.sr.ContainerContentItem(
-        name=QUALITATIVE_EVALUATIONS, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS, is_content_continuous=False
+        name=QUALITATIVE_EVALUATIONS,
+        relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+        is_content_continuous=False,
     )
-    container.ContentSequence = hd.sr.ContentSequence([
-        _code(OVERALL_CLASS, CLASS_CODES[result.label]),
-        _text(AI_MODEL, model.description),
-        _text(INTENDED_USE, intended_use(model)),
-    ])
+    container.ContentSequence = hd.sr.ContentSequence(
+        [
+            _code(OVERALL_CLASS, CLASS_CODES[result.label]),
+            _text(AI_MODEL, model.description),
+            _text(INTENDED_USE, intended_use(model)),
+        ]
+    )
     return container
 
 
-def _coding_scheme_identification() -> Sequence:
+def _coding_scheme_identification() -> list[Dataset]:
+    # a list, as highdicom declares the attribute; pydicom makes it a Sequence on assignment
     item = Dataset()
     item.CodingSchemeDesignator = PRIVATE_SCHEME
     item.CodingSchemeName = PRIVATE_SCHEME_NAME
     item.CodingSchemeResponsibleOrganization = MANUFACTURER
-    return Sequence([item])
+    return [item]
 
 
 def has_image_library_descriptors(source: Dataset) -> bool:
@@ -234,18 +240,36 @@ def build_report_content(
     if result.models_disagree:
         evaluations.append(hd.sr.QualitativeEvaluation(name=MODELS_DISAGREE, value=YES))
     summary = _group(
-        source, TRACKING_SUMMARY, derived_uid("track-joint", key), CLASS_CODES[result.label], algo_joint,
+        source,
+        TRACKING_SUMMARY,
+        derived_uid("track-joint", key),
+        CLASS_CODES[result.label],
+        algo_joint,
         evaluations=evaluations,
     )
     summary[0].ContinuityOfContent = "SEPARATE"  # each statement on its own line, with its name
     summary[0].ContentSequence.extend(_summary_items(source, model, sc))
     group_a = _group(
-        source, TRACKING_A, derived_uid("track-a", key), ABNORMAL, algo_a,
-        measurements=[hd.sr.Measurement(name=CERTAINTY, value=round(100 * result.p_abnormal, 2), unit=PERCENT, algorithm_id=algo_a)],
+        source,
+        TRACKING_A,
+        derived_uid("track-a", key),
+        ABNORMAL,
+        algo_a,
+        measurements=[
+            hd.sr.Measurement(
+                name=CERTAINTY, value=round(100 * result.p_abnormal, 2), unit=PERCENT, algorithm_id=algo_a
+            )
+        ],
     )
     group_b = _group(
-        source, TRACKING_B, derived_uid("track-b", key), CLASS_CODES[JointClass.COVID], algo_b,
-        measurements=[hd.sr.Measurement(name=CERTAINTY, value=round(100 * result.p_covid, 2), unit=PERCENT, algorithm_id=algo_b)],
+        source,
+        TRACKING_B,
+        derived_uid("track-b", key),
+        CLASS_CODES[JointClass.COVID],
+        algo_b,
+        measurements=[
+            hd.sr.Measurement(name=CERTAINTY, value=round(100 * result.p_covid, 2), unit=PERCENT, algorithm_id=algo_b)
+        ],
     )
     for group in (group_a, group_b):  # "Certainty of Finding: 30.03 %", not a bare number
         group[0].ContinuityOfContent = "SEPARATE"
@@ -358,8 +382,12 @@ def _restate_illustration(items) -> int:
     n = 0
     for item in items:
         names = item.get("ConceptNameCodeSequence")
-        if item.get("ValueType") == "TEXT" and names and names[0].CodeValue == ILLUSTRATION_NOTE.value \
-                and names[0].CodingSchemeDesignator == PRIVATE_SCHEME:
+        if (
+            item.get("ValueType") == "TEXT"
+            and names
+            and names[0].CodeValue == ILLUSTRATION_NOTE.value
+            and names[0].CodingSchemeDesignator == PRIVATE_SCHEME
+        ):
             item.TextValue = ILLUSTRATION_NOT_STORED
             n += 1
         n += _restate_illustration(item.get("ContentSequence", []))
@@ -397,7 +425,9 @@ def without_illustration(sr: Dataset) -> Dataset:
     for study in ds.get("CurrentRequestedProcedureEvidenceSequence", []):
         series_items = []
         for series in study.ReferencedSeriesSequence:
-            series.ReferencedSOPSequence = [i for i in series.ReferencedSOPSequence if i.ReferencedSOPInstanceUID not in gone]
+            series.ReferencedSOPSequence = [
+                i for i in series.ReferencedSOPSequence if i.ReferencedSOPInstanceUID not in gone
+            ]
             if series.ReferencedSOPSequence:
                 series_items.append(series)
         study.ReferencedSeriesSequence = series_items
