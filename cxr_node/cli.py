@@ -25,8 +25,11 @@ class _Group(click.Group):
         return {ep.name: ep for ep in entry_points(group="cxr_node.commands") if "." not in ep.name}
 
     def _sub_plugins(self, group: str):
-        return {ep.name.split(".", 1)[1]: ep for ep in entry_points(group="cxr_node.commands")
-                if ep.name.startswith(group + ".")}
+        return {
+            ep.name.split(".", 1)[1]: ep
+            for ep in entry_points(group="cxr_node.commands")
+            if ep.name.startswith(group + ".")
+        }
 
     def list_commands(self, ctx):
         return sorted(set(super().list_commands(ctx)) | set(self._plugins()))

@@ -6,14 +6,14 @@ import logging
 from dataclasses import dataclass
 
 from cxr_node.analysis.bundle import Bundle, BundleError, load_bundle, untrained_bundle
+from cxr_node.analysis.decode_pool import DecodePool
 from cxr_node.analysis.engine import Analyzer
 from cxr_node.config import ConfigError, NodeConfig
-from cxr_node.dicom.receiver import Receiver, ReceiverSettings
 from cxr_node.destinations.registry import build_destinations
+from cxr_node.dicom.receiver import Receiver, ReceiverSettings
 from cxr_node.dispatcher import Dispatcher, ExportPolicy
 from cxr_node.events import notifier_for
 from cxr_node.housekeeping import Housekeeping
-from cxr_node.analysis.decode_pool import DecodePool
 from cxr_node.queue.jobs import JobQueue
 from cxr_node.queue.schema import open_database
 from cxr_node.results.identity import NodeIdentity
@@ -31,14 +31,14 @@ def load_models(cfg: NodeConfig) -> Bundle:
         except BundleError as exc:
             raise ConfigError(f"models.dir: {exc}") from exc
     if cfg.allow_untrained:
-        log.warning("no model bundle: using RANDOM weights; every result will say UNTRAINED MODEL - NOT FOR CLINICAL USE")
+        log.warning(
+            "no model bundle: using RANDOM weights; every result will say UNTRAINED MODEL - NOT FOR CLINICAL USE"
+        )
         return untrained_bundle(cfg.input_size)
     raise ConfigError(
         "models.dir: no model bundle configured (--models DIR); "
         "pass --allow-untrained to run with random weights for testing"
     )
-
-
 
 
 @dataclass
@@ -55,7 +55,7 @@ class Node:
     decode_pool: DecodePool | None = None
 
     @classmethod
-    def build(cls, cfg: NodeConfig, bundle: Bundle | None = None) -> "Node":
+    def build(cls, cfg: NodeConfig, bundle: Bundle | None = None) -> Node:
         roles = set(cfg.roles)
         layout = StorageLayout(cfg.storage)
         layout.ensure()

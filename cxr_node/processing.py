@@ -13,9 +13,9 @@ from __future__ import annotations
 import errno
 import logging
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
@@ -32,8 +32,18 @@ log = logging.getLogger(__name__)
 Decode = Callable[[list[str]], "list[Decoded | BaseException]"]
 
 # errno values that say "the machine", not "the image"
-RESOURCE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.ENOMEM, errno.EMFILE, errno.ENFILE, errno.EAGAIN,
-                   errno.EROFS, errno.ESTALE, errno.ETIMEDOUT}
+RESOURCE_ERRNOS = {
+    errno.ENOSPC,
+    errno.EDQUOT,
+    errno.EIO,
+    errno.ENOMEM,
+    errno.EMFILE,
+    errno.ENFILE,
+    errno.EAGAIN,
+    errno.EROFS,
+    errno.ESTALE,
+    errno.ETIMEDOUT,
+}
 
 
 @dataclass
@@ -72,9 +82,9 @@ def process_batch(
     node: NodeIdentity,
     model: ModelIdentity,
     out_dir: Callable[[int, Dataset], Path],
-    decode: Decode,
+    decode: Decode | None,
     *,
-    decoded: Sequence["Decoded | BaseException"] | None = None,
+    decoded: Sequence[Decoded | BaseException] | None = None,
     panels: str = "per-model",
     max_side: int = 1024,
 ) -> list[Outcome]:
@@ -86,7 +96,12 @@ def process_batch(
     """
     names = [str(p) for p in paths]
     outcomes = [Outcome(p) for p in names]
-    got = list(decoded) if decoded is not None else decode(names)
+    if decoded is not None:
+        got = list(decoded)
+    elif decode is not None:
+        got = decode(names)
+    else:
+        raise ValueError("process_batch: pass `decode` or `decoded`")
     ready: list[tuple[int, Outcome, Dataset, Decoded]] = []
     # strict: a decoder that returned fewer or more items than paths must never pair image i with i+1.
     for index, (outcome, item) in enumerate(zip(outcomes, got, strict=True)):
@@ -94,7 +109,7 @@ def process_batch(
             if isinstance(item, BaseException):
                 raise item
             # Header only: the SR and SC copy attributes, the pixels were decoded in the pool.
-            header = dcmread(outcome.path, stop_before_pixels=True)
+            header: Dataset = dcmread(outcome.path, stop_before_pixels=True)
             outcome.dataset = header
             outcome.timings["decode"] = item.seconds
             ready.append((index, outcome, header, item))

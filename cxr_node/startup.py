@@ -30,8 +30,9 @@ def read_password_file(path: Path) -> str:
     try:
         st = path.stat()
         if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-            raise ConfigError(f"{key}: {path} is readable by group or others (mode {stat.S_IMODE(st.st_mode):04o}); "
-                              f"chmod 600 it")
+            raise ConfigError(
+                f"{key}: {path} is readable by group or others (mode {stat.S_IMODE(st.st_mode):04o}); chmod 600 it"
+            )
         lines = path.read_text(encoding="utf-8").splitlines()
     except OSError as exc:
         raise ConfigError(f"{key}: cannot read {path}: {exc.strerror}") from exc

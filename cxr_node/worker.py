@@ -11,8 +11,8 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from sqlalchemy.exc import OperationalError
 
@@ -86,10 +86,15 @@ class Worker:
         if not batch:
             return 0
         outcomes = process_batch(
-            [job.path for job in batch], self.analyzer, self.node, self.model,
+            [job.path for job in batch],
+            self.analyzer,
+            self.node,
+            self.model,
             # Image i's results go under image i's own directory, named from its job's UIDs.
             lambda i, _header: self.layout.image_result_dir(batch[i].study_instance_uid, batch[i].sop_instance_uid),
-            self.decode, panels=self.settings.cam_panels, max_side=self.settings.sc_max_side,
+            self.decode,
+            panels=self.settings.cam_panels,
+            max_side=self.settings.sc_max_side,
         )
         for job, outcome in zip(batch, outcomes, strict=True):
             try:
@@ -105,7 +110,12 @@ class Worker:
         assert outcome.analysis is not None and outcome.files is not None
         r = outcome.analysis.result
         record = ResultRecord(
-            r.label.value, r.p_abnormal, r.p_covid, r.models_disagree, self.model.label, self.model.trained,
+            r.label.value,
+            r.p_abnormal,
+            r.p_covid,
+            r.models_disagree,
+            self.model.label,
+            self.model.trained,
             {k: round(v, 4) for k, v in outcome.timings.items()},
         )
         files = outcome.files
@@ -113,7 +123,11 @@ class Worker:
         if self.queue.complete(job, record, items, self.settings.destinations):
             log.info(
                 "job %d image %s: %s (P(abnormal) %.3f, P(COVID) %.3f)%s",
-                job.id, job.sop_instance_uid, r.label.value, r.p_abnormal, r.p_covid,
+                job.id,
+                job.sop_instance_uid,
+                r.label.value,
+                r.p_abnormal,
+                r.p_covid,
                 "" if self.model.trained else " [UNTRAINED MODEL]",
             )
 

@@ -30,8 +30,13 @@ def resolve_db_url(db: str | None, config: Path | None) -> str:
 
 def db_options(fn):
     """--db URL and --config FILE (the config's node.db, or SQLite under its storage dir)."""
-    fn = click.option("--config", "config", type=click.Path(path_type=Path, dir_okay=False), default=None,
-                      help="Node config whose database to use [default: configs/node.toml when present].")(fn)
+    fn = click.option(
+        "--config",
+        "config",
+        type=click.Path(path_type=Path, dir_okay=False),
+        default=None,
+        help="Node config whose database to use [default: configs/node.toml when present].",
+    )(fn)
     return click.option("--db", "db", default=None, help="SQLAlchemy URL [default: the config's database].")(fn)
 
 

@@ -17,7 +17,8 @@ def command() -> None:
 @db_options
 def upgrade(db, config) -> None:
     """Create or upgrade the schema to this release (safe to run again)."""
-    from cxr_node.queue.schema import redact_url, upgrade as run_upgrade
+    from cxr_node.queue.schema import redact_url
+    from cxr_node.queue.schema import upgrade as run_upgrade
     from cxr_node.queue.tables import make_engine
 
     try:

@@ -44,8 +44,11 @@ def run_demo(cfg: NodeConfig, image: Path, out: Path, timeout_s: float = 300.0) 
     pacs.start()
     cfg = with_overrides(
         cfg,
-        ae_title="CXR_NODE", bind="127.0.0.1", port=0,
-        storage=out / "node", destination=Destination("DEMO_PACS", "127.0.0.1", pacs.port),
+        ae_title="CXR_NODE",
+        bind="127.0.0.1",
+        port=0,
+        storage=out / "node",
+        destination=Destination("DEMO_PACS", "127.0.0.1", pacs.port),
         poll_interval_s=0.2,
     )
     t_load = time.perf_counter()
@@ -55,7 +58,12 @@ def run_demo(cfg: NodeConfig, image: Path, out: Path, timeout_s: float = 300.0) 
     try:
         source = pydicom.dcmread(image, stop_before_pixels=True)
         t0 = time.perf_counter()
-        outcome = Sender("DEMO_MODALITY").send_files(Destination(cfg.ae_title, "127.0.0.1", node.receiver.port), [str(image)])[0]
+        port = node.receiver.port if node.receiver is not None else None
+        if port is None:
+            raise click.ClickException(
+                "the demo sends to the node's receiver: node.roles must include it, on a plain port"
+            )
+        outcome = Sender("DEMO_MODALITY").send_files(Destination(cfg.ae_title, "127.0.0.1", port), [str(image)])[0]
         store_s = time.perf_counter() - t0
         if not status_ok(outcome.status):
             why = outcome.transport_error or f"0x{outcome.status:04X} {outcome.comment}"
@@ -65,6 +73,8 @@ def run_demo(cfg: NodeConfig, image: Path, out: Path, timeout_s: float = 300.0) 
         if len(received) < 2:
             raise click.ClickException(f"no SR + SC at the PACS after {timeout_s:.0f} s; queue: {node.queue.counts()}")
         result = node.queue.result_for_instance(str(source.SOPInstanceUID))
+        if result is None:
+            raise click.ClickException(f"the PACS got an SR and SC but the queue has no result for {image}")
     finally:
         node.stop()
         pacs.stop()
@@ -81,19 +91,32 @@ def run_demo(cfg: NodeConfig, image: Path, out: Path, timeout_s: float = 300.0) 
         "models_disagree": result["models_disagree"],
         "model": result["model"],
         "trained": result["trained"],
-        "seconds": {"model_load": round(load_s, 3), "c_store_in": round(store_s, 3), **(result["timings"] or {}),
-                    "end_to_end": round(total_s, 3)},
+        "seconds": {
+            "model_load": round(load_s, 3),
+            "c_store_in": round(store_s, 3),
+            **(result["timings"] or {}),
+            "end_to_end": round(total_s, 3),
+        },
         "returned": {"sr": str(files["SR"]), "sc": str(files["OT"])},
         "sc_png": str(png),
     }
 
 
 @click.command("demo")
-@click.option("--config", "config_path", type=click.Path(path_type=Path), default=None,
-              help="Node config (only [models] and [analysis] matter here); default: embedded defaults.")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Node config (only [models] and [analysis] matter here); default: embedded defaults.",
+)
 @click.option("--models", type=click.Path(path_type=Path), default=None, help="Model bundle; default: untrained.")
-@click.option("--image", type=click.Path(path_type=Path, exists=True), default=None, help=f"Radiograph [default: {DEMO_IMAGE}].")
-@click.option("--out", type=click.Path(path_type=Path), default=None, help="Output directory [default: a new temp dir].")
+@click.option(
+    "--image", type=click.Path(path_type=Path, exists=True), default=None, help=f"Radiograph [default: {DEMO_IMAGE}]."
+)
+@click.option(
+    "--out", type=click.Path(path_type=Path), default=None, help="Output directory [default: a new temp dir]."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def command(config_path, models, image, out, as_json):
     """Send a real chest radiograph through node and loopback PACS and print the result."""

@@ -12,13 +12,25 @@ import json
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from cxr_node.validation import PRECISIONS
 
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
+
+    from cxr_node.analysis.decode_pool import Decoded
+
 log = logging.getLogger(__name__)
+
+
+def _by_index(dirs: list[Path]) -> Callable[[int, Dataset], Path]:
+    """process_batch's out_dir: image i's results go to dirs[i]."""
+    return lambda i, _header: dirs[i]
 
 
 def _out_dir(out: Path, path: Path, used: set[str]) -> Path:
@@ -92,20 +104,26 @@ def run_infer(
     try:
         refill()
         while pending:
-            batch = []
+            batch: list[tuple[Path, Decoded | BaseException]] = []
             while pending and len(batch) < batch_size:
                 path, fut = pending.popleft()
                 refill()  # keep the pool busy while this batch is analysed
                 batch.append((path, settle(path, fut)))
             targets = [_out_dir(out, path, used) for path, _ in batch]
             outcomes = process_batch(
-                [p for p, _ in batch], analyzer, node, model, lambda i, _header: targets[i], decode=None,
+                [p for p, _ in batch],
+                analyzer,
+                node,
+                model,
+                _by_index(targets),
+                decode=None,
                 decoded=[d for _, d in batch],
             )
-            for (path, _), target, outcome in zip(batch, targets, outcomes):
+            for (path, _), target, outcome in zip(batch, targets, outcomes, strict=True):
                 if not outcome.ok:
                     fail(path, outcome.error or "unknown error")
                     continue
+                assert outcome.analysis is not None and outcome.files is not None  # ok: analysed and written
                 r = outcome.analysis.result
                 summary = {
                     "file": str(path),
@@ -135,20 +153,35 @@ def run_infer(
 
 @click.command("infer")
 @click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--models", type=click.Path(path_type=Path, file_okay=False), default=None, help="Model bundle directory.")
+@click.option(
+    "--models", type=click.Path(path_type=Path, file_okay=False), default=None, help="Model bundle directory."
+)
 @click.option("--allow-untrained", is_flag=True, help="Use random weights (every result says UNTRAINED).")
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False), required=True, help="Output directory.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--batch-size", type=click.IntRange(1, 256), default=4, show_default=True)
-@click.option("--input-size", type=click.IntRange(32, 2048), default=224, show_default=True,
-              help="Model input size for --allow-untrained (a bundle fixes its own).")
-@click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
-              help="auto = bf16 autocast on GPU, exact fp32 on CPU.")
+@click.option(
+    "--input-size",
+    type=click.IntRange(32, 2048),
+    default=224,
+    show_default=True,
+    help="Model input size for --allow-untrained (a bundle fixes its own).",
+)
+@click.option(
+    "--precision",
+    type=click.Choice(PRECISIONS),
+    default="auto",
+    show_default=True,
+    help="auto = bf16 autocast on GPU, exact fp32 on CPU.",
+)
 @click.option("--compile", "use_compile", is_flag=True, help="torch.compile the models (falls back to eager).")
-@click.option("--no-cuda-graphs", is_flag=True, help="On a GPU, run the forwards eagerly instead of replaying CUDA graphs.")
+@click.option(
+    "--no-cuda-graphs", is_flag=True, help="On a GPU, run the forwards eagerly instead of replaying CUDA graphs."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON summary per line instead of text.")
-def command(files, models, allow_untrained, out, device, batch_size, input_size, precision, use_compile, no_cuda_graphs,
-            as_json):
+def command(
+    files, models, allow_untrained, out, device, batch_size, input_size, precision, use_compile, no_cuda_graphs, as_json
+):
     """Analyse DICOM radiographs offline; writes SR, Grad-CAM SC and summary.json per file."""
     from cxr_node.analysis.bundle import BundleError
     from cxr_node.memory import tune_malloc
@@ -175,9 +208,18 @@ def command(files, models, allow_untrained, out, device, batch_size, input_size,
     start_warm_up()  # highdicom's tables load while the models do
     try:
         _, errors = run_infer(
-            list(files), out, models=models, allow_untrained=allow_untrained, device=device, batch_size=batch_size,
-            input_size=input_size, precision=precision, compile=use_compile, cuda_graphs=not no_cuda_graphs,
-            on_result=show, on_error=lambda f, m: click.echo(f"error: {m}", err=True),
+            list(files),
+            out,
+            models=models,
+            allow_untrained=allow_untrained,
+            device=device,
+            batch_size=batch_size,
+            input_size=input_size,
+            precision=precision,
+            compile=use_compile,
+            cuda_graphs=not no_cuda_graphs,
+            on_result=show,
+            on_error=lambda f, m: click.echo(f"error: {m}", err=True),
         )
     except (BundleError, RuntimeError) as exc:
         raise click.ClickException(str(exc)) from exc

@@ -12,7 +12,9 @@ from cxr_node.config import ConfigError
 from cxr_node.dicom.rules import Decision, Rule, Selection
 
 _config_option = click.option(
-    "--config", type=click.Path(path_type=Path, dir_okay=False), default=None,
+    "--config",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
     help="Node config whose [selection] to use [default: configs/node.toml when present, else built-in rules].",
 )
 
@@ -43,20 +45,31 @@ def decision_json(path: Path, decision: Decision) -> dict:
         "rule": decision.rule,
         "reason": decision.reason,
         "checks": [
-            {"rule": c.rule, "attribute": c.condition.attribute, "operator": c.condition.operator,
-             "expected": list(c.condition.expected) if isinstance(c.condition.expected, tuple) else c.condition.expected,
-             "actual": c.actual, "held": c.held}
+            {
+                "rule": c.rule,
+                "attribute": c.condition.attribute,
+                "operator": c.condition.operator,
+                "expected": list(c.condition.expected)
+                if isinstance(c.condition.expected, tuple)
+                else c.condition.expected,
+                "actual": c.actual,
+                "held": c.held,
+            }
             for c in decision.checks
         ],
     }
 
 
 def _text(path: Path, decision: Decision) -> str:
-    lines = [f"{path}: {decision.action.upper()} by {'rule ' + decision.rule if decision.rule != 'default' else 'default'}"
-             f" - {decision.reason}"]
+    lines = [
+        f"{path}: {decision.action.upper()} by {'rule ' + decision.rule if decision.rule != 'default' else 'default'}"
+        f" - {decision.reason}"
+    ]
     for c in decision.checks:
-        lines.append(f"  {c.rule:<26} {c.condition.describe():<58} actual {c.actual or '(empty)'!r:<24} "
-                     f"{'holds' if c.held else 'no'}")
+        lines.append(
+            f"  {c.rule:<26} {c.condition.describe():<58} actual {c.actual or '(empty)'!r:<24} "
+            f"{'holds' if c.held else 'no'}"
+        )
     return "\n".join(lines)
 
 
@@ -97,11 +110,24 @@ def show(config, as_json) -> None:
     """Print the effective rule set, in the order it is applied."""
     selection = _selection(config)
     if as_json:
-        click.echo(json.dumps({
-            "default": selection.default,
-            "rules": [{"name": r.name, "action": r.action, "enabled": r.enabled, "reason": r.reason,
-                       "when": [c.describe() for c in r.conditions]} for r in selection.rules],
-        }, indent=2))
+        click.echo(
+            json.dumps(
+                {
+                    "default": selection.default,
+                    "rules": [
+                        {
+                            "name": r.name,
+                            "action": r.action,
+                            "enabled": r.enabled,
+                            "reason": r.reason,
+                            "when": [c.describe() for c in r.conditions],
+                        }
+                        for r in selection.rules
+                    ],
+                },
+                indent=2,
+            )
+        )
         return
     for i, rule in enumerate(selection.rules, start=1):
         click.echo(f"{i}. {_rule_text(rule)}")
