@@ -64,7 +64,7 @@ timeout 150 "$PY" -m pytest -q -p no:cacheprovider tests/test_train_fast_path.py
 tail -3 "$OUT/gpu-tests.txt" | tee -a "$OUT/summary.txt"
 
 say "bench train: $PARALLEL process(es) x $BENCH_EPOCHS epochs ($(left)s left)"
-timeout $(( $(left) / 3 )) "$PY" -m cxr_node.cli bench train --device "$DEVICE" --parallel "$PARALLEL" \
+timeout $(( $(left) / 3 )) "$PY" -m training bench train --device "$DEVICE" --parallel "$PARALLEL" \
     --epochs "$BENCH_EPOCHS" --images "$BENCH_IMAGES" --data "$DATA" --config "$CONFIG" --set "run.num_workers=$THREADS" "${bench_sets[@]}" \
     --out "$OUT/bench-train.json" > "$WORK/bench.out" 2> "$WORK/bench.err"
 rc=$?
@@ -73,7 +73,7 @@ cat "$WORK/bench.out" | tee -a "$OUT/summary.txt"
 
 if [[ "${DETERMINISM:-1}" == 1 ]]; then  # what run.deterministic costs: the same bench, short, with it off
     say "bench train with run.deterministic = false (2 epochs, 160 images per process)"
-    timeout 120 "$PY" -m cxr_node.cli bench train --device "$DEVICE" --parallel "$PARALLEL" --epochs 2 --images 160 \
+    timeout 120 "$PY" -m training bench train --device "$DEVICE" --parallel "$PARALLEL" --epochs 2 --images 160 \
         --data "$DATA" --config "$CONFIG" --set "run.num_workers=$THREADS" --set run.deterministic=false "${bench_sets[@]}" \
         --out "$OUT/bench-train-nondeterministic.json" 2>/dev/null | grep -E "aggregate|process 1:" | tee -a "$OUT/summary.txt"
 fi

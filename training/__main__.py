@@ -1,11 +1,13 @@
-"""`python -m training train|evaluate ...`: the same commands as `cxr-node train|evaluate`,
-handy with `torchrun --nproc_per_node N -m training train ...`."""
+"""`python -m training train|evaluate|bench train ...`: the same commands as `cxr-node train|evaluate|
+bench train`, handy with `torchrun --nproc_per_node N -m training train ...` and where cxr-node is on
+PYTHONPATH without being installed (no entry points: a lent GPU machine)."""
 
 import click
 
-from training.cli import evaluate, train
+from training.cli import bench_train, evaluate, train
 
-cli = click.Group("training", commands={"train": train, "evaluate": evaluate})
+bench = click.Group("bench", commands={"train": bench_train}, help="Benchmarks of the training code.")
+cli = click.Group("training", commands={"train": train, "evaluate": evaluate, "bench": bench})
 
 if __name__ == "__main__":
     cli()
