@@ -164,7 +164,8 @@ def write_report(metrics: dict[str, Any], path: Path) -> None:
         f"# Training report: {cfg['run']['name']} {cfg['run']['version']}",
         "",
         f"Created {metrics['created']} on {env['device_name']} (device {env['device']}, "
-        f"{env['world_size']} process(es), torch {env['torch']}); {metrics['elapsed_seconds']:.0f} s in all.",
+        f"{env['world_size']} DDP process(es), run.parallel {cfg['run'].get('parallel', 1)}, step "
+        f"{cfg['run'].get('step', 'eager')}, torch {env['torch']}); {metrics['elapsed_seconds']:.0f} s in all.",
         "",
         f"Data: `{data['folder']}`: {data['images']} images of {data['patients']} patients, "
         + ", ".join(f"{k} {v}" for k, v in data["counts"].items())
