@@ -302,3 +302,18 @@ def test_paper_config_keeps_the_paper_and_public_config_is_the_scratch_recipe():
     assert public.optim.weight_decay > 0 and public.optim.label_smoothing > 0 and public.augment.rotate > 0
     # the protocol itself (splits, repetitions, B balanced, validation selection) is the paper config's
     assert (public.split, public.run.repetitions, public.approach) == (paper.split, paper.run.repetitions, paper.approach)
+
+
+def test_a_failing_parallel_training_raises_its_own_error(tiny, tmp_path):
+    from training.loop import CheckpointMismatch
+    from training.parallel import FitJob, run_parallel
+
+    _, data, idx = tiny
+    cfg = config_from_dict({**TINY, "run": {**TINY["run"], "parallel": 2}})
+    y = target_a(data.labels[idx])
+    jobs = [FitJob(r, "A", 5 + r, idx[:12], y[:12], idx[12:20], y[12:20], tmp_path / f"rep{r}_A") for r in range(2)]
+    torch.save({"fingerprint": "someone else's"}, tmp_path / "rep1_A.ckpt.pt")  # refused by fit in its worker
+    with pytest.raises(CheckpointMismatch, match="rep1_A.ckpt.pt: made with a different configuration"):
+        run_parallel(jobs, cfg=cfg, squares=data.squares, workdir=tmp_path, weights=None,
+                     device=torch.device("cpu"), fingerprint="fp", log=lambda m: None, log_path=None, processes=2)
+    assert not list(tmp_path.glob("squares-*.npy"))
