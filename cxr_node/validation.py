@@ -22,6 +22,22 @@ DEVICE_HELP = "auto, cpu, cuda or cuda:N"
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 
+_AET = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # 16 chars, no backslash, no control chars
+
+
+def ae_title(key: str, value: Any) -> str:
+    if not isinstance(value, str) or not _AET.match(value) or not value.strip():
+        raise ConfigError(f"{key}: {value!r} is not a valid AE title (1-16 printable ASCII characters, no backslash)")
+    return value.strip()
+
+
+def port(key: str, value: Any, listen: bool = False) -> int:
+    lowest = 0 if listen else 1  # listening on port 0 takes any free port (tests, demo)
+    if not isinstance(value, int) or isinstance(value, bool) or not lowest <= value <= 65535:
+        raise ConfigError(f"{key}: {value!r} is not a TCP port ({lowest}-65535)")
+    return value
+
+
 def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 

@@ -6,16 +6,8 @@ from __future__ import annotations
 from pydicom import Dataset
 from pydicom.uid import Comprehensive3DSRStorage, ComprehensiveSRStorage
 
-from cxr_node.config import (
-    ConfigError,
-    Destination,
-    DestinationSpec,
-    _bool,
-    _port,
-    _positive,
-    _str,
-    validate_ae_title,
-)
+from cxr_node import validation as V
+from cxr_node.config import ConfigError, Destination, DestinationSpec
 from cxr_node.destinations.base import (
     Delivery,
     DestinationUnavailable,
@@ -58,12 +50,12 @@ class DicomDestination(ExportDestination):
     def from_spec(cls, spec: DestinationSpec, node: NodeContext) -> DicomDestination:
         opts = Options(spec)
         peer = Destination(
-            opts.get("ae_title", validate_ae_title),
-            opts.get("host", _str),
-            opts.get("port", _port),
+            opts.get("ae_title", V.ae_title),
+            opts.get("host", V.string),
+            opts.get("port", V.port),
         )
-        timeout_s = float(opts.get("timeout_s", _positive, node.timeout_s))
-        tls = opts.get("tls", _bool, False)
+        timeout_s = float(opts.get("timeout_s", V.positive, node.timeout_s))
+        tls = opts.get("tls", V.boolean, False)
         opts.done()
         if tls and node.tls is None:
             raise ConfigError(f"{spec.key}.tls: needs the node's certificate ([tls] cert and key)")

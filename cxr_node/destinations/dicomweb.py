@@ -10,7 +10,8 @@ import requests
 from pydicom import Dataset
 from pydicom.uid import UID
 
-from cxr_node.config import ConfigError, DestinationSpec, _positive, _str
+from cxr_node import validation as V
+from cxr_node.config import ConfigError, DestinationSpec
 from cxr_node.destinations.base import (
     Delivery,
     DestinationUnavailable,
@@ -29,7 +30,7 @@ PERMANENT_REFUSALS = frozenset({SOP_CLASS_NOT_SUPPORTED})
 
 
 def _url(key: str, value) -> str:
-    url = _str(key, value).rstrip("/")
+    url = V.string(key, value).rstrip("/")
     parsed = urlparse(url)
     if parsed.scheme not in ("http", "https") or not parsed.netloc:
         raise ConfigError(
@@ -50,7 +51,7 @@ class DicomWebDestination(ExportDestination):
     def from_spec(cls, spec: DestinationSpec, node: NodeContext) -> DicomWebDestination:
         opts = Options(spec)
         url = opts.get("url", _url)
-        timeout_s = float(opts.get("timeout_s", _positive, node.timeout_s))
+        timeout_s = float(opts.get("timeout_s", V.positive, node.timeout_s))
         opts.done()
         return cls(spec.name, url, timeout_s)
 
