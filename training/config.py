@@ -14,13 +14,14 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from cxr_node import validation as V
 STEP_MODES = ("auto", "eager", "compile", "cuda_graphs")
 PIPELINES = ("auto", "device", "loader")
 SCHEDULES = ("constant", "cosine")
 
 
-class ConfigError(ValueError):
-    """Invalid configuration; the message starts with the TOML key (section.key)."""
+# One config system for the node and training: the same error class and checkers (cxr_node.validation).
+ConfigError = V.ConfigError
 
 
 @dataclass(frozen=True)
@@ -142,25 +143,6 @@ _SECTION_TYPES = {
 }
 
 
-def _coerce(key: str, value: Any, default: Any) -> Any:
-    kind = type(default)
-    if kind is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{key}: expected true or false, got {value!r}")
-        return value
-    if kind is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
-        return value
-    if kind is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
-        return float(value)
-    if not isinstance(value, str):
-        raise ConfigError(f"{key}: expected a string, got {value!r}")
-    return value
-
-
 def _check(cfg: TrainConfig) -> None:
     def need(ok: bool, key: str, msg: str) -> None:
         if not ok:
@@ -171,8 +153,7 @@ def _check(cfg: TrainConfig) -> None:
     need(bool(r.version.strip()), "run.version", "must not be empty")
     need(r.repetitions >= 1, "run.repetitions", f"must be >= 1, got {r.repetitions}")
     need(r.num_workers >= 0, "run.num_workers", f"must be >= 0, got {r.num_workers}")
-    need(r.device == "auto" or r.device == "cpu" or r.device.startswith("cuda"), "run.device",
-         f"must be auto, cpu or cuda[:N], got {r.device!r}")
+    V.device("run.device", r.device)
     need(r.parallel >= 1, "run.parallel", f"must be >= 1, got {r.parallel}")
     need(r.step in STEP_MODES, "run.step", f"must be one of {', '.join(STEP_MODES)}, got {r.step!r}")
     need(r.checkpoint_every >= 1, "run.checkpoint_every", f"must be >= 1, got {r.checkpoint_every}")
@@ -210,17 +191,7 @@ def config_from_dict(raw: dict[str, Any]) -> TrainConfig:
     for name, value in raw.items():
         if name not in _SECTION_TYPES:
             raise ConfigError(f"{name}: unknown section (known: {', '.join(_SECTION_TYPES)})")
-        if not isinstance(value, dict):
-            raise ConfigError(f"{name}: must be a table [{name}]")
-        kind = _SECTION_TYPES[name]
-        defaults = kind()
-        known = {f.name for f in fields(kind)}
-        values = {}
-        for key, v in value.items():
-            if key not in known:
-                raise ConfigError(f"{name}.{key}: unknown key (known: {', '.join(sorted(known))})")
-            values[key] = _coerce(f"{name}.{key}", v, getattr(defaults, key))
-        sections[name] = kind(**values)
+        sections[name] = V.section_from_table(name, value, _SECTION_TYPES[name])
     cfg = TrainConfig(**sections)
     _check(cfg)
     return cfg
