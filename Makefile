@@ -2,7 +2,7 @@
 VENV ?= .venv
 PYTEST_ARGS ?=
 
-.PHONY: demo test setup setup-peers bench clean
+.PHONY: demo test lint setup setup-peers bench clean
 
 setup:
 	@deploy/bootstrap.sh
@@ -17,6 +17,10 @@ demo: setup
 # threads would starve the others (measured: training 0.4 instead of 13 images/s).
 test: setup-peers
 	OMP_WAIT_POLICY=PASSIVE $(VENV)/bin/python -m pytest -q -rs $(PYTEST_ARGS)
+
+# The lint gate (pyproject's [tool.ruff] and [tool.mypy]): `make test`, and so CI, runs it first.
+lint: setup
+	$(VENV)/bin/ruff check cxr_node training && $(VENV)/bin/ruff format --check cxr_node training && $(VENV)/bin/mypy cxr_node training
 
 bench: setup
 	$(VENV)/bin/cxr-node bench inference
