@@ -6,7 +6,6 @@ compute; the metrics are the ones training reports for its test splits.
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ from cxr_node.analysis.bundle import load_bundle
 from cxr_node.analysis.engine import Analyzer
 from cxr_node.dicom.pixels import PixelDataError, read_image
 from training.data import BadRow, DataError, read_samples, refuse_or_skip
-from training.metrics import binary_metrics, joint_metrics, joint_predictions, target_a, target_b
+from training.metrics import binary_metrics, joint_metrics, target_a, target_b, write_predictions
 
 
 def evaluate(
@@ -58,7 +57,7 @@ def evaluate(
     labels, p_abn, p_cov = np.array(labels), np.array(p_abn), np.array(p_cov)
     out = joint_metrics(labels, p_abn, p_cov, bundle.thresholds)
     if predictions_csv is not None:
-        _write_predictions(Path(predictions_csv), kept_samples, p_abn, p_cov, bundle.thresholds)
+        write_predictions(Path(predictions_csv), kept_samples, p_abn, p_cov, bundle.thresholds)
     out.update(
         bundle={"name": bundle.name, "version": bundle.version, "path": str(bundle_dir),
                 "input_size": bundle.input_size, "sha256": bundle.sha256},
@@ -68,15 +67,6 @@ def evaluate(
         model_b=binary_metrics(target_b(labels), p_cov, "B"),
     )
     return out
-
-
-def _write_predictions(path: Path, samples, p_abn, p_cov, thresholds) -> None:
-    joint, _ = joint_predictions(p_abn, p_cov, thresholds)
-    with open(path, "w", newline="", encoding="utf-8") as fh:
-        w = csv.writer(fh)
-        w.writerow(["image", "patient_id", "label", "p_abnormal", "p_covid", "joint"])
-        for s, pa, pc, j in zip(samples, p_abn, p_cov, joint):
-            w.writerow([s.name, s.patient_id, s.label, f"{pa:.6f}", f"{pc:.6f}", j])
 
 
 def format_summary(m: dict[str, Any]) -> str:

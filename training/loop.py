@@ -28,7 +28,7 @@ from training.config import TrainConfig
 from training.dataset import SquareDataset
 from training.device_data import DeviceBatches, DeviceSet, fits_on_device, predict_on_device
 from training.distributed import DistEnv, all_reduce_sum, barrier, params_identical_across_ranks
-from training.metrics import safe_auc
+from training.metrics import balanced_accuracy, safe_auc
 from training.step import TrainStep, autocast_for, resolve_mode
 
 
@@ -243,9 +243,8 @@ def fit(
                     f"blew up); lower optim.lr, raise optim.batch_size or data.input_size")
             y_val = val_set.targets
             pred = (p >= 0.5).astype(np.int64)
-            recalls = [float(np.mean(pred[y_val == c] == c)) for c in (0, 1) if np.any(y_val == c)]
             record.update(val_loss=val_loss, val_accuracy=float(np.mean(pred == y_val)),
-                          val_balanced_accuracy=float(np.mean(recalls)), val_auc=safe_auc(y_val, p),
+                          val_balanced_accuracy=balanced_accuracy(y_val, pred), val_auc=safe_auc(y_val, p),
                           val_seconds=time.perf_counter() - t_val, epoch_seconds=time.perf_counter() - t0)
             history.append(record)
             score = _val_score(cfg.approach.select_metric, record)

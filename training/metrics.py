@@ -7,11 +7,13 @@ Balanced accuracy is the mean recall over the classes present in the truth.
 
 from __future__ import annotations
 
+import csv
 import math
+import warnings
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import confusion_matrix, precision_recall_fscore_support, roc_auc_score
+from sklearn.metrics import balanced_accuracy_score, confusion_matrix, precision_recall_fscore_support, roc_auc_score
 
 from cxr_node.analysis.fusion import JointClass, Thresholds, joint_rule
 from cxr_node.analysis.models import MODEL_CLASSES
@@ -39,9 +41,24 @@ def safe_auc(y: np.ndarray, p: np.ndarray) -> float | None:
     return float(roc_auc_score(y, p))
 
 
-def _balanced_accuracy(y: np.ndarray, pred: np.ndarray, classes) -> float:
-    recalls = [float(np.mean(pred[y == c] == c)) for c in classes if np.any(y == c)]
-    return float(np.mean(recalls)) if recalls else float("nan")
+def balanced_accuracy(y, pred) -> float | None:
+    """Mean recall over the classes present in the truth (sklearn's), None without any truth."""
+    y, pred = np.asarray(y), np.asarray(pred)
+    if len(y) == 0:
+        return None
+    with warnings.catch_warnings():  # a predicted class absent from the truth is not an error here
+        warnings.simplefilter("ignore", UserWarning)
+        return float(balanced_accuracy_score(y, pred))
+
+
+def write_predictions(path, samples, p_abn, p_cov, thresholds: Thresholds) -> None:
+    """One CSV row per image: its probabilities and the joint class (training's test split, evaluate)."""
+    joint, _ = joint_predictions(p_abn, p_cov, thresholds)
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(["image", "patient_id", "label", "p_abnormal", "p_covid", "joint"])
+        for s, pa, pc, j in zip(samples, p_abn, p_cov, joint, strict=True):
+            w.writerow([s.name, s.patient_id, s.label, f"{pa:.6f}", f"{pc:.6f}", j])
 
 
 def _per_class(y, pred, classes, names) -> dict[str, dict[str, float | None]]:
@@ -68,7 +85,7 @@ def binary_metrics(y: np.ndarray, p_pos: np.ndarray, model_key: str, threshold: 
         "n": int(len(y)),
         "threshold": float(threshold),
         "accuracy": float(np.mean(pred == y)) if len(y) else None,
-        "balanced_accuracy": _balanced_accuracy(y, pred, (0, 1)) if len(y) else None,
+        "balanced_accuracy": balanced_accuracy(y, pred),
         "auc": safe_auc(y, p_pos),
         "per_class": _per_class(y, pred, (0, 1), names),
         "confusion_matrix": {"labels": list(names), "matrix": _confusion(y, pred, [0, 1])},
@@ -91,7 +108,7 @@ def joint_metrics(labels: np.ndarray, p_abn: np.ndarray, p_cov: np.ndarray, thre
         "counts": {lab: int(np.sum(labels == lab)) for lab in LABEL_TO_JOINT},
         "thresholds": {"a": thresholds.a, "b": thresholds.b},
         "accuracy": float(np.mean(pred == truth)) if len(truth) else None,
-        "balanced_accuracy": _balanced_accuracy(truth, pred, JOINT_CLASSES) if len(truth) else None,
+        "balanced_accuracy": balanced_accuracy(truth, pred),
         "auc_a": safe_auc(target_a(labels), p_abn),
         "auc_b": safe_auc(target_b(labels), p_cov),
         "per_class": _per_class(truth, pred, JOINT_CLASSES, JOINT_CLASSES),

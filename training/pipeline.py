@@ -38,10 +38,10 @@ from training.metrics import (
     binary_metrics,
     choose_joint_thresholds,
     joint_metrics,
-    joint_predictions,
     summarise,
     target_a,
     target_b,
+    write_predictions,
 )
 from training.parallel import FitJob, run_fit, run_parallel
 from training.runlog import RunLog
@@ -168,13 +168,8 @@ def run_repetition(ctx: Context, rep: int) -> dict[str, Any]:
     dups = cross_split_duplicates(ctx.near_pairs, split, len(labels))
     (ctx.out / "splits").mkdir(exist_ok=True)
     _write_split_csv(ctx, ctx.out / "splits" / f"rep{rep}.csv", split)
-    pred_joint, _ = joint_predictions(p_abn_test, p_cov_test, thresholds)
-    with open(ctx.out / "predictions" / f"rep{rep}_test.csv", "w", newline="", encoding="utf-8") as fh:
-        w = csv.writer(fh)
-        w.writerow(["image", "patient_id", "label", "p_abnormal", "p_covid", "joint"])
-        for i, pa, pc, j in zip(test_idx, p_abn_test, p_cov_test, pred_joint):
-            s = data.samples[i]
-            w.writerow([s.name, s.patient_id, s.label, f"{pa:.6f}", f"{pc:.6f}", j])
+    write_predictions(ctx.out / "predictions" / f"rep{rep}_test.csv", [data.samples[i] for i in test_idx],
+                      p_abn_test, p_cov_test, thresholds)
 
     record = {
         "repetition": rep,
