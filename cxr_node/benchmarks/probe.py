@@ -67,6 +67,8 @@ def worker_rss_probe(image: Path, models: Path | None, input_size: int, device: 
             failed = [o.error for o in outcomes if not o.ok]
             if failed:
                 raise RuntimeError(failed[0])
+            # Worker.run_once drops a batch's outcomes (and their source-grid CAMs) before the next one.
+            del outcomes
     peak = own_peak_mb()
     return {
         "after_model_load_mb": round(after_load, 1) if after_load else None,
