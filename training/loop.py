@@ -9,8 +9,8 @@ from whichever of the two exists; a different configuration is refused.
 
 from __future__ import annotations
 
+import io
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,6 +24,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
 from cxr_node.analysis.models import build_model
+from cxr_node.storage import write_durably
 from training.config import TrainConfig
 from training.dataset import SquareDataset
 from training.device_data import DeviceBatches, DeviceSet, fits_on_device, predict_on_device
@@ -143,9 +144,72 @@ def _val_score(metric: str, record: dict) -> float:
 
 
 def _atomic_save(obj, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    """torch.save through the node's one durable write (temp file, fsync, rename, fsync dir)."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    write_durably(path, buf.getvalue())
+
+
+@dataclass
+class _Progress:
+    """What a training carries from epoch to epoch (and through a checkpoint)."""
+
+    start_epoch: int = 0
+    history: list = field(default_factory=list)
+    best_state: dict | None = None
+    best_score: float = -float("inf")
+    best_epoch: int = 0
+
+
+def _resume(ckpt_path: Path, fingerprint: str, model: nn.Module, optimizer, log, label: str) -> _Progress:
+    if not ckpt_path.is_file():
+        return _Progress()
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    _check_fingerprint(ckpt, fingerprint, ckpt_path)
+    model.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    log(f"{label}: resuming after epoch {ckpt['epoch']} from {ckpt_path.name}")
+    return _Progress(ckpt["epoch"], ckpt["history"], ckpt["best_state"], ckpt["best_score"], ckpt["best_epoch"])
+
+
+def _train_epoch(step, epoch_batches, device: torch.device, memory_format, env: DistEnv, label: str, epoch: int) -> dict:
+    t0 = time.perf_counter()
+    # summed on the device; read once per epoch (no host synchronisation per step)
+    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+    correct = torch.zeros((), device=device, dtype=torch.int64)
+    seen = 0
+    for x, y in epoch_batches:
+        x = x.to(device, non_blocking=True, memory_format=memory_format)
+        y = y.to(device, non_blocking=True)
+        loss, right = step(x, y)
+        loss_sum += loss.double() * len(y)
+        correct += right
+        seen += len(y)
+    loss_total, correct_total, seen = all_reduce_sum(env, [float(loss_sum), float(correct), float(seen)])
+    if not np.isfinite(loss_total):
+        raise TrainingDiverged(f"{label}: training loss is not finite in epoch {epoch + 1}; lower optim.lr")
+    seconds = time.perf_counter() - t0
+    record = {"epoch": epoch + 1, "train_loss": loss_total / max(seen, 1),
+              "train_accuracy": correct_total / max(seen, 1), "train_images": int(seen),
+              "train_seconds": seconds, "images_per_second": seen / seconds}
+    if device.type == "cuda":  # allocator statistics: host-side, no device synchronisation
+        record["device_memory_peak_bytes"] = torch.cuda.max_memory_allocated(device)
+    return record
+
+
+def _validate(batches, model: nn.Module, val_set: SquareDataset, batch_size: int, val_autocast, memory_format,
+              label: str, epoch: int) -> dict:
+    t_val = time.perf_counter()
+    p, val_loss = batches.predict_val(model, batch_size, val_autocast, memory_format)
+    if not np.all(np.isfinite(p)) or not np.isfinite(val_loss):
+        raise TrainingDiverged(
+            f"{label}: non-finite validation outputs after epoch {epoch + 1} (BatchNorm statistics "
+            f"blew up); lower optim.lr, raise optim.batch_size or data.input_size")
+    y_val = val_set.targets
+    pred = (p >= 0.5).astype(np.int64)
+    return {"val_loss": val_loss, "val_accuracy": float(np.mean(pred == y_val)),
+            "val_balanced_accuracy": balanced_accuracy(y_val, pred), "val_auc": safe_auc(y_val, p),
+            "val_seconds": time.perf_counter() - t_val}
 
 
 def fit(
@@ -183,15 +247,7 @@ def fit(
     torch.manual_seed(seed)  # same initial weights on every rank and every rerun
     model = build_model(imagenet_weights).to(device, memory_format=memory_format)
     optimizer = torch.optim.SGD(model.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
-    start_epoch, history, best_state, best_score, best_epoch = 0, [], None, -float("inf"), 0
-    if ckpt_path.is_file():
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        _check_fingerprint(ckpt, fingerprint, ckpt_path)
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        start_epoch, history = ckpt["epoch"], ckpt["history"]
-        best_state, best_score, best_epoch = ckpt["best_state"], ckpt["best_score"], ckpt["best_epoch"]
-        log(f"{label}: resuming after epoch {start_epoch} from {ckpt_path.name}")
+    state = _resume(ckpt_path, fingerprint, model, optimizer, log, label)
 
     train_model = DistributedDataParallel(model) if env.enabled else model
     mode, why = resolve_mode(cfg.run.step, device, env.enabled)
@@ -205,71 +261,42 @@ def fit(
         f"input path {pipeline}")
     val_autocast = autocast_for(device, cfg.run.amp)
 
-    for epoch in range(start_epoch, o.epochs):
+    for epoch in range(state.start_epoch, o.epochs):
         lr = learning_rate(o, epoch)
         step.set_lr(lr)
         train_model.train()
         t0 = time.perf_counter()
-        # summed on the device; read once per epoch (no host synchronisation per step)
-        loss_sum = torch.zeros((), device=device, dtype=torch.float64)
-        correct = torch.zeros((), device=device, dtype=torch.int64)
-        seen = 0
         epoch_batches = batches.epoch(epoch)
         if progress is not None:
             epoch_batches = progress(epoch_batches, desc=f"{label} epoch {epoch + 1}/{o.epochs}", total=len(batches))
-        for x, y in epoch_batches:
-            x = x.to(device, non_blocking=True, memory_format=memory_format)
-            y = y.to(device, non_blocking=True)
-            loss, right = step(x, y)
-            loss_sum += loss.double() * len(y)
-            correct += right
-            seen += len(y)
-        loss_total, correct_total, seen = all_reduce_sum(env, [float(loss_sum), float(correct), float(seen)])
-        if not np.isfinite(loss_total):
-            raise TrainingDiverged(f"{label}: training loss is not finite in epoch {epoch + 1}; lower optim.lr")
-        seconds = time.perf_counter() - t0
-
-        record = {"epoch": epoch + 1, "lr": lr, "train_loss": loss_total / max(seen, 1),
-                  "train_accuracy": correct_total / max(seen, 1), "train_images": int(seen),
-                  "train_seconds": seconds, "images_per_second": seen / seconds}
-        if device.type == "cuda":  # allocator statistics: host-side, no device synchronisation
-            record["device_memory_peak_bytes"] = torch.cuda.max_memory_allocated(device)
+        record = {"lr": lr, **_train_epoch(step, epoch_batches, device, memory_format, env, label, epoch)}
         if env.is_main:
-            t_val = time.perf_counter()
-            p, val_loss = batches.predict_val(model, max(per_rank_batch, 16), val_autocast, memory_format)
-            if not np.all(np.isfinite(p)) or not np.isfinite(val_loss):
-                raise TrainingDiverged(
-                    f"{label}: non-finite validation outputs after epoch {epoch + 1} (BatchNorm statistics "
-                    f"blew up); lower optim.lr, raise optim.batch_size or data.input_size")
-            y_val = val_set.targets
-            pred = (p >= 0.5).astype(np.int64)
-            record.update(val_loss=val_loss, val_accuracy=float(np.mean(pred == y_val)),
-                          val_balanced_accuracy=balanced_accuracy(y_val, pred), val_auc=safe_auc(y_val, p),
-                          val_seconds=time.perf_counter() - t_val, epoch_seconds=time.perf_counter() - t0)
-            history.append(record)
+            record.update(_validate(batches, model, val_set, max(per_rank_batch, 16), val_autocast, memory_format,
+                                    label, epoch), epoch_seconds=time.perf_counter() - t0)
+            state.history.append(record)
             score = _val_score(cfg.approach.select_metric, record)
-            if score > best_score:
-                best_score, best_epoch = score, epoch + 1
-                best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            if score > state.best_score:
+                state.best_score, state.best_epoch = score, epoch + 1
+                state.best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
             log(f"{label} epoch {epoch + 1}/{o.epochs}: train loss {record['train_loss']:.4f} "
-                f"acc {record['train_accuracy']:.3f} | val loss {val_loss:.4f} acc {record['val_accuracy']:.3f} "
+                f"acc {record['train_accuracy']:.3f} | val loss {record['val_loss']:.4f} acc {record['val_accuracy']:.3f} "
                 f"auc {_fmt(record['val_auc'])} | {record['images_per_second']:.1f} img/s")
             if (epoch + 1) % cfg.run.checkpoint_every == 0 and epoch + 1 < o.epochs:
                 _atomic_save({"fingerprint": fingerprint, "model": model.state_dict(),
-                              "optimizer": optimizer.state_dict(), "epoch": epoch + 1, "history": history,
-                              "best_state": best_state, "best_score": best_score, "best_epoch": best_epoch},
-                             ckpt_path)
+                              "optimizer": optimizer.state_dict(), "epoch": epoch + 1, "history": state.history,
+                              "best_state": state.best_state, "best_score": state.best_score,
+                              "best_epoch": state.best_epoch}, ckpt_path)
         barrier(env)
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1)
 
     identical = params_identical_across_ranks(env, model)
-    result = FitResult(best_state if env.is_main else {}, best_epoch, history, identical)
+    result = FitResult(state.best_state if env.is_main else {}, state.best_epoch, state.history, identical)
     if env.is_main:
-        _atomic_save({"fingerprint": fingerprint, "state": result.state, "best_epoch": best_epoch,
-                      "history": history, "replicas_identical": identical}, final_path)
+        _atomic_save({"fingerprint": fingerprint, "state": result.state, "best_epoch": state.best_epoch,
+                      "history": state.history, "replicas_identical": identical}, final_path)
         ckpt_path.unlink(missing_ok=True)
-        log(f"{label}: kept epoch {best_epoch} (best validation {cfg.approach.select_metric})")
+        log(f"{label}: kept epoch {state.best_epoch} (best validation {cfg.approach.select_metric})")
     barrier(env)
     return result
 
