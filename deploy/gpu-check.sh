@@ -64,7 +64,7 @@ if [[ "${INFERENCE:-0}" == 1 ]]; then
 fi
 
 say "GPU step tests (CUDA graphs / compile vs eager)"
-timeout 150 "$PY" -m pytest -q -p no:cacheprovider tests/test_train_fast_path.py -k "gpu_step_forms or gpu_fit" \
+timeout 100 "$PY" -m pytest -q -p no:cacheprovider tests/test_train_fast_path.py -k "gpu_step_forms or gpu_fit" \
     > "$OUT/gpu-tests.txt" 2>&1
 tail -3 "$OUT/gpu-tests.txt" | tee -a "$OUT/summary.txt"
 
@@ -109,13 +109,18 @@ p = b["projection"]
 per_epoch = p["wall_seconds"] / p["epochs"]        # all trainings side by side, per epoch of the protocol
 fixed = b["decode_seconds"] + 60.0                   # decode, spawn + warm-up, test scoring, bundle, report
 usable = 0.85 * left - 20                            # margin: the projection packs the tail on the slow side
-print(max(1, min(most, int((usable - fixed) / per_epoch))), f"{per_epoch:.2f}", f"{p['wall_seconds'] / 60:.1f}")
+print(max(0, min(most, int((usable - fixed) / per_epoch))), f"{per_epoch:.2f}", f"{p['wall_seconds'] / 60:.1f}")
 EOF
 )
 read -r RUN_EPOCHS PER_EPOCH FULL_MIN <<< "$plan"
 [[ -n "${FULL_MIN:-}" ]] || { RUN_EPOCHS=$FALLBACK_EPOCHS; say "no projection from the bench: main run $RUN_EPOCHS epochs"; }
 [[ -n "${FULL_MIN:-}" ]] && say "bench projects the full protocol at ${FULL_MIN} min (${PER_EPOCH}s per protocol epoch) -> main run ${RUN_EPOCHS} epochs"
 
+if [[ "$RUN_EPOCHS" -lt 1 ]]; then
+    say "protocol run skipped: not even one epoch fits the $(left)s left"
+    say "gpu-check done"
+    exit 0
+fi
 say "protocol run: $CONFIG, run.parallel $PARALLEL, $RUN_EPOCHS epochs ($(left)s left)"
 T0=$(date +%s)
 timeout $(( $(left) - 15 )) "$PY" -m training train --config "$CONFIG" --data "$DATA" --out "$WORK/main" \
