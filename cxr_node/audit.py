@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 
 from pynetdicom import evt
 
+from cxr_node.dicom.status import status_ok
+
 audit_log = logging.getLogger("cxr_node.audit")
 
 
@@ -75,7 +77,7 @@ class AssociationAudit:
             tally.echoes += 1
             return
         status = int(msg.command_set.Status)
-        if status == 0x0000 or (status & 0xF000) == 0xB000:
+        if status_ok(status):
             tally.stored += 1
         else:
             tally.refused += 1
@@ -124,7 +126,7 @@ def result_sent(
     study_instance_uid: str | None = None,
 ) -> None:
     """One line per result object handed to a destination, with the status it answered."""
-    ok = status == 0x0000 or (status & 0xF000) == 0xB000
+    ok = status_ok(status)
     audit_log.info(
         "result %s %s to %s: status 0x%04X (%s)",
         kind.upper(),

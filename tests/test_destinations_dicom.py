@@ -26,7 +26,8 @@ from cxr_node.destinations.base import (
 )
 from cxr_node.destinations.dicom import DicomDestination
 from cxr_node.destinations.registry import build_destinations
-from cxr_node.dicom.sender import SOP_CLASS_NOT_SUPPORTED, Sender
+from cxr_node.dicom.sender import Sender
+from cxr_node.dicom.status import SOP_CLASS_NOT_SUPPORTED
 from cxr_node.results.identity import fallback_sr_uid
 from tests import peers
 from tests.test_results_support import make_results

@@ -15,7 +15,8 @@ import pytest
 from pynetdicom.sop_class import Comprehensive3DSRStorage, SecondaryCaptureImageStorage
 
 from cxr_node.config import Destination
-from cxr_node.dicom.sender import Sender, status_ok
+from cxr_node.dicom.sender import Sender
+from cxr_node.dicom.status import status_ok
 from tests import peers
 from tests.test_results_support import UNTRAINED, make_results, source_copy
 

@@ -7,6 +7,7 @@ import time
 import click
 
 from cxr_node.config import ConfigError, Destination
+from cxr_node.dicom.status import SUCCESS
 
 
 def c_echo(peer: Destination, calling_aet: str, timeout_s: float) -> tuple[int | None, str]:
@@ -48,7 +49,7 @@ def command(peer, calling_aet, timeout_s) -> None:
     t0 = time.perf_counter()
     status, problem = c_echo(dest, calling_aet, timeout_s)
     took = time.perf_counter() - t0
-    if status == 0x0000:
+    if status == SUCCESS:
         click.echo(f"C-ECHO {dest}: success in {took:.3f} s")
         return
     raise click.ClickException(f"C-ECHO {dest}: {problem or f'status 0x{status:04X}'}")

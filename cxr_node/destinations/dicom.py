@@ -18,14 +18,8 @@ from cxr_node.destinations.base import (
     Verdict,
 )
 from cxr_node.destinations.objects import load
-from cxr_node.dicom.sender import (
-    SOP_CLASS_NOT_SUPPORTED,
-    Sender,
-    SendError,
-    StoreRequest,
-    status_meaning,
-    status_ok,
-)
+from cxr_node.dicom.sender import Sender, SendError, StoreRequest
+from cxr_node.dicom.status import SOP_CLASS_NOT_SUPPORTED, status_meaning, status_ok
 
 PERMANENT_REFUSALS = frozenset({SOP_CLASS_NOT_SUPPORTED})  # the peer does not take this class at all
 

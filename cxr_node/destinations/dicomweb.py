@@ -22,7 +22,7 @@ from cxr_node.destinations.base import (
     Verdict,
 )
 from cxr_node.destinations.objects import load
-from cxr_node.dicom.sender import SOP_CLASS_NOT_SUPPORTED, status_meaning
+from cxr_node.dicom.status import SOP_CLASS_NOT_SUPPORTED, status_meaning
 
 log = logging.getLogger(__name__)
 

@@ -39,6 +39,7 @@ from pynetdicom.utils import make_target
 from cxr_node.audit import AssociationAudit
 from cxr_node.dicom.checks import check_header, check_radiograph, check_uids
 from cxr_node.dicom.rules import DEFAULT_SELECTION, Decision, Selection
+from cxr_node.dicom.status import CANNOT_UNDERSTAND, DATASET_DOES_NOT_MATCH, OUT_OF_RESOURCES, SUCCESS
 from cxr_node.dicom.syntaxes import decodable_transfer_syntaxes, decoder_available
 from cxr_node.queue.jobs import JobQueue, ReceivedInstance
 from cxr_node.storage import StorageLayout, free_mb, uid_key, write_durably
@@ -52,11 +53,7 @@ RADIOGRAPH_SOP_CLASSES = (
     DigitalXRayImageStorageForProcessing,
 )
 
-# C-STORE statuses (PS3.4 Annex B.2.3)
-SUCCESS = 0x0000
-OUT_OF_RESOURCES = 0xA700
-DATASET_DOES_NOT_MATCH = 0xA900
-CANNOT_UNDERSTAND = 0xC000
+# C-STORE statuses: named in cxr_node.dicom.status, against pynetdicom's table
 
 OTHER_CONTENT = "SOPInstanceUID already received with other content"
 

@@ -23,16 +23,11 @@ from pydicom import Dataset, dcmread
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, evt
-from pynetdicom.status import (
-    GENERAL_STATUS,
-    STORAGE_SERVICE_CLASS_STATUS,
-    code_to_category,
-)
 
 from cxr_node.config import Destination
+from cxr_node.dicom.status import SOP_CLASS_NOT_SUPPORTED
 
 VERIFICATION = "1.2.840.10008.1.1"  # Verification SOP Class
-SOP_CLASS_NOT_SUPPORTED = 0x0122  # the peer accepted no context for the object's SOP class
 _UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 
 
@@ -57,17 +52,6 @@ class SendOutcome:
     fallback: bool = False  # the alternative went in place of the data set
     sent: Dataset | None = None  # the data set that went (the alternative when fallback)
     transport_error: str = ""
-
-
-def status_ok(code: int | None) -> bool:
-    """Success or warning (0xB000, 0xB007, 0xB006): the object was stored."""
-    return code is not None and (code == 0x0000 or (code & 0xF000) == 0xB000)
-
-
-def status_meaning(code: int) -> str:
-    """`0x0122 Refused: SOP Class Not Supported`: the code and what the standard calls it."""
-    found = STORAGE_SERVICE_CLASS_STATUS.get(code) or GENERAL_STATUS.get(code)
-    return f"0x{code:04X} {found[1] if found else code_to_category(code)}"
 
 
 class Sender:
