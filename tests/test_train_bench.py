@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from training.bench import makespan
+from training.bench import concurrent_rate, makespan
 
 REPO = Path(__file__).resolve().parents[1]
 CXR_NODE = str(Path(sys.executable).parent / "cxr-node")
@@ -23,6 +23,18 @@ def test_makespan_packs_longest_first():
     assert makespan([3, 3, 2, 2, 2], 2) == 7
     assert makespan([5, 1, 1], 4) == 5
     assert makespan([1, 1, 1, 1], 1) == 4
+
+
+def _epoch(start, end, images=100):
+    return {"train_images": images, "train_start_unix_seconds": start, "train_end_unix_seconds": end}
+
+
+def test_concurrent_rate_spans_every_process_last_epoch():
+    # two processes staggered by 5 s: each did 100 images in 10 s (10/s), side by side only half the time
+    histories = [[_epoch(0, 8), _epoch(10, 20)], [_epoch(5, 13), _epoch(15, 25)]]
+    rate, span = concurrent_rate(histories)
+    assert span == 15 and rate == pytest.approx(200 / 15)  # not the 20/s the per-process rates sum to
+    assert concurrent_rate([[{"train_images": 4, "train_seconds": 1.0}]]) is None  # no stamps: older checkpoints
 
 
 def test_bench_is_a_sub_command_of_the_runtime_bench_group():
@@ -47,6 +59,11 @@ def test_bench_train_on_cpu_two_processes(tmp_path):
         assert p["device_memory_peak_bytes"] is None  # CPU: no device allocator to ask
     assert r["aggregate"]["steady_images_per_second"] == pytest.approx(
         sum(p["steady_images_per_second"] for p in r["per_process"]))
+    agg = r["aggregate"]
+    assert agg["concurrent_images_per_second"] > 0 and agg["concurrent_span_seconds"] > 0
+    mean_steady = sum(p["steady_images_per_second"] for p in r["per_process"]) / 2
+    assert agg["projection_images_per_second_per_process"] <= mean_steady * (1 + 1e-9)
+    assert agg["projection_images_per_second_per_process"] <= agg["concurrent_images_per_second"] / 2 + 1e-9
     proj = r["projection"]
     assert (proj["epochs"], proj["repetitions"], proj["parallel"]) == (200, 5, 2)  # the paper config's protocol
     assert len(proj["trainings"]) == 10 and {t["model"] for t in proj["trainings"]} == {"A", "B"}

@@ -173,7 +173,7 @@ def _resume(ckpt_path: Path, fingerprint: str, model: nn.Module, optimizer, log,
 
 
 def _train_epoch(step, epoch_batches, device: torch.device, memory_format, env: DistEnv, label: str, epoch: int) -> dict:
-    t0 = time.perf_counter()
+    t0, started = time.perf_counter(), time.time()  # wall clock: bench lines up parallel processes' epochs
     # summed on the device; read once per epoch (no host synchronisation per step)
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
     correct = torch.zeros((), device=device, dtype=torch.int64)
@@ -191,7 +191,8 @@ def _train_epoch(step, epoch_batches, device: torch.device, memory_format, env: 
     seconds = time.perf_counter() - t0
     record = {"epoch": epoch + 1, "train_loss": loss_total / max(seen, 1),
               "train_accuracy": correct_total / max(seen, 1), "train_images": int(seen),
-              "train_seconds": seconds, "images_per_second": seen / seconds}
+              "train_seconds": seconds, "images_per_second": seen / seconds,
+              "train_start_unix_seconds": started, "train_end_unix_seconds": time.time()}
     if device.type == "cuda":  # allocator statistics: host-side, no device synchronisation
         record["device_memory_peak_bytes"] = torch.cuda.max_memory_allocated(device)
     return record
