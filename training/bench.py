@@ -88,8 +88,17 @@ def concurrent_rate(histories: list[list[dict]]) -> tuple[float, float] | None:
     return (sum(h["train_images"] for h in last) / span, span) if span > 0 else None
 
 
-def run_train_bench(*, cfg: TrainConfig, data_dir: Path | None, device_request: str, parallel: int, epochs: int,
-                    images: int, workdir: Path, log: Callable[[str], None]) -> dict[str, Any]:
+def run_train_bench(
+    *,
+    cfg: TrainConfig,
+    data_dir: Path | None,
+    device_request: str,
+    parallel: int,
+    epochs: int,
+    images: int,
+    workdir: Path,
+    log: Callable[[str], None],
+) -> dict[str, Any]:
     from training.pipeline import Context, plan_repetition
     from training.splits import hash_all, near_duplicates
     from training.synthetic import write_synthetic
@@ -104,10 +113,21 @@ def run_train_bench(*, cfg: TrainConfig, data_dir: Path | None, device_request: 
     )
     t0 = time.perf_counter()
     if data_dir is None:
-        data_dir = write_synthetic(workdir / "synthetic", patients_per_label=max(4, images // 3),
-                                   images_per_patient=2, size=max(64, cfg.data.input_size))
-    data = load_data(data_dir, cfg.data.input_size, skip_bad_rows=True, subset=cfg.data.subset, seed=cfg.run.seed,
-                     threads=max(1, cfg.run.num_workers), log=log)
+        data_dir = write_synthetic(
+            workdir / "synthetic",
+            patients_per_label=max(4, images // 3),
+            images_per_patient=2,
+            size=max(64, cfg.data.input_size),
+        )
+    data = load_data(
+        data_dir,
+        cfg.data.input_size,
+        skip_bad_rows=True,
+        subset=cfg.data.subset,
+        seed=cfg.run.seed,
+        threads=max(1, cfg.run.num_workers),
+        log=log,
+    )
     decode_seconds = time.perf_counter() - t0
     pairs = near_duplicates(hash_all(data.squares), cfg.split.near_duplicate_bits)
     ctx = Context(cfg, data, workdir, DistEnv(), device, None, "bench", log, None, pairs)
@@ -117,16 +137,36 @@ def run_train_bench(*, cfg: TrainConfig, data_dir: Path | None, device_request: 
     n_train = min(len(template.train_idx), images) if images else len(template.train_idx)
     # a seeded random subset (the indices are sorted by image, i.e. often by source and label)
     keep = np.sort(np.random.default_rng(cfg.run.seed).permutation(len(template.train_idx))[:n_train])
-    jobs = [dataclasses.replace(template, rep=k, seed=template.seed + k, train_idx=template.train_idx[keep],
-                                train_targets=template.train_targets[keep],
-                                ckpt_stem=workdir / "checkpoints" / f"bench{k}") for k in range(parallel)]
+    jobs = [
+        dataclasses.replace(
+            template,
+            rep=k,
+            seed=template.seed + k,
+            train_idx=template.train_idx[keep],
+            train_targets=template.train_targets[keep],
+            ckpt_stem=workdir / "checkpoints" / f"bench{k}",
+        )
+        for k in range(parallel)
+    ]
     (workdir / "checkpoints").mkdir(parents=True, exist_ok=True)
-    log(f"bench train: {parallel} process(es) x {epochs} epoch(s) of model A, {n_train} training / "
+    log(
+        f"bench train: {parallel} process(es) x {epochs} epoch(s) of model A, {n_train} training / "
         f"{len(template.val_idx)} validation images at {cfg.data.input_size} px, batch {cfg.optim.batch_size}, "
-        f"on {_device_name(device)}")
+        f"on {_device_name(device)}"
+    )
     t1 = time.perf_counter()
-    run_parallel(jobs, cfg=bench_cfg, squares=data.squares, workdir=workdir / "checkpoints", weights=None,
-                 device=device, fingerprint="bench", log=log, log_path=workdir / "bench.log", processes=parallel)
+    run_parallel(
+        jobs,
+        cfg=bench_cfg,
+        squares=data.squares,
+        workdir=workdir / "checkpoints",
+        weights=None,
+        device=device,
+        fingerprint="bench",
+        log=log,
+        log_path=workdir / "bench.log",
+        processes=parallel,
+    )
     wall = time.perf_counter() - t1
     histories = [torch.load(j.final_path, map_location="cpu", weights_only=False)["history"] for j in jobs]
 
@@ -137,8 +177,15 @@ def run_train_bench(*, cfg: TrainConfig, data_dir: Path | None, device_request: 
     concurrent = concurrent_rate(histories)
     # per slot: the lower of the mean steady rate and the all-side-by-side rate over N
     rate = min(float(np.mean(steady)), concurrent[0] / parallel) if concurrent else float(np.mean(steady))
-    warmup = float(np.mean([p["first_epoch_seconds"] - p["first_epoch_seconds"] * p["first_epoch_images_per_second"]
-                            / p["steady_images_per_second"] for p in per_process]))
+    warmup = float(
+        np.mean(
+            [
+                p["first_epoch_seconds"]
+                - p["first_epoch_seconds"] * p["first_epoch_images_per_second"] / p["steady_images_per_second"]
+                for p in per_process
+            ]
+        )
+    )
 
     durations, sizes = [], []
     for plan in plans:
@@ -152,57 +199,89 @@ def run_train_bench(*, cfg: TrainConfig, data_dir: Path | None, device_request: 
     return {
         "format": "cxr-node-bench-train/1",
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": {"device": str(device), "device_name": _device_name(device), "cpu_count": os.cpu_count(),
-                    "torch": torch.__version__, "python": platform.python_version()},
-        "settings": {"parallel": parallel, "epochs": epochs, "training_images_per_process": n_train,
-                     "validation_images": len(template.val_idx), "input_size": cfg.data.input_size,
-                     "batch_size": cfg.optim.batch_size, "step": cfg.run.step, "pipeline": cfg.data.pipeline,
-                     "amp": cfg.run.amp, "deterministic": cfg.run.deterministic,
-                     "data": str(data_dir), "images": len(data.samples)},
+        "machine": {
+            "device": str(device),
+            "device_name": _device_name(device),
+            "cpu_count": os.cpu_count(),
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+        },
+        "settings": {
+            "parallel": parallel,
+            "epochs": epochs,
+            "training_images_per_process": n_train,
+            "validation_images": len(template.val_idx),
+            "input_size": cfg.data.input_size,
+            "batch_size": cfg.optim.batch_size,
+            "step": cfg.run.step,
+            "pipeline": cfg.data.pipeline,
+            "amp": cfg.run.amp,
+            "deterministic": cfg.run.deterministic,
+            "data": str(data_dir),
+            "images": len(data.samples),
+        },
         "per_process": per_process,
-        "aggregate": {"steady_images_per_second": float(np.sum(steady)),
-                      "concurrent_images_per_second": concurrent[0] if concurrent else None,
-                      "concurrent_span_seconds": concurrent[1] if concurrent else None,
-                      "projection_images_per_second_per_process": rate,
-                      "wall_images_per_second": sum(h["train_images"] for hs in histories for h in hs) / wall,
-                      "wall_seconds": wall},
+        "aggregate": {
+            "steady_images_per_second": float(np.sum(steady)),
+            "concurrent_images_per_second": concurrent[0] if concurrent else None,
+            "concurrent_span_seconds": concurrent[1] if concurrent else None,
+            "projection_images_per_second_per_process": rate,
+            "wall_images_per_second": sum(h["train_images"] for hs in histories for h in hs) / wall,
+            "wall_seconds": wall,
+        },
         "decode_seconds": decode_seconds,
-        "projection": {"epochs": full_epochs, "repetitions": reps, "parallel": parallel, "trainings": sizes,
-                       "training_images": train_images_total, "wall_seconds": projected,
-                       "needed_images_per_second_for_20_min": train_images_total / 1200.0},
+        "projection": {
+            "epochs": full_epochs,
+            "repetitions": reps,
+            "parallel": parallel,
+            "trainings": sizes,
+            "training_images": train_images_total,
+            "wall_seconds": projected,
+            "needed_images_per_second_for_20_min": train_images_total / 1200.0,
+        },
     }
 
 
 def format_report(r: dict[str, Any]) -> str:
     s, a, p = r["settings"], r["aggregate"], r["projection"]
-    gib = 1024 ** 3
-    lines = [f"bench train on {r['machine']['device_name']} ({r['created']}, torch {r['machine']['torch']}): "
-             f"{s['parallel']} process(es) x {s['epochs']} epoch(s), {s['training_images_per_process']} training "
-             f"images each at {s['input_size']} px, batch {s['batch_size']}, step {s['step']}, "
-             f"input path {s['pipeline']}, amp {s['amp']}, deterministic {s['deterministic']}"]
+    gib = 1024**3
+    lines = [
+        f"bench train on {r['machine']['device_name']} ({r['created']}, torch {r['machine']['torch']}): "
+        f"{s['parallel']} process(es) x {s['epochs']} epoch(s), {s['training_images_per_process']} training "
+        f"images each at {s['input_size']} px, batch {s['batch_size']}, step {s['step']}, "
+        f"input path {s['pipeline']}, amp {s['amp']}, deterministic {s['deterministic']}"
+    ]
     for k, pp in enumerate(r["per_process"]):
         mem = pp["device_memory_peak_bytes"]
         val = pp["validation_images_per_second"]
-        lines.append(f"  process {k + 1}: first epoch {pp['first_epoch_images_per_second']:.1f} images/s, "
-                     f"then {pp['steady_images_per_second']:.1f} images/s; validation "
-                     f"{'n/a' if val is None else f'{val:.1f}'} images/s; device memory peak "
-                     f"{'n/a (CPU)' if mem is None else f'{mem / gib:.2f} GiB'}")
+        lines.append(
+            f"  process {k + 1}: first epoch {pp['first_epoch_images_per_second']:.1f} images/s, "
+            f"then {pp['steady_images_per_second']:.1f} images/s; validation "
+            f"{'n/a' if val is None else f'{val:.1f}'} images/s; device memory peak "
+            f"{'n/a (CPU)' if mem is None else f'{mem / gib:.2f} GiB'}"
+        )
     if a.get("concurrent_images_per_second"):
-        lines.append(f"  aggregate: {a['concurrent_images_per_second']:.1f} images/s over the "
-                     f"{a['concurrent_span_seconds']:.1f} s span of the processes' last epochs (all side by side; "
-                     f"the projection uses {a['projection_images_per_second_per_process']:.1f} images/s per process)")
-    lines += [f"  aggregate: {a['steady_images_per_second']:.1f} images/s steady (sum of the per-process rates), "
-              f"{a['wall_images_per_second']:.1f} images/s over the {a['wall_seconds']:.0f} s wall time (start-up included)",
-              f"  decoding + letterboxing {s['images']} images: {r['decode_seconds']:.1f} s",
-              f"  projected full protocol ({p['epochs']} epochs x {p['repetitions']} repetitions, A and B: "
-              f"{p['training_images']:,} training images) with run.parallel = {p['parallel']}: "
-              f"{p['wall_seconds'] / 60:.1f} min of training + validation "
-              f"(20 min needs {p['needed_images_per_second_for_20_min']:.0f} images/s in aggregate)"]
+        lines.append(
+            f"  aggregate: {a['concurrent_images_per_second']:.1f} images/s over the "
+            f"{a['concurrent_span_seconds']:.1f} s span of the processes' last epochs (all side by side; "
+            f"the projection uses {a['projection_images_per_second_per_process']:.1f} images/s per process)"
+        )
+    lines += [
+        f"  aggregate: {a['steady_images_per_second']:.1f} images/s steady (sum of the per-process rates), "
+        f"{a['wall_images_per_second']:.1f} images/s over the {a['wall_seconds']:.0f} s wall time (start-up included)",
+        f"  decoding + letterboxing {s['images']} images: {r['decode_seconds']:.1f} s",
+        f"  projected full protocol ({p['epochs']} epochs x {p['repetitions']} repetitions, A and B: "
+        f"{p['training_images']:,} training images) with run.parallel = {p['parallel']}: "
+        f"{p['wall_seconds'] / 60:.1f} min of training + validation "
+        f"(20 min needs {p['needed_images_per_second_for_20_min']:.0f} images/s in aggregate)",
+    ]
     if "profile" in r:
         q = r["profile"]
-        lines.append(f"  profile of one process ({q['mode']}, {q['steps']} steps): {q['wall_ms_per_step']:.1f} ms per "
-                     f"step, device busy {q['device_busy_ms_per_step']:.1f} ms ({q['device_busy_fraction']:.0%}), "
-                     f"{q['images_per_second']:.1f} images/s alone")
+        lines.append(
+            f"  profile of one process ({q['mode']}, {q['steps']} steps): {q['wall_ms_per_step']:.1f} ms per "
+            f"step, device busy {q['device_busy_ms_per_step']:.1f} ms ({q['device_busy_fraction']:.0%}), "
+            f"{q['images_per_second']:.1f} images/s alone"
+        )
     return "\n".join(lines)
 
 
@@ -221,11 +300,20 @@ def profile_steps(cfg: TrainConfig, device_request: str, steps: int) -> tuple[di
     torch.manual_seed(0)
     fmt = torch.channels_last if cfg.run.channels_last and device.type == "cuda" else torch.preserve_format
     model = build_model(None).to(device, memory_format=fmt).train()
-    opt = torch.optim.SGD(model.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum,
-                          weight_decay=cfg.optim.weight_decay)
+    opt = torch.optim.SGD(
+        model.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay
+    )
     mode, _ = resolve_mode(cfg.run.step, device, False)
-    step = TrainStep(model, opt, mode=mode, device=device, amp=cfg.run.amp, label_smoothing=cfg.optim.label_smoothing,
-                     log=lambda m: None, label="profile")
+    step = TrainStep(
+        model,
+        opt,
+        mode=mode,
+        device=device,
+        amp=cfg.run.amp,
+        label_smoothing=cfg.optim.label_smoothing,
+        log=lambda m: None,
+        label="profile",
+    )
     b, s = cfg.optim.batch_size, cfg.data.input_size
     x = torch.randn(b, 3, s, s, device=device).contiguous(memory_format=fmt)
     y = torch.randint(0, 2, (b,), device=device)
@@ -247,7 +335,14 @@ def profile_steps(cfg: TrainConfig, device_request: str, steps: int) -> tuple[di
     else:
         busy = sum(e.self_cpu_time_total for e in events) / 1e6 / steps
         sort = "self_cpu_time_total"
-    result = {"mode": mode, "batch": b, "input_size": s, "steps": steps, "wall_ms_per_step": wall * 1e3,
-              "device_busy_ms_per_step": busy * 1e3, "device_busy_fraction": min(1.0, busy / wall),
-              "images_per_second": b / wall}
+    result = {
+        "mode": mode,
+        "batch": b,
+        "input_size": s,
+        "steps": steps,
+        "wall_ms_per_step": wall * 1e3,
+        "device_busy_ms_per_step": busy * 1e3,
+        "device_busy_fraction": min(1.0, busy / wall),
+        "images_per_second": b / wall,
+    }
     return result, events.table(sort_by=sort, row_limit=25)

@@ -10,11 +10,12 @@ import dataclasses
 import hashlib
 import json
 import tomllib
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from cxr_node import validation as V
+
 STEP_MODES = ("auto", "eager", "compile", "cuda_graphs")
 PIPELINES = ("auto", "device", "loader")
 SCHEDULES = ("constant", "cosine")
@@ -163,9 +164,14 @@ def _check(cfg: TrainConfig) -> None:
     need(s.unit in ("patient", "image"), "split.unit", f"must be 'patient' or 'image', got {s.unit!r}")
     for key in ("train", "val", "test"):
         need(0.0 < getattr(s, key) < 1.0, f"split.{key}", f"must lie in (0, 1), got {getattr(s, key)}")
-    need(abs(s.train + s.val + s.test - 1.0) < 1e-6, "split.test",
-         f"split.train + split.val + split.test must be 1, got {s.train + s.val + s.test:g}")
-    need(0 <= s.near_duplicate_bits <= 32, "split.near_duplicate_bits", f"must lie in 0..32, got {s.near_duplicate_bits}")
+    need(
+        abs(s.train + s.val + s.test - 1.0) < 1e-6,
+        "split.test",
+        f"split.train + split.val + split.test must be 1, got {s.train + s.val + s.test:g}",
+    )
+    need(
+        0 <= s.near_duplicate_bits <= 32, "split.near_duplicate_bits", f"must lie in 0..32, got {s.near_duplicate_bits}"
+    )
     need(m.init in ("imagenet", "scratch"), "model.init", f"must be 'imagenet' or 'scratch', got {m.init!r}")
     need(o.lr > 0, "optim.lr", f"must be > 0, got {o.lr}")
     need(0 <= o.momentum < 1, "optim.momentum", f"must lie in [0, 1), got {o.momentum}")
@@ -173,16 +179,30 @@ def _check(cfg: TrainConfig) -> None:
     need(o.batch_size >= 2, "optim.batch_size", f"must be >= 2 (BatchNorm needs two images), got {o.batch_size}")
     need(o.epochs >= 1, "optim.epochs", f"must be >= 1, got {o.epochs}")
     need(o.schedule in SCHEDULES, "optim.schedule", f"must be one of {', '.join(SCHEDULES)}, got {o.schedule!r}")
-    need(0 <= o.warmup_epochs < o.epochs, "optim.warmup_epochs",
-         f"must lie in 0..optim.epochs - 1 ({o.epochs - 1}), got {o.warmup_epochs}")
+    need(
+        0 <= o.warmup_epochs < o.epochs,
+        "optim.warmup_epochs",
+        f"must lie in 0..optim.epochs - 1 ({o.epochs - 1}), got {o.warmup_epochs}",
+    )
     need(0 <= o.label_smoothing < 1, "optim.label_smoothing", f"must lie in [0, 1), got {o.label_smoothing}")
-    need(0 < a.scale_min <= a.scale_max, "augment.scale_min", f"need 0 < scale_min <= scale_max, got {a.scale_min}, {a.scale_max}")
+    need(
+        0 < a.scale_min <= a.scale_max,
+        "augment.scale_min",
+        f"need 0 < scale_min <= scale_max, got {a.scale_min}, {a.scale_max}",
+    )
     need(a.scale_max <= 2.0, "augment.scale_max", f"must be <= 2, got {a.scale_max}")
     need(0 <= a.hflip <= 1, "augment.hflip", f"is a probability in [0, 1], got {a.hflip}")
     need(0 <= a.rotate <= 45, "augment.rotate", f"must lie in 0..45 degrees, got {a.rotate}")
-    need(0 <= a.translate <= 0.25, "augment.translate", f"must lie in [0, 0.25] (fraction of the side), got {a.translate}")
-    need(ap.select_metric in ("auc", "balanced_accuracy", "accuracy", "loss"), "approach.select_metric",
-         f"must be auc, balanced_accuracy, accuracy or loss, got {ap.select_metric!r}")
+    need(
+        0 <= a.translate <= 0.25,
+        "augment.translate",
+        f"must lie in [0, 0.25] (fraction of the side), got {a.translate}",
+    )
+    need(
+        ap.select_metric in ("auc", "balanced_accuracy", "accuracy", "loss"),
+        "approach.select_metric",
+        f"must be auc, balanced_accuracy, accuracy or loss, got {ap.select_metric!r}",
+    )
     need(cfg.report.gradcam_examples >= 0, "report.gradcam_examples", "must be >= 0")
 
 

@@ -47,8 +47,14 @@ class Augment:
         size = square.shape[0]
         scale, flip, angle, tx, ty = self.draw(rng)
         if scale != 1.0 or angle or tx or ty:
-            square = cv2.warpAffine(square, self.matrix(size, scale, angle, tx, ty), (size, size),
-                                    flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0.0)
+            square = cv2.warpAffine(
+                square,
+                self.matrix(size, scale, angle, tx, ty),
+                (size, size),
+                flags=cv2.INTER_LINEAR,
+                borderMode=cv2.BORDER_CONSTANT,
+                borderValue=0.0,
+            )
         if flip:
             square = square[:, ::-1]
         return np.ascontiguousarray(square)

@@ -99,8 +99,9 @@ class DeviceBatches:
         if ds.augment is not None:
             size = squares.shape[-1]
             thetas = torch.from_numpy(affine_thetas(ds.augment, size, ds.seed, epoch, ds.indices[order])).to(dev)
-            squares = torch.cat([warp(squares[i:i + CHUNK], thetas[i:i + CHUNK])
-                                 for i in range(0, len(order), CHUNK)])
+            squares = torch.cat(
+                [warp(squares[i : i + CHUNK], thetas[i : i + CHUNK]) for i in range(0, len(order), CHUNK)]
+            )
         targets = self.data.targets[order_t]
         for b in range(self.n_batches):
             sl = slice(b * self.batch_size, (b + 1) * self.batch_size)
@@ -108,14 +109,15 @@ class DeviceBatches:
 
 
 @torch.no_grad()
-def predict_on_device(model: nn.Module, data: DeviceSet, batch_size: int, *, autocast,
-                      memory_format=torch.preserve_format) -> tuple[np.ndarray, float]:
+def predict_on_device(
+    model: nn.Module, data: DeviceSet, batch_size: int, *, autocast, memory_format=torch.preserve_format
+) -> tuple[np.ndarray, float]:
     """P(positive class) for every image and the mean cross-entropy; one host transfer at the end."""
     model.eval()
     probs, loss_sum = [], torch.zeros((), device=data.device, dtype=torch.float64)
     for i in range(0, len(data), batch_size):
-        x = normalise_batch(data.squares[i:i + batch_size]).contiguous(memory_format=memory_format)
-        y = data.targets[i:i + batch_size]
+        x = normalise_batch(data.squares[i : i + batch_size]).contiguous(memory_format=memory_format)
+        y = data.targets[i : i + batch_size]
         with autocast:
             logits = model(x)
         logits = logits.float()

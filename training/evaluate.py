@@ -59,8 +59,13 @@ def evaluate(
     if predictions_csv is not None:
         write_predictions(Path(predictions_csv), kept_samples, p_abn, p_cov, bundle.thresholds)
     out.update(
-        bundle={"name": bundle.name, "version": bundle.version, "path": str(bundle_dir),
-                "input_size": bundle.input_size, "sha256": bundle.sha256},
+        bundle={
+            "name": bundle.name,
+            "version": bundle.version,
+            "path": str(bundle_dir),
+            "input_size": bundle.input_size,
+            "sha256": bundle.sha256,
+        },
         data=str(data_dir),
         bad_rows_skipped=[str(b) for b in bad],
         model_a=binary_metrics(target_a(labels), p_abn, "A"),

@@ -27,8 +27,9 @@ def pick_examples(samples: list[Sample], n: int) -> list[Sample]:
     return out
 
 
-def write_gradcam_examples(bundle: Bundle, samples: list[Sample], out_dir: Path, n: int,
-                           device: str = "auto") -> list[str]:
+def write_gradcam_examples(
+    bundle: Bundle, samples: list[Sample], out_dir: Path, n: int, device: str = "auto"
+) -> list[str]:
     chosen = pick_examples(samples, n)
     if not chosen:
         return []
@@ -41,15 +42,18 @@ def write_gradcam_examples(bundle: Bundle, samples: list[Sample], out_dir: Path,
         fig, axes = plt.subplots(1, 3, figsize=(10.5, 3.8))
         axes[0].imshow(img, cmap="gray", vmin=0, vmax=1)
         axes[0].set_title(f"truth: {sample.label}")
-        for ax, cam, title in ((axes[1], analysis.cam_a, f"A: P(abnormal) {r.p_abnormal:.2f}"),
-                               (axes[2], analysis.cam_b, f"B: P(COVID-19) {r.p_covid:.2f}")):
+        for ax, cam, title in (
+            (axes[1], analysis.cam_a, f"A: P(abnormal) {r.p_abnormal:.2f}"),
+            (axes[2], analysis.cam_b, f"B: P(COVID-19) {r.p_covid:.2f}"),
+        ):
             ax.imshow(img, cmap="gray", vmin=0, vmax=1)
             ax.imshow(cam, cmap="jet", alpha=0.4, vmin=0, vmax=1)
             ax.set_title(title)
         for ax in axes:
             ax.axis("off")
-        fig.suptitle(f"{sample.name} -> {r.label.value}" + (" (models disagree)" if r.models_disagree else ""),
-                     fontsize=9)
+        fig.suptitle(
+            f"{sample.name} -> {r.label.value}" + (" (models disagree)" if r.models_disagree else ""), fontsize=9
+        )
         fig.tight_layout()
         name = f"{k:02d}_{sample.label}_{Path(sample.name).stem}.png"
         fig.savefig(out_dir / name, dpi=80)

@@ -77,10 +77,18 @@ class _LoaderBatches:
     def __init__(self, train_set, val_set, batch_size, env, seed, drop_last, cfg, device):
         self.train_set, self.val_set, self.device, self.cfg = train_set, val_set, device, cfg
         # DistributedSampler also serves one process: a (seed, epoch)-determined shuffle survives resume.
-        self.sampler = DistributedSampler(train_set, num_replicas=env.world_size, rank=env.rank, shuffle=True, seed=seed)
-        self.loader = DataLoader(train_set, batch_size=batch_size, sampler=self.sampler, drop_last=drop_last,
-                                 num_workers=cfg.run.num_workers, pin_memory=device.type == "cuda",
-                                 persistent_workers=False)
+        self.sampler = DistributedSampler(
+            train_set, num_replicas=env.world_size, rank=env.rank, shuffle=True, seed=seed
+        )
+        self.loader = DataLoader(
+            train_set,
+            batch_size=batch_size,
+            sampler=self.sampler,
+            drop_last=drop_last,
+            num_workers=cfg.run.num_workers,
+            pin_memory=device.type == "cuda",
+            persistent_workers=False,
+        )
 
     def __len__(self) -> int:
         return len(self.loader)
@@ -91,8 +99,14 @@ class _LoaderBatches:
         return iter(self.loader)
 
     def predict_val(self, model, batch_size, autocast, memory_format):
-        return predict(model, self.val_set, self.device, batch_size, amp=self.cfg.run.amp,
-                       channels_last=memory_format == torch.channels_last)
+        return predict(
+            model,
+            self.val_set,
+            self.device,
+            batch_size,
+            amp=self.cfg.run.amp,
+            channels_last=memory_format == torch.channels_last,
+        )
 
 
 class _DeviceBatches:
@@ -117,8 +131,16 @@ def make_batches(pipeline: str, *args):
 
 
 @torch.no_grad()
-def predict(model: nn.Module, dataset: SquareDataset, device: torch.device, batch_size: int,
-            *, amp: bool = False, channels_last: bool = False, num_workers: int = 0) -> tuple[np.ndarray, float]:
+def predict(
+    model: nn.Module,
+    dataset: SquareDataset,
+    device: torch.device,
+    batch_size: int,
+    *,
+    amp: bool = False,
+    channels_last: bool = False,
+    num_workers: int = 0,
+) -> tuple[np.ndarray, float]:
     """P(positive class) for every item, and the mean cross-entropy against its target."""
     model.eval()
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
@@ -172,7 +194,9 @@ def _resume(ckpt_path: Path, fingerprint: str, model: nn.Module, optimizer, log,
     return _Progress(ckpt["epoch"], ckpt["history"], ckpt["best_state"], ckpt["best_score"], ckpt["best_epoch"])
 
 
-def _train_epoch(step, epoch_batches, device: torch.device, memory_format, env: DistEnv, label: str, epoch: int) -> dict:
+def _train_epoch(
+    step, epoch_batches, device: torch.device, memory_format, env: DistEnv, label: str, epoch: int
+) -> dict:
     t0, started = time.perf_counter(), time.time()  # wall clock: bench lines up parallel processes' epochs
     # summed on the device; read once per epoch (no host synchronisation per step)
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
@@ -189,28 +213,47 @@ def _train_epoch(step, epoch_batches, device: torch.device, memory_format, env: 
     if not np.isfinite(loss_total):
         raise TrainingDiverged(f"{label}: training loss is not finite in epoch {epoch + 1}; lower optim.lr")
     seconds = time.perf_counter() - t0
-    record = {"epoch": epoch + 1, "train_loss": loss_total / max(seen, 1),
-              "train_accuracy": correct_total / max(seen, 1), "train_images": int(seen),
-              "train_seconds": seconds, "images_per_second": seen / seconds,
-              "train_start_unix_seconds": started, "train_end_unix_seconds": time.time()}
+    record = {
+        "epoch": epoch + 1,
+        "train_loss": loss_total / max(seen, 1),
+        "train_accuracy": correct_total / max(seen, 1),
+        "train_images": int(seen),
+        "train_seconds": seconds,
+        "images_per_second": seen / seconds,
+        "train_start_unix_seconds": started,
+        "train_end_unix_seconds": time.time(),
+    }
     if device.type == "cuda":  # allocator statistics: host-side, no device synchronisation
         record["device_memory_peak_bytes"] = torch.cuda.max_memory_allocated(device)
     return record
 
 
-def _validate(batches, model: nn.Module, val_set: SquareDataset, batch_size: int, val_autocast, memory_format,
-              label: str, epoch: int) -> dict:
+def _validate(
+    batches,
+    model: nn.Module,
+    val_set: SquareDataset,
+    batch_size: int,
+    val_autocast,
+    memory_format,
+    label: str,
+    epoch: int,
+) -> dict:
     t_val = time.perf_counter()
     p, val_loss = batches.predict_val(model, batch_size, val_autocast, memory_format)
     if not np.all(np.isfinite(p)) or not np.isfinite(val_loss):
         raise TrainingDiverged(
             f"{label}: non-finite validation outputs after epoch {epoch + 1} (BatchNorm statistics "
-            f"blew up); lower optim.lr, raise optim.batch_size or data.input_size")
+            f"blew up); lower optim.lr, raise optim.batch_size or data.input_size"
+        )
     y_val = val_set.targets
     pred = (p >= 0.5).astype(np.int64)
-    return {"val_loss": val_loss, "val_accuracy": float(np.mean(pred == y_val)),
-            "val_balanced_accuracy": balanced_accuracy(y_val, pred), "val_auc": safe_auc(y_val, p),
-            "val_seconds": time.perf_counter() - t_val}
+    return {
+        "val_loss": val_loss,
+        "val_accuracy": float(np.mean(pred == y_val)),
+        "val_balanced_accuracy": balanced_accuracy(y_val, pred),
+        "val_auc": safe_auc(y_val, p),
+        "val_seconds": time.perf_counter() - t_val,
+    }
 
 
 def fit(
@@ -252,14 +295,24 @@ def fit(
 
     train_model = DistributedDataParallel(model) if env.enabled else model
     mode, why = resolve_mode(cfg.run.step, device, env.enabled)
-    step = TrainStep(train_model, optimizer, mode=mode, device=device, amp=cfg.run.amp,
-                     label_smoothing=o.label_smoothing, log=log, label=label)
+    step = TrainStep(
+        train_model,
+        optimizer,
+        mode=mode,
+        device=device,
+        amp=cfg.run.amp,
+        label_smoothing=o.label_smoothing,
+        log=log,
+        label=label,
+    )
     # A last batch of one image would break BatchNorm in train mode (1x1 features at small inputs).
     drop_last = (-(-len(train_set) // env.world_size)) % per_rank_batch == 1
     pipeline = resolve_pipeline(cfg, train_set, val_set, device)
     batches = make_batches(pipeline, train_set, val_set, per_rank_batch, env, seed, drop_last, cfg, device)
-    log(f"{label}: {len(train_set)} training / {len(val_set)} validation images, step {mode} ({why}), "
-        f"input path {pipeline}")
+    log(
+        f"{label}: {len(train_set)} training / {len(val_set)} validation images, step {mode} ({why}), "
+        f"input path {pipeline}"
+    )
     val_autocast = autocast_for(device, cfg.run.amp)
 
     for epoch in range(state.start_epoch, o.epochs):
@@ -272,21 +325,34 @@ def fit(
             epoch_batches = progress(epoch_batches, desc=f"{label} epoch {epoch + 1}/{o.epochs}", total=len(batches))
         record = {"lr": lr, **_train_epoch(step, epoch_batches, device, memory_format, env, label, epoch)}
         if env.is_main:
-            record.update(_validate(batches, model, val_set, max(per_rank_batch, 16), val_autocast, memory_format,
-                                    label, epoch), epoch_seconds=time.perf_counter() - t0)
+            record.update(
+                _validate(batches, model, val_set, max(per_rank_batch, 16), val_autocast, memory_format, label, epoch),
+                epoch_seconds=time.perf_counter() - t0,
+            )
             state.history.append(record)
             score = _val_score(cfg.approach.select_metric, record)
             if score > state.best_score:
                 state.best_score, state.best_epoch = score, epoch + 1
                 state.best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-            log(f"{label} epoch {epoch + 1}/{o.epochs}: train loss {record['train_loss']:.4f} "
+            log(
+                f"{label} epoch {epoch + 1}/{o.epochs}: train loss {record['train_loss']:.4f} "
                 f"acc {record['train_accuracy']:.3f} | val loss {record['val_loss']:.4f} acc {record['val_accuracy']:.3f} "
-                f"auc {_fmt(record['val_auc'])} | {record['images_per_second']:.1f} img/s")
+                f"auc {_fmt(record['val_auc'])} | {record['images_per_second']:.1f} img/s"
+            )
             if (epoch + 1) % cfg.run.checkpoint_every == 0 and epoch + 1 < o.epochs:
-                _atomic_save({"fingerprint": fingerprint, "model": model.state_dict(),
-                              "optimizer": optimizer.state_dict(), "epoch": epoch + 1, "history": state.history,
-                              "best_state": state.best_state, "best_score": state.best_score,
-                              "best_epoch": state.best_epoch}, ckpt_path)
+                _atomic_save(
+                    {
+                        "fingerprint": fingerprint,
+                        "model": model.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "epoch": epoch + 1,
+                        "history": state.history,
+                        "best_state": state.best_state,
+                        "best_score": state.best_score,
+                        "best_epoch": state.best_epoch,
+                    },
+                    ckpt_path,
+                )
         barrier(env)
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1)
@@ -294,8 +360,16 @@ def fit(
     identical = params_identical_across_ranks(env, model)
     result = FitResult(state.best_state if env.is_main else {}, state.best_epoch, state.history, identical)
     if env.is_main:
-        _atomic_save({"fingerprint": fingerprint, "state": result.state, "best_epoch": state.best_epoch,
-                      "history": state.history, "replicas_identical": identical}, final_path)
+        _atomic_save(
+            {
+                "fingerprint": fingerprint,
+                "state": result.state,
+                "best_epoch": state.best_epoch,
+                "history": state.history,
+                "replicas_identical": identical,
+            },
+            final_path,
+        )
         ckpt_path.unlink(missing_ok=True)
         log(f"{label}: kept epoch {state.best_epoch} (best validation {cfg.approach.select_metric})")
     barrier(env)

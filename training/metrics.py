@@ -19,8 +19,11 @@ from cxr_node.analysis.fusion import JointClass, Thresholds, joint_rule
 from cxr_node.analysis.models import MODEL_CLASSES
 
 JOINT_CLASSES = (JointClass.NORMAL.value, JointClass.PATHOLOGICAL.value, JointClass.COVID.value)
-LABEL_TO_JOINT = {"normal": JointClass.NORMAL.value, "pathological": JointClass.PATHOLOGICAL.value,
-                  "covid": JointClass.COVID.value}
+LABEL_TO_JOINT = {
+    "normal": JointClass.NORMAL.value,
+    "pathological": JointClass.PATHOLOGICAL.value,
+    "covid": JointClass.COVID.value,
+}
 
 
 def target_a(labels: np.ndarray) -> np.ndarray:

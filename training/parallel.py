@@ -53,18 +53,41 @@ class FitJob:
     def datasets(self, squares: np.ndarray, cfg: TrainConfig) -> tuple[SquareDataset, SquareDataset]:
         a = cfg.augment
         augment = Augment(a.scale_min, a.scale_max, a.hflip, a.rotate, a.translate)
-        return (SquareDataset(squares, self.train_idx, self.train_targets, augment, self.seed),
-                SquareDataset(squares, self.val_idx, self.val_targets))
+        return (
+            SquareDataset(squares, self.train_idx, self.train_targets, augment, self.seed),
+            SquareDataset(squares, self.val_idx, self.val_targets),
+        )
 
 
-def run_fit(job: FitJob, *, cfg: TrainConfig, squares: np.ndarray, weights: Path | None, device: torch.device,
-            env: DistEnv, fingerprint: str, log: Callable[[str], None], progress=None):
+def run_fit(
+    job: FitJob,
+    *,
+    cfg: TrainConfig,
+    squares: np.ndarray,
+    weights: Path | None,
+    device: torch.device,
+    env: DistEnv,
+    fingerprint: str,
+    log: Callable[[str], None],
+    progress=None,
+):
     from training.loop import fit
 
     train_set, val_set = job.datasets(squares, cfg)
-    return fit(cfg=cfg, train_set=train_set, val_set=val_set, imagenet_weights=weights, device=device, env=env,
-               ckpt_stem=job.ckpt_stem, fingerprint=fingerprint, seed=job.seed, label=job.label, log=log,
-               progress=progress)
+    return fit(
+        cfg=cfg,
+        train_set=train_set,
+        val_set=val_set,
+        imagenet_weights=weights,
+        device=device,
+        env=env,
+        ckpt_stem=job.ckpt_stem,
+        fingerprint=fingerprint,
+        seed=job.seed,
+        label=job.label,
+        log=log,
+        progress=progress,
+    )
 
 
 def _worker_init(threads: int, deterministic: bool, device: str) -> None:
@@ -74,19 +97,44 @@ def _worker_init(threads: int, deterministic: bool, device: str) -> None:
         torch.cuda.set_device(torch.device(device))
 
 
-def _worker(job: FitJob, cfg: TrainConfig, squares_path: str, weights: Path | None, device: str,
-            fingerprint: str, log_path: str | None) -> tuple[str, int]:
+def _worker(
+    job: FitJob,
+    cfg: TrainConfig,
+    squares_path: str,
+    weights: Path | None,
+    device: str,
+    fingerprint: str,
+    log_path: str | None,
+) -> tuple[str, int]:
     from training.runlog import RunLog
 
     squares = np.load(squares_path, mmap_mode="r")
-    result = run_fit(job, cfg=cfg, squares=squares, weights=weights, device=torch.device(device), env=DistEnv(),
-                     fingerprint=fingerprint, log=RunLog(Path(log_path) if log_path else None, True))
+    result = run_fit(
+        job,
+        cfg=cfg,
+        squares=squares,
+        weights=weights,
+        device=torch.device(device),
+        env=DistEnv(),
+        fingerprint=fingerprint,
+        log=RunLog(Path(log_path) if log_path else None, True),
+    )
     return job.label, result.best_epoch
 
 
-def run_parallel(jobs: list[FitJob], *, cfg: TrainConfig, squares: np.ndarray, workdir: Path, weights: Path | None,
-                 device: torch.device, fingerprint: str, log: Callable[[str], None], log_path: Path | None,
-                 processes: int) -> None:
+def run_parallel(
+    jobs: list[FitJob],
+    *,
+    cfg: TrainConfig,
+    squares: np.ndarray,
+    workdir: Path,
+    weights: Path | None,
+    device: torch.device,
+    fingerprint: str,
+    log: Callable[[str], None],
+    log_path: Path | None,
+    processes: int,
+) -> None:
     """Train every unfinished job, `processes` at a time, longest first; raise the first failure."""
     todo = sorted((j for j in jobs if not j.final_path.is_file()), key=lambda j: -len(j.train_idx))
     if not todo:
@@ -95,14 +143,28 @@ def run_parallel(jobs: list[FitJob], *, cfg: TrainConfig, squares: np.ndarray, w
     threads = max(1, (os.cpu_count() or 1) // processes)
     squares_path = workdir / f"squares-{fingerprint}.npy"
     np.save(squares_path, squares)
-    log(f"run.parallel = {processes}: {len(todo)} training(s) side by side on {device}, "
-        f"{threads} CPU thread(s) each")
+    log(f"run.parallel = {processes}: {len(todo)} training(s) side by side on {device}, {threads} CPU thread(s) each")
     try:
-        pool = ProcessPoolExecutor(max_workers=processes, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=_worker_init, initargs=(threads, cfg.run.deterministic, str(device)))
+        pool = ProcessPoolExecutor(
+            max_workers=processes,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_worker_init,
+            initargs=(threads, cfg.run.deterministic, str(device)),
+        )
         with pool:
-            futures = [pool.submit(_worker, j, cfg, str(squares_path), weights, str(device), fingerprint,
-                                   str(log_path) if log_path else None) for j in todo]
+            futures = [
+                pool.submit(
+                    _worker,
+                    j,
+                    cfg,
+                    str(squares_path),
+                    weights,
+                    str(device),
+                    fingerprint,
+                    str(log_path) if log_path else None,
+                )
+                for j in todo
+            ]
             done, _ = wait(futures, return_when=FIRST_EXCEPTION)
             failed = [f for f in done if f.exception() is not None]
             if failed:

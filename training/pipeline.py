@@ -133,8 +133,16 @@ def plan_repetition(ctx: Context, rep: int) -> RepPlan:
         b_parts = {k: balanced_subset(v, labels, LABELS, seed) for k, v in b_parts.items()}
     jobs = {}
     for key, parts, targets_of in (("A", split.parts(), target_a), ("B", b_parts, target_b)):
-        jobs[key] = FitJob(rep, key, seed, parts["train"], targets_of(labels[parts["train"]]), parts["val"],
-                           targets_of(labels[parts["val"]]), ctx.out / "checkpoints" / f"rep{rep}_{key}")
+        jobs[key] = FitJob(
+            rep,
+            key,
+            seed,
+            parts["train"],
+            targets_of(labels[parts["train"]]),
+            parts["val"],
+            targets_of(labels[parts["val"]]),
+            ctx.out / "checkpoints" / f"rep{rep}_{key}",
+        )
     return RepPlan(rep, seed, split, b_parts, jobs)
 
 
@@ -146,15 +154,28 @@ def run_repetition(ctx: Context, rep: int) -> dict[str, Any]:
     patients = np.array([s.patient_id for s in data.samples])
     overlap = patient_overlap(split, patients)
     counts = label_counts(split, labels)
-    log(f"repetition {rep + 1}/{cfg.run.repetitions} (seed {seed}): "
+    log(
+        f"repetition {rep + 1}/{cfg.run.repetitions} (seed {seed}): "
         + ", ".join(f"{k} {len(v)} {counts[k]}" for k, v in split.parts().items())
-        + f"; patients shared between splits: {overlap}")
+        + f"; patients shared between splits: {overlap}"
+    )
     if cfg.approach.b_balanced:
         log("model B on the balanced 1:1:1 subset: " + ", ".join(f"{k} {len(v)}" for k, v in b_parts.items()))
 
-    results = {key: run_fit(job, cfg=cfg, squares=data.squares, weights=ctx.weights, device=ctx.device, env=ctx.env,
-                            fingerprint=ctx.fingerprint, log=log, progress=ctx.progress)
-               for key, job in plan.jobs.items()}
+    results = {
+        key: run_fit(
+            job,
+            cfg=cfg,
+            squares=data.squares,
+            weights=ctx.weights,
+            device=ctx.device,
+            env=ctx.env,
+            fingerprint=ctx.fingerprint,
+            log=log,
+            progress=ctx.progress,
+        )
+        for key, job in plan.jobs.items()
+    }
     if not ctx.env.is_main:
         return {}
 
@@ -168,8 +189,13 @@ def run_repetition(ctx: Context, rep: int) -> dict[str, Any]:
     dups = cross_split_duplicates(ctx.near_pairs, split, len(labels))
     (ctx.out / "splits").mkdir(exist_ok=True)
     _write_split_csv(ctx, ctx.out / "splits" / f"rep{rep}.csv", split)
-    write_predictions(ctx.out / "predictions" / f"rep{rep}_test.csv", [data.samples[i] for i in test_idx],
-                      p_abn_test, p_cov_test, thresholds)
+    write_predictions(
+        ctx.out / "predictions" / f"rep{rep}_test.csv",
+        [data.samples[i] for i in test_idx],
+        p_abn_test,
+        p_cov_test,
+        thresholds,
+    )
 
     record = {
         "repetition": rep,
@@ -202,17 +228,22 @@ def run_repetition(ctx: Context, rep: int) -> dict[str, Any]:
             "test_roc": _roc(target_b(labels[test_idx][in_b_test]), p_cov_test[in_b_test]),
         },
         "joint_test": joint_metrics(labels[test_idx], p_abn_test, p_cov_test, thresholds),
-        "per_source_test": per_source_metrics([data.samples[i].name for i in test_idx], labels[test_idx],
-                                              p_abn_test, p_cov_test, in_b_test, thresholds),
+        "per_source_test": per_source_metrics(
+            [data.samples[i].name for i in test_idx], labels[test_idx], p_abn_test, p_cov_test, in_b_test, thresholds
+        ),
     }
     j = record["joint_test"]
     if not len(b_parts["test"]):
-        log(f"rep {rep + 1}: the balanced test subset for model B is empty (too few images of some label); "
-            "B has no test metrics in this repetition")
-    log(f"rep {rep + 1} test: A acc {_f4(record['A']['test']['accuracy'])}, B acc {_f4(record['B']['test']['accuracy'])}, "
+        log(
+            f"rep {rep + 1}: the balanced test subset for model B is empty (too few images of some label); "
+            "B has no test metrics in this repetition"
+        )
+    log(
+        f"rep {rep + 1} test: A acc {_f4(record['A']['test']['accuracy'])}, B acc {_f4(record['B']['test']['accuracy'])}, "
         f"joint acc {_f4(j['accuracy'])} bal.acc {_f4(j['balanced_accuracy'])} "
         f"(thresholds chosen on validation: a={thresholds.a:.2f}, b={thresholds.b:.2f}); "
-        f"{len(dups)} near-duplicate pair(s) across splits")
+        f"{len(dups)} near-duplicate pair(s) across splits"
+    )
     return record
 
 
@@ -255,36 +286,63 @@ def _train(cfg, data_dir, out, env, device, labels_csv, skip_bad_rows, config_pa
             (out / sub).mkdir(parents=True, exist_ok=True)
     log = RunLog(out / "train.log" if env.is_main else None, env.is_main)
     progress = partial(tqdm, mininterval=1.0, dynamic_ncols=True, leave=False) if env.is_main else None
-    log(f"cxr-node train: config {config_path or '(dict)'}, data {data_dir}, out {out}, device {device}, "
-        f"world size {env.world_size}, init {'ImageNet ' + str(weights) if weights else 'scratch'}")
+    log(
+        f"cxr-node train: config {config_path or '(dict)'}, data {data_dir}, out {out}, device {device}, "
+        f"world size {env.world_size}, init {'ImageNet ' + str(weights) if weights else 'scratch'}"
+    )
 
-    data = load_data(data_dir, cfg.data.input_size, labels_csv=labels_csv, skip_bad_rows=skip_bad_rows,
-                     subset=cfg.data.subset, seed=cfg.run.seed, threads=max(1, cfg.run.num_workers),
-                     progress=partial(progress, desc="decoding images") if progress else None, log=log)
+    data = load_data(
+        data_dir,
+        cfg.data.input_size,
+        labels_csv=labels_csv,
+        skip_bad_rows=skip_bad_rows,
+        subset=cfg.data.subset,
+        seed=cfg.run.seed,
+        threads=max(1, cfg.run.num_workers),
+        progress=partial(progress, desc="decoding images") if progress else None,
+        log=log,
+    )
     log(f"{len(data.samples)} images, {len({s.patient_id for s in data.samples})} patients: {data.counts()}")
     fingerprint = f"{cfg.fingerprint()}-{_data_fingerprint(data)}"
     # every rank: the split depends on it and must be the same everywhere
     pairs = near_duplicates(hash_all(data.squares), cfg.split.near_duplicate_bits)
-    log(f"{len(pairs)} near-duplicate image pair(s) in the data (perceptual hash, <= "
+    log(
+        f"{len(pairs)} near-duplicate image pair(s) in the data (perceptual hash, <= "
         f"{cfg.split.near_duplicate_bits} bits apart)"
-        + ("; their patients are kept in one split" if cfg.split.group_near_duplicates else ""))
+        + ("; their patients are kept in one split" if cfg.split.group_near_duplicates else "")
+    )
     ctx = Context(cfg, data, out, env, device, weights, fingerprint, log, progress, pairs)
 
     if cfg.run.parallel > 1:
         if env.enabled:
-            raise ConfigError(f"run.parallel: {cfg.run.parallel} processes per device cannot be combined with "
-                              f"torchrun (WORLD_SIZE={env.world_size}); set run.parallel = 1 or run one process")
+            raise ConfigError(
+                f"run.parallel: {cfg.run.parallel} processes per device cannot be combined with "
+                f"torchrun (WORLD_SIZE={env.world_size}); set run.parallel = 1 or run one process"
+            )
         jobs = [j for r in range(cfg.run.repetitions) for j in plan_repetition(ctx, r).jobs.values()]
-        run_parallel(jobs, cfg=cfg, squares=data.squares, workdir=out / "checkpoints", weights=weights,
-                     device=device, fingerprint=fingerprint, log=log, log_path=out / "train.log",
-                     processes=cfg.run.parallel)
+        run_parallel(
+            jobs,
+            cfg=cfg,
+            squares=data.squares,
+            workdir=out / "checkpoints",
+            weights=weights,
+            device=device,
+            fingerprint=fingerprint,
+            log=log,
+            log_path=out / "train.log",
+            processes=cfg.run.parallel,
+        )
     reps = [run_repetition(ctx, r) for r in range(cfg.run.repetitions)]
     if not env.is_main:
         return None
 
     chosen = max(range(len(reps)), key=lambda r: (reps[r]["val_joint_balanced_accuracy"], -r))
-    states = {k: torch.load(out / "checkpoints" / f"rep{chosen}_{k}.final.pt", map_location="cpu",
-                            weights_only=False)["state"] for k in "AB"}
+    states = {
+        k: torch.load(out / "checkpoints" / f"rep{chosen}_{k}.final.pt", map_location="cpu", weights_only=False)[
+            "state"
+        ]
+        for k in "AB"
+    }
     models = {}
     for k in "AB":
         models[k] = build_densenet161()
@@ -293,9 +351,13 @@ def _train(cfg, data_dir, out, env, device, labels_csv, skip_bad_rows, config_pa
         "A": summarise([r["A"]["test"] for r in reps]),
         "B": summarise([r["B"]["test"] for r in reps]),
         "joint": summarise([r["joint_test"] for r in reps]),
-        "per_source": {src: {k: summarise([r["per_source_test"][src][k] for r in reps if src in r["per_source_test"]])
-                             for k in ("A", "B", "joint")}
-                       for src in sorted({s for r in reps for s in r["per_source_test"]})},
+        "per_source": {
+            src: {
+                k: summarise([r["per_source_test"][src][k] for r in reps if src in r["per_source_test"]])
+                for k in ("A", "B", "joint")
+            }
+            for src in sorted({s for r in reps for s in r["per_source_test"]})
+        },
     }
     by_source = label_sources([s.name for s in data.samples], data.labels)
     metrics = {
@@ -303,14 +365,25 @@ def _train(cfg, data_dir, out, env, device, labels_csv, skip_bad_rows, config_pa
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "config": cfg.to_dict(),
         "config_file": config_path,
-        "data": {"folder": str(data_dir), "images": len(data.samples), "counts": data.counts(),
-                 "patients": len({s.patient_id for s in data.samples}),
-                 "bad_rows_skipped": [str(b) for b in data.bad_rows], "sources": by_source},
+        "data": {
+            "folder": str(data_dir),
+            "images": len(data.samples),
+            "counts": data.counts(),
+            "patients": len({s.patient_id for s in data.samples}),
+            "bad_rows_skipped": [str(b) for b in data.bad_rows],
+            "sources": by_source,
+        },
         "source_confounding": confounding_statement(by_source),
-        "environment": {"device": str(device), "device_name": _device_name(device), "world_size": env.world_size,
-                        "torch": torch.__version__, "python": platform.python_version(),
-                        "machine": platform.machine(), "cpu_threads": torch.get_num_threads(),
-                        "imagenet_init": str(weights) if weights else None},
+        "environment": {
+            "device": str(device),
+            "device_name": _device_name(device),
+            "world_size": env.world_size,
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "machine": platform.machine(),
+            "cpu_threads": torch.get_num_threads(),
+            "imagenet_init": str(weights) if weights else None,
+        },
         "bundle_repetition": chosen,
         "repetitions": reps,
         "summary": summary,
@@ -319,13 +392,26 @@ def _train(cfg, data_dir, out, env, device, labels_csv, skip_bad_rows, config_pa
         },
     }
     thresholds = Thresholds(**reps[chosen]["thresholds"])
-    write_bundle(out / "bundle", models["A"], models["B"], name=cfg.run.name, version=cfg.run.version,
-                 input_size=cfg.data.input_size, thresholds=thresholds,
-                 training={"created": metrics["created"], "repetition": chosen, "seed": reps[chosen]["seed"],
-                           "data": metrics["data"], "config": cfg.to_dict(),
-                           "validation_joint_balanced_accuracy": reps[chosen]["val_joint_balanced_accuracy"],
-                           "test_joint": {k: reps[chosen]["joint_test"][k]
-                                          for k in ("accuracy", "balanced_accuracy", "auc_a", "auc_b")}})
+    write_bundle(
+        out / "bundle",
+        models["A"],
+        models["B"],
+        name=cfg.run.name,
+        version=cfg.run.version,
+        input_size=cfg.data.input_size,
+        thresholds=thresholds,
+        training={
+            "created": metrics["created"],
+            "repetition": chosen,
+            "seed": reps[chosen]["seed"],
+            "data": metrics["data"],
+            "config": cfg.to_dict(),
+            "validation_joint_balanced_accuracy": reps[chosen]["val_joint_balanced_accuracy"],
+            "test_joint": {
+                k: reps[chosen]["joint_test"][k] for k in ("accuracy", "balanced_accuracy", "auc_a", "auc_b")
+            },
+        },
+    )
     bundle = load_bundle(out / "bundle")  # proves the runtime can load what was written
     log(f"bundle written to {out / 'bundle'} (repetition {chosen + 1}, thresholds a={thresholds.a}, b={thresholds.b})")
 
@@ -333,8 +419,9 @@ def _train(cfg, data_dir, out, env, device, labels_csv, skip_bad_rows, config_pa
     from training.report import write_plots, write_report
 
     test_rows = [data.samples[i] for i in _test_indices(out, chosen)]
-    metrics["gradcam"] = write_gradcam_examples(bundle, test_rows, out / "gradcam", cfg.report.gradcam_examples,
-                                                device=str(device))
+    metrics["gradcam"] = write_gradcam_examples(
+        bundle, test_rows, out / "gradcam", cfg.report.gradcam_examples, device=str(device)
+    )
     metrics["plots"] = write_plots(metrics, out / "plots")
     metrics["elapsed_seconds"] = time.time() - started
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1, default=_json_default), encoding="utf-8")

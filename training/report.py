@@ -28,8 +28,13 @@ def _curves(reps: list[dict], key: str, path: Path) -> None:
             epochs = np.arange(1, series.shape[1] + 1)
             mean = series.mean(axis=0)
             std = series.std(axis=0, ddof=1) if len(series) > 1 else np.zeros_like(mean)
-            ax.plot(epochs, mean, color=colour, marker="o" if len(epochs) < 20 else None,
-                    label=f"{'training' if part == 'train' else 'validation'} (mean of {len(series)})")
+            ax.plot(
+                epochs,
+                mean,
+                color=colour,
+                marker="o" if len(epochs) < 20 else None,
+                label=f"{'training' if part == 'train' else 'validation'} (mean of {len(series)})",
+            )
             ax.fill_between(epochs, mean - std, mean + std, color=colour, alpha=0.25, linewidth=0)
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -59,9 +64,11 @@ def _roc(reps: list[dict], path: Path) -> None:
 
 
 def _confusions(reps: list[dict], path: Path) -> None:
-    panels = (("A", MODEL_CLASSES["A"], [r["A"]["test"] for r in reps]),
-              ("B", MODEL_CLASSES["B"], [r["B"]["test"] for r in reps]),
-              ("joint A+B", JOINT_CLASSES, [r["joint_test"] for r in reps]))
+    panels = (
+        ("A", MODEL_CLASSES["A"], [r["A"]["test"] for r in reps]),
+        ("B", MODEL_CLASSES["B"], [r["B"]["test"] for r in reps]),
+        ("joint A+B", JOINT_CLASSES, [r["joint_test"] for r in reps]),
+    )
     fig, axes = plt.subplots(1, 3, figsize=(13, 4))
     for ax, (title, names, runs) in zip(axes, panels):
         m = np.array(sum_confusions(runs))
@@ -109,8 +116,10 @@ def paper_table(summary: dict[str, Any]) -> list[str]:
         s = summary[key]
         for i, cls in enumerate(MODEL_CLASSES[key]):
             acc = _pm(s.get("accuracy")) if i == 0 else ""
-            lines.append(f"| {key if i == 0 else ''} | {cls} | {_pm(s.get(f'per_class.{cls}.precision'))} | "
-                         f"{_pm(s.get(f'per_class.{cls}.recall'))} | {_pm(s.get(f'per_class.{cls}.f1'))} | {acc} |")
+            lines.append(
+                f"| {key if i == 0 else ''} | {cls} | {_pm(s.get(f'per_class.{cls}.precision'))} | "
+                f"{_pm(s.get(f'per_class.{cls}.recall'))} | {_pm(s.get(f'per_class.{cls}.f1'))} | {acc} |"
+            )
     return lines
 
 
@@ -140,17 +149,25 @@ def source_section(metrics: dict[str, Any]) -> list[str]:
         lines += [statement, ""]
     by_label = metrics["data"].get("sources", {})
     if by_label:
-        lines += ["Images per label and source (whole data set): "
-                  + "; ".join(f"{lab}: " + ", ".join(f"{s} {n}" for s, n in c.items()) for lab, c in by_label.items())
-                  + ".", ""]
-    lines += ["| Source | Test images (mean) | A acc | A bal. acc | A AUC | B acc (B's test subset) | B AUC | "
-              "Joint acc | Joint bal. acc |", "|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "Images per label and source (whole data set): "
+            + "; ".join(f"{lab}: " + ", ".join(f"{s} {n}" for s, n in c.items()) for lab, c in by_label.items())
+            + ".",
+            "",
+        ]
+    lines += [
+        "| Source | Test images (mean) | A acc | A bal. acc | A AUC | B acc (B's test subset) | B AUC | "
+        "Joint acc | Joint bal. acc |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for src, s in per.items():
         n = s["joint"].get("n")
-        lines.append(f"| {src} | {n['mean']:.1f} | {_pm(s['A'].get('accuracy'))} | "
-                     f"{_pm(s['A'].get('balanced_accuracy'))} | {_pm(s['A'].get('auc'), False)} | "
-                     f"{_pm(s['B'].get('accuracy'))} | {_pm(s['B'].get('auc'), False)} | "
-                     f"{_pm(s['joint'].get('accuracy'))} | {_pm(s['joint'].get('balanced_accuracy'))} |")
+        lines.append(
+            f"| {src} | {n['mean']:.1f} | {_pm(s['A'].get('accuracy'))} | "
+            f"{_pm(s['A'].get('balanced_accuracy'))} | {_pm(s['A'].get('auc'), False)} | "
+            f"{_pm(s['B'].get('accuracy'))} | {_pm(s['B'].get('auc'), False)} | "
+            f"{_pm(s['joint'].get('accuracy'))} | {_pm(s['joint'].get('balanced_accuracy'))} |"
+        )
     lines += ["", "n/a: undefined on that source (one class only, e.g. AUC of B where no COVID-19 image exists).", ""]
     return lines
 
@@ -169,7 +186,8 @@ def write_report(metrics: dict[str, Any], path: Path) -> None:
         "",
         f"Data: `{data['folder']}`: {data['images']} images of {data['patients']} patients, "
         + ", ".join(f"{k} {v}" for k, v in data["counts"].items())
-        + (f"; {len(data['bad_rows_skipped'])} bad rows skipped" if data["bad_rows_skipped"] else "") + ".",
+        + (f"; {len(data['bad_rows_skipped'])} bad rows skipped" if data["bad_rows_skipped"] else "")
+        + ".",
         "",
         f"Protocol: DenseNet-161, init {init}, input {cfg['data']['input_size']} px, SGD lr {o['lr']} "
         f"momentum {o['momentum']}, batch {o['batch_size']}, {o['epochs']} epoch(s), cross-entropy, "
@@ -204,16 +222,20 @@ def write_report(metrics: dict[str, Any], path: Path) -> None:
         "",
         "| Class | Precision | Recall | F1-score |",
         "|---|---|---|---|",
-        *[f"| {c} | {_pm(summary['joint'].get(f'per_class.{c}.precision'))} | "
-          f"{_pm(summary['joint'].get(f'per_class.{c}.recall'))} | {_pm(summary['joint'].get(f'per_class.{c}.f1'))} |"
-          for c in JOINT_CLASSES],
+        *[
+            f"| {c} | {_pm(summary['joint'].get(f'per_class.{c}.precision'))} | "
+            f"{_pm(summary['joint'].get(f'per_class.{c}.recall'))} | {_pm(summary['joint'].get(f'per_class.{c}.f1'))} |"
+            for c in JOINT_CLASSES
+        ],
         "",
         "Joint 3-class confusion matrix, test, summed over the repetitions (rows truth, columns predicted):",
         "",
         "| truth \\ predicted | " + " | ".join(JOINT_CLASSES) + " |",
         "|---|" + "---|" * len(JOINT_CLASSES),
-        *[f"| {c} | " + " | ".join(str(v) for v in row) + " |"
-          for c, row in zip(JOINT_CLASSES, sum_confusions([r["joint_test"] for r in reps]))],
+        *[
+            f"| {c} | " + " | ".join(str(v) for v in row) + " |"
+            for c, row in zip(JOINT_CLASSES, sum_confusions([r["joint_test"] for r in reps]))
+        ],
         "",
         *source_section(metrics),
         "## Repetitions",
@@ -231,15 +253,23 @@ def write_report(metrics: dict[str, Any], path: Path) -> None:
             f"{th['a']:.2f}, {th['b']:.2f} | {r['val_joint_balanced_accuracy'] * 100:.2f} % | "
             f"{_pct(r['A']['test']['accuracy'])} | {_pct(r['B']['test']['accuracy'])} | "
             f"{_pct(r['joint_test']['accuracy'])} | {shared} | "
-            f"{len(r['split']['near_duplicates_across_splits'])} |")
+            f"{len(r['split']['near_duplicates_across_splits'])} |"
+        )
     dups = [d for r in reps for d in r["split"]["near_duplicates_across_splits"]]
-    lines += ["", "## Leak checks", "",
-              "Patients shared between train, validation and test: "
-              + ("0 in every repetition." if all(sum(r["split"]["patient_overlap"].values()) == 0 for r in reps)
-                 else "NOT zero (split.unit = 'image' or overlapping ids), see the table above."),
-              "",
-              f"Near-duplicate images in different splits (64-bit perceptual hash, <= "
-              f"{cfg['split']['near_duplicate_bits']} bits apart): {len(dups)} pair(s) over all repetitions."]
+    lines += [
+        "",
+        "## Leak checks",
+        "",
+        "Patients shared between train, validation and test: "
+        + (
+            "0 in every repetition."
+            if all(sum(r["split"]["patient_overlap"].values()) == 0 for r in reps)
+            else "NOT zero (split.unit = 'image' or overlapping ids), see the table above."
+        ),
+        "",
+        f"Near-duplicate images in different splits (64-bit perceptual hash, <= "
+        f"{cfg['split']['near_duplicate_bits']} bits apart): {len(dups)} pair(s) over all repetitions.",
+    ]
     if dups:
         lines += ["", "| a | b | bits | splits |", "|---|---|---|---|"]
         lines += [f"| {d['a']} | {d['b']} | {d['bits']} | {d['split_a']} / {d['split_b']} |" for d in dups[:30]]
@@ -250,17 +280,33 @@ def write_report(metrics: dict[str, Any], path: Path) -> None:
     notes = []
     if min(counts.values()) < 0.1 * data["images"]:
         rare = min(counts, key=counts.get)
-        notes.append(f"The {rare} class is {counts[rare]} of {data['images']} images: its metrics rest on "
-                     "a handful of test images; look at balanced accuracy and per-class recall, not accuracy alone.")
+        notes.append(
+            f"The {rare} class is {counts[rare]} of {data['images']} images: its metrics rest on "
+            "a handful of test images; look at balanced accuracy and per-class recall, not accuracy alone."
+        )
     if not env["imagenet_init"]:
         notes.append("Trained from scratch; the paper starts from ImageNet weights.")
     if n == 1:
         notes.append("One repetition: no standard deviation.")
-    lines += ["", "## Notes", "", *[f"- {t}" for t in notes],
-              f"- Training throughput: A {tp['A']:.1f} images/s, B {tp['B']:.1f} images/s on {env['device_name']}.",
-              "", "## Figures", "",
-              "![curves A](plots/curves_A.png)", "", "![curves B](plots/curves_B.png)", "",
-              "![ROC](plots/roc.png)", "", "![confusion](plots/confusion.png)", "",
-              "Grad-CAM examples (test images of the bundled repetition, made by the runtime's Analyzer):", ""]
+    lines += [
+        "",
+        "## Notes",
+        "",
+        *[f"- {t}" for t in notes],
+        f"- Training throughput: A {tp['A']:.1f} images/s, B {tp['B']:.1f} images/s on {env['device_name']}.",
+        "",
+        "## Figures",
+        "",
+        "![curves A](plots/curves_A.png)",
+        "",
+        "![curves B](plots/curves_B.png)",
+        "",
+        "![ROC](plots/roc.png)",
+        "",
+        "![confusion](plots/confusion.png)",
+        "",
+        "Grad-CAM examples (test images of the bundled repetition, made by the runtime's Analyzer):",
+        "",
+    ]
     lines += [f"![{g}](gradcam/{g})" for g in metrics.get("gradcam", [])]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")

@@ -29,8 +29,9 @@ def source_of(name: str) -> str:
     return m.group(1) if m else "unknown"
 
 
-def per_source_metrics(names: list[str], labels: np.ndarray, p_abn: np.ndarray, p_cov: np.ndarray,
-                       in_b: np.ndarray, thresholds: Thresholds) -> dict[str, dict[str, Any]]:
+def per_source_metrics(
+    names: list[str], labels: np.ndarray, p_abn: np.ndarray, p_cov: np.ndarray, in_b: np.ndarray, thresholds: Thresholds
+) -> dict[str, dict[str, Any]]:
     """Test metrics of A, B (on its test subset) and the joint answer, restricted to each source."""
     sources = np.array([source_of(n) for n in names])
     out = {}
@@ -69,17 +70,23 @@ def confounding_statement(by_label: dict[str, dict[str, int]]) -> str | None:
     shared = sum(n for s, n in covid.items() if rest.get(s, 0) > 0)
     rest_in_covid_sources = sum(n for s, n in rest.items() if s in covid)
     where = ", ".join(f"{s} {n}" for s, n in covid.items())
-    text = (f"Source confounding: the {n_cov} COVID-19 images come from {where}; of the {n_rest} normal and "
-            f"pathological images {rest_in_covid_sources} come from those sources and "
-            f"{n_rest - rest_in_covid_sources} from others ({', '.join(f'{s} {n}' for s, n in rest.items() if s not in covid)}). ")
+    text = (
+        f"Source confounding: the {n_cov} COVID-19 images come from {where}; of the {n_rest} normal and "
+        f"pathological images {rest_in_covid_sources} come from those sources and "
+        f"{n_rest - rest_in_covid_sources} from others ({', '.join(f'{s} {n}' for s, n in rest.items() if s not in covid)}). "
+    )
     if rest_in_covid_sources < 0.5 * n_rest:
-        text += ("A model can therefore tell COVID-19 from the rest by recognising where an image comes from "
-                 "(format, cropping, annotations, hospital), without seeing any disease: model B's figures and "
-                 "the joint COVID-19 row measure source recognition at least as much as COVID-19, and say "
-                 "nothing about how the model would do on COVID-19 radiographs from the normal and pathological "
-                 "images' sources. Read model A on a single source (normal and abnormal images from the same "
-                 "hospital) as the fairer figure.")
+        text += (
+            "A model can therefore tell COVID-19 from the rest by recognising where an image comes from "
+            "(format, cropping, annotations, hospital), without seeing any disease: model B's figures and "
+            "the joint COVID-19 row measure source recognition at least as much as COVID-19, and say "
+            "nothing about how the model would do on COVID-19 radiographs from the normal and pathological "
+            "images' sources. Read model A on a single source (normal and abnormal images from the same "
+            "hospital) as the fairer figure."
+        )
     else:
-        text += (f"{shared} of the COVID-19 images share a source with other labels; per-source figures below "
-                 "show whether the result holds within one source.")
+        text += (
+            f"{shared} of the COVID-19 images share a source with other labels; per-source figures below "
+            "show whether the result holds within one source."
+        )
     return text

@@ -69,8 +69,10 @@ def make_split(
     current = {(p, lab): 0 for p in range(3) for lab in totals}
     for g in order:
         mix = Counter(labels[members[g]].tolist())
-        need = [sum(n * (fractions[p] * totals[lab] - current[(p, lab)]) / totals[lab] for lab, n in mix.items())
-                for p in range(3)]
+        need = [
+            sum(n * (fractions[p] * totals[lab] - current[(p, lab)]) / totals[lab] for lab, n in mix.items())
+            for p in range(3)
+        ]
         p = int(np.argmax(need))
         placed[p].extend(members[g])
         for lab, n in mix.items():
@@ -81,11 +83,7 @@ def make_split(
 def patient_overlap(split: Split, groups: list[str] | np.ndarray) -> dict[str, int]:
     groups = np.asarray(groups)
     sets = {name: set(groups[idx].tolist()) for name, idx in split.parts().items()}
-    return {
-        f"{a}-{b}": len(sets[a] & sets[b])
-        for i, a in enumerate(PARTS)
-        for b in PARTS[i + 1 :]
-    }
+    return {f"{a}-{b}": len(sets[a] & sets[b]) for i, a in enumerate(PARTS) for b in PARTS[i + 1 :]}
 
 
 def label_counts(split: Split, labels: list[str] | np.ndarray) -> dict[str, dict[str, int]]:

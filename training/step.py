@@ -45,8 +45,18 @@ def autocast_for(device: torch.device, amp: bool, cache: bool = True):
 class TrainStep:
     """step(x, y) -> (loss, correct) device tensors; set_lr(lr) before an epoch."""
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, *, mode: str, device: torch.device,
-                 amp: bool, label_smoothing: float, log: Callable[[str], None], label: str = "") -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        *,
+        mode: str,
+        device: torch.device,
+        amp: bool,
+        label_smoothing: float,
+        log: Callable[[str], None],
+        label: str = "",
+    ) -> None:
         self.model, self.optimizer, self.device, self.amp = model, optimizer, device, amp
         self.label_smoothing, self.log, self.label = label_smoothing, log, label
         self.mode = mode
@@ -79,8 +89,9 @@ class TrainStep:
         return loss.detach(), (logits.detach().argmax(1) == y).sum()
 
     def _fallback(self, exc: BaseException, snapshot) -> None:
-        self.log(f"{self.label}: run.step = {self.mode} failed ({type(exc).__name__}: {str(exc)[:200]}); "
-                 "continuing eagerly")
+        self.log(
+            f"{self.label}: run.step = {self.mode} failed ({type(exc).__name__}: {str(exc)[:200]}); continuing eagerly"
+        )
         if snapshot is not None:
             self.model.load_state_dict(snapshot[0])
             self.optimizer.load_state_dict(snapshot[1])
@@ -89,8 +100,10 @@ class TrainStep:
 
     def _snapshot(self):
         # what a failed first compiled call could have touched (BatchNorm running statistics)
-        return ({k: v.detach().clone() for k, v in self.model.state_dict().items()},
-                _clone_state(self.optimizer.state_dict()))
+        return (
+            {k: v.detach().clone() for k, v in self.model.state_dict().items()},
+            _clone_state(self.optimizer.state_dict()),
+        )
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.mode == "eager":
