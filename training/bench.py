@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 import torch
@@ -62,7 +62,15 @@ def makespan(durations: list[float], slots: int) -> float:
     return max(free)
 
 
-def _rates(history: list[dict], n_val: int) -> dict[str, float | None]:
+class _Rates(TypedDict):
+    first_epoch_images_per_second: float
+    steady_images_per_second: float
+    validation_images_per_second: float | None
+    first_epoch_seconds: float
+    device_memory_peak_bytes: int | None
+
+
+def _rates(history: list[dict], n_val: int) -> _Rates:
     first, later = history[0], history[1:] or history[:1]
     steady = sum(h["train_images"] for h in later) / sum(h["train_seconds"] for h in later)
     val_seconds = [h["val_seconds"] for h in later if h.get("val_seconds")]
@@ -187,7 +195,8 @@ def run_train_bench(
         )
     )
 
-    durations, sizes = [], []
+    durations: list[float] = []
+    sizes: list[dict[str, Any]] = []
     for plan in plans:
         for key, job in plan.jobs.items():
             n_t, n_v = len(job.train_idx), len(job.val_idx)
@@ -299,7 +308,7 @@ def profile_steps(cfg: TrainConfig, device_request: str, steps: int) -> tuple[di
     apply_determinism(cfg.run.deterministic)
     torch.manual_seed(0)
     fmt = torch.channels_last if cfg.run.channels_last and device.type == "cuda" else torch.preserve_format
-    model = build_model(None).to(device, memory_format=fmt).train()
+    model = build_model(None).to(device).to(memory_format=fmt).train()
     opt = torch.optim.SGD(
         model.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay
     )

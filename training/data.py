@@ -14,7 +14,7 @@ Decoding and letterboxing use cxr_node's functions, so training sees exactly wha
 from __future__ import annotations
 
 import csv
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,7 +85,9 @@ def _check_label_patient(source: str, line: int, label: str, patient: str) -> Ba
 
 def read_manifest(folder: Path) -> tuple[list[Sample], list[BadRow]]:
     csv_path = folder / MANIFEST
-    samples, bad, seen = [], [], {}
+    samples: list[Sample] = []
+    bad: list[BadRow] = []
+    seen: dict[Path, int] = {}  # image -> the line that listed it first
     for line, row in _rows(csv_path, ("image", "patient_id", "label")):
         name = row["image"]
         problem = _check_label_patient(MANIFEST, line, row["label"], row["patient_id"])
@@ -121,7 +123,9 @@ def _index_dicom_folder(folder: Path) -> dict[str, tuple[Path, str]]:
 def read_dicom_folder(folder: Path, labels_csv: Path) -> tuple[list[Sample], list[BadRow]]:
     index = _index_dicom_folder(folder)
     source = labels_csv.name
-    samples, bad, seen = [], [], {}
+    samples: list[Sample] = []
+    bad: list[BadRow] = []
+    seen: dict[str, int] = {}  # SOP Instance UID -> the line that listed it first
     for line, row in _rows(labels_csv, ("sop_instance_uid", "label")):
         uid = row["sop_instance_uid"]
         if uid not in index:
@@ -184,7 +188,7 @@ def decode_squares(
     very probabilities `infer` gives (1616 images at 224 px take 324 MB).
     """
 
-    def load(sample: Sample):
+    def load(sample: Sample) -> tuple[np.ndarray | None, BadRow | None]:
         try:
             img = read_image(sample.image)
             square, _ = square_input(img.pixels, size)
@@ -193,11 +197,11 @@ def decode_squares(
             return None, BadRow(sample.source, sample.line, f"unreadable image: {exc}")
 
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-        results = pool.map(load, samples)
+        loaded: Iterable[tuple[np.ndarray | None, BadRow | None]] = pool.map(load, samples)
         if progress is not None:
-            results = progress(results, total=len(samples))
-        results = list(results)
-    kept = [s for s, (sq, _) in zip(samples, results) if sq is not None]
+            loaded = progress(loaded, total=len(samples))
+        results = list(loaded)
+    kept = [s for s, (sq, _) in zip(samples, results, strict=True) if sq is not None]
     bad = [b for _, b in results if b is not None]
     squares = np.stack([sq for sq, _ in results if sq is not None]) if kept else np.zeros((0, size, size), np.float32)
     return squares, kept, bad

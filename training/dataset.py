@@ -40,7 +40,7 @@ class Augment:
     def matrix(size: int, scale: float, angle: float, tx: float, ty: float) -> np.ndarray:
         """OpenCV's 2x3 source -> destination matrix: scale and rotate about the centre, then shift."""
         m = cv2.getRotationMatrix2D(((size - 1) / 2.0, (size - 1) / 2.0), angle, scale)
-        m[:, 2] += (tx * size, ty * size)
+        m[:, 2] += np.array([tx * size, ty * size])
         return m
 
     def __call__(self, square: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -30,7 +30,14 @@ CHUNK = 256  # images warped per grid_sample call (bounds the temporary grid's m
 
 def sampler_order(n: int, env: DistEnv, seed: int, epoch: int) -> np.ndarray:
     """The positions the DistributedSampler yields on this rank in this epoch (shuffle on)."""
-    sampler = DistributedSampler(range(n), num_replicas=env.world_size, rank=env.rank, shuffle=True, seed=seed)
+    # It needs only len() of its dataset; the stubs ask for a Dataset.
+    sampler: DistributedSampler[int] = DistributedSampler(
+        range(n),  # type: ignore[arg-type]
+        num_replicas=env.world_size,
+        rank=env.rank,
+        shuffle=True,
+        seed=seed,
+    )
     sampler.set_epoch(epoch)
     return np.fromiter(iter(sampler), dtype=np.int64, count=sampler.num_samples)
 

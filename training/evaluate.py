@@ -15,7 +15,7 @@ import numpy as np
 from cxr_node.analysis.bundle import load_bundle
 from cxr_node.analysis.engine import Analyzer
 from cxr_node.dicom.pixels import PixelDataError, read_image
-from training.data import BadRow, DataError, read_samples, refuse_or_skip
+from training.data import BadRow, DataError, Sample, read_samples, refuse_or_skip
 from training.metrics import binary_metrics, joint_metrics, target_a, target_b, write_predictions
 
 
@@ -34,7 +34,10 @@ def evaluate(
     bundle = load_bundle(bundle_dir)
     samples, bad = read_samples(data_dir, labels_csv)
     analyzer = Analyzer(bundle, device=device)
-    kept_samples, labels, p_abn, p_cov = [], [], [], []
+    kept_samples: list[Sample] = []
+    label_list: list[str] = []
+    p_abn_list: list[float] = []
+    p_cov_list: list[float] = []
     batches = range(0, len(samples), batch_size)
     for start in progress(batches, desc="evaluating", unit="batch") if progress else batches:
         images, kept = [], []
@@ -46,15 +49,15 @@ def evaluate(
                 bad.append(BadRow(s.source, s.line, f"unreadable image: {exc}"))
         if bad and not skip_bad_rows:
             continue  # keep reading to list every bad row, but stop spending time on the models
-        for s, a in zip(kept, analyzer.analyse(images)):
+        for s, a in zip(kept, analyzer.analyse(images), strict=True):
             kept_samples.append(s)
-            labels.append(s.label)
-            p_abn.append(a.result.p_abnormal)
-            p_cov.append(a.result.p_covid)
+            label_list.append(s.label)
+            p_abn_list.append(a.result.p_abnormal)
+            p_cov_list.append(a.result.p_covid)
     refuse_or_skip(sorted(bad, key=lambda b: b.line), skip_bad_rows, log)
-    if not labels:
+    if not label_list:
         raise DataError(f"{data_dir}: no usable images")
-    labels, p_abn, p_cov = np.array(labels), np.array(p_abn), np.array(p_cov)
+    labels, p_abn, p_cov = np.array(label_list), np.array(p_abn_list), np.array(p_cov_list)
     out = joint_metrics(labels, p_abn, p_cov, bundle.thresholds)
     if predictions_csv is not None:
         write_predictions(Path(predictions_csv), kept_samples, p_abn, p_cov, bundle.thresholds)

@@ -37,7 +37,7 @@ def write_gradcam_examples(
     analyzer = Analyzer(bundle, device=device)
     images = [read_image(s.image).pixels for s in chosen]
     written = []
-    for k, (sample, img, analysis) in enumerate(zip(chosen, images, analyzer.analyse(images))):
+    for k, (sample, img, analysis) in enumerate(zip(chosen, images, analyzer.analyse(images), strict=True)):
         r = analysis.result
         fig, axes = plt.subplots(1, 3, figsize=(10.5, 3.8))
         axes[0].imshow(img, cmap="gray", vmin=0, vmax=1)

@@ -178,7 +178,7 @@ class _Progress:
 
     start_epoch: int = 0
     history: list = field(default_factory=list)
-    best_state: dict | None = None
+    best_state: dict[str, torch.Tensor] | None = None
     best_score: float = -float("inf")
     best_epoch: int = 0
 
@@ -209,17 +209,17 @@ def _train_epoch(
         loss_sum += loss.double() * len(y)
         correct += right
         seen += len(y)
-    loss_total, correct_total, seen = all_reduce_sum(env, [float(loss_sum), float(correct), float(seen)])
+    loss_total, correct_total, seen_total = all_reduce_sum(env, [float(loss_sum), float(correct), float(seen)])
     if not np.isfinite(loss_total):
         raise TrainingDiverged(f"{label}: training loss is not finite in epoch {epoch + 1}; lower optim.lr")
     seconds = time.perf_counter() - t0
     record = {
         "epoch": epoch + 1,
-        "train_loss": loss_total / max(seen, 1),
-        "train_accuracy": correct_total / max(seen, 1),
-        "train_images": int(seen),
+        "train_loss": loss_total / max(seen_total, 1),
+        "train_accuracy": correct_total / max(seen_total, 1),
+        "train_images": int(seen_total),
         "train_seconds": seconds,
-        "images_per_second": seen / seconds,
+        "images_per_second": seen_total / seconds,
         "train_start_unix_seconds": started,
         "train_end_unix_seconds": time.time(),
     }
@@ -289,7 +289,7 @@ def fit(
     memory_format = torch.channels_last if channels_last else torch.preserve_format
 
     torch.manual_seed(seed)  # same initial weights on every rank and every rerun
-    model = build_model(imagenet_weights).to(device, memory_format=memory_format)
+    model = build_model(imagenet_weights).to(device).to(memory_format=memory_format)
     optimizer = torch.optim.SGD(model.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
     state = _resume(ckpt_path, fingerprint, model, optimizer, log, label)
 
@@ -358,7 +358,10 @@ def fit(
             on_epoch_end(epoch + 1)
 
     identical = params_identical_across_ranks(env, model)
-    result = FitResult(state.best_state if env.is_main else {}, state.best_epoch, state.history, identical)
+    best = state.best_state if env.is_main else {}
+    if best is None:  # no epoch's validation score beat -inf: all were NaN
+        raise TrainingDiverged(f"{label}: no epoch has a finite validation score; lower optim.lr")
+    result = FitResult(best, state.best_epoch, state.history, identical)
     if env.is_main:
         _atomic_save(
             {

@@ -96,7 +96,7 @@ def binary_metrics(y: np.ndarray, p_pos: np.ndarray, model_key: str, threshold: 
 
 
 def joint_predictions(p_abn: np.ndarray, p_cov: np.ndarray, thresholds: Thresholds) -> tuple[list[str], int]:
-    results = [joint_rule(float(a), float(b), thresholds) for a, b in zip(p_abn, p_cov)]
+    results = [joint_rule(float(a), float(b), thresholds) for a, b in zip(p_abn, p_cov, strict=True)]
     return [r.label.value for r in results], sum(r.models_disagree for r in results)
 
 
@@ -104,8 +104,8 @@ def joint_metrics(labels: np.ndarray, p_abn: np.ndarray, p_cov: np.ndarray, thre
     """The 3-class evaluation of A + B through the runtime's joint rule (what a reader sees)."""
     labels = np.asarray(labels)
     truth = np.array([LABEL_TO_JOINT[lab] for lab in labels])
-    pred, disagree = joint_predictions(p_abn, p_cov, thresholds)
-    pred = np.array(pred)
+    names, disagree = joint_predictions(p_abn, p_cov, thresholds)
+    pred = np.array(names)
     return {
         "n": int(len(labels)),
         "counts": {lab: int(np.sum(labels == lab)) for lab in LABEL_TO_JOINT},
@@ -158,7 +158,7 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, dict[str, float | int | N
     keys = sorted({k for f in flat for k in f})
     out = {}
     for k in keys:
-        vals = [f[k] for f in flat if f.get(k) is not None and not math.isnan(f[k])]
+        vals = [v for f in flat if (v := f.get(k)) is not None and not math.isnan(v)]
         out[k] = {
             "mean": float(np.mean(vals)) if vals else None,
             "std": float(np.std(vals, ddof=1)) if len(vals) > 1 else None,

@@ -166,10 +166,10 @@ def run_parallel(
                 for j in todo
             ]
             done, _ = wait(futures, return_when=FIRST_EXCEPTION)
-            failed = [f for f in done if f.exception() is not None]
-            if failed:
+            errors = [exc for f in done if (exc := f.exception()) is not None]
+            if errors:
                 for f in futures:
                     f.cancel()  # queued ones; running ones finish (their checkpoints stay resumable)
-                raise failed[0].exception()
+                raise errors[0]
     finally:
         squares_path.unlink(missing_ok=True)

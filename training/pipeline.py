@@ -15,6 +15,7 @@ import json
 import os
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
@@ -87,7 +88,7 @@ class Context:
     device: torch.device
     weights: Path | None
     fingerprint: str
-    log: RunLog
+    log: Callable[[str], None]  # a RunLog, or bench's plain printer
     progress: Any
     near_pairs: list[tuple[int, int, int]]  # near-duplicate image pairs in the whole set
 
@@ -106,7 +107,7 @@ def _write_split_csv(ctx: Context, path: Path, split) -> None:
     with open(path, "w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
         w.writerow(["image", "patient_id", "label", "split"])
-        for s, part in zip(ctx.data.samples, where):
+        for s, part in zip(ctx.data.samples, where, strict=True):
             w.writerow([s.name, s.patient_id, s.label, part])
 
 
@@ -197,7 +198,7 @@ def run_repetition(ctx: Context, rep: int) -> dict[str, Any]:
         thresholds,
     )
 
-    record = {
+    record: dict[str, Any] = {
         "repetition": rep,
         "seed": seed,
         "split": {

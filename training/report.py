@@ -48,7 +48,7 @@ def _curves(reps: list[dict], key: str, path: Path) -> None:
 
 def _roc(reps: list[dict], path: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(8.5, 4))
-    for ax, key in zip(axes, "AB"):
+    for ax, key in zip(axes, "AB", strict=True):
         for r in reps:
             roc, auc = r[key]["test_roc"], r[key]["test"]["auc"]
             if roc is not None:
@@ -70,7 +70,7 @@ def _confusions(reps: list[dict], path: Path) -> None:
         ("joint A+B", JOINT_CLASSES, [r["joint_test"] for r in reps]),
     )
     fig, axes = plt.subplots(1, 3, figsize=(13, 4))
-    for ax, (title, names, runs) in zip(axes, panels):
+    for ax, (title, names, runs) in zip(axes, panels, strict=True):
         m = np.array(sum_confusions(runs))
         ax.imshow(m, cmap="Blues")
         for (i, j), v in np.ndenumerate(m):
@@ -234,7 +234,7 @@ def write_report(metrics: dict[str, Any], path: Path) -> None:
         "|---|" + "---|" * len(JOINT_CLASSES),
         *[
             f"| {c} | " + " | ".join(str(v) for v in row) + " |"
-            for c, row in zip(JOINT_CLASSES, sum_confusions([r["joint_test"] for r in reps]))
+            for c, row in zip(JOINT_CLASSES, sum_confusions([r["joint_test"] for r in reps]), strict=True)
         ],
         "",
         *source_section(metrics),

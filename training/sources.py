@@ -51,7 +51,7 @@ def per_source_metrics(
 def label_sources(names: list[str], labels: np.ndarray) -> dict[str, dict[str, int]]:
     """label -> {source: images}."""
     table: dict[str, Counter] = {}
-    for n, lab in zip(names, labels):
+    for n, lab in zip(names, labels, strict=True):
         table.setdefault(str(lab), Counter())[source_of(n)] += 1
     return {lab: dict(sorted(c.items())) for lab, c in sorted(table.items())}
 
@@ -62,7 +62,7 @@ def confounding_statement(by_label: dict[str, dict[str, int]]) -> str | None:
     if len(sources) < 2 or "covid" not in by_label:
         return None
     covid = by_label["covid"]
-    rest = Counter()
+    rest: Counter[str] = Counter()
     for lab, c in by_label.items():
         if lab != "covid":
             rest.update(c)

@@ -114,7 +114,7 @@ def near_duplicates(hashes: np.ndarray, max_bits: int, chunk: int = 512) -> list
     for start in range(0, n, chunk):
         block = hashes[start : start + chunk]
         dist = _popcount(np.bitwise_xor(block[:, None], hashes[None, :]))
-        for a, j in zip(*np.nonzero(dist <= max_bits)):
+        for a, j in zip(*np.nonzero(dist <= max_bits), strict=True):
             i = start + int(a)
             if i < j:
                 pairs.append((i, int(j), int(dist[a, j])))

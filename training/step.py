@@ -60,7 +60,7 @@ class TrainStep:
         self.model, self.optimizer, self.device, self.amp = model, optimizer, device, amp
         self.label_smoothing, self.log, self.label = label_smoothing, log, label
         self.mode = mode
-        self._forward = model
+        self._forward: Callable[..., torch.Tensor] = model  # the module, or its torch.compile wrapper
         if mode == "compile":
             self._forward = torch.compile(model, mode="reduce-overhead" if device.type == "cuda" else "default")
         self._first = True
