@@ -24,6 +24,13 @@ def _densenet_parts(model: nn.Module) -> tuple[nn.Module, nn.Module]:
     return features, classifier
 
 
+def densenet_classifier(model: nn.Module) -> nn.Linear:
+    """torchvision DenseNet's final Linear layer (the CAM's class weights)."""
+    head = model.classifier
+    assert isinstance(head, nn.Linear), "not a torchvision DenseNet"
+    return head
+
+
 def forward_with_features(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """One DenseNet forward returning (post-ReLU features A, logits)."""
     features, classifier = _densenet_parts(model)

@@ -90,8 +90,10 @@ class DecodePool:
             if self._executor is None:
                 if self.kind == "process":
                     self._executor = ProcessPoolExecutor(
-                        self.workers, mp_context=multiprocessing.get_context("spawn"),
-                        initializer=_exit_with_parent, initargs=(os.getpid(),),
+                        self.workers,
+                        mp_context=multiprocessing.get_context("spawn"),
+                        initializer=_exit_with_parent,
+                        initargs=(os.getpid(),),
                     )
                 else:
                     self._executor = ThreadPoolExecutor(self.workers, thread_name_prefix="cxr-decode")

@@ -32,23 +32,27 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from functools import cached_property, partial
+from typing import Any
 
 import numpy as np
 import torch
 
 from cxr_node.analysis.bundle import Bundle
-from cxr_node.analysis.cam import cam_from_features, forward_with_features
+from cxr_node.analysis.cam import cam_from_features, densenet_classifier, forward_with_features
 from cxr_node.analysis.cuda_graphs import GraphedForward
 from cxr_node.analysis.fusion import JointResult, joint_rule
 from cxr_node.analysis.preprocess import Letterbox, map_to_source, normalise, normalise_batch, square_input
 from cxr_node.validation import PRECISIONS  # one list for the config, the engine and the CLI
 
 log = logging.getLogger(__name__)
+
+# x -> what the eager forward returns; eager, torch.compile'd (_WithFallback) or replayed from a CUDA graph
+Forward = Callable[[torch.Tensor], Any]
 
 POSITIVE = 1  # index of the positive class in both heads (abnormal for A, COVID for B)
 STAGES = ("preprocess", "model_a", "model_b", "cams")
@@ -150,14 +154,15 @@ class Analyzer:
         # Process-wide malloc settings are the caller's: cxr_node.memory.tune_malloc() at start-up.
         self.input_size = bundle.input_size
         # channels_last lets oneDNN / cuDNN pick their fastest convolution layouts.
-        self.model_a = bundle.model_a.to(self.device, memory_format=torch.channels_last).eval()
-        self.model_b = bundle.model_b.to(self.device, memory_format=torch.channels_last).eval()
+        self.model_a = bundle.model_a.to(self.device).to(memory_format=torch.channels_last).eval()
+        self.model_b = bundle.model_b.to(self.device).to(memory_format=torch.channels_last).eval()
         self.autocast_dtype = _autocast_dtype(self.device, precision)
         self.precision = "fp32" if self.autocast_dtype is None else str(self.autocast_dtype).removeprefix("torch.")
         # The four forwards, each a callable of x: with features (analyse) and bare (floor).
-        self._fwd_a = partial(forward_with_features, self.model_a)
-        self._fwd_b = partial(forward_with_features, self.model_b)
-        self._bare_a, self._bare_b = self.model_a, self.model_b
+        self._fwd_a: Forward = partial(forward_with_features, self.model_a)
+        self._fwd_b: Forward = partial(forward_with_features, self.model_b)
+        self._bare_a: Forward = self.model_a
+        self._bare_b: Forward = self.model_b
         self.compiled = False
         if compile:
             self._try_compile()
@@ -276,18 +281,17 @@ class Analyzer:
         on the device. Same results as analyse() batch by batch. Worth it on a GPU, where the
         letterbox of a large batch takes as long as the forwards; on a CPU both want the cores."""
         it = iter(batches)
-        end = object()
 
         def prepare(images):
             return self.prepare(images) if len(images) else None
 
         with ThreadPoolExecutor(1, thread_name_prefix="cxr-prepare") as ahead:
-            upcoming = next(it, end)
-            pending = ahead.submit(prepare, list(upcoming)) if upcoming is not end else None
+            upcoming = next(it, None)  # a batch is a list, never None
+            pending = ahead.submit(prepare, list(upcoming)) if upcoming is not None else None
             while pending is not None:
                 prepared = pending.result()
-                upcoming = next(it, end)
-                pending = ahead.submit(prepare, list(upcoming)) if upcoming is not end else None
+                upcoming = next(it, None)
+                pending = ahead.submit(prepare, list(upcoming)) if upcoming is not None else None
                 yield self.run(prepared) if prepared is not None else []
 
     @torch.inference_mode()
@@ -306,12 +310,12 @@ class Analyzer:
         p_cov = torch.softmax(logits_b.float(), dim=1)[:, POSITIVE]
         t3 = time.perf_counter()
 
-        cams_a = cam_from_features(feats_a, self.model_a.classifier, POSITIVE).cpu().numpy()
-        cams_b = cam_from_features(feats_b, self.model_b.classifier, POSITIVE).cpu().numpy()
-        p_abn, p_cov = p_abn.cpu().numpy(), p_cov.cpu().numpy()
+        cams_a = cam_from_features(feats_a, densenet_classifier(self.model_a), POSITIVE).cpu().numpy()
+        cams_b = cam_from_features(feats_b, densenet_classifier(self.model_b), POSITIVE).cpu().numpy()
+        p_abn_np, p_cov_np = p_abn.cpu().numpy(), p_cov.cpu().numpy()
         out = [
             Analysis(
-                result=joint_rule(float(p_abn[i]), float(p_cov[i]), self.bundle.thresholds),
+                result=joint_rule(float(p_abn_np[i]), float(p_cov_np[i]), self.bundle.thresholds),
                 cam_grid_a=cams_a[i],
                 cam_grid_b=cams_b[i],
                 box=boxes[i],

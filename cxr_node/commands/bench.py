@@ -27,26 +27,63 @@ def command() -> None:
 
 @command.command("inference")
 @click.option("--json", "as_json", is_flag=True, help="Print the full result as JSON.")
-@click.option("--studies", type=click.IntRange(1, 10000), default=10, show_default=True,
-              help="Studies timed one by one (stages, floor, naive).")
+@click.option(
+    "--studies",
+    type=click.IntRange(1, 10000),
+    default=10,
+    show_default=True,
+    help="Studies timed one by one (stages, floor, naive).",
+)
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
 @click.option("--batch-sizes", callback=_sizes, default="1,4,16", show_default=True, help="Throughput batch sizes.")
-@click.option("--repeats", type=click.IntRange(1, 1000), default=3, show_default=True, help="Timed runs per batch size.")
-@click.option("--input-size", type=click.IntRange(32, 2048), default=224, show_default=True,
-              help="Model input size (untrained models; a bundle fixes its own).")
-@click.option("--models", type=click.Path(path_type=Path, file_okay=False, exists=True), default=None,
-              help="Model bundle [default: untrained weights; same cost].")
+@click.option(
+    "--repeats", type=click.IntRange(1, 1000), default=3, show_default=True, help="Timed runs per batch size."
+)
+@click.option(
+    "--input-size",
+    type=click.IntRange(32, 2048),
+    default=224,
+    show_default=True,
+    help="Model input size (untrained models; a bundle fixes its own).",
+)
+@click.option(
+    "--models",
+    type=click.Path(path_type=Path, file_okay=False, exists=True),
+    default=None,
+    help="Model bundle [default: untrained weights; same cost].",
+)
 @click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True)
 @click.option("--compile", "use_compile", is_flag=True, help="torch.compile the models (falls back to eager).")
-@click.option("--no-cuda-graphs", is_flag=True, help="On a GPU, run the forwards eagerly instead of replaying CUDA graphs.")
+@click.option(
+    "--no-cuda-graphs", is_flag=True, help="On a GPU, run the forwards eagerly instead of replaying CUDA graphs."
+)
 @click.option("--no-naive", is_flag=True, help="Skip the autograd Grad-CAM baseline.")
 @click.option("--no-overlap", is_flag=True, help="Skip the decode-overlap measurement.")
 @click.option("--no-rss-probe", is_flag=True, help="Skip the worker-like RSS measurement in a fresh process.")
-@click.option("--image", type=click.Path(path_type=Path, dir_okay=False, exists=True), default=None,
-              help="DICOM radiograph to time [default: pydicom-data RG1_J2KR.dcm].")
+@click.option(
+    "--image",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    default=None,
+    help="DICOM radiograph to time [default: pydicom-data RG1_J2KR.dcm].",
+)
 @click.option("--out", type=click.Path(path_type=Path, dir_okay=False), default=None, help="Also write the JSON here.")
-def inference(as_json, studies, device, batch_sizes, repeats, input_size, models, precision, use_compile,
-              no_cuda_graphs, no_naive, no_overlap, no_rss_probe, image, out):
+def inference(
+    as_json,
+    studies,
+    device,
+    batch_sizes,
+    repeats,
+    input_size,
+    models,
+    precision,
+    use_compile,
+    no_cuda_graphs,
+    no_naive,
+    no_overlap,
+    no_rss_probe,
+    image,
+    out,
+):
     """Per-stage times (p50/p95), studies/s by batch, peak RSS, floor and naive pipeline, on RG1_J2KR.dcm
     or --image."""
     from cxr_node.benchmarks.inference import run_inference_bench
@@ -56,9 +93,20 @@ def inference(as_json, studies, device, batch_sizes, repeats, input_size, models
     tune_malloc()  # this process analyses like a worker: the same process-wide settings as serve
     try:
         result = run_inference_bench(
-            studies=studies, batch_sizes=batch_sizes, device=device, input_size=input_size, models=models,
-            precision=precision, compile=use_compile, cuda_graphs=not no_cuda_graphs, repeats=repeats, naive=not no_naive, overlap=not no_overlap,
-            rss_probe=not no_rss_probe, image=image, progress=None if as_json else (lambda m: click.echo(f"... {m}", err=True)),
+            studies=studies,
+            batch_sizes=batch_sizes,
+            device=device,
+            input_size=input_size,
+            models=models,
+            precision=precision,
+            compile=use_compile,
+            cuda_graphs=not no_cuda_graphs,
+            repeats=repeats,
+            naive=not no_naive,
+            overlap=not no_overlap,
+            rss_probe=not no_rss_probe,
+            image=image,
+            progress=None if as_json else (lambda m: click.echo(f"... {m}", err=True)),
         )
     except RuntimeError as exc:
         raise click.ClickException(str(exc)) from exc
