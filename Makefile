@@ -15,7 +15,7 @@ demo: setup
 
 # PASSIVE: the tests run a node, Orthanc and torch side by side on few cores; spinning OpenMP
 # threads would starve the others (measured: training 0.4 instead of 13 images/s).
-test: setup-peers
+test: setup-peers lint
 	OMP_WAIT_POLICY=PASSIVE $(VENV)/bin/python -m pytest -q -rs $(PYTEST_ARGS)
 
 # The lint gate (pyproject's [tool.ruff] and [tool.mypy]): `make test`, and so CI, runs it first.
@@ -26,4 +26,4 @@ bench: setup
 	$(VENV)/bin/cxr-node bench inference
 
 clean:
-	rm -rf demo-out .pytest_cache
+	rm -rf demo-out .pytest_cache .mypy_cache .ruff_cache
