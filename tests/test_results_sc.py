@@ -10,7 +10,7 @@ import pytest
 from cxr_node.analysis.fusion import JointClass, JointResult
 from cxr_node.results.render import Legend, _header_lines, render, render_secondary_capture
 from tests import peers
-from tests.test_results_support import CASES, TRAINED, UNTRAINED, _decoded, blob, make_results
+from tests.test_results_support import CASES, TRAINED, UNTRAINED, _decoded, blob, make_results, source_copy
 
 IMAGE = "CR series 1, instance 1, view PA"
 
@@ -152,6 +152,17 @@ def test_sc_dciodvfy_no_errors(rg1_uncr, tmp_path):
     assert errors == [], "\n".join(errors)
     # Only RG1's retired one-component ReferringPhysicianName "ward", copied from the source.
     assert [w for w in warnings if "<ward>" not in w] == []
+
+
+def test_source_without_patient_orientation_still_gets_its_sc(rg1_uncr, tmp_path):
+    """PatientOrientation is optional in CR; the SC then carries it empty (Type 2) and still validates."""
+    source = source_copy(rg1_uncr)
+    del source.PatientOrientation
+    _, files = make_results(rg1_uncr, tmp_path, "covid", source=source)
+    sc = pydicom.dcmread(files.sc_path)
+    assert "PatientOrientation" in sc and not sc.PatientOrientation
+    errors, _ = peers.dciodvfy(files.sc_path)
+    assert errors == [], "\n".join(errors)
 
 
 def test_real_untrained_bundle_end_to_end(rg1_uncr, tmp_path):

@@ -28,24 +28,30 @@ SC_SERIES_DESCRIPTION = "AI CXR Grad-CAM - not for diagnosis"
 
 
 def _from_ref(source, rgb, uids, node, model, orientation):
-    return hd.sc.SCImage.from_ref_dataset(
+    known = bool(orientation) and len(orientation) == 2
+    sc = hd.sc.SCImage.from_ref_dataset(
         ref_dataset=source,
         pixel_array=rgb,
         photometric_interpretation=hd.PhotometricInterpretationValues.RGB,
         bits_allocated=8,
-        coordinate_system=hd.CoordinateSystemNames.PATIENT if orientation and len(orientation) == 2 else None,
+        # highdicom needs a coordinate system, and with PATIENT an orientation: a source without
+        # one gets a placeholder, emptied below (None here made highdicom refuse the image).
+        coordinate_system=hd.CoordinateSystemNames.PATIENT,
         series_instance_uid=uids.sc_series,
         series_number=SC_SERIES_NUMBER,
         sop_instance_uid=uids.sc_instance,
         instance_number=1,
         manufacturer=MANUFACTURER,
-        patient_orientation=tuple(orientation) if orientation and len(orientation) == 2 else None,
+        patient_orientation=tuple(orientation) if known else ("L", "F"),
         manufacturer_model_name=MODEL_NAME,
         software_versions=node.software_version,
         series_description=SC_SERIES_DESCRIPTION if model.trained else f"{SC_SERIES_DESCRIPTION} - UNTRAINED",
         transfer_syntax_uid=ExplicitVRLittleEndian,
         contributing_equipment=[model_equipment(node, model)],
     )
+    if not known:
+        sc.PatientOrientation = None  # Type 2: present and empty, as the source does not say
+    return sc
 
 
 def build_secondary_capture(
