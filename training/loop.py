@@ -77,7 +77,7 @@ class _LoaderBatches:
     def __init__(self, train_set, val_set, batch_size, env, seed, drop_last, cfg, device):
         self.train_set, self.val_set, self.device, self.cfg = train_set, val_set, device, cfg
         # DistributedSampler also serves one process: a (seed, epoch)-determined shuffle survives resume.
-        self.sampler = DistributedSampler(
+        self.sampler: DistributedSampler[int] = DistributedSampler(
             train_set, num_replicas=env.world_size, rank=env.rank, shuffle=True, seed=seed
         )
         self.loader = DataLoader(

@@ -143,6 +143,7 @@ class TrainStep:
                 return self._eager(self.model, x, y)
         self._static["x"].copy_(x)
         self._static["y"].copy_(y)
+        assert self._graph is not None  # captured above, or we returned eagerly
         self._graph.replay()
         return self._static["loss"].clone(), self._static["correct"].clone()
 

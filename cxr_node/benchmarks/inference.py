@@ -210,7 +210,7 @@ def cpu_agreement(analyzer, bundle, image: np.ndarray) -> dict:
     (d,) = analyzer.analyse([image])
 
     def rel(a, b):
-        return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-12))
+        return float(np.linalg.norm(a - b) / max(float(np.linalg.norm(b)), 1e-12))
 
     return {
         "precision": analyzer.precision,

@@ -36,7 +36,7 @@ class FloatImage:
 
     @property
     def shape(self) -> tuple[int, int]:
-        return self.pixels.shape  # type: ignore[return-value]
+        return self.pixels.shape
 
 
 def _padding_mask(ds: Dataset, stored: np.ndarray) -> np.ndarray:

@@ -125,6 +125,7 @@ class BoundedAssociationServer(ThreadedAssociationServer):
     """
 
     def get_request(self):
+        assert self.socket is not None  # bound in AssociationServer.__init__, before any request
         client, address = self.socket.accept()
         client.settimeout(self.ae.network_timeout)
         if self.ssl_context:

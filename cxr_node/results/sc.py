@@ -50,7 +50,7 @@ def _from_ref(source, rgb, uids, node, model, orientation):
         contributing_equipment=[model_equipment(node, model)],
     )
     if not known:
-        sc.PatientOrientation = None  # Type 2: present and empty, as the source does not say
+        sc.PatientOrientation = []  # Type 2: present and empty, as the source does not say
     return sc
 
 
