@@ -34,6 +34,7 @@ import torch
 from training.config import TrainConfig
 from training.data import load_data
 from training.distributed import DistEnv
+from training.grouped_fit import run_grouped
 from training.parallel import run_parallel
 
 
@@ -158,23 +159,38 @@ def run_train_bench(
     ]
     (workdir / "checkpoints").mkdir(parents=True, exist_ok=True)
     log(
-        f"bench train: {parallel} process(es) x {epochs} epoch(s) of model A, {n_train} training / "
+        f"bench train: {parallel} {'trainings grouped' if cfg.run.parallel_mode == 'grouped' else 'process(es)'} x {epochs} epoch(s) of model A, {n_train} training / "
         f"{len(template.val_idx)} validation images at {cfg.data.input_size} px, batch {cfg.optim.batch_size}, "
         f"on {_device_name(device)}"
     )
     t1 = time.perf_counter()
-    run_parallel(
-        jobs,
-        cfg=bench_cfg,
-        squares=data.squares,
-        workdir=workdir / "checkpoints",
-        weights=None,
-        device=device,
-        fingerprint="bench",
-        log=log,
-        log_path=workdir / "bench.log",
-        processes=parallel,
-    )
+    if cfg.run.parallel_mode == "grouped":
+        from training.determinism import apply_determinism
+
+        apply_determinism(cfg.run.deterministic)  # in this process (processes apply it in each worker)
+        run_grouped(
+            jobs,
+            cfg=bench_cfg,
+            squares=data.squares,
+            weights=None,
+            device=device,
+            fingerprint="bench",
+            log=log,
+            size=parallel,
+        )
+    else:
+        run_parallel(
+            jobs,
+            cfg=bench_cfg,
+            squares=data.squares,
+            workdir=workdir / "checkpoints",
+            weights=None,
+            device=device,
+            fingerprint="bench",
+            log=log,
+            log_path=workdir / "bench.log",
+            processes=parallel,
+        )
     wall = time.perf_counter() - t1
     histories = [torch.load(j.final_path, map_location="cpu", weights_only=False)["history"] for j in jobs]
 
@@ -217,6 +233,7 @@ def run_train_bench(
         },
         "settings": {
             "parallel": parallel,
+            "parallel_mode": cfg.run.parallel_mode,
             "epochs": epochs,
             "training_images_per_process": n_train,
             "validation_images": len(template.val_idx),
@@ -256,7 +273,8 @@ def format_report(r: dict[str, Any]) -> str:
     gib = 1024**3
     lines = [
         f"bench train on {r['machine']['device_name']} ({r['created']}, torch {r['machine']['torch']}): "
-        f"{s['parallel']} process(es) x {s['epochs']} epoch(s), {s['training_images_per_process']} training "
+        f"{s['parallel']} {'trainings grouped in one network' if s.get('parallel_mode') == 'grouped' else 'process(es)'}"
+        f" x {s['epochs']} epoch(s), {s['training_images_per_process']} training "
         f"images each at {s['input_size']} px, batch {s['batch_size']}, step {s['step']}, "
         f"input path {s['pipeline']}, amp {s['amp']}, deterministic {s['deterministic']}"
     ]
@@ -287,28 +305,36 @@ def format_report(r: dict[str, Any]) -> str:
     if "profile" in r:
         q = r["profile"]
         lines.append(
-            f"  profile of one process ({q['mode']}, {q['steps']} steps): {q['wall_ms_per_step']:.1f} ms per "
-            f"step, device busy {q['device_busy_ms_per_step']:.1f} ms ({q['device_busy_fraction']:.0%}), "
-            f"{q['images_per_second']:.1f} images/s alone"
+            f"  profile of one process ({q['mode']}, {q['models_per_step']} model(s) per step, {q['steps']} steps): "
+            f"{q['uninstrumented_wall_ms_per_step']:.1f} ms per step ({q['images_per_second']:.1f} images/s alone); "
+            f"under the profiler {q['wall_ms_per_step']:.1f} ms, device busy {q['device_busy_ms_per_step']:.1f} ms "
+            f"({q['device_busy_fraction']:.0%})"
         )
     return "\n".join(lines)
 
 
-def profile_steps(cfg: TrainConfig, device_request: str, steps: int) -> tuple[dict[str, Any], str]:
-    """Where one process's step time goes: wall time per step against the device's busy time per
-    step (kernel time; CPU ops time on a CPU), and the top operators. Random inputs, the config's
-    batch, input size and step form; a few warm-up steps (capture, compilation) are not profiled."""
+def profile_steps(cfg: TrainConfig, device_request: str, steps: int, parallel: int = 1) -> tuple[dict[str, Any], str]:
+    """Where one training step's time goes: `steps` steps of random data at the config's
+    batch, input size and step form (with run.parallel_mode = "grouped": the grouped network of
+    `parallel` models); warm-up steps (capture, compilation) are neither timed nor profiled.
+    The same steps are timed once without the profiler (its tracing slows replays down)."""
     from torch.profiler import ProfilerActivity, profile
 
     from cxr_node.analysis.models import build_model
     from training.determinism import apply_determinism
+    from training.grouped import GroupedDenseNet
+    from training.grouped_fit import grouped_objective
     from training.step import TrainStep, resolve_mode
 
     device = _device(device_request)
     apply_determinism(cfg.run.deterministic)
     torch.manual_seed(0)
     fmt = torch.channels_last if cfg.run.channels_last and device.type == "cuda" else torch.preserve_format
-    model = build_model(None).to(device).to(memory_format=fmt).train()
+    b, s = cfg.optim.batch_size, cfg.data.input_size
+    grouped = cfg.run.parallel_mode == "grouped" and parallel > 1
+    n = parallel if grouped else 1
+    model = (GroupedDenseNet([build_model(None) for _ in range(n)]) if grouped else build_model(None)).to(device)
+    model = model.to(memory_format=fmt).train()
     opt = torch.optim.SGD(
         model.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay
     )
@@ -322,14 +348,23 @@ def profile_steps(cfg: TrainConfig, device_request: str, steps: int) -> tuple[di
         label_smoothing=cfg.optim.label_smoothing,
         log=lambda m: None,
         label="profile",
+        objective=grouped_objective(cfg.optim.label_smoothing) if grouped else None,
     )
-    b, s = cfg.optim.batch_size, cfg.data.input_size
-    x = torch.randn(b, 3, s, s, device=device).contiguous(memory_format=fmt)
-    y = torch.randint(0, 2, (b,), device=device)
+    if grouped:
+        x = torch.randn(n, b, 3, s, s, device=device)
+        y = torch.randint(0, 2, (n, b), device=device)
+    else:
+        x = torch.randn(b, 3, s, s, device=device).contiguous(memory_format=fmt)
+        y = torch.randint(0, 2, (b,), device=device)
     for _ in range(5):
         step(x, y)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     sync()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step(x, y)
+    sync()
+    plain = (time.perf_counter() - t0) / steps
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     t0 = time.perf_counter()
     with profile(activities=activities) as prof:
@@ -346,12 +381,14 @@ def profile_steps(cfg: TrainConfig, device_request: str, steps: int) -> tuple[di
         sort = "self_cpu_time_total"
     result = {
         "mode": mode,
+        "models_per_step": n,
         "batch": b,
         "input_size": s,
         "steps": steps,
         "wall_ms_per_step": wall * 1e3,
+        "uninstrumented_wall_ms_per_step": plain * 1e3,
         "device_busy_ms_per_step": busy * 1e3,
         "device_busy_fraction": min(1.0, busy / wall),
-        "images_per_second": b / wall,
+        "images_per_second": n * b / plain,
     }
     return result, events.table(sort_by=sort, row_limit=25)

@@ -142,6 +142,13 @@ def evaluate(bundle_dir, data_dir, labels_csv, skip_bad_rows, device, batch_size
     help="Training processes side by side on the device (run.parallel).",
 )
 @click.option(
+    "--mode",
+    "parallel_mode",
+    type=click.Choice(["processes", "grouped"]),
+    default=None,
+    help="How the --parallel trainings share the device (run.parallel_mode) [default: the config's].",
+)
+@click.option(
     "--epochs",
     type=click.IntRange(1, 1000),
     default=3,
@@ -188,9 +195,12 @@ def evaluate(bundle_dir, data_dir, labels_csv, skip_bad_rows, device, batch_size
     default=None,
     help="Also write the JSON here (and the profile table next to it, .profile.txt).",
 )
-def bench_train(device, parallel, epochs, data_dir, config_path, overrides, images, profile_steps_n, as_json, out):
+def bench_train(
+    device, parallel, parallel_mode, epochs, data_dir, config_path, overrides, images, profile_steps_n, as_json, out
+):
     """Images/s per process and in aggregate, device memory, and the projected wall time of the
     full protocol (optim.epochs x run.repetitions, models A and B) with --parallel processes."""
+    import dataclasses
     import tempfile
 
     from training.bench import format_report, run_train_bench
@@ -198,6 +208,8 @@ def bench_train(device, parallel, epochs, data_dir, config_path, overrides, imag
 
     try:
         cfg = load_config(config_path, overrides)
+        if parallel_mode:
+            cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, parallel_mode=parallel_mode))
         with tempfile.TemporaryDirectory(prefix="cxr-bench-train-") as work:
             result = run_train_bench(
                 cfg=cfg,
@@ -212,7 +224,7 @@ def bench_train(device, parallel, epochs, data_dir, config_path, overrides, imag
         if profile_steps_n:
             from training.bench import profile_steps
 
-            result["profile"], table = profile_steps(cfg, device, profile_steps_n)
+            result["profile"], table = profile_steps(cfg, device, profile_steps_n, parallel)
             if out:
                 out.with_suffix(".profile.txt").write_text(table, encoding="utf-8")
     except (*_known_errors(), RuntimeError) as exc:

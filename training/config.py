@@ -18,6 +18,7 @@ from cxr_node import validation as V
 
 STEP_MODES = ("auto", "eager", "compile", "cuda_graphs")
 PIPELINES = ("auto", "device", "loader")
+PARALLEL_MODES = ("processes", "grouped")
 SCHEDULES = ("constant", "cosine")
 
 
@@ -39,6 +40,9 @@ class RunConfig:
     # Processes training repetitions (and models A and B) side by side on the one device;
     # 1 = one after the other in this process. Same results either way.
     parallel: int = 1
+    # How N > 1 trainings share the device: "processes" (N processes, fit's exact results) or
+    # "grouped" (one network whose every layer holds the N models; far fewer, larger GPU kernels).
+    parallel_mode: str = "processes"
     # Training step: auto (cuda_graphs on CUDA, eager on CPU) | eager | compile | cuda_graphs.
     step: str = "auto"
     # Write the resumable checkpoint every N epochs (and after the last); 1 = every epoch.
@@ -128,6 +132,9 @@ class TrainConfig:
         # how and where it runs, not what it computes (parallel processes give the same weights)
         for key in ("device", "num_workers", "parallel", "step", "checkpoint_every"):
             d["run"].pop(key)
+        # grouped trainings leave a few images out of each epoch (training.grouped_fit): other weights
+        if self.run.parallel == 1 or self.run.parallel_mode == "processes":
+            d["run"].pop("parallel_mode")
         d["report"] = {}
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -156,6 +163,11 @@ def _check(cfg: TrainConfig) -> None:
     need(r.num_workers >= 0, "run.num_workers", f"must be >= 0, got {r.num_workers}")
     V.device("run.device", r.device)
     need(r.parallel >= 1, "run.parallel", f"must be >= 1, got {r.parallel}")
+    need(
+        r.parallel_mode in PARALLEL_MODES,
+        "run.parallel_mode",
+        f"must be one of {', '.join(PARALLEL_MODES)}, got {r.parallel_mode!r}",
+    )
     need(r.step in STEP_MODES, "run.step", f"must be one of {', '.join(STEP_MODES)}, got {r.step!r}")
     need(r.checkpoint_every >= 1, "run.checkpoint_every", f"must be >= 1, got {r.checkpoint_every}")
     need(d.pipeline in PIPELINES, "data.pipeline", f"must be one of {', '.join(PIPELINES)}, got {d.pipeline!r}")

@@ -99,6 +99,13 @@ class DeviceBatches:
         return self.n_batches
 
     def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        squares, targets = self.epoch_squares(epoch)
+        for b in range(self.n_batches):
+            sl = slice(b * self.batch_size, (b + 1) * self.batch_size)
+            yield normalise_batch(squares[sl]), targets[sl]
+
+    def epoch_squares(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """This epoch's augmented squares (n, S, S) and targets in training order (not normalised)."""
         ds, dev = self.data.dataset, self.data.device
         order = sampler_order(len(self.data), self.env, self.seed, epoch)
         order_t = torch.from_numpy(order).to(dev)
@@ -109,10 +116,7 @@ class DeviceBatches:
             squares = torch.cat(
                 [warp(squares[i : i + CHUNK], thetas[i : i + CHUNK]) for i in range(0, len(order), CHUNK)]
             )
-        targets = self.data.targets[order_t]
-        for b in range(self.n_batches):
-            sl = slice(b * self.batch_size, (b + 1) * self.batch_size)
-            yield normalise_batch(squares[sl]), targets[sl]
+        return squares, self.data.targets[order_t]
 
 
 @torch.no_grad()

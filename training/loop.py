@@ -158,14 +158,14 @@ def predict(
     return p, loss_sum / max(1, len(dataset))
 
 
-def _val_score(metric: str, record: dict) -> float:
+def val_score(metric: str, record: dict) -> float:
     """Higher is better; an undefined AUC (one class in validation) falls back to -loss."""
     if metric == "loss" or (metric == "auc" and record["val_auc"] is None):
         return -record["val_loss"]
     return record[f"val_{metric}"]
 
 
-def _atomic_save(obj, path: Path) -> None:
+def atomic_save(obj, path: Path) -> None:
     """torch.save through the node's one durable write (temp file, fsync, rename, fsync dir)."""
     buf = io.BytesIO()
     torch.save(obj, buf)
@@ -173,7 +173,7 @@ def _atomic_save(obj, path: Path) -> None:
 
 
 @dataclass
-class _Progress:
+class Progress:
     """What a training carries from epoch to epoch (and through a checkpoint)."""
 
     start_epoch: int = 0
@@ -183,15 +183,15 @@ class _Progress:
     best_epoch: int = 0
 
 
-def _resume(ckpt_path: Path, fingerprint: str, model: nn.Module, optimizer, log, label: str) -> _Progress:
+def _resume(ckpt_path: Path, fingerprint: str, model: nn.Module, optimizer, log, label: str) -> Progress:
     if not ckpt_path.is_file():
-        return _Progress()
+        return Progress()
     ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-    _check_fingerprint(ckpt, fingerprint, ckpt_path)
+    check_fingerprint(ckpt, fingerprint, ckpt_path)
     model.load_state_dict(ckpt["model"])
     optimizer.load_state_dict(ckpt["optimizer"])
     log(f"{label}: resuming after epoch {ckpt['epoch']} from {ckpt_path.name}")
-    return _Progress(ckpt["epoch"], ckpt["history"], ckpt["best_state"], ckpt["best_score"], ckpt["best_epoch"])
+    return Progress(ckpt["epoch"], ckpt["history"], ckpt["best_state"], ckpt["best_score"], ckpt["best_epoch"])
 
 
 def _train_epoch(
@@ -240,19 +240,25 @@ def _validate(
 ) -> dict:
     t_val = time.perf_counter()
     p, val_loss = batches.predict_val(model, batch_size, val_autocast, memory_format)
+    return validation_record(p, val_loss, val_set.targets, label, epoch, time.perf_counter() - t_val)
+
+
+def validation_record(
+    p: np.ndarray, val_loss: float, y_val: np.ndarray, label: str, epoch: int, seconds: float
+) -> dict:
+    """One epoch's validation figures from P(positive) and the mean loss; diverged outputs raise."""
     if not np.all(np.isfinite(p)) or not np.isfinite(val_loss):
         raise TrainingDiverged(
             f"{label}: non-finite validation outputs after epoch {epoch + 1} (BatchNorm statistics "
             f"blew up); lower optim.lr, raise optim.batch_size or data.input_size"
         )
-    y_val = val_set.targets
     pred = (p >= 0.5).astype(np.int64)
     return {
         "val_loss": val_loss,
         "val_accuracy": float(np.mean(pred == y_val)),
         "val_balanced_accuracy": balanced_accuracy(y_val, pred),
         "val_auc": safe_auc(y_val, p),
-        "val_seconds": time.perf_counter() - t_val,
+        "val_seconds": seconds,
     }
 
 
@@ -277,7 +283,7 @@ def fit(
     ckpt_path = ckpt_stem.with_name(ckpt_stem.name + ".ckpt.pt")
     if final_path.is_file():
         done = torch.load(final_path, map_location="cpu", weights_only=False)
-        _check_fingerprint(done, fingerprint, final_path)
+        check_fingerprint(done, fingerprint, final_path)
         log(f"{label}: already trained ({final_path.name}), reusing it")
         return FitResult(done["state"], done["best_epoch"], done["history"], done.get("replicas_identical", True))
 
@@ -330,17 +336,17 @@ def fit(
                 epoch_seconds=time.perf_counter() - t0,
             )
             state.history.append(record)
-            score = _val_score(cfg.approach.select_metric, record)
+            score = val_score(cfg.approach.select_metric, record)
             if score > state.best_score:
                 state.best_score, state.best_epoch = score, epoch + 1
                 state.best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
             log(
                 f"{label} epoch {epoch + 1}/{o.epochs}: train loss {record['train_loss']:.4f} "
                 f"acc {record['train_accuracy']:.3f} | val loss {record['val_loss']:.4f} acc {record['val_accuracy']:.3f} "
-                f"auc {_fmt(record['val_auc'])} | {record['images_per_second']:.1f} img/s"
+                f"auc {fmt_metric(record['val_auc'])} | {record['images_per_second']:.1f} img/s"
             )
             if (epoch + 1) % cfg.run.checkpoint_every == 0 and epoch + 1 < o.epochs:
-                _atomic_save(
+                atomic_save(
                     {
                         "fingerprint": fingerprint,
                         "model": model.state_dict(),
@@ -363,7 +369,7 @@ def fit(
         raise TrainingDiverged(f"{label}: no epoch has a finite validation score; lower optim.lr")
     result = FitResult(best, state.best_epoch, state.history, identical)
     if env.is_main:
-        _atomic_save(
+        atomic_save(
             {
                 "fingerprint": fingerprint,
                 "state": result.state,
@@ -379,11 +385,11 @@ def fit(
     return result
 
 
-def _fmt(x: float | None) -> str:
+def fmt_metric(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.3f}"
 
 
-def _check_fingerprint(ckpt: dict, fingerprint: str, path: Path) -> None:
+def check_fingerprint(ckpt: dict, fingerprint: str, path: Path) -> None:
     if ckpt.get("fingerprint") != fingerprint:
         raise CheckpointMismatch(
             f"{path}: made with a different configuration or data; use another --out folder "

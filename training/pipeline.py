@@ -34,6 +34,7 @@ from training.data import LABELS, LoadedData, load_data
 from training.dataset import SquareDataset
 from training.determinism import apply_determinism
 from training.distributed import DistEnv, init_distributed, shutdown
+from training.grouped_fit import run_grouped
 from training.loop import predict
 from training.metrics import (
     binary_metrics,
@@ -321,18 +322,30 @@ def _train(cfg, data_dir, out, env, device, labels_csv, skip_bad_rows, config_pa
                 f"torchrun (WORLD_SIZE={env.world_size}); set run.parallel = 1 or run one process"
             )
         jobs = [j for r in range(cfg.run.repetitions) for j in plan_repetition(ctx, r).jobs.values()]
-        run_parallel(
-            jobs,
-            cfg=cfg,
-            squares=data.squares,
-            workdir=out / "checkpoints",
-            weights=weights,
-            device=device,
-            fingerprint=fingerprint,
-            log=log,
-            log_path=out / "train.log",
-            processes=cfg.run.parallel,
-        )
+        if cfg.run.parallel_mode == "grouped":
+            run_grouped(
+                jobs,
+                cfg=cfg,
+                squares=data.squares,
+                weights=weights,
+                device=device,
+                fingerprint=fingerprint,
+                log=log,
+                size=cfg.run.parallel,
+            )
+        else:
+            run_parallel(
+                jobs,
+                cfg=cfg,
+                squares=data.squares,
+                workdir=out / "checkpoints",
+                weights=weights,
+                device=device,
+                fingerprint=fingerprint,
+                log=log,
+                log_path=out / "train.log",
+                processes=cfg.run.parallel,
+            )
     reps = [run_repetition(ctx, r) for r in range(cfg.run.repetitions)]
     if not env.is_main:
         return None

@@ -42,8 +42,27 @@ def autocast_for(device: torch.device, amp: bool, cache: bool = True):
     return torch.autocast("cpu", enabled=False)
 
 
+Objective = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+
+
+def at_least_float32(logits: torch.Tensor) -> torch.Tensor:
+    """bf16 autocast logits in float32 for the loss; float64 stays float64 (the exactness tests)."""
+    return logits.to(torch.promote_types(logits.dtype, torch.float32))
+
+
+def classification_objective(label_smoothing: float) -> Objective:
+    """(logits (B, C), targets (B,)) -> (loss to minimise, loss to report, correct predictions)."""
+
+    def objective(logits: torch.Tensor, y: torch.Tensor):
+        loss = F.cross_entropy(at_least_float32(logits), y, label_smoothing=label_smoothing)
+        return loss, loss.detach(), (logits.detach().argmax(1) == y).sum()
+
+    return objective
+
+
 class TrainStep:
-    """step(x, y) -> (loss, correct) device tensors; set_lr(lr) before an epoch."""
+    """step(x, y) -> (loss, correct) device tensors; set_lr(lr) before an epoch. `objective`
+    (default: cross-entropy of one model) says what is minimised and what is reported."""
 
     def __init__(
         self,
@@ -56,10 +75,12 @@ class TrainStep:
         label_smoothing: float,
         log: Callable[[str], None],
         label: str = "",
+        objective: Objective | None = None,
     ) -> None:
         self.model, self.optimizer, self.device, self.amp = model, optimizer, device, amp
         self.label_smoothing, self.log, self.label = label_smoothing, log, label
         self.mode = mode
+        self.objective = objective or classification_objective(label_smoothing)
         self._forward: Callable[..., torch.Tensor] = model  # the module, or its torch.compile wrapper
         if mode == "compile":
             self._forward = torch.compile(model, mode="reduce-overhead" if device.type == "cuda" else "default")
@@ -76,17 +97,14 @@ class TrainStep:
         self.lr = lr
 
     # -- forms --------------------------------------------------------------------------------
-    def _loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(logits.float(), y, label_smoothing=self.label_smoothing)
-
     def _eager(self, forward, x, y, set_to_none: bool = True):
         with autocast_for(self.device, self.amp):
             logits = forward(x)
-        loss = self._loss(logits, y)
+        loss, reported, correct = self.objective(logits, y)
         self.optimizer.zero_grad(set_to_none=set_to_none)
         loss.backward()
         self.optimizer.step()
-        return loss.detach(), (logits.detach().argmax(1) == y).sum()
+        return reported, correct
 
     def _fallback(self, exc: BaseException, snapshot) -> None:
         self.log(
@@ -155,11 +173,10 @@ class TrainStep:
         with torch.cuda.graph(graph):
             with autocast_for(self.device, self.amp, cache=False):
                 logits = self.model(self._static["x"])
-            loss = self._loss(logits, self._static["y"])
+            loss, reported, correct = self.objective(logits, self._static["y"])
             loss.backward()
             self.optimizer.step()
-            self._static["loss"] = loss.detach()
-            self._static["correct"] = (logits.detach().argmax(1) == self._static["y"]).sum()
+            self._static["loss"], self._static["correct"] = reported, correct
         self._graph, self._graph_lr = graph, self.lr
         self.log(f"{self.label}: training step captured in a CUDA graph (batch {x.shape[0]}, lr {self.lr:g})")
 
