@@ -21,7 +21,8 @@
 #   dependencies and pytest. Knobs (environment): DEVICE (cuda), PARALLEL (10: 5 repetitions x
 #   A and B at once), MODE (grouped), CONFIGS ("configs/train-paper.toml configs/train-public.toml"),
 #   INIT (scratch), BENCH_EPOCHS (2), BENCH_IMAGES (300), TRAIN_SET / BENCH_SET ("key=value ..."
-#   overrides), THREADS (decoding threads, 8), PROFILE (10 steps; 0: none), FALLBACK_EPOCHS (3).
+#   overrides), THREADS (decoding threads, 8), PROFILE (10 steps; 0: none), FALLBACK_EPOCHS (3),
+#   TESTS (1; 0 skips step 1, e.g. when a probe call on the same machine ran it).
 #   Fits a 15-minute device slot: 540 s for the script leaves the rest to the machine's start.
 #   Dry run on a CPU (tiny, minutes):
 #     DEVICE=cpu PARALLEL=2 BENCH_IMAGES=12 THREADS=1 PROFILE=1 \
@@ -60,10 +61,12 @@ say "gpu-check (training): data $DATA, budget ${BUDGET}s, device $DEVICE, parall
   "$PY" -c 'import torch, os, platform; print("torch", torch.__version__, "cuda", torch.version.cuda, "python", platform.python_version(), "cpus", os.cpu_count())'
 } | tee -a "$OUT/summary.txt"
 
-say "GPU step tests (CUDA graphs / compile vs eager; grouped network)"
-timeout 120 "$PY" -m pytest -q -p no:cacheprovider tests/test_train_fast_path.py tests/test_train_grouped.py \
-    -k "gpu" > "$OUT/gpu-tests.txt" 2>&1
-tail -3 "$OUT/gpu-tests.txt" | tee -a "$OUT/summary.txt"
+if [[ "${TESTS:-1}" == 1 ]]; then
+    say "GPU step tests (CUDA graphs / compile vs eager; grouped network)"
+    timeout 120 "$PY" -m pytest -q -p no:cacheprovider tests/test_train_fast_path.py tests/test_train_grouped.py \
+        -k "gpu" > "$OUT/gpu-tests.txt" 2>&1
+    tail -3 "$OUT/gpu-tests.txt" | tee -a "$OUT/summary.txt"
+fi
 
 SMI_PID=
 if command -v nvidia-smi > /dev/null; then  # device utilisation and memory while the benches run, once a second
