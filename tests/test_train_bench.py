@@ -71,3 +71,25 @@ def test_bench_train_on_cpu_two_processes(tmp_path):
     # the projection cannot beat the measured aggregate rate
     assert proj["wall_seconds"] >= proj["training_images"] / r["aggregate"]["steady_images_per_second"] * 0.99
     assert "projected full protocol" in proc.stdout and "aggregate" in proc.stdout
+
+
+def test_bench_train_grouped_matmul_with_profile(tmp_path):
+    """--mode grouped: the N trainings in one grouped network of this process; --profile times the
+    grouped step (here with the batched-GEMM 1x1 convolutions)."""
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([CXR_NODE, "bench", "train", "--device", "cpu", "--parallel", "2", "--mode", "grouped",
+                           "--epochs", "2", "--images", "12", "--set", "data.input_size=64", "--set",
+                           "run.grouped_pointwise=matmul", "--profile", "1", "--out", str(out)],
+                          capture_output=True, text=True, env=ENV, timeout=400, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    r = json.loads(out.read_text())
+    s = r["settings"]
+    assert (s["parallel"], s["parallel_mode"], s["grouped_pointwise"]) == (2, "grouped", "matmul")
+    assert "one grouped network (1x1 convolutions as matmul)" in proc.stderr
+    steady = [p["steady_images_per_second"] for p in r["per_process"]]
+    assert len(steady) == 2 and steady[0] == steady[1] > 0  # lockstep: one clock for both
+    q = r["profile"]
+    assert q["models_per_step"] == 2 and q["grouped_pointwise"] == "matmul"
+    assert q["images_per_second"] == pytest.approx(2 * 4 / (q["uninstrumented_wall_ms_per_step"] / 1e3))
+    assert (tmp_path / "bench.profile.txt").is_file()
+    assert "2 trainings grouped in one network (1x1 as matmul" in proc.stdout

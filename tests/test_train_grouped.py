@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from cxr_node.analysis.models import build_densenet161, build_model
 from training.config import ConfigError, config_from_dict
 from training.distributed import DistEnv
-from training.grouped import GroupedDenseNet, gcat
+from training.grouped import BatchedPointwise, GroupedDenseNet, gcat
 from training.grouped_fit import fit_grouped, group_checkpoint, grouped_objective
 from training.step import TrainStep
 from training.synthetic import write_synthetic
@@ -56,6 +56,16 @@ def _members(n: int) -> list[torch.nn.Module]:
     return out
 
 
+def test_batched_pointwise_reads_both_layouts_and_matches_the_grouped_convolution(float64):
+    conv = torch.nn.Conv2d(3 * 5, 3 * 4, 1, groups=3)
+    x = torch.randn(2, 15, 6, 7)
+    pointwise = BatchedPointwise(conv, 3)
+    for layout in (torch.contiguous_format, torch.channels_last):
+        y = pointwise(x.contiguous(memory_format=layout))
+        torch.testing.assert_close(y, conv(x), rtol=1e-12, atol=1e-12)
+        assert y.is_contiguous(memory_format=torch.channels_last)
+
+
 def test_gcat_keeps_each_models_channels_together_in_both_memory_formats():
     a, b = torch.randn(2, 3 * 4, 5, 5), torch.randn(2, 3 * 2, 5, 5)  # 3 models: 4 and 2 channels each
     expected = torch.cat([torch.cat([a[:, 4 * k : 4 * k + 4], b[:, 2 * k : 2 * k + 2]], 1) for k in range(3)], 1)
@@ -64,9 +74,12 @@ def test_gcat_keeps_each_models_channels_together_in_both_memory_formats():
     assert torch.equal(cl, expected) and cl.is_contiguous(memory_format=torch.channels_last)
 
 
-def test_grouped_network_computes_what_its_members_compute(float64):
+@pytest.mark.parametrize("pointwise", ["conv", "matmul"])
+def test_grouped_network_computes_what_its_members_compute(float64, pointwise):
     members = _members(3)
-    grouped = GroupedDenseNet([copy.deepcopy(m) for m in members])
+    grouped = GroupedDenseNet([copy.deepcopy(m) for m in members], pointwise)
+    if pointwise == "matmul":  # both memory layouts of the batched GEMM path
+        grouped.to(memory_format=torch.channels_last)
     x = torch.randn(3, 2, 3, 64, 64)
     y = torch.tensor([[0, 1], [1, 1], [1, 0]])
     for mode in ("eval", "train"):
@@ -194,6 +207,10 @@ def test_grouped_training_runs_the_pipeline_and_resumes(tmp_path):
 def test_parallel_mode_is_checked_and_grouped_runs_have_their_own_fingerprint():
     with pytest.raises(ConfigError, match=r"^run.parallel_mode: must be one of processes, grouped, got 'streams'"):
         config_from_dict({**TINY, "run": {**TINY["run"], "parallel_mode": "streams"}})
+    with pytest.raises(ConfigError, match=r"^run.grouped_pointwise: must be one of conv, matmul, got 'gemm'"):
+        config_from_dict({**TINY, "run": {**TINY["run"], "grouped_pointwise": "gemm"}})
+    matmul = config_from_dict({**TINY, "run": {**TINY["run"], "grouped_pointwise": "matmul"}})
+    assert matmul.fingerprint() == config_from_dict(TINY).fingerprint()  # the same arithmetic
     grouped = config_from_dict(TINY)
     processes = config_from_dict({**TINY, "run": {**TINY["run"], "parallel_mode": "processes"}})
     sequential = config_from_dict({**TINY, "run": {**TINY["run"], "parallel": 1}})
@@ -201,14 +218,14 @@ def test_parallel_mode_is_checked_and_grouped_runs_have_their_own_fingerprint():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device (run by deploy/gpu-check.sh)")
-@pytest.mark.parametrize("mode", ["cuda_graphs"])
-def test_gpu_grouped_step_gives_the_eager_losses(mode):
+@pytest.mark.parametrize("pointwise", ["conv", "matmul"])
+def test_gpu_grouped_step_gives_the_eager_losses(pointwise):
     """The grouped DenseNet-161 (3 members, bf16 autocast, channels_last) replayed from a CUDA graph
     against eager steps: 3 warm-up steps, the capture, 4 replays."""
     cuda = torch.device("cuda")
 
     def losses(step_mode: str) -> list[list[float]]:
-        grouped = GroupedDenseNet(_members(3)).to(cuda).to(memory_format=torch.channels_last)
+        grouped = GroupedDenseNet(_members(3), pointwise).to(cuda).to(memory_format=torch.channels_last)
         opt = torch.optim.SGD(grouped.parameters(), lr=0.01, momentum=0.9)
         lines: list[str] = []
         step = TrainStep(
@@ -231,5 +248,5 @@ def test_gpu_grouped_step_gives_the_eager_losses(mode):
         assert not any("continuing eagerly" in line for line in lines), lines
         return out
 
-    eager, graphed = losses("eager"), losses(mode)
+    eager, graphed = losses("eager"), losses("cuda_graphs")
     assert np.allclose(graphed, eager, rtol=2e-2, atol=1e-3), (graphed, eager)

@@ -234,6 +234,8 @@ def run_train_bench(
         "settings": {
             "parallel": parallel,
             "parallel_mode": cfg.run.parallel_mode,
+            "grouped_pointwise": cfg.run.grouped_pointwise,
+            "channels_last": cfg.run.channels_last,
             "epochs": epochs,
             "training_images_per_process": n_train,
             "validation_images": len(template.val_idx),
@@ -268,12 +270,19 @@ def run_train_bench(
     }
 
 
+def _how(s: dict[str, Any]) -> str:
+    if s.get("parallel_mode") != "grouped":
+        return "process(es)"
+    layout = "channels-last" if s.get("channels_last") else "NCHW"
+    return f"trainings grouped in one network (1x1 as {s.get('grouped_pointwise')}, {layout})"
+
+
 def format_report(r: dict[str, Any]) -> str:
     s, a, p = r["settings"], r["aggregate"], r["projection"]
     gib = 1024**3
     lines = [
         f"bench train on {r['machine']['device_name']} ({r['created']}, torch {r['machine']['torch']}): "
-        f"{s['parallel']} {'trainings grouped in one network' if s.get('parallel_mode') == 'grouped' else 'process(es)'}"
+        f"{s['parallel']} {_how(s)}"
         f" x {s['epochs']} epoch(s), {s['training_images_per_process']} training "
         f"images each at {s['input_size']} px, batch {s['batch_size']}, step {s['step']}, "
         f"input path {s['pipeline']}, amp {s['amp']}, deterministic {s['deterministic']}"
@@ -333,7 +342,11 @@ def profile_steps(cfg: TrainConfig, device_request: str, steps: int, parallel: i
     b, s = cfg.optim.batch_size, cfg.data.input_size
     grouped = cfg.run.parallel_mode == "grouped" and parallel > 1
     n = parallel if grouped else 1
-    model = (GroupedDenseNet([build_model(None) for _ in range(n)]) if grouped else build_model(None)).to(device)
+    model = (
+        GroupedDenseNet([build_model(None) for _ in range(n)], cfg.run.grouped_pointwise)
+        if grouped
+        else build_model(None)
+    ).to(device)
     model = model.to(memory_format=fmt).train()
     opt = torch.optim.SGD(
         model.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay
@@ -382,6 +395,7 @@ def profile_steps(cfg: TrainConfig, device_request: str, steps: int, parallel: i
     result = {
         "mode": mode,
         "models_per_step": n,
+        "grouped_pointwise": cfg.run.grouped_pointwise if grouped else None,
         "batch": b,
         "input_size": s,
         "steps": steps,

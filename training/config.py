@@ -19,6 +19,7 @@ from cxr_node import validation as V
 STEP_MODES = ("auto", "eager", "compile", "cuda_graphs")
 PIPELINES = ("auto", "device", "loader")
 PARALLEL_MODES = ("processes", "grouped")
+POINTWISE = ("conv", "matmul")  # training.grouped.POINTWISE (not imported: config stays torch-free)
 SCHEDULES = ("constant", "cosine")
 
 
@@ -43,6 +44,9 @@ class RunConfig:
     # How N > 1 trainings share the device: "processes" (N processes, fit's exact results) or
     # "grouped" (one network whose every layer holds the N models; far fewer, larger GPU kernels).
     parallel_mode: str = "processes"
+    # Grouped mode: 1x1 convolutions as grouped cuDNN convolutions ("conv") or batched GEMMs
+    # ("matmul"); the same arithmetic, a different kernel count (docs/training.md).
+    grouped_pointwise: str = "conv"
     # Training step: auto (cuda_graphs on CUDA, eager on CPU) | eager | compile | cuda_graphs.
     step: str = "auto"
     # Write the resumable checkpoint every N epochs (and after the last); 1 = every epoch.
@@ -130,7 +134,7 @@ class TrainConfig:
         """Hash of everything that changes the trained weights (not device or worker count)."""
         d = self.to_dict()
         # how and where it runs, not what it computes (parallel processes give the same weights)
-        for key in ("device", "num_workers", "parallel", "step", "checkpoint_every"):
+        for key in ("device", "num_workers", "parallel", "step", "checkpoint_every", "grouped_pointwise"):
             d["run"].pop(key)
         # grouped trainings leave a few images out of each epoch (training.grouped_fit): other weights
         if self.run.parallel == 1 or self.run.parallel_mode == "processes":
@@ -167,6 +171,11 @@ def _check(cfg: TrainConfig) -> None:
         r.parallel_mode in PARALLEL_MODES,
         "run.parallel_mode",
         f"must be one of {', '.join(PARALLEL_MODES)}, got {r.parallel_mode!r}",
+    )
+    need(
+        r.grouped_pointwise in POINTWISE,
+        "run.grouped_pointwise",
+        f"must be one of {', '.join(POINTWISE)}, got {r.grouped_pointwise!r}",
     )
     need(r.step in STEP_MODES, "run.step", f"must be one of {', '.join(STEP_MODES)}, got {r.step!r}")
     need(r.checkpoint_every >= 1, "run.checkpoint_every", f"must be >= 1, got {r.checkpoint_every}")

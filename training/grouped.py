@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+POINTWISE = ("conv", "matmul")  # how 1x1 convolutions run: grouped cuDNN convolution | batched GEMM
+
 
 def gcat(parts: Sequence[torch.Tensor], groups: int) -> torch.Tensor:
     """Concatenate (B, N*c_i, H, W) tensors per group: (B, N*sum(c_i), H, W), model n's channels
@@ -68,6 +70,41 @@ def _grouped_linear(linears: Sequence[nn.Linear]) -> nn.Conv2d:
     return g
 
 
+class BatchedPointwise(nn.Module):
+    """N per-model 1x1 convolutions (or Linears) as one batched matrix product.
+
+    cuDNN runs a grouped convolution on channels-last tensors as one slice-copy plus one small
+    kernel per group (nhwcSliceCKernel: a quarter of the grouped step's GPU time at N = 10, H200
+    profile in docs/training.md). A 1x1 convolution is a matrix product per pixel, so here it is
+    one strided batched GEMM over the N models (input read in place from channels-last memory)
+    plus one copy that puts the result back in that layout. The weight keeps the grouped
+    convolution's shape (N*O, C, 1, 1), so state dicts and member_state are unchanged."""
+
+    def __init__(self, conv: nn.Conv2d, groups: int) -> None:
+        super().__init__()
+        self.groups = groups
+        self.weight = conv.weight
+        self.bias = conv.bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, nc, h, w = x.shape
+        n = self.groups
+        c, o = nc // n, self.weight.shape[0] // n
+        if x.is_contiguous(memory_format=torch.channels_last):
+            rows = x.permute(0, 2, 3, 1).reshape(b * h * w, n, c).transpose(0, 1)  # a view: (N, pixels, C)
+        else:
+            rows = x.reshape(b, n, c, h * w).permute(1, 0, 3, 2).reshape(n, b * h * w, c)
+        y = torch.bmm(rows, self.weight.reshape(n, o, c).transpose(1, 2))  # (N, pixels, O)
+        if self.bias is not None:
+            y = y + self.bias.reshape(n, 1, o).to(y.dtype)
+        return y.transpose(0, 1).reshape(b, h, w, n * o).permute(0, 3, 1, 2)  # channels-last (B, N*O, H, W)
+
+
+def _pointwise(convs: Sequence[nn.Conv2d], pointwise: str) -> nn.Module:
+    g = _grouped_conv(convs)
+    return BatchedPointwise(g, len(convs)) if pointwise == "matmul" else g
+
+
 def _grouped_bn(bns: Sequence[nn.BatchNorm2d]) -> nn.BatchNorm2d:
     b = bns[0]
     g = nn.BatchNorm2d(b.num_features * len(bns), eps=b.eps, momentum=b.momentum)
@@ -83,11 +120,11 @@ def _bn_relu(bn: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
 
 
 class _Layer(nn.Module):
-    def __init__(self, layers: Sequence[nn.Module], groups: int) -> None:
+    def __init__(self, layers: Sequence[nn.Module], groups: int, pointwise: str) -> None:
         super().__init__()
         self.groups = groups
         self.norm1 = _grouped_bn(_parts(layers, "norm1"))
-        self.conv1 = _grouped_conv(_parts(layers, "conv1"))
+        self.conv1 = _pointwise(_parts(layers, "conv1"), pointwise)
         self.norm2 = _grouped_bn(_parts(layers, "norm2"))
         self.conv2 = _grouped_conv(_parts(layers, "conv2"))
         if any(float(getattr(m, "drop_rate", 0.0)) > 0 for m in layers):
@@ -99,11 +136,11 @@ class _Layer(nn.Module):
 
 
 class _Block(nn.Module):
-    def __init__(self, blocks: Sequence[nn.Module], groups: int) -> None:
+    def __init__(self, blocks: Sequence[nn.Module], groups: int, pointwise: str) -> None:
         super().__init__()
         self.groups = groups
         for name, _ in blocks[0].named_children():
-            self.add_module(name, _Layer([getattr(b, name) for b in blocks], groups))
+            self.add_module(name, _Layer(_parts(blocks, name), groups, pointwise))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         features = [x]
@@ -113,17 +150,17 @@ class _Block(nn.Module):
 
 
 class _Transition(nn.Module):
-    def __init__(self, transitions: Sequence[nn.Module], groups: int) -> None:
+    def __init__(self, transitions: Sequence[nn.Module], pointwise: str) -> None:
         super().__init__()
         self.norm = _grouped_bn(_parts(transitions, "norm"))
-        self.conv = _grouped_conv(_parts(transitions, "conv"))
+        self.conv = _pointwise(_parts(transitions, "conv"), pointwise)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.avg_pool2d(self.conv(_bn_relu(self.norm, x)), kernel_size=2, stride=2)
 
 
 class _Features(nn.Module):
-    def __init__(self, features: Sequence[nn.Module], groups: int) -> None:
+    def __init__(self, features: Sequence[nn.Module], groups: int, pointwise: str) -> None:
         super().__init__()
         for name, first in features[0].named_children():
             parts = [getattr(f, name) for f in features]
@@ -132,9 +169,9 @@ class _Features(nn.Module):
             elif isinstance(first, nn.BatchNorm2d):
                 self.add_module(name, _grouped_bn(parts))
             elif name.startswith("denseblock"):
-                self.add_module(name, _Block(parts, groups))
+                self.add_module(name, _Block(parts, groups, pointwise))
             elif name.startswith("transition"):
-                self.add_module(name, _Transition(parts, groups))
+                self.add_module(name, _Transition(parts, pointwise))
             elif isinstance(first, nn.ReLU | nn.MaxPool2d):
                 self.add_module(name, first)  # no parameters, acts per channel
             else:
@@ -147,15 +184,19 @@ class _Features(nn.Module):
 
 
 class GroupedDenseNet(nn.Module):
-    """N torchvision DenseNets (same architecture) as one module: (N, B, 3, S, S) -> (N, B, classes)."""
+    """N torchvision DenseNets (same architecture) as one module: (N, B, 3, S, S) -> (N, B, classes).
+    `pointwise` = "matmul" runs the 1x1 convolutions and the classifier as batched GEMMs."""
 
-    def __init__(self, members: Sequence[nn.Module]) -> None:
+    def __init__(self, members: Sequence[nn.Module], pointwise: str = "conv") -> None:
         super().__init__()
         if not members:
             raise ValueError("grouped DenseNet: no members")
+        if pointwise not in POINTWISE:
+            raise ValueError(f"grouped DenseNet: pointwise must be one of {', '.join(POINTWISE)}, got {pointwise!r}")
         self.groups = len(members)
-        self.features = _Features(_parts(members, "features"), self.groups)
-        self.classifier = _grouped_linear(_parts(members, "classifier"))
+        self.features = _Features(_parts(members, "features"), self.groups, pointwise)
+        classifier = _grouped_linear(_parts(members, "classifier"))
+        self.classifier = BatchedPointwise(classifier, self.groups) if pointwise == "matmul" else classifier
         self._shapes = {k: tuple(v.shape) for k, v in members[0].state_dict().items()}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -137,7 +137,7 @@ def fit_grouped(
     for job in jobs:
         torch.manual_seed(job.seed)  # fit's initial weights for this training
         members.append(build_model(weights))
-    model = GroupedDenseNet(members).to(device).to(memory_format=memory_format)
+    model = GroupedDenseNet(members, cfg.run.grouped_pointwise).to(device).to(memory_format=memory_format)
     del members
     optimizer = torch.optim.SGD(model.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
     ckpt_path = group_checkpoint(jobs)
@@ -190,7 +190,7 @@ def fit_grouped(
     )
     left_out = ", ".join(f"{len(m.batches.data) - used}" for m in group)
     log(
-        f"{label}: one grouped network, {steps} steps of {batch} images per model per epoch "
+        f"{label}: one grouped network (1x1 convolutions as {cfg.run.grouped_pointwise}), {steps} steps of {batch} images per model per epoch "
         f"(images left out of each epoch, per model: {left_out}), step {mode} ({why}), input path device"
     )
     autocast = autocast_for(device, cfg.run.amp)
