@@ -333,7 +333,7 @@ def profile_steps(cfg: TrainConfig, device_request: str, steps: int, parallel: i
     from training.determinism import apply_determinism
     from training.grouped import GroupedDenseNet
     from training.grouped_fit import grouped_objective
-    from training.step import TrainStep, resolve_mode
+    from training.step import make_step
 
     device = _device(device_request)
     apply_determinism(cfg.run.deterministic)
@@ -351,18 +351,9 @@ def profile_steps(cfg: TrainConfig, device_request: str, steps: int, parallel: i
     opt = torch.optim.SGD(
         model.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay
     )
-    mode, _ = resolve_mode(cfg.run.step, device, False)
-    step = TrainStep(
-        model,
-        opt,
-        mode=mode,
-        device=device,
-        amp=cfg.run.amp,
-        label_smoothing=cfg.optim.label_smoothing,
-        log=lambda m: None,
-        label="profile",
-        objective=grouped_objective(cfg.optim.label_smoothing) if grouped else None,
-    )
+    objective = grouped_objective(cfg.optim.label_smoothing) if grouped else None
+    step, _ = make_step(model, opt, cfg, device, log=lambda m: None, label="profile", objective=objective)
+    mode = step.mode
     if grouped:
         x = torch.randn(n, b, 3, s, s, device=device)
         y = torch.randint(0, 2, (n, b), device=device)

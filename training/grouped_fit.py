@@ -47,7 +47,7 @@ from training.loop import (
     validation_record,
 )
 from training.parallel import FitJob
-from training.step import TrainStep, at_least_float32, autocast_for, resolve_mode
+from training.step import at_least_float32, autocast_for, make_step
 
 VAL_BATCH = 32  # validation images per model per forward
 
@@ -176,18 +176,10 @@ def fit_grouped(
         start = ckpt["epoch"]
         log(f"{label}: resuming after epoch {start} from {ckpt_path.name}")
 
-    mode, why = resolve_mode(cfg.run.step, device, False)
-    step = TrainStep(
-        model,
-        optimizer,
-        mode=mode,
-        device=device,
-        amp=cfg.run.amp,
-        label_smoothing=o.label_smoothing,
-        log=log,
-        label=label,
-        objective=grouped_objective(o.label_smoothing),
+    step, why = make_step(
+        model, optimizer, cfg, device, log=log, label=label, objective=grouped_objective(o.label_smoothing)
     )
+    mode = step.mode
     left_out = ", ".join(f"{len(m.batches.data) - used}" for m in group)
     log(
         f"{label}: one grouped network (1x1 convolutions as {cfg.run.grouped_pointwise}), {steps} steps of {batch} images per model per epoch "

@@ -30,7 +30,7 @@ from training.dataset import SquareDataset
 from training.device_data import DeviceBatches, DeviceSet, fits_on_device, predict_on_device
 from training.distributed import DistEnv, all_reduce_sum, barrier, params_identical_across_ranks
 from training.metrics import balanced_accuracy, safe_auc
-from training.step import TrainStep, autocast_for, resolve_mode
+from training.step import autocast_for, make_step
 
 
 class CheckpointMismatch(RuntimeError):
@@ -300,17 +300,8 @@ def fit(
     state = _resume(ckpt_path, fingerprint, model, optimizer, log, label)
 
     train_model = DistributedDataParallel(model) if env.enabled else model
-    mode, why = resolve_mode(cfg.run.step, device, env.enabled)
-    step = TrainStep(
-        train_model,
-        optimizer,
-        mode=mode,
-        device=device,
-        amp=cfg.run.amp,
-        label_smoothing=o.label_smoothing,
-        log=log,
-        label=label,
-    )
+    step, why = make_step(train_model, optimizer, cfg, device, log=log, label=label, ddp=env.enabled)
+    mode = step.mode
     # A last batch of one image would break BatchNorm in train mode (1x1 features at small inputs).
     drop_last = (-(-len(train_set) // env.world_size)) % per_rank_batch == 1
     pipeline = resolve_pipeline(cfg, train_set, val_set, device)

@@ -181,6 +181,34 @@ class TrainStep:
         self.log(f"{self.label}: training step captured in a CUDA graph (batch {x.shape[0]}, lr {self.lr:g})")
 
 
+def make_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    cfg,
+    device: torch.device,
+    *,
+    log: Callable[[str], None],
+    label: str = "",
+    ddp: bool = False,
+    objective: Objective | None = None,
+) -> tuple[TrainStep, str]:
+    """The TrainStep a training config asks for on this device (run.step, run.amp,
+    optim.label_smoothing), and why that form was chosen."""
+    mode, why = resolve_mode(cfg.run.step, device, ddp)
+    step = TrainStep(
+        model,
+        optimizer,
+        mode=mode,
+        device=device,
+        amp=cfg.run.amp,
+        label_smoothing=cfg.optim.label_smoothing,
+        log=log,
+        label=label,
+        objective=objective,
+    )
+    return step, why
+
+
 def _clone_state(state):
     if isinstance(state, torch.Tensor):
         return state.detach().clone()
