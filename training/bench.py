@@ -34,8 +34,6 @@ import torch
 from training.config import TrainConfig
 from training.data import load_data
 from training.distributed import DistEnv
-from training.grouped_fit import run_grouped
-from training.parallel import run_parallel
 
 
 def _device(request: str) -> torch.device:
@@ -108,7 +106,7 @@ def run_train_bench(
     workdir: Path,
     log: Callable[[str], None],
 ) -> dict[str, Any]:
-    from training.pipeline import Context, plan_repetition
+    from training.pipeline import Context, plan_repetition, train_side_by_side
     from training.splits import hash_all, near_duplicates
     from training.synthetic import write_synthetic
 
@@ -164,33 +162,17 @@ def run_train_bench(
         f"on {_device_name(device)}"
     )
     t1 = time.perf_counter()
-    if cfg.run.parallel_mode == "grouped":
-        from training.determinism import apply_determinism
-
-        apply_determinism(cfg.run.deterministic)  # in this process (processes apply it in each worker)
-        run_grouped(
-            jobs,
-            cfg=bench_cfg,
-            squares=data.squares,
-            weights=None,
-            device=device,
-            fingerprint="bench",
-            log=log,
-            size=parallel,
-        )
-    else:
-        run_parallel(
-            jobs,
-            cfg=bench_cfg,
-            squares=data.squares,
-            workdir=workdir / "checkpoints",
-            weights=None,
-            device=device,
-            fingerprint="bench",
-            log=log,
-            log_path=workdir / "bench.log",
-            processes=parallel,
-        )
+    train_side_by_side(
+        jobs,
+        cfg=bench_cfg,
+        squares=data.squares,
+        workdir=workdir / "checkpoints",
+        weights=None,
+        device=device,
+        fingerprint="bench",
+        log=log,
+        log_path=workdir / "bench.log",
+    )
     wall = time.perf_counter() - t1
     histories = [torch.load(j.final_path, map_location="cpu", weights_only=False)["history"] for j in jobs]
 

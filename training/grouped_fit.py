@@ -37,6 +37,7 @@ from training.device_data import DeviceBatches, DeviceSet
 from training.distributed import DistEnv
 from training.grouped import GroupedDenseNet
 from training.loop import (
+    FitResult,
     Progress,
     TrainingDiverged,
     atomic_save,
@@ -45,6 +46,7 @@ from training.loop import (
     learning_rate,
     val_score,
     validation_record,
+    write_final,
 )
 from training.parallel import FitJob
 from training.step import at_least_float32, autocast_for, make_step
@@ -263,16 +265,7 @@ def fit_grouped(
         pr = m.progress
         if pr.best_state is None:
             raise TrainingDiverged(f"{m.job.label}: no epoch has a finite validation score; lower optim.lr")
-        atomic_save(
-            {
-                "fingerprint": fingerprint,
-                "state": pr.best_state,
-                "best_epoch": pr.best_epoch,
-                "history": pr.history,
-                "replicas_identical": True,
-            },
-            m.job.final_path,
-        )
+        write_final(m.job.final_path, fingerprint, FitResult(pr.best_state, pr.best_epoch, pr.history))
         log(f"{m.job.label}: kept epoch {pr.best_epoch} (best validation {cfg.approach.select_metric})")
     ckpt_path.unlink(missing_ok=True)
 

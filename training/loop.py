@@ -360,20 +360,25 @@ def fit(
         raise TrainingDiverged(f"{label}: no epoch has a finite validation score; lower optim.lr")
     result = FitResult(best, state.best_epoch, state.history, identical)
     if env.is_main:
-        atomic_save(
-            {
-                "fingerprint": fingerprint,
-                "state": result.state,
-                "best_epoch": state.best_epoch,
-                "history": state.history,
-                "replicas_identical": identical,
-            },
-            final_path,
-        )
+        write_final(final_path, fingerprint, result)
         ckpt_path.unlink(missing_ok=True)
         log(f"{label}: kept epoch {state.best_epoch} (best validation {cfg.approach.select_metric})")
     barrier(env)
     return result
+
+
+def write_final(path: Path, fingerprint: str, result: FitResult) -> None:
+    """`<stem>.final.pt`: a finished training, as fit reuses it and the pipeline reads it."""
+    atomic_save(
+        {
+            "fingerprint": fingerprint,
+            "state": result.state,
+            "best_epoch": result.best_epoch,
+            "history": result.history,
+            "replicas_identical": result.replicas_identical,
+        },
+        path,
+    )
 
 
 def fmt_metric(x: float | None) -> str:

@@ -148,6 +148,47 @@ def plan_repetition(ctx: Context, rep: int) -> RepPlan:
     return RepPlan(rep, seed, split, b_parts, jobs)
 
 
+def train_side_by_side(
+    jobs: list[FitJob],
+    *,
+    cfg: TrainConfig,
+    squares: np.ndarray,
+    workdir: Path,
+    weights: Path | None,
+    device: torch.device,
+    fingerprint: str,
+    log: Callable[[str], None],
+    log_path: Path | None,
+) -> None:
+    """run.parallel > 1: every unfinished job, run.parallel at a time, as run.parallel_mode says;
+    each leaves its `<stem>.final.pt` for the pipeline (or the bench) to read."""
+    if cfg.run.parallel_mode == "grouped":
+        apply_determinism(cfg.run.deterministic)  # grouped trains in this process; workers apply it themselves
+        run_grouped(
+            jobs,
+            cfg=cfg,
+            squares=squares,
+            weights=weights,
+            device=device,
+            fingerprint=fingerprint,
+            log=log,
+            size=cfg.run.parallel,
+        )
+    else:
+        run_parallel(
+            jobs,
+            cfg=cfg,
+            squares=squares,
+            workdir=workdir,
+            weights=weights,
+            device=device,
+            fingerprint=fingerprint,
+            log=log,
+            log_path=log_path,
+            processes=cfg.run.parallel,
+        )
+
+
 def run_repetition(ctx: Context, rep: int) -> dict[str, Any]:
     cfg, data, log = ctx.cfg, ctx.data, ctx.log
     plan = plan_repetition(ctx, rep)
@@ -322,30 +363,17 @@ def _train(cfg, data_dir, out, env, device, labels_csv, skip_bad_rows, config_pa
                 f"torchrun (WORLD_SIZE={env.world_size}); set run.parallel = 1 or run one process"
             )
         jobs = [j for r in range(cfg.run.repetitions) for j in plan_repetition(ctx, r).jobs.values()]
-        if cfg.run.parallel_mode == "grouped":
-            run_grouped(
-                jobs,
-                cfg=cfg,
-                squares=data.squares,
-                weights=weights,
-                device=device,
-                fingerprint=fingerprint,
-                log=log,
-                size=cfg.run.parallel,
-            )
-        else:
-            run_parallel(
-                jobs,
-                cfg=cfg,
-                squares=data.squares,
-                workdir=out / "checkpoints",
-                weights=weights,
-                device=device,
-                fingerprint=fingerprint,
-                log=log,
-                log_path=out / "train.log",
-                processes=cfg.run.parallel,
-            )
+        train_side_by_side(
+            jobs,
+            cfg=cfg,
+            squares=data.squares,
+            workdir=out / "checkpoints",
+            weights=weights,
+            device=device,
+            fingerprint=fingerprint,
+            log=log,
+            log_path=out / "train.log",
+        )
     reps = [run_repetition(ctx, r) for r in range(cfg.run.repetitions)]
     if not env.is_main:
         return None
