@@ -230,10 +230,12 @@ def test_a_hung_and_a_dead_destination_hold_back_no_other(queue, result, scp, si
     dispatcher.start()
     try:
         # Both objects reach the working PACS while the hung one is still waiting for an answer.
+        # Each destination has its own worker, so the refused attempt at "dead" may be recorded just after pacs is done.
         peers.wait_until(lambda: rows(queue)[("pacs", "sr")]["state"] == ExportState.SENT, 30, "the SR at pacs")
+        peers.wait_until(lambda: rows(queue)[("dead", "sc")]["attempts"] >= 1, 5, "a refused attempt at dead")
         found = rows(queue)
         assert found[("pacs", "sc")]["state"] == ExportState.SENT
-        assert found[("dead", "sc")]["state"] == ExportState.PENDING and found[("dead", "sc")]["attempts"] >= 1
+        assert found[("dead", "sc")]["state"] == ExportState.PENDING
         assert found[("hung", "sc")]["attempts"] == 0  # still in its first attempt
         assert found[("dead", "sr")]["attempts"] == found[("hung", "sr")]["attempts"] == 0  # waiting for their SC
     finally:
