@@ -91,3 +91,15 @@ def fresh_uncr(rg1_uncr, tmp_path) -> Path:
 @pytest.fixture
 def fresh_j2kr(rg1_j2kr, tmp_path) -> Path:
     return restamp(rg1_j2kr, tmp_path / "fresh")
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Torch on one thread for the test: two spinning OpenMP threads slow to a crawl when other jobs
+    share the 2 cores, one does not. Restored afterwards: the setting is process-wide."""
+    import torch  # here, not at the top: most tests never load torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -36,14 +36,7 @@ class Interrupted(Exception):
     pass
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Two spinning OpenMP threads slow to a crawl when other jobs share the 2 cores; one
-    # thread does not spin. Restored afterwards: the setting is process-wide.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
