@@ -17,6 +17,7 @@ from cxr_node.housekeeping import Housekeeping
 from cxr_node.queue.jobs import JobQueue
 from cxr_node.queue.schema import open_database
 from cxr_node.results.identity import NodeIdentity
+from cxr_node.results.wording import UNTRAINED_MODEL_TEXT
 from cxr_node.storage import StorageLayout
 from cxr_node.worker import Worker, WorkerSettings
 
@@ -31,9 +32,7 @@ def load_models(cfg: NodeConfig) -> Bundle:
         except BundleError as exc:
             raise ConfigError(f"models.dir: {exc}") from exc
     if cfg.allow_untrained:
-        log.warning(
-            "no model bundle: using RANDOM weights; every result will say UNTRAINED MODEL - NOT FOR CLINICAL USE"
-        )
+        log.warning("no model bundle: using RANDOM weights; every result will say %s", UNTRAINED_MODEL_TEXT)
         return untrained_bundle(cfg.input_size)
     raise ConfigError(
         "models.dir: no model bundle configured (--models DIR); "

@@ -7,12 +7,13 @@ import re
 import subprocess
 
 import highdicom as hd
+import numpy as np
 import pydicom
 import pytest
 from pydicom.dataset import Dataset
 
 from cxr_node.analysis.fusion import JointClass
-from cxr_node.results.identity import UNTRAINED_MODEL_TEXT, ResultUIDs, no_illustration_sr_uid
+from cxr_node.results.identity import ResultUIDs, no_illustration_sr_uid
 from cxr_node.results.sr import (
     AI_MODEL,
     ANALYSED_IMAGE,
@@ -23,7 +24,7 @@ from cxr_node.results.sr import (
     ILLUSTRATION_NOTE,
     INTENDED_USE,
     MODEL_STATUS,
-    NOT_FOR_DIAGNOSIS,
+    NOTE,
     OVERALL_CLASS,
     QUALITATIVE_EVALUATIONS,
     TRACKING_A,
@@ -33,6 +34,7 @@ from cxr_node.results.sr import (
     build_structured_report,
     without_illustration,
 )
+from cxr_node.results.wording import NOT_FOR_DIAGNOSIS, UNTRAINED_MODEL_TEXT
 from tests import peers
 from tests.test_results_support import (
     CASES,
@@ -242,3 +244,16 @@ def test_pixelmed_accepts_the_report_without_illustration(rg1_uncr, tmp_path):
     assert pixelmed_errors(report) == []
     # Only our private statements, as extensions of the extensible TID 1501 (docs/results.md).
     assert [line for line in report[str(path)] if "99CXRNODE" not in line] == []
+
+
+def test_notes_reach_the_sr_and_the_sc(rg1_uncr, tmp_path):
+    """The node's notes on how it read the image: a Comment each in the overall result, and in the SC."""
+    notes = ["window: node's robust window (WindowWidth 0 ignored)", "patient age not stated", "  ", "patient age not stated"]
+    _, files = make_results(rg1_uncr, tmp_path, "normal", model=TRAINED, notes=notes)
+    summary = _groups(pydicom.dcmread(files.sr_path))[0]
+    assert [i.TextValue for i in _items(summary, NOTE)] == notes[:2]  # blanks and repeats dropped, order kept
+    description = pydicom.dcmread(files.sc_path).DerivationDescription
+    assert all(f"note: {n}" in description for n in notes[:2])
+    _, plain = make_results(rg1_uncr, tmp_path / "plain", "normal", model=TRAINED)
+    assert _items(_groups(pydicom.dcmread(plain.sr_path))[0], NOTE) == []
+    assert not np.array_equal(plain.rgb, files.rgb)  # the notes are drawn

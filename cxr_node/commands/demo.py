@@ -18,6 +18,7 @@ import cv2
 import pydicom
 
 from cxr_node.config import ConfigError, Destination, NodeConfig, load_config, with_overrides
+from cxr_node.results.wording import UNTRAINED_MODEL_TEXT
 
 DEMO_IMAGE = "RG1_J2KR.dcm"  # pydicom-data: CR chest, JPEG 2000 lossless, MONOCHROME1, 1955 x 1841
 
@@ -137,7 +138,7 @@ def command(config_path, models, image, out, as_json):
     click.echo(f"radiograph      {summary['image']}")
     click.echo(f"model           {summary['model']}")
     if not summary["trained"]:
-        click.echo("                 UNTRAINED MODEL - NOT FOR CLINICAL USE (random weights; pass --models BUNDLE)")
+        click.echo(f"                 {UNTRAINED_MODEL_TEXT} (random weights; pass --models BUNDLE)")
     click.echo(f"class           {summary['class']}" + ("   (models disagree)" if summary["models_disagree"] else ""))
     click.echo(f"P(abnormal)     {100 * summary['p_abnormal']:.1f} %   (model A)")
     click.echo(f"P(COVID-19)     {100 * summary['p_covid']:.1f} %   (model B)")

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from cxr_node.results.wording import UNTRAINED_MODEL_TEXT
 from cxr_node.validation import PRECISIONS
 
 if TYPE_CHECKING:
@@ -198,7 +199,7 @@ def command(
             click.echo(json.dumps(s))
             return
         flag = "   (models disagree)" if s["models_disagree"] else ""
-        warn = "   [UNTRAINED MODEL - NOT FOR CLINICAL USE]" if not s["trained"] else ""
+        warn = f"   [{UNTRAINED_MODEL_TEXT}]" if not s["trained"] else ""
         click.echo(
             f"{s['file']}: {s['class']}  P(abnormal) {100 * s['p_abnormal']:.1f} %  "
             f"P(COVID-19) {100 * s['p_covid']:.1f} %{flag}{warn} -> {Path(s['outputs']['json']).parent}"

@@ -12,6 +12,7 @@ import click
 
 from cxr_node.config import DEFAULT_CONFIG, ConfigError, load_config, with_overrides
 from cxr_node.logs import FORMATS, setup_logging
+from cxr_node.results.wording import UNTRAINED_MODEL_TEXT
 from cxr_node.startup import PASSWORD_ENV, url_has_password, wait_for_database, with_db_password
 from cxr_node.validation import ROLE_NAMES
 
@@ -141,7 +142,7 @@ def command(
         parts.append(f"listening as {cfg.ae_title} on {cfg.bind}:{' and '.join(ports)}")
     if node.worker:
         model = node.worker.model
-        parts.append(f"models {model.label}{'' if model.trained else ' (UNTRAINED - NOT FOR CLINICAL USE)'}")
+        parts.append(f"models {model.label}{'' if model.trained else f' ({UNTRAINED_MODEL_TEXT})'}")
     parts.append(f"results to {', '.join(cfg.destination_names) or 'disk only'}")
     if web is not None:
         parts.append(f"status page http://{cfg.web_bind}:{web.port}/")

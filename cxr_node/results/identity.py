@@ -15,6 +15,7 @@ from functools import lru_cache
 from pydicom.dataset import Dataset
 
 from cxr_node import __version__
+from cxr_node.results.wording import UNTRAINED_MODEL_TEXT, UNTRAINED_STATUS
 
 MANUFACTURER = "cxr-node project"
 MODEL_NAME = "cxr-node"
@@ -58,9 +59,6 @@ class NodeIdentity:
         return derived_uid("device", self.ae_title)
 
     software_version: str = __version__
-
-
-UNTRAINED_MODEL_TEXT = "UNTRAINED MODEL - NOT FOR CLINICAL USE"
 
 
 @dataclass(frozen=True)
@@ -139,7 +137,7 @@ def model_equipment(node: NodeIdentity, model: ModelIdentity):
     import highdicom as hd
     from pydicom.sr.codedict import codes
 
-    status = "trained" if model.trained else "UNTRAINED (random weights) - not for clinical use"
+    status = "trained" if model.trained else UNTRAINED_STATUS
     item = hd.ContributingEquipment(
         manufacturer=MANUFACTURER,
         purpose_of_reference=codes.DCM.ProcessingEquipment,

@@ -15,11 +15,9 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from cxr_node.analysis.fusion import JointClass, JointResult
-from cxr_node.results.identity import UNTRAINED_MODEL_TEXT
+from cxr_node.analysis.fusion import JointResult
+from cxr_node.results.wording import CLASS_WORDS, NOT_FOR_DIAGNOSIS, UNTRAINED_MODEL_TEXT
 
-UNTRAINED_WARNING = UNTRAINED_MODEL_TEXT
-NOT_FOR_DIAGNOSIS = "AI result - not for diagnostic use"
 # Inferno is perceptually uniform and stays readable on grey; the overlay is weighted
 # by the CAM itself so cold regions show the radiograph untouched.
 COLORMAP = cv2.COLORMAP_INFERNO
@@ -31,11 +29,6 @@ _WHITE, _YELLOW, _RED = (255, 255, 255), (255, 220, 0), (255, 64, 64)
 TOP_MARGIN, BOTTOM_MARGIN, SIDE_MARGIN = 0.10, 0.05, 0.03
 TEXT_WIDTH = 0.8  # header lines stay within the middle 80 % of the width
 PANEL_MODES = ("per-model", "fused")
-CLASS_WORDS = {
-    JointClass.NORMAL: "Normal",
-    JointClass.PATHOLOGICAL: "Pathological (non-COVID-19)",
-    JointClass.COVID: "COVID-19",
-}
 
 
 @dataclass(frozen=True)
@@ -44,6 +37,7 @@ class Legend:
     model_text: str  # ModelIdentity.description: "name v3, trained 2026-11-20" or the untrained warning
     trained: bool
     analysed_image: str  # AnalysedImage.text: "CR series 1, instance 1, view AP"
+    notes: tuple[str, ...] = ()  # the node's notes on how it read the image (writer.write_results)
 
 
 @dataclass(frozen=True)
@@ -85,8 +79,9 @@ def _header_lines(legend: Legend) -> list[tuple[str, tuple[int, int, int], float
     if legend.trained:
         lines.append((f"Model: {legend.model_text}", _WHITE, 1.0))
     else:
-        lines.append((UNTRAINED_WARNING, _RED, 1.15))
+        lines.append((UNTRAINED_MODEL_TEXT, _RED, 1.15))
     lines.append((f"Computed from {legend.analysed_image}", _WHITE, 1.0))
+    lines += [(f"Note: {note}", _WHITE, 1.0) for note in legend.notes]
     lines.append((NOT_FOR_DIAGNOSIS, _WHITE, 1.0))
     return lines
 

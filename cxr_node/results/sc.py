@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence as Seq
 
 import highdicom as hd
 import numpy as np
@@ -21,7 +22,7 @@ from cxr_node.results.identity import (
     copy_patient_study,
     model_equipment,
 )
-from cxr_node.results.render import NOT_FOR_DIAGNOSIS, UNTRAINED_WARNING
+from cxr_node.results.wording import NOT_FOR_DIAGNOSIS, UNTRAINED_MODEL_TEXT
 
 SC_SERIES_NUMBER = 9902
 SC_SERIES_DESCRIPTION = "AI CXR Grad-CAM - not for diagnosis"
@@ -60,7 +61,10 @@ def build_secondary_capture(
     uids: ResultUIDs,
     node: NodeIdentity,
     model: ModelIdentity,
+    notes: Seq[str] = (),
 ) -> Dataset:
+    """notes: the node's notes on how it read the image; drawn in the picture, and repeated
+    in DerivationDescription (what a PACS shows when it cannot read burned-in text)."""
     orientation = source.get("PatientOrientation")
     with warnings.catch_warnings():
         # The names are the source's, copied as they are; highdicom warns about
@@ -85,7 +89,9 @@ def build_secondary_capture(
         f"over {AnalysedImage.of(source).text}, VOI and polarity applied; {NOT_FOR_DIAGNOSIS}"
     )
     if not model.trained:
-        desc = f"{UNTRAINED_WARNING}. {desc}"
+        desc = f"{UNTRAINED_MODEL_TEXT}. {desc}"
+    for note in notes:
+        desc += f"; note: {note}"
     sc.DerivationDescription = desc[:1024]
     ref = Dataset()
     ref.ReferencedSOPClassUID = source.SOPClassUID

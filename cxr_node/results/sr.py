@@ -37,6 +37,7 @@ variant for a PACS that refused the Grad-CAM SC: no reference to it, and it says
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 
 import highdicom as hd
 from pydicom.dataset import Dataset
@@ -44,13 +45,13 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import UID
 
 from cxr_node.analysis.fusion import JointClass, JointResult
+from cxr_node.results import wording
 from cxr_node.results.analysed_image import AnalysedImage
 from cxr_node.results.identity import (
     MANUFACTURER,
     MODEL_NAME,
     PRIVATE_SCHEME,
     PRIVATE_SCHEME_NAME,
-    UNTRAINED_MODEL_TEXT,
     ModelIdentity,
     NodeIdentity,
     ResultUIDs,
@@ -61,6 +62,7 @@ from cxr_node.results.identity import (
     model_equipment,
     no_illustration_sr_uid,
 )
+from cxr_node.results.wording import CLASS_WORDS, UNTRAINED_STATUS
 
 COMPREHENSIVE_3D_SR = UID("1.2.840.10008.5.1.4.1.1.88.34")
 COMPREHENSIVE_SR = UID("1.2.840.10008.5.1.4.1.1.88.33")
@@ -68,8 +70,6 @@ SECONDARY_CAPTURE = UID("1.2.840.10008.5.1.4.1.1.7")
 
 SR_SERIES_NUMBER = 9901
 SR_SERIES_DESCRIPTION = "AI CXR classification - not for diagnosis"
-UNTRAINED_STATUS = "UNTRAINED (random weights) - not for clinical use"
-NOT_FOR_DIAGNOSIS = "AI result - not for diagnostic use"
 ILLUSTRATION_NOT_STORED = (
     "not stored: the PACS refused the Grad-CAM Secondary Capture, so this report does not reference it"
 )
@@ -91,7 +91,7 @@ def _private(value: str, meaning: str) -> hd.sr.CodedConcept:
 
 CLASS_CODES = {
     JointClass.NORMAL: hd.sr.CodedConcept("17621005", "SCT", "Normal"),
-    JointClass.PATHOLOGICAL: _private("CXR001", "Pathological (non-COVID-19)"),
+    JointClass.PATHOLOGICAL: _private("CXR001", CLASS_WORDS[JointClass.PATHOLOGICAL]),
     JointClass.COVID: hd.sr.CodedConcept("840539006", "SCT", "COVID-19"),
 }
 MODELS_DISAGREE = _private("CXR002", "Models disagree")
@@ -103,6 +103,9 @@ AI_MODEL = _private("CXR007", "AI model")
 ANALYSED_IMAGE = _private("CXR008", "Analysed image")
 INTENDED_USE = _private("CXR009", "Intended use")
 ILLUSTRATION_NOTE = _private("CXR010", "Grad-CAM illustration")
+# DCM 121106 "Comment": a public concept for a free-text remark; the node's notes on how it
+# read this image ("window: ...", "patient age not stated") are exactly that.
+NOTE = hd.sr.CodedConcept("121106", "DCM", "Comment")
 
 TRACKING_SUMMARY = "AI overall result"
 TRACKING_A = "Model A: normal vs abnormal"
@@ -157,7 +160,7 @@ def _code(name: hd.sr.CodedConcept, value: hd.sr.CodedConcept) -> hd.sr.CodeCont
 
 
 def intended_use(model: ModelIdentity) -> str:
-    return NOT_FOR_DIAGNOSIS if model.trained else f"{UNTRAINED_MODEL_TEXT}; {NOT_FOR_DIAGNOSIS}"
+    return wording.intended_use(model.trained)
 
 
 def illustration_text(sc: Dataset | None) -> str:
@@ -169,12 +172,13 @@ def illustration_text(sc: Dataset | None) -> str:
     )
 
 
-def _summary_items(source: Dataset, model: ModelIdentity, sc: Dataset | None) -> list:
+def _summary_items(source: Dataset, model: ModelIdentity, sc: Dataset | None, notes: Sequence[str] = ()) -> list:
     """The readable statements of the overall-result group, after its coded evaluations."""
     items: list[hd.sr.ContentItem] = [
         _text(AI_MODEL, model.description),
         _text(ANALYSED_IMAGE, AnalysedImage.of(source).text),
         _text(INTENDED_USE, intended_use(model)),
+        *(_text(NOTE, note) for note in clean_notes(notes)),
         _text(ILLUSTRATION_NOTE, illustration_text(sc)),
     ]
     if sc is not None:
@@ -208,6 +212,16 @@ def _coding_scheme_identification() -> list[Dataset]:
     return [item]
 
 
+def clean_notes(notes: Sequence[str]) -> list[str]:
+    """The notes as one-line sentences, blanks and repeats dropped, in the order given."""
+    out: list[str] = []
+    for note in notes:
+        text = " ".join(str(note).split())
+        if text and text not in out:
+            out.append(text)
+    return out
+
+
 def has_image_library_descriptors(source: Dataset) -> bool:
     orientation = source.get("PatientOrientation")
     spacing = source.get("ImagerPixelSpacing")
@@ -221,8 +235,13 @@ def build_report_content(
     node: NodeIdentity,
     model: ModelIdentity,
     sc: Dataset | None = None,
+    notes: Sequence[str] = (),
 ) -> hd.sr.MeasurementReport:
-    """sc=None: the report for a PACS that does not hold the Grad-CAM SC (it says so)."""
+    """sc=None: the report for a PACS that does not hold the Grad-CAM SC (it says so).
+
+    notes: short sentences on how the node read this image (e.g. "window: node's robust
+    window (WindowWidth 0 ignored)", "patient age not stated"), one TEXT item each.
+    """
     observer = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
@@ -248,7 +267,7 @@ def build_report_content(
         evaluations=evaluations,
     )
     summary[0].ContinuityOfContent = "SEPARATE"  # each statement on its own line, with its name
-    summary[0].ContentSequence.extend(_summary_items(source, model, sc))
+    summary[0].ContentSequence.extend(_summary_items(source, model, sc, notes))
     group_a = _group(
         source,
         TRACKING_A,
@@ -292,6 +311,7 @@ def build_structured_report(
     sc: Dataset | None = None,
     fallback: bool = False,
     content: hd.sr.MeasurementReport | None = None,
+    notes: Sequence[str] = (),
 ) -> Dataset:
     """Comprehensive 3D SR, or with fallback=True the same content as Comprehensive SR.
 
@@ -300,7 +320,7 @@ def build_structured_report(
     """
     ref = as_reference(source)
     if content is None:
-        content = build_report_content(ref, result, uids, node, model, sc)
+        content = build_report_content(ref, result, uids, node, model, sc, notes)
     cls = hd.sr.ComprehensiveSR if fallback else hd.sr.Comprehensive3DSR
     description = SR_SERIES_DESCRIPTION if model.trained else f"{SR_SERIES_DESCRIPTION} - UNTRAINED"
     instance_uid = uids.sr_instance if sc is not None else no_illustration_sr_uid(uids.sr_instance)

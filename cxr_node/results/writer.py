@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from cxr_node.results.analysed_image import AnalysedImage
 from cxr_node.results.identity import ModelIdentity, NodeIdentity, ResultUIDs
 from cxr_node.results.render import Legend, render_secondary_capture
 from cxr_node.results.sc import build_secondary_capture
-from cxr_node.results.sr import build_structured_report
+from cxr_node.results.sr import build_structured_report, clean_notes
 from cxr_node.storage import write_durably
 
 
@@ -73,13 +74,20 @@ def write_results(
     model: ModelIdentity,
     panels: str = "per-model",
     max_side: int = 1024,
+    notes: Sequence[str] = (),
 ) -> ResultFiles:
-    """display: the radiograph as decoded for the model ([0, 1], VOI and polarity applied)."""
+    """display: the radiograph as decoded for the model ([0, 1], VOI and polarity applied).
+
+    notes: short sentences on how the node read this image, for the reader of the result
+    (e.g. "window: node's robust window (WindowWidth 0 ignored)", "patient age not stated");
+    the SR carries each as a Comment in the overall result, the SC in its findings box.
+    """
     uids = ResultUIDs.for_source(str(source.SOPInstanceUID), model)
-    legend = Legend(analysis.result, model.description, model.trained, AnalysedImage.of(source).text)
+    notes = clean_notes(notes)
+    legend = Legend(analysis.result, model.description, model.trained, AnalysedImage.of(source).text, tuple(notes))
     rgb = render_secondary_capture(display, analysis.cam_a, analysis.cam_b, legend, panels, max_side)
-    sc = build_secondary_capture(source, rgb, uids, node, model)
-    sr = build_structured_report(source, analysis.result, uids, node, model, sc=sc)
+    sc = build_secondary_capture(source, rgb, uids, node, model, notes)
+    sr = build_structured_report(source, analysis.result, uids, node, model, sc=sc, notes=notes)
     out_dir = Path(out_dir)
     sc_path = write_durably(out_dir / "gradcam-sc.dcm", _encode(sc))
     sr_path = write_durably(out_dir / "report-sr.dcm", _encode(sr))

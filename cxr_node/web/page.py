@@ -15,6 +15,7 @@ from cxr_node import __version__
 from cxr_node.queue.reports import DestinationRow, JobRow, Reports
 from cxr_node.queue.states import JobState
 from cxr_node.results.identity import ModelIdentity
+from cxr_node.results.wording import NOT_FOR_DIAGNOSIS, UNTRAINED_MODEL_TEXT
 
 REFRESH_S = 10
 # As the worker records them (models A and B run at the same time, so they overlap).
@@ -199,7 +200,7 @@ def _model(info: NodeInfo, reports: Reports) -> str:
     trained = (
         "yes" + (f" ({_h(info.model_trained_on)})" if info.model_trained_on else "")
         if m.trained
-        else '<span class="warn">NO – UNTRAINED MODEL, NOT FOR CLINICAL USE</span>'
+        else f'<span class="warn">NO – {_h(UNTRAINED_MODEL_TEXT)}</span>'
     )
     rows = [
         ["name", _h(m.name)],
@@ -233,7 +234,7 @@ def render_status(reports: Reports, info: NodeInfo, now: datetime, limit: int = 
 <title>cxr-node {_h(info.ae_title)}</title><style>{CSS}</style></head><body>
 <h1>cxr-node {_h(info.ae_title)}</h1>
 <p class="meta">version {_h(__version__)} · roles {_h(", ".join(info.roles))} · up {_h(uptime)} (since {_h(info.started_at.strftime("%Y-%m-%d %H:%M:%S %Z"))})
- · page made {_h(now.strftime("%H:%M:%S"))}, refreshes every {REFRESH_S} s · AI result – not for diagnostic use</p>
+ · page made {_h(now.strftime("%H:%M:%S"))}, refreshes every {REFRESH_S} s · {_h(NOT_FOR_DIAGNOSIS)}</p>
 <h2>Queue</h2>{_depth(reports.depth())}
 <h2>Destinations</h2>{_destinations(reports.destinations(), info.destinations, now)}
 <h2>Recent images</h2>{_recent(recent, info, now)}
