@@ -39,6 +39,15 @@ class _DatabaseCollector:
             ("cxr_node_images_failed", "failed", "Images whose job failed for good."),
         ):
             yield CounterMetricFamily(name, doc, value=totals[key])
+        # The label is the check's short code (a handful), never the sentence: low cardinality.
+        not_analysable = CounterMetricFamily(
+            "cxr_node_not_analysable",
+            "Images decoded but holding too little for an answer (no class given), per check.",
+            labels=["reason"],
+        )
+        for code, n in sorted(self.reports.not_analysable_by_code().items()):
+            not_analysable.add_metric([code], n)
+        yield not_analysable
         exported = CounterMetricFamily(
             "cxr_node_results_exported", "Result objects a destination accepted.", labels=["destination"]
         )

@@ -2,10 +2,12 @@
 
 decode (in a pool) -> header -> batched analysis (models A and B, CAMs, fusion) -> SR + SC
 written durably next to each other, one pair per source image. Each image ends in an Outcome
-that says what went wrong, if anything, and whether retrying could help:
-  "image"    the image itself cannot be analysed (pixel data): retrying cannot fix it;
-  "resource" the machine failed (disk full, I/O, out of memory): retry later, never final;
-  "error"    anything else (a bug, a broken model): retried a few times, then failed.
+that says what went wrong, if anything, and whether retrying could help (OutcomeKind):
+  image          the image itself cannot be decoded (pixel data): retrying cannot fix it;
+  not_analysable the image decodes but holds too little for an answer (NotAnalysable: blank,
+                 a sliver, no contrast, out of domain): final, no class is given to it;
+  resource       the machine failed (disk full, I/O, out of memory): retry later, never final;
+  error          anything else (a bug, a broken model): retried a few times, then failed.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 
 from pydicom import dcmread
@@ -24,6 +27,7 @@ from pydicom.errors import InvalidDicomError
 from cxr_node.analysis.decode_pool import Decoded
 from cxr_node.analysis.engine import Analysis, Analyzer
 from cxr_node.dicom.pixels import PixelDataError
+from cxr_node.errors import NotAnalysable
 from cxr_node.results.identity import ModelIdentity, NodeIdentity
 from cxr_node.results.writer import ResultFiles, write_results
 
@@ -46,14 +50,25 @@ RESOURCE_ERRNOS = {
 }
 
 
+class OutcomeKind(StrEnum):
+    """Why an image got no result (see the module docstring); the worker's policy per kind."""
+
+    IMAGE = "image"
+    NOT_ANALYSABLE = "not_analysable"
+    RESOURCE = "resource"
+    ERROR = "error"
+
+
 @dataclass
 class Outcome:
     path: str
     dataset: Dataset | None = None  # header only
     analysis: Analysis | None = None
     files: ResultFiles | None = None
+    # None when it worked. Otherwise one line: what failed, or (not_analysable) why there is no answer.
     error: str | None = None
-    kind: str | None = None  # None when it worked; else "image", "resource" or "error"
+    kind: OutcomeKind | None = None  # None when it worked
+    code: str | None = None  # not_analysable only: NotAnalysable.code, short and stable
     timings: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -61,15 +76,17 @@ class Outcome:
         return self.error is None
 
 
-def classify(exc: BaseException) -> str:
-    """Which of "image", "resource", "error" an exception is (see the module docstring)."""
+def classify(exc: BaseException) -> OutcomeKind:
+    """The OutcomeKind of an exception (see the module docstring)."""
+    if isinstance(exc, NotAnalysable):
+        return OutcomeKind.NOT_ANALYSABLE
     if isinstance(exc, PixelDataError):
-        return "image"
+        return OutcomeKind.IMAGE
     if isinstance(exc, MemoryError):
-        return "resource"
+        return OutcomeKind.RESOURCE
     if isinstance(exc, OSError) and (exc.errno in RESOURCE_ERRNOS or isinstance(exc, (TimeoutError,))):
-        return "resource"
-    return "error"
+        return OutcomeKind.RESOURCE
+    return OutcomeKind.ERROR
 
 
 def one_line(exc: BaseException | str) -> str:
@@ -140,12 +157,16 @@ def process_batch(
 
 def _failed(outcome: Outcome, exc: BaseException, prefix: str = "") -> None:
     outcome.kind = classify(exc)
+    if isinstance(exc, NotAnalysable):  # a decision about the image, not a failure: no prefix, no path
+        outcome.code = exc.code
+        outcome.error = exc.reason
+        return
     text = one_line(exc)
     if isinstance(exc, InvalidDicomError):
         text = f"not a DICOM file ({text})"
-    if outcome.kind != "image" and outcome.path not in text:
+    if outcome.kind != OutcomeKind.IMAGE and outcome.path not in text:
         text = f"{outcome.path}: {text}"
     outcome.error = prefix + text
 
 
-__all__ = ["Outcome", "classify", "process_batch"]
+__all__ = ["NotAnalysable", "Outcome", "OutcomeKind", "classify", "process_batch"]

@@ -3,7 +3,9 @@
 Each result belongs to exactly one image: the job's own file is decoded, analysed and written
 under that image's result directory, and the row records that image's SOP Instance UID.
 Resource failures (disk full, I/O, database) put the job back with a back-off and are never
-final; an image that cannot be decoded fails at once; other errors fail after max_attempts.
+final; an image that cannot be decoded fails at once; an image that holds too little for an
+answer (NotAnalysable) is closed at once as `not_analysable` with its reason, and gets no SR
+or SC; other errors fail after max_attempts.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from sqlalchemy.exc import OperationalError
 from cxr_node.analysis.bundle import Bundle
 from cxr_node.analysis.engine import Analyzer
 from cxr_node.polling import PollingLoop
-from cxr_node.processing import Decode, Outcome, process_batch
+from cxr_node.processing import Decode, Outcome, OutcomeKind, process_batch
 from cxr_node.queue.jobs import ExportItem, Job, JobQueue, ResultRecord
 from cxr_node.results.identity import ModelIdentity, NodeIdentity
 from cxr_node.storage import StorageLayout
@@ -133,11 +135,16 @@ class Worker:
 
     def _failed(self, job: Job, outcome: Outcome) -> None:
         error = outcome.error or "unknown error"
-        if outcome.kind == "resource":
+        if outcome.kind == OutcomeKind.NOT_ANALYSABLE:
+            code = outcome.code or "not-analysable"
+            self.queue.not_analysable(job, code, error)
+            log.warning("job %d image %s: not analysable (%s): %s", job.id, job.sop_instance_uid, code, error)
+            return
+        if outcome.kind == OutcomeKind.RESOURCE:
             delay = self.queue.defer(job, f"resource: {error}", self.settings.resource_backoff_s)
             log.warning("job %d image %s: %s; retrying in %.0f s", job.id, job.sop_instance_uid, error, delay)
             return
-        state = self.queue.fail(job, error, self.settings.max_attempts, permanent=outcome.kind == "image")
+        state = self.queue.fail(job, error, self.settings.max_attempts, permanent=outcome.kind == OutcomeKind.IMAGE)
         log.error("job %d image %s: %s (%s)", job.id, job.sop_instance_uid, error, state)
 
     # -- background loop -------------------------------------------------------------

@@ -32,7 +32,7 @@ def _p(value: float | None) -> str:
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 100000))
 @click.option("--json", "as_json", is_flag=True, help="One JSON array instead of a table.")
 def list_jobs(db, config, states, since, limit, as_json) -> None:
-    """Newest first: state, class, both probabilities and, for failed or skipped jobs, why (one line)."""
+    """Newest first: state, class, both probabilities and, for failed, skipped or not analysable jobs, why."""
     _, reports = open_existing(db, config)
     since_at = parse_since(since, datetime.now(UTC)) if since else None
     rows = reports.list_jobs(states=states, since=since_at, limit=limit)
@@ -88,7 +88,11 @@ def show(db, config, key, as_json) -> None:
         f"  attempts       {job.attempts}" + (f" (last by {job.worker})" if job.worker else ""),
         f"  updated        {when(job.updated_at)} UTC",
     ]
-    if job.rule or job.reason:
+    if job.state == JobState.NOT_ANALYSABLE:
+        lines.append(f"  not analysable [{job.reason_code or '-'}] {job.reason or ''}")
+        if job.rule:
+            lines.append(f"  rule           {job.rule}")
+    elif job.rule or job.reason:
         lines.append(f"  rule           {job.rule or '-'}: {job.reason or ''}")
     if job.error:
         lines.append(f"  error          {job.error}")
@@ -120,7 +124,7 @@ def show(db, config, key, as_json) -> None:
 @click.argument("job_id", required=False, type=int)
 @click.option("--all-failed", is_flag=True, help="Retry every failed job.")
 def retry(db, config, job_id, all_failed) -> None:
-    """Queue a failed job again (after fixing its cause, e.g. replacing a corrupt file)."""
+    """Queue a failed or not analysable job again (after fixing its cause or changing [image_check])."""
     if (job_id is None) == (not all_failed):
         raise click.UsageError("give a job ID or --all-failed (not both)")
     queue, reports = open_existing(db, config)
@@ -134,8 +138,8 @@ def retry(db, config, job_id, all_failed) -> None:
         if before is None:
             click.echo(f"job {i}: no such job", err=True)
             refused += 1
-        elif before != JobState.FAILED:
-            click.echo(f"job {i}: is {before}, not failed: nothing to retry", err=True)
+        elif before not in (JobState.FAILED, JobState.NOT_ANALYSABLE):
+            click.echo(f"job {i}: is {before}, not failed or not analysable: nothing to retry", err=True)
             refused += 1
         else:
             click.echo(f"job {i}: queued again")

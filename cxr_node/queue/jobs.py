@@ -314,6 +314,27 @@ class JobQueue:
             self.notifier.notify("jobs")
         return state
 
+    def not_analysable(self, job: Job, code: str, reason: str) -> None:
+        """Close the job as `not_analysable`: decided, final, no result row (so no class anywhere).
+
+        `code` names the check that decided (short, stable: a metric label), `reason` says why in words.
+        A job that already has a result (an earlier claim's) keeps it: a decision never replaces an answer.
+        """
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(jobs)
+                .where(and_(jobs.c.id == job.id, jobs.c.state == JobState.RUNNING))
+                .values(
+                    state=JobState.NOT_ANALYSABLE,
+                    reason_code=code[:32],
+                    reason=reason[:2000],
+                    error=None,
+                    lease_until=None,
+                    next_try_at=None,
+                    updated_at=self.clock(),
+                )
+            )
+
     def defer(self, job: Job, error: str, backoff_s: Callable[[int], float]) -> float:
         """A resource failure (disk full, database, I/O): back to the queue after a back-off, never failed.
 
@@ -534,23 +555,28 @@ class JobQueue:
 
     # -- operator actions (cxr-node jobs retry / exports resend) ----------------------
     def retry_job(self, job_id: int) -> JobState | None:
-        """Queue a failed job again with its attempts reset (the operator fixed the cause).
+        """Queue a failed or not analysable job again with its attempts reset (the operator fixed
+        the cause, or changed the [image_check] limits).
 
-        Only a failed job changes; returns the state the job had (None: no such job).
+        Only those two states change; returns the state the job had (None: no such job).
         """
         now = self.clock()
+        retryable = (JobState.FAILED, JobState.NOT_ANALYSABLE)
         with self.engine.begin() as conn:
             state = conn.execute(select(jobs.c.state).where(jobs.c.id == job_id)).scalar()
-            if state != JobState.FAILED:
+            if state not in retryable:
                 return JobState(state) if state is not None else None
             conn.execute(
                 update(jobs)
-                .where(and_(jobs.c.id == job_id, jobs.c.state == JobState.FAILED))
+                .where(and_(jobs.c.id == job_id, jobs.c.state.in_(retryable)))
                 .values(
                     state=JobState.QUEUED,
                     attempts=0,
                     deferrals=0,
                     error=None,
+                    # the not-analysable verdict goes; a skip's reason never reaches here
+                    reason=None,
+                    reason_code=None,
                     lease_until=None,
                     next_try_at=None,
                     worker=None,
@@ -558,7 +584,7 @@ class JobQueue:
                 )
             )
         self.notifier.notify("jobs")
-        return JobState.FAILED
+        return JobState(state)
 
     def resend_export(self, export_id: int) -> ExportState | None:
         """Send a sent or failed export again (same file, same SOP Instance UID) at once.

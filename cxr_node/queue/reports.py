@@ -50,7 +50,8 @@ class JobRow:
     worker: str | None
     error: str  # one line: why it failed (or the last retryable error)
     rule: str | None
-    reason: str | None  # why it was skipped
+    reason: str | None  # why it was skipped or not analysable
+    reason_code: str | None = None  # not_analysable: the check that decided
     label: str | None = None
     p_abnormal: float | None = None
     p_covid: float | None = None
@@ -66,6 +67,9 @@ class JobRow:
         """The one line an operator wants for this job's state."""
         if self.state == JobState.SKIPPED:
             return one_line(" ".join(x for x in (f"[{self.rule}]" if self.rule else "", self.reason or "") if x))
+        if self.state == JobState.NOT_ANALYSABLE:
+            tag = f"[{self.reason_code}]" if self.reason_code else ""
+            return one_line(" ".join(x for x in ("not analysable", tag, self.reason or "") if x))
         return self.error
 
     def as_json(self) -> dict[str, Any]:
@@ -121,6 +125,7 @@ _JOB_COLUMNS = (
     jobs.c.error,
     jobs.c.rule,
     jobs.c.reason,
+    jobs.c.reason_code,
     jobs.c.updated_at,
     instances.c.sop_instance_uid,
     instances.c.study_instance_uid,
@@ -154,6 +159,7 @@ def _job_row(r) -> JobRow:
         error=one_line(r.error, drop_prefix=r.path),
         rule=r.rule,
         reason=r.reason,
+        reason_code=r.reason_code,
         label=r.label,
         p_abnormal=r.p_abnormal,
         p_covid=r.p_covid,
@@ -314,9 +320,20 @@ class Reports:
             "analysed": analysed,
             "skipped": depth["jobs"][JobState.SKIPPED],
             "failed": depth["jobs"][JobState.FAILED],
+            "not_analysable": depth["jobs"][JobState.NOT_ANALYSABLE],
             "exported": depth["exports"][ExportState.SENT],
             "export_failed": depth["exports"][ExportState.FAILED],
         }
+
+    def not_analysable_by_code(self) -> dict[str, int]:
+        """not_analysable jobs per check code (few codes: a metric's label)."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(jobs.c.reason_code, func.count())
+                .where(jobs.c.state == JobState.NOT_ANALYSABLE)
+                .group_by(jobs.c.reason_code)
+            ).all()
+        return {code or "unknown": n for code, n in rows}
 
     def exported_by_destination(self) -> dict[str, int]:
         with self.engine.connect() as conn:

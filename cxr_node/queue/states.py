@@ -9,7 +9,10 @@ class JobState(StrEnum):
     QUEUED = "queued"  # waiting for a worker (or for its back-off after a resource failure)
     RUNNING = "running"  # claimed under a lease
     DONE = "done"  # result recorded, exports created
-    FAILED = "failed"  # the image itself cannot be analysed, or attempts used up
+    FAILED = "failed"  # the image itself cannot be decoded, or attempts used up
+    # Decoded, but it holds too little for an answer (blank, a sliver, no contrast, out of domain):
+    # final, no class anywhere; jobs.reason_code / jobs.reason say which check and why.
+    NOT_ANALYSABLE = "not_analysable"
     SKIPPED = "skipped"  # a selection rule decided not to analyse it (stored, acknowledged, no result)
 
 

@@ -56,11 +56,13 @@ jobs = Table(
     Column("id", Integer, primary_key=True),
     Column("instance_id", Integer, ForeignKey("instances.id"), nullable=False, unique=True),
     Column("study_instance_uid", String(64), nullable=False, index=True),
-    # JobState: queued -> running -> done | failed; skipped when a selection rule said so
+    # JobState: queued -> running -> done | failed | not_analysable; skipped when a selection rule said so
     Column("state", String(16), nullable=False, index=True),
     Column("attempts", Integer, nullable=False, default=0),
     Column("rule", String(64)),  # the selection rule that decided (analyse or skip)
-    Column("reason", Text),  # why it was skipped, in words
+    Column("reason", Text),  # why it was skipped or not analysable, in words
+    # not_analysable: which check decided, short and stable ("too-small", "no-contrast", ...): a metric label
+    Column("reason_code", String(32)),
     # Not claimable before this time: back-off after a resource failure (disk, database).
     Column("next_try_at", DateTime(timezone=True)),
     Column("deferrals", Integer, nullable=False, default=0),  # resource failures in a row (back-off)

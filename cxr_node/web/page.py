@@ -154,6 +154,14 @@ def _failures(jobs: list[JobRow], info: NodeInfo, now: datetime) -> str:
     return _table(["job", "failed", "image", "attempts", "reason"], rows, "No failed jobs.")
 
 
+def _not_analysable(jobs: list[JobRow], info: NodeInfo, now: datetime) -> str:
+    rows = [
+        [_h(j.id), _when(j.updated_at, now), _image_cell(j, info), _h(j.reason_code or "–"), _h(j.reason or "")]
+        for j in jobs
+    ]
+    return _table(["job", "decided", "image", "check", "reason"], rows, "No image was found not analysable.")
+
+
 def _skipped(jobs: list[JobRow], info: NodeInfo, now: datetime) -> str:
     rows = [
         [_h(j.id), _when(j.received_at, now), _image_cell(j, info), _h(j.rule or "–"), _h(j.reason or "")] for j in jobs
@@ -219,7 +227,7 @@ table{border-collapse:collapse;font-size:.9em}th,td{border:1px solid #ddd;paddin
 th{background:#f4f4f4}.uid{font-family:monospace;font-size:.85em;word-break:break-all;display:inline-block;max-width:24em}.counts{display:flex;gap:.6em;flex-wrap:wrap}
 .scroll{overflow-x:auto}
 .count{border:1px solid #ddd;border-radius:4px;padding:.3em .8em;text-align:center}.count b{display:block;font-size:1.3em}
-.state.failed,.error{color:#b00}.state.done{color:#070}.state.skipped{color:#666}.warn{color:#b00;font-weight:bold}
+.state.failed,.error{color:#b00}.state.done{color:#070}.state.skipped{color:#666}.state.not_analysable{color:#a60}.warn{color:#b00;font-weight:bold}
 .empty{color:#666}.meta{color:#555}
 """
 
@@ -228,6 +236,7 @@ def render_status(reports: Reports, info: NodeInfo, now: datetime, limit: int = 
     recent = reports.list_jobs(limit=limit)
     failed = reports.list_jobs(states=[JobState.FAILED], limit=limit)
     skipped = reports.list_jobs(states=[JobState.SKIPPED], limit=limit)
+    not_analysable = reports.list_jobs(states=[JobState.NOT_ANALYSABLE], limit=limit)
     uptime = _duration(now - info.started_at)
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><meta http-equiv="refresh" content="{REFRESH_S}">
@@ -239,6 +248,7 @@ def render_status(reports: Reports, info: NodeInfo, now: datetime, limit: int = 
 <h2>Destinations</h2>{_destinations(reports.destinations(), info.destinations, now)}
 <h2>Recent images</h2>{_recent(recent, info, now)}
 <h2>Failures</h2>{_failures(failed, info, now)}
+<h2>Not analysable (no class given)</h2>{_not_analysable(not_analysable, info, now)}
 <h2>Skipped images</h2>{_skipped(skipped, info, now)}
 <h2>Model bundle</h2>{_model(info, reports)}
 </body></html>
