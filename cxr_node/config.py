@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from cxr_node import validation as V
+from cxr_node.dicom.information import DEFAULT_LIMITS, InformationLimits, parse_image_check
 from cxr_node.dicom.rules import DEFAULT_SELECTION, Selection, parse_selection
 from cxr_node.errors import ConfigError  # re-exported: callers import it from here
 
@@ -93,6 +94,7 @@ class NodeConfig:
     web_show_patient: bool = False  # patient name and ID on the status page
     destinations: tuple[DestinationSpec, ...] = ()  # [[destinations]]; `destination` joins them as "pacs"
     selection: Selection = DEFAULT_SELECTION  # [selection]: which received images are analysed
+    image_check: InformationLimits = DEFAULT_LIMITS  # [image_check]: how much a decoded image must hold
     send_max_attempts: int = 100  # 0 = no limit
     send_give_up_after_s: float = 172800.0  # 0 = no limit
     send_timeout_s: float = 30.0
@@ -203,6 +205,7 @@ _SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
     },
     "destinations": {},  # handled below: an array of tables, checked by each type's module
     "selection": {},  # handled below: default action and [[selection.rules]] (cxr_node.dicom.rules)
+    "image_check": {},  # handled below: limits of cxr_node.dicom.information
     "dispatcher": {
         "retry_delays_s": ("send_retry_s", _delays),
         "max_attempts": ("send_max_attempts", V.int_range(0, 1_000_000)),
@@ -290,6 +293,9 @@ def parse_config(data: dict[str, Any], source: str = "config") -> NodeConfig:
             raise ConfigError(f"{section}: unknown section in {source} (known: {', '.join(_SCHEMA)})")
         if section == "selection":
             values["selection"] = parse_selection(content)
+            continue
+        if section == "image_check":
+            values["image_check"] = parse_image_check(content)
             continue
         if section == "destination":
             values["destination"] = _destination(content)

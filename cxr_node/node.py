@@ -82,6 +82,7 @@ class Node:
                     cam_panels=cfg.cam_panels,
                     sc_max_side=cfg.sc_max_side,
                     destinations=cfg.destination_names,
+                    image_check=cfg.image_check,
                 ),
                 pool.decode_many,
             )

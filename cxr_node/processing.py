@@ -26,6 +26,7 @@ from pydicom.errors import InvalidDicomError
 
 from cxr_node.analysis.decode_pool import Decoded
 from cxr_node.analysis.engine import Analysis, Analyzer
+from cxr_node.dicom.information import DEFAULT_LIMITS, InformationLimits, check_information
 from cxr_node.dicom.pixels import PixelDataError
 from cxr_node.errors import NotAnalysable
 from cxr_node.results.identity import ModelIdentity, NodeIdentity
@@ -104,12 +105,15 @@ def process_batch(
     decoded: Sequence[Decoded | BaseException] | None = None,
     panels: str = "per-model",
     max_side: int = 1024,
+    limits: InformationLimits = DEFAULT_LIMITS,
 ) -> list[Outcome]:
     """Analyse the files in one batch and write each one's SR and SC into `out_dir(i, header)`.
 
     `decode` decodes a list of paths (a pool's decode_many); pass `decoded` instead when the
     caller decoded ahead (infer's prefetch). The result of image i is computed from image i's
     pixels and header only, and written under the directory the caller names for image i.
+    An image that holds too little for an answer (`limits`, or a NotAnalysable raised by any
+    per-image step) ends not_analysable and is never analysed nor written.
     """
     names = [str(p) for p in paths]
     outcomes = [Outcome(p) for p in names]
@@ -125,6 +129,7 @@ def process_batch(
         try:
             if isinstance(item, BaseException):
                 raise item
+            check_information(item.image, limits)
             # Header only: the SR and SC copy attributes, the pixels were decoded in the pool.
             header: Dataset = dcmread(outcome.path, stop_before_pixels=True)
             outcome.dataset = header
@@ -147,7 +152,15 @@ def process_batch(
         try:
             t0 = time.perf_counter()
             outcome.files = write_results(
-                header, item.image.pixels, analysis, out_dir(index, header), node, model, panels, max_side
+                header,
+                item.image.pixels,
+                analysis,
+                out_dir(index, header),
+                node,
+                model,
+                panels,
+                max_side,
+                notes=item.image.notes,  # which window was used, header attributes ignored
             )
             outcome.timings["sr_sc_build"] = time.perf_counter() - t0
         except Exception as exc:

@@ -20,6 +20,7 @@ from sqlalchemy.exc import OperationalError
 
 from cxr_node.analysis.bundle import Bundle
 from cxr_node.analysis.engine import Analyzer
+from cxr_node.dicom.information import DEFAULT_LIMITS, InformationLimits
 from cxr_node.polling import PollingLoop
 from cxr_node.processing import Decode, Outcome, OutcomeKind, process_batch
 from cxr_node.queue.jobs import ExportItem, Job, JobQueue, ResultRecord
@@ -38,6 +39,7 @@ class WorkerSettings:
     cam_panels: str = "per-model"
     sc_max_side: int = 1024
     destinations: tuple[str, ...] = ()  # names recorded on each export; empty = keep results on disk
+    image_check: InformationLimits = DEFAULT_LIMITS  # how much a decoded image must hold to be analysed
     # Wait after the n-th resource failure in a row: doubles from 5 s, at most 10 minutes.
     resource_backoff_s: Callable[[int], float] = lambda n: min(600.0, 5.0 * 2 ** (n - 1))
 
@@ -97,6 +99,7 @@ class Worker:
             self.decode,
             panels=self.settings.cam_panels,
             max_side=self.settings.sc_max_side,
+            limits=self.settings.image_check,
         )
         for job, outcome in zip(batch, outcomes, strict=True):
             try:

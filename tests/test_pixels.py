@@ -145,5 +145,7 @@ def test_linear_exact_and_sigmoid_windows():
     sigmoid = dataset_to_float(make_radiograph(values, WindowCenter=50, WindowWidth=100, VOILUTFunction="SIGMOID")).pixels[0]
     # PS3.3 C.11.2.1.3.1: y = 1 / (1 + exp(-4 (x - c) / w))
     np.testing.assert_allclose(sigmoid, 1 / (1 + np.exp(-4 * (values[0] - 50) / 100)), atol=1e-6)
-    with pytest.raises(PixelDataError, match="WindowWidth"):
-        dataset_to_float(make_radiograph(values, WindowCenter=50, WindowWidth=0, VOILUTFunction="LINEAR_EXACT"))
+    # A width the function cannot use: the node's own window, and the note says why.
+    zero = dataset_to_float(make_radiograph(values, WindowCenter=50, WindowWidth=0, VOILUTFunction="LINEAR_EXACT"))
+    np.testing.assert_allclose(zero.pixels[0], [0.0, 0.5, 1.0], atol=1e-6)
+    assert zero.notes == ("window: node's robust window (WindowWidth 0 ignored)",)

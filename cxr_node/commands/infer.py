@@ -63,7 +63,7 @@ def run_infer(
     from cxr_node.analysis.bundle import load_bundle, untrained_bundle
     from cxr_node.analysis.decode_pool import DecodePool, decode_file
     from cxr_node.analysis.engine import Analyzer
-    from cxr_node.processing import process_batch
+    from cxr_node.processing import OutcomeKind, process_batch
     from cxr_node.results.identity import ModelIdentity, NodeIdentity
 
     on_result = on_result or (lambda s: None)
@@ -122,7 +122,10 @@ def run_infer(
             )
             for (path, _), target, outcome in zip(batch, targets, outcomes, strict=True):
                 if not outcome.ok:
-                    fail(path, outcome.error or "unknown error")
+                    if outcome.kind == OutcomeKind.NOT_ANALYSABLE:  # decided, not broken: no class given
+                        fail(path, f"not analysable [{outcome.code}]: {outcome.error}")
+                    else:
+                        fail(path, outcome.error or "unknown error")
                     continue
                 assert outcome.analysis is not None and outcome.files is not None  # ok: analysed and written
                 r = outcome.analysis.result
