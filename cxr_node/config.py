@@ -10,8 +10,10 @@ from typing import Any
 
 from cxr_node import validation as V
 from cxr_node.dicom.information import DEFAULT_LIMITS, InformationLimits, parse_image_check
-from cxr_node.dicom.rules import DEFAULT_SELECTION, Selection, parse_selection
 from cxr_node.errors import ConfigError  # re-exported: callers import it from here
+from cxr_node.selection.config import parse_selection
+from cxr_node.selection.defaults import DEFAULT_SELECTION
+from cxr_node.selection.rules import Selection
 
 DEFAULT_CONFIG = Path("configs/node.toml")
 validate_ae_title = V.ae_title  # re-exported: the name callers know
@@ -204,7 +206,7 @@ _SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
         "max_attempts": ("max_attempts", V.int_range(1, 100)),
     },
     "destinations": {},  # handled below: an array of tables, checked by each type's module
-    "selection": {},  # handled below: default action and [[selection.rules]] (cxr_node.dicom.rules)
+    "selection": {},  # handled below: rules, vocabulary, age policy (cxr_node.selection.config)
     "image_check": {},  # handled below: limits of cxr_node.dicom.information
     "dispatcher": {
         "retry_delays_s": ("send_retry_s", _delays),

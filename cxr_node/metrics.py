@@ -48,6 +48,14 @@ class _DatabaseCollector:
         for code, n in sorted(self.reports.not_analysable_by_code().items()):
             not_analysable.add_metric([code], n)
         yield not_analysable
+        by_rule = CounterMetricFamily(
+            "cxr_node_images_skipped_by_rule",
+            "Images not analysed, per deciding selection rule (cxr-node rules show).",
+            labels=["rule"],
+        )
+        for rule, n in sorted(self.reports.skipped_by_rule().items()):
+            by_rule.add_metric([rule], n)
+        yield by_rule
         exported = CounterMetricFamily(
             "cxr_node_results_exported", "Result objects a destination accepted.", labels=["destination"]
         )

@@ -7,6 +7,7 @@ import sys
 
 from sqlalchemy import create_engine
 
+from cxr_node.queue import schema
 from tests import legacy_schema_010 as legacy
 
 CLI = [sys.executable, "-m", "cxr_node.cli"]
@@ -33,7 +34,8 @@ def test_serve_refuses_a_010_database_until_db_upgrade(tmp_path):
     assert "behind" in line and "cxr-node db upgrade --db" in line
 
     up = _run("db", "upgrade", "--db", url)
-    assert up.returncode == 0 and "0001 -> 0002" in up.stdout, up.stderr
+    head = schema.head_revision()
+    assert up.returncode == 0 and f"0001 -> {head}" in up.stdout, up.stderr
     again = _run("db", "upgrade", "--db", url)
-    assert again.returncode == 0 and "already at 0002" in again.stdout
+    assert again.returncode == 0 and f"already at {head}" in again.stdout
     assert _run("db", "current", "--db", url).returncode == 0

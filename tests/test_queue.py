@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import threading
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import select
 
-from cxr_node.queue.jobs import ExportItem, JobQueue, ReceivedInstance, ResultRecord
+from cxr_node.queue.jobs import ExportItem, InstanceHeader, JobQueue, ReceivedInstance, ResultRecord
+from cxr_node.queue.reports import Reports
 from cxr_node.queue.schema import open_database
 from cxr_node.queue.states import JobState
 from cxr_node.queue.tables import exports, jobs, results
@@ -19,7 +20,7 @@ from tests.dbutil import drop_database, fresh_url
 
 class FakeClock:
     def __init__(self):
-        self.now = datetime(2026, 1, 1, 8, 0, tzinfo=timezone.utc)
+        self.now = datetime(2026, 1, 1, 8, 0, tzinfo=UTC)
 
     def __call__(self):
         return self.now
@@ -120,12 +121,16 @@ def test_an_image_is_reported_once_when_its_job_is_completed_twice(engine):
 
 def test_a_skipped_image_is_recorded_with_its_rule_and_never_claimed(engine):
     q = JobQueue(engine, FakeClock())
+    seen = InstanceHeader("ACC-9", "CR", "RX TORAX PORTATIL", "Thorax lat")
     item = ReceivedInstance("1.2.9", "1.2.840.10008.5.1.4.1.1.1", "1.2", "MOD", "/x/1.2.9.dcm",
-                            skip=True, rule="lateral-view", reason="ViewPosition LL: a lateral view")
+                            skip=True, rule="lateral-view", reason="ViewPosition LL: a lateral view", header=seen)
     assert q.enqueue(item)
     assert q.claim("w", 60) == []
     job = q.job_for_instance("1.2.9")
     assert (job["state"], job["rule"], job["reason"]) == ("skipped", "lateral-view", "ViewPosition LL: a lateral view")
+    (row,) = Reports(engine).list_jobs(states=["skipped"])
+    assert (row.accession_number, row.modality, row.described) == ("ACC-9", "CR", "RX TORAX PORTATIL / Thorax lat")
+    assert Reports(engine).skipped_by_rule() == {"lateral-view": 1}
 
 
 def test_resource_failures_back_off_and_are_never_final(engine):

@@ -12,7 +12,9 @@ import pytest
 from pydicom.dataset import Dataset
 
 from cxr_node.config import ConfigError, load_config, parse_config
-from cxr_node.dicom.rules import DEFAULT_SELECTION, age_in_years, parse_selection
+from cxr_node.selection.config import parse_selection
+from cxr_node.selection.defaults import DEFAULT_SELECTION
+from cxr_node.selection.rules import age_in_years
 from tests.dicom_factory import make_radiograph
 
 CLI = [sys.executable, "-m", "cxr_node.cli"]
@@ -37,6 +39,8 @@ def header(**attrs) -> Dataset:
     ({"ViewPosition": "lateral "}, "skip", "lateral-view"),  # case and spaces ignored
     ({"ViewPosition": "RLO"}, "skip", "oblique-view"),
     ({"BodyPartExamined": "ABDOMEN"}, "skip", "not-chest"),
+    ({"BodyPartExamined": "TORAX"}, "analyse", "default"),  # issue 20: was skipped as not-chest
+    ({"BodyPartExamined": "XYZZY"}, "skip", "not-chest"),  # a coded value no table knows: not taken for the chest
     ({"BodyPartExamined": "thorax"}, "analyse", "default"),
     ({"sop_class": DX_PROCESSING, "ViewPosition": "AP"}, "skip", "for-processing-class"),
     ({"PresentationIntentType": "FOR PROCESSING"}, "skip", "for-processing-intent"),
@@ -46,7 +50,10 @@ def header(**attrs) -> Dataset:
     ({"PatientAge": "006M"}, "skip", "paediatric"),
     ({"PatientAge": "018Y"}, "analyse", "default"),
     ({"PatientAge": "garbage"}, "analyse", "default"),
-    ({"Manufacturer": "Acme"}, "analyse", "default"),  # the allow-list is off by default
+    ({"Manufacturer": "Acme"}, "analyse", "default"),  # the allow-list is not a built-in rule
+    ({"PatientAge": "17Y"}, "skip", "paediatric"),  # forms seen in practice
+    ({"PatientAge": "017"}, "skip", "paediatric"),
+    ({"PatientAge": None, "PatientBirthDate": "20100101"}, "skip", "paediatric"),  # StudyDate 20260101: 16
 ])
 def test_default_rules(attrs, action, rule):
     decision = DEFAULT_SELECTION.decide(header(**attrs))
@@ -54,25 +61,29 @@ def test_default_rules(attrs, action, rule):
 
 
 def test_view_code_sequence_lateral_but_not_decubitus():
-    def with_view_code(meaning):
+    def with_view_code(meaning, code=""):
         ds = header(ViewPosition="")
         item = Dataset()
-        item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = "R-10232", "SRT", meaning
+        item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = code or "X-1", "99LOCAL", meaning
+        if code:
+            item.CodingSchemeDesignator = "SCT"
         ds.ViewCodeSequence = [item]
         return DEFAULT_SELECTION.decide(ds)
 
-    assert with_view_code("latero-medial").rule == "default"
-    assert with_view_code("left lateral").rule == "lateral-view-code"
+    assert with_view_code("latero-medial").rule == "lateral-view"  # a side view (CID 4010 lateral-medial)
+    assert with_view_code("left lateral").rule == "lateral-view"
     assert with_view_code("left lateral decubitus").rule == "default"  # a frontal projection
     assert with_view_code("antero-posterior").rule == "default"
+    assert with_view_code("whatever the meaning says", "399067008").rule == "lateral-view"  # the code decides
+    assert with_view_code("whatever the meaning says", "399348003").rule == "default"
 
 
 def test_decision_explains_each_condition_up_to_the_deciding_rule():
     decision = DEFAULT_SELECTION.decide(header(ViewPosition="LL", BodyPartExamined="CHEST"))
     assert "ViewPosition 'LL'" in decision.reason
-    checks = {(c.rule, c.condition.attribute): (c.actual, c.held) for c in decision.checks}
-    assert checks[("not-chest", "BodyPartExamined")] == ("CHEST", False)
-    assert checks[("lateral-view", "ViewPosition")] == ("LL", True)
+    checks = {(c.rule, c.condition.attribute): (c.actual, c.held, c.source) for c in decision.checks}
+    assert checks[("not-chest", "body_part")] == ("chest", False, "BodyPartExamined 'CHEST'")
+    assert checks[("lateral-view", "view")] == ("lateral", True, "ViewPosition 'LL'")
     assert not any(c.rule == "paediatric" for c in decision.checks)  # after the deciding rule: not evaluated
 
 
@@ -90,7 +101,7 @@ def test_allow_list_is_one_line_to_switch_on(tmp_path):
     assert selection.decide(header(Manufacturer="GE Healthcare")).rule == "default"
 
 
-def test_own_rules_replace_the_defaults_and_first_match_wins():
+def test_site_rules_run_before_the_defaults_and_first_match_wins():
     sel = parse_selection({"default": "skip", "rules": [
         {"name": "ap-only", "action": "analyse", "when": {"ViewPosition": {"equals": "AP"}}},
         {"name": "agfa", "action": "analyse", "when": {"Manufacturer": {"matches": "agfa"}, "ViewPosition": {"absent": True}}},
@@ -98,6 +109,30 @@ def test_own_rules_replace_the_defaults_and_first_match_wins():
     assert sel.decide(header(ViewPosition="AP")).rule == "ap-only"
     assert sel.decide(header(ViewPosition=None, Manufacturer="AGFA HealthCare")).rule == "agfa"
     assert sel.decide(header(ViewPosition="PA", Manufacturer="Agfa")).action == "skip"  # default
+    # issue 20: one site rule no longer drops the built-in ones
+    assert sel.decide(header(sop_class=DX_PROCESSING, ViewPosition="PA")).rule == "for-processing-class"
+    assert [r.origin for r in sel.rules[:3]] == ["site", "site", "built-in"]
+
+
+def test_defaults_false_leaves_only_the_site_rules():
+    sel = parse_selection({"defaults": False, "rules": [
+        {"name": "ap-only", "action": "skip", "when": {"ViewPosition": {"not_one_of": ["AP"]}}},
+    ]})
+    assert [r.name for r in sel.rules] == ["ap-only"]
+    assert sel.decide(header(sop_class=DX_PROCESSING, ViewPosition="AP")).rule == "default"
+
+
+def test_a_site_rule_replaces_or_switches_off_a_builtin_rule_by_name():
+    sel = parse_selection({"rules": [
+        {"name": "paediatric", "action": "skip", "when": {"age": {"age_below": 16}}},
+        {"name": "secondary-image", "enabled": False},
+    ]})
+    names = [r.name for r in sel.rules]
+    assert names.count("paediatric") == 1 and names.count("secondary-image") == 1
+    assert sel.decide(header(PatientAge="017Y")).rule == "default"
+    assert sel.decide(header(PatientAge="015Y")).rule == "paediatric"
+    assert sel.decide(header(ImageType=["DERIVED", "SECONDARY"])).rule == "default"
+    assert all(r.replaces_builtin for r in sel.rules[:2])
 
 
 @pytest.mark.parametrize("rules,key", [
@@ -125,7 +160,7 @@ def test_config_errors_name_the_rule_and_key(rules, key):
 
 
 def test_age_strings():
-    assert age_in_years("017Y") == 17 and age_in_years("006M") == 0.5 and age_in_years("17") is None
+    assert age_in_years("017Y") == 17 and age_in_years("006M") == 0.5 and age_in_years("garbage") is None
 
 
 def test_rules_test_and_show_commands(tmp_path):
@@ -139,14 +174,16 @@ def test_rules_test_and_show_commands(tmp_path):
                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     got = [json.loads(line) for line in out.stdout.splitlines()]
+    assert got[0]["config"].startswith("config: none (no --config given") and "built-in defaults" in got[0]["config"]
     assert [(g["action"], g["rule"]) for g in got] == [("skip", "lateral-view"), ("analyse", "default")]
     held = [c for c in got[0]["checks"] if c["held"]]
-    assert held == [{"rule": "lateral-view", "attribute": "ViewPosition", "operator": "one_of",
-                     "expected": ["LL", "RL", "LATERAL"], "actual": "LL", "held": True}]
+    assert held == [{"rule": "lateral-view", "attribute": "view", "operator": "equals",
+                     "expected": "lateral", "actual": "lateral", "held": True, "from": "ViewPosition 'LL'"}]
 
     text = subprocess.run([*CLI, "rules", "test", str(tmp_path / "lateral.dcm")], capture_output=True, text=True,
                           timeout=120, cwd=tmp_path)
-    assert text.returncode == 0 and "SKIP by rule lateral-view" in text.stdout and "actual 'LL'" in text.stdout
+    assert text.returncode == 0 and "SKIP by rule lateral-view" in text.stdout, text.stdout
+    assert "from ViewPosition 'LL'" in text.stdout and "built-in defaults" in text.stdout.splitlines()[0]
 
     (tmp_path / "junk.dcm").write_bytes(b"not dicom")
     bad = subprocess.run([*CLI, "rules", "test", str(tmp_path / "junk.dcm")], capture_output=True, text=True,
@@ -154,5 +191,13 @@ def test_rules_test_and_show_commands(tmp_path):
     assert bad.returncode == 1 and "junk.dcm" in bad.stderr
 
     show = subprocess.run([*CLI, "rules", "show"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
-    assert show.returncode == 0 and "lateral-view: skip when ViewPosition one_of [LL, RL, LATERAL]" in show.stdout
-    assert "manufacturer-not-allowed" in show.stdout and "(disabled)" in show.stdout
+    assert show.returncode == 0 and "lateral-view: skip when view equals lateral" in show.stdout
+    assert "built-in defaults" in show.stdout.splitlines()[0]
+    assert "age-not-stated" in show.stdout and "(disabled)" in show.stdout
+
+    (tmp_path / "site.toml").write_text('[[selection.rules]]\nname = "x"\naction = "skip"\n'
+                                        'when = { Manufacturer = { equals = "Acme" } }\n')
+    show = subprocess.run([*CLI, "rules", "show", "--config", "site.toml"], capture_output=True, text=True,
+                          timeout=120, cwd=tmp_path)
+    assert show.returncode == 0 and show.stdout.splitlines()[0].startswith("config: site.toml; 1 site rule(s), then")
+    assert "1. x: skip when Manufacturer equals Acme   [site]" in show.stdout

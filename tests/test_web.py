@@ -23,6 +23,8 @@ from tests import peers
 NOW = datetime(2026, 11, 27, 10, 0, tzinfo=UTC)
 TOKEN = "s3cret-token-0123456789"
 MODEL = ModelIdentity("cxr-densenet", "1.2", "a" * 64, "b" * 64, True)
+SKIPPED_HEADER = {"accession_number": "ACC-77", "modality": "CR", "study_description": "RX TORAX PORTATIL",
+                  "series_description": "Thorax lat"}
 
 
 def _fill(engine, image_path: str) -> None:
@@ -38,6 +40,7 @@ def _fill(engine, image_path: str) -> None:
                     calling_aet="MOBILE_DR",
                     path=image_path,
                     received_at=NOW,
+                    **(SKIPPED_HEADER if state == "skipped" else {}),
                 )
             )
             c.execute(
@@ -146,6 +149,8 @@ def test_status_page_shows_queue_images_failures_skips_destinations_model(node_d
     # One line, without the image's own path in front.
     assert '<td><span class="error">pixel data: JPEG 2000 codestream truncated at byte 5</span>' in page
     assert "lateral-view" in page and "ViewPosition LL is not AP/PA" in page
+    # What an operator recognises a skipped image by (issue 20).
+    assert "<td>ACC-77</td><td>CR</td><td>RX TORAX PORTATIL / Thorax lat</td><td>lateral-view</td>" in page
     assert "association with ORTHANC@127.0.0.1:4242 rejected" in page
     assert ">archive<" in page  # configured destination with nothing sent yet still listed
     assert "a" * 64 in page and "2026-10-01" in page and "cxr-densenet" in page
@@ -203,6 +208,7 @@ def test_metrics(node_db, tmp_path):
         "cxr_node_images_analysed_total 1.0",
         "cxr_node_images_failed_total 1.0",
         "cxr_node_images_skipped_total 1.0",
+        'cxr_node_images_skipped_by_rule_total{rule="lateral-view"} 1.0',
         'cxr_node_results_exported_total{destination="pacs"} 1.0',
         'cxr_node_queue_jobs{state="failed"} 1.0',
         'cxr_node_queue_exports{state="pending"} 1.0',

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from cxr_node.config import ConfigError, NodeConfig, load_config
+from cxr_node.selection.audit import warnings as selection_warnings
 
 
 @click.group("config")
@@ -27,7 +28,9 @@ def deeper_checks(cfg: NodeConfig) -> list[str]:
 @command.command("check")
 @click.argument("file", type=click.Path(path_type=Path, dir_okay=False))
 def check(file) -> None:
-    """Exit 0 when FILE is a valid node config; otherwise print each problem (key first) and exit 1."""
+    """Exit 0 when FILE is a valid node config; otherwise print each problem (key first) and exit 1.
+    Warnings (exit status still 0): the effective selection rules analyse For Processing,
+    secondary, lateral, oblique, paediatric or non-chest images."""
     try:
         cfg = load_config(file)
     except ConfigError as exc:
@@ -37,6 +40,9 @@ def check(file) -> None:
         click.echo(f"Error: {problem}", err=True)
     if problems:
         raise SystemExit(1)
+    # Valid, but the effective rules let through images the models were not made for: say so.
+    for warning in selection_warnings(cfg.selection):
+        click.echo(f"Warning: {warning}", err=True)
     dest = ", ".join(cfg.destination_names) or "none (results kept on disk)"
     web = f"http://{cfg.web_bind}:{cfg.web_port}/" if cfg.web_enabled else "off"
     click.echo(

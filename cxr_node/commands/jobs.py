@@ -46,13 +46,29 @@ def list_jobs(db, config, states, since, limit, as_json) -> None:
         return
     click.echo(
         table(
-            ["ID", "STATE", "UPDATED (UTC)", "FROM", "CLASS", "P(ABN)", "P(COVID)", "SOP INSTANCE UID", "WHY"],
+            [
+                "ID",
+                "STATE",
+                "UPDATED (UTC)",
+                "FROM",
+                "ACCESSION",
+                "MOD",
+                "DESCRIPTION",
+                "CLASS",
+                "P(ABN)",
+                "P(COVID)",
+                "SOP INSTANCE UID",
+                "WHY",
+            ],
             [
                 [
                     str(r.id),
                     r.state,
                     when(r.updated_at),
                     r.calling_aet,
+                    r.accession_number or "-",
+                    r.modality or "-",
+                    r.described or "-",
                     r.label or "-",
                     _p(r.p_abnormal),
                     _p(r.p_covid),
@@ -82,6 +98,7 @@ def show(db, config, key, as_json) -> None:
     lines = [
         f"job {job.id}: {job.state}",
         f"  image          {job.sop_instance_uid}",
+        f"  accession      {job.accession_number or '-'} ({job.modality or '-'}) {job.described}".rstrip(),
         f"  study          {job.study_instance_uid}",
         f"  from           {job.calling_aet}, received {when(job.received_at)} UTC",
         f"  file           {job.path}",

@@ -7,9 +7,8 @@ from pathlib import Path
 
 import click
 
-from cxr_node.commands.common import load_node_config
-from cxr_node.config import ConfigError
-from cxr_node.dicom.rules import Decision, Rule, Selection
+from cxr_node.config import DEFAULT_CONFIG, ConfigError, load_config
+from cxr_node.selection.rules import Decision, Rule, Selection
 
 _config_option = click.option(
     "--config",
@@ -24,11 +23,27 @@ def command() -> None:
     """Selection rules: which received images are analysed."""
 
 
-def _selection(config: Path | None) -> Selection:
+def _selection(config: Path | None) -> tuple[Selection, str]:
+    """The selection of --config, else configs/node.toml when present, else the built-in rules;
+    and a line saying which, so nobody reads a verdict from rules they did not mean."""
+    path = config if config else (DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None)
     try:
-        return load_node_config(config).selection
+        selection = load_config(path).selection
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from exc
+    if config:
+        used = f"config: {config}"
+    elif path is not None:
+        used = f"config: {path} (no --config given; found in the current directory)"
+    else:
+        used = f"config: none (no --config given and no {DEFAULT_CONFIG}): built-in defaults"
+    site = sum(1 for r in selection.rules if r.origin == "site")
+    builtin = sum(1 for r in selection.rules if r.origin != "site")
+    layers = f"{site} site rule(s)" + (
+        f", then {builtin} built-in" if selection.builtin_rules else ", built-in rules off"
+    )
+    tables = " + ".join(selection.vocabulary.tables) or "none"
+    return selection, f"{used}; {layers}; vocabulary: {tables} ({selection.vocabulary.size()} words and codes)"
 
 
 def _files(targets: tuple[Path, ...]) -> list[Path]:
@@ -38,12 +53,14 @@ def _files(targets: tuple[Path, ...]) -> list[Path]:
     return out
 
 
-def decision_json(path: Path, decision: Decision) -> dict:
+def decision_json(path: Path, decision: Decision, used: str = "") -> dict:
     return {
         "file": str(path),
+        "config": used,
         "action": decision.action,
         "rule": decision.rule,
         "reason": decision.reason,
+        "notes": list(decision.notes),
         "checks": [
             {
                 "rule": c.rule,
@@ -54,22 +71,35 @@ def decision_json(path: Path, decision: Decision) -> dict:
                 else c.condition.expected,
                 "actual": c.actual,
                 "held": c.held,
+                **({"from": c.source} if c.source else {}),
             }
             for c in decision.checks
         ],
     }
 
 
-def _text(path: Path, decision: Decision) -> str:
+def _facts_text(selection: Selection, ds) -> list[str]:
+    """What the header says about body part, view and age, and which attribute said it."""
+    lines = []
+    for name, fact in selection.facts(ds).items():
+        value = fact.value or "(not stated)"
+        lines.append(f"  {name:<10} {value:<14} {fact.source}")
+    return lines
+
+
+def _text(path: Path, decision: Decision, facts: list[str]) -> str:
     lines = [
         f"{path}: {decision.action.upper()} by {'rule ' + decision.rule if decision.rule != 'default' else 'default'}"
-        f" - {decision.reason}"
+        f" - {decision.reason}",
+        *facts,
     ]
     for c in decision.checks:
+        source = f" from {c.source}" if c.source else ""
         lines.append(
-            f"  {c.rule:<26} {c.condition.describe():<58} actual {c.actual or '(empty)'!r:<24} "
-            f"{'holds' if c.held else 'no'}"
+            f"  {c.rule:<26} {c.condition.describe():<42} actual {c.actual or '(empty)'!r:<16} "
+            f"{'holds' if c.held else 'no'}{source}"
         )
+    lines.extend(f"  note: {note}" for note in decision.notes)
     return "\n".join(lines)
 
 
@@ -82,7 +112,9 @@ def test(targets, config, as_json) -> None:
     and whether it held, and the action. Exit status 0 when every file was read."""
     import pydicom
 
-    selection = _selection(config)
+    selection, used = _selection(config)
+    if not as_json:
+        click.echo(used)
     unreadable = 0
     for path in _files(targets):
         try:
@@ -92,15 +124,19 @@ def test(targets, config, as_json) -> None:
             click.echo(f"error: {path}: cannot read as DICOM: {' '.join(str(exc).split())[:200]}", err=True)
             continue
         decision = selection.decide(ds)
-        click.echo(json.dumps(decision_json(path, decision)) if as_json else _text(path, decision))
+        if as_json:
+            click.echo(json.dumps(decision_json(path, decision, used)))
+        else:
+            click.echo(_text(path, decision, _facts_text(selection, ds)))
     if unreadable:
         raise SystemExit(1)
 
 
 def _rule_text(rule: Rule) -> str:
     state = "" if rule.enabled else "   (disabled)"
+    origin = "site, replaces the built-in rule" if rule.replaces_builtin else rule.origin
     conds = " and ".join(c.describe() for c in rule.conditions)
-    return f"{rule.name}: {rule.action} when {conds}{state}\n    reason: {rule.reason or '-'}"
+    return f"{rule.name}: {rule.action} when {conds}{state}   [{origin}]\n    reason: {rule.reason or '-'}"
 
 
 @command.command("show")
@@ -108,17 +144,21 @@ def _rule_text(rule: Rule) -> str:
 @click.option("--json", "as_json", is_flag=True)
 def show(config, as_json) -> None:
     """Print the effective rule set, in the order it is applied."""
-    selection = _selection(config)
+    selection, used = _selection(config)
     if as_json:
         click.echo(
             json.dumps(
                 {
+                    "config": used,
                     "default": selection.default,
+                    "unknown_age": selection.unknown_age,
+                    "vocabulary": list(selection.vocabulary.tables),
                     "rules": [
                         {
                             "name": r.name,
                             "action": r.action,
                             "enabled": r.enabled,
+                            "origin": r.origin,
                             "reason": r.reason,
                             "when": [c.describe() for c in r.conditions],
                         }
@@ -129,6 +169,11 @@ def show(config, as_json) -> None:
             )
         )
         return
+    click.echo(used)
     for i, rule in enumerate(selection.rules, start=1):
         click.echo(f"{i}. {_rule_text(rule)}")
     click.echo(f"otherwise: {selection.default}")
+    click.echo(
+        f"unknown age: {selection.unknown_age}"
+        + (" (the result says the age was not stated)" if selection.unknown_age == "analyse" else "")
+    )

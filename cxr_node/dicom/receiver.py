@@ -38,10 +38,12 @@ from pynetdicom.utils import make_target
 
 from cxr_node.audit import AssociationAudit
 from cxr_node.dicom.checks import check_header, check_radiograph, check_uids
-from cxr_node.dicom.rules import DEFAULT_SELECTION, Decision, Selection
 from cxr_node.dicom.status import CANNOT_UNDERSTAND, DATASET_DOES_NOT_MATCH, OUT_OF_RESOURCES, SUCCESS
 from cxr_node.dicom.syntaxes import decodable_transfer_syntaxes, decoder_available
 from cxr_node.queue.jobs import JobQueue, ReceivedInstance
+from cxr_node.selection.defaults import DEFAULT_SELECTION
+from cxr_node.selection.header import header_summary
+from cxr_node.selection.rules import Decision, Selection
 from cxr_node.storage import StorageLayout, free_mb, uid_key, write_durably
 
 log = logging.getLogger(__name__)
@@ -238,6 +240,7 @@ class Receiver:
                     skip=not decision.analyse,
                     rule=decision.rule,
                     reason=None if decision.analyse else decision.reason,
+                    header=header_summary(ds),
                 )
             )
         except Exception as exc:  # database down or full: the image is not acknowledged

@@ -43,6 +43,16 @@ def _aware(value: datetime | None) -> datetime | None:
 
 
 @dataclass(frozen=True)
+class InstanceHeader:
+    """What an operator recognises an image by (jobs list, status page); None when not in the header."""
+
+    accession_number: str | None = None
+    modality: str | None = None
+    study_description: str | None = None
+    series_description: str | None = None
+
+
+@dataclass(frozen=True)
 class ReceivedInstance:
     sop_instance_uid: str
     sop_class_uid: str
@@ -54,6 +64,7 @@ class ReceivedInstance:
     skip: bool = False
     rule: str | None = None
     reason: str | None = None
+    header: InstanceHeader = InstanceHeader()
 
 
 @dataclass(frozen=True)
@@ -135,6 +146,10 @@ class JobQueue:
                             path=item.path,
                             received_at=now,
                             content_sha256=item.content_sha256,
+                            accession_number=item.header.accession_number,
+                            modality=item.header.modality,
+                            study_description=item.header.study_description,
+                            series_description=item.header.series_description,
                         )
                     )
                 )

@@ -52,6 +52,10 @@ class JobRow:
     rule: str | None
     reason: str | None  # why it was skipped or not analysable
     reason_code: str | None = None  # not_analysable: the check that decided
+    accession_number: str | None = None
+    modality: str | None = None
+    study_description: str | None = None
+    series_description: str | None = None
     label: str | None = None
     p_abnormal: float | None = None
     p_covid: float | None = None
@@ -61,6 +65,11 @@ class JobRow:
     timings: dict[str, float] = field(default_factory=dict)
     result_id: int | None = None
     result_at: datetime | None = None
+
+    @property
+    def described(self) -> str:
+        """ "RX TORAX PORTATIL / AP": study and series description, for telling images apart."""
+        return " / ".join(d for d in (self.study_description, self.series_description) if d)
 
     @property
     def why(self) -> str:
@@ -132,6 +141,10 @@ _JOB_COLUMNS = (
     instances.c.calling_aet,
     instances.c.path,
     instances.c.received_at,
+    instances.c.accession_number,
+    instances.c.modality,
+    instances.c.study_description,
+    instances.c.series_description,
     results.c.id.label("result_id"),
     results.c.label,
     results.c.p_abnormal,
@@ -160,6 +173,10 @@ def _job_row(r) -> JobRow:
         rule=r.rule,
         reason=r.reason,
         reason_code=r.reason_code,
+        accession_number=r.accession_number,
+        modality=r.modality,
+        study_description=r.study_description,
+        series_description=r.series_description,
         label=r.label,
         p_abnormal=r.p_abnormal,
         p_covid=r.p_covid,
@@ -334,6 +351,14 @@ class Reports:
                 .group_by(jobs.c.reason_code)
             ).all()
         return {code or "unknown": n for code, n in rows}
+
+    def skipped_by_rule(self) -> dict[str, int]:
+        """Skipped images per deciding selection rule (monotonic: rows are kept)."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(jobs.c.rule, func.count()).where(jobs.c.state == JobState.SKIPPED).group_by(jobs.c.rule)
+            ).all()
+        return {rule or "": n for rule, n in rows}
 
     def exported_by_destination(self) -> dict[str, int]:
         with self.engine.connect() as conn:

@@ -48,6 +48,11 @@ instances = Table(
     # sha256 of the stored file: a later instance with the same SOP Instance UID but other bytes
     # is told apart from a plain re-send, and never replaces what was analysed.
     Column("content_sha256", String(64)),
+    # What operators recognise the image by in the jobs list and on the status page.
+    Column("accession_number", String(64)),
+    Column("modality", String(64)),
+    Column("study_description", String(64)),
+    Column("series_description", String(64)),
 )
 
 jobs = Table(

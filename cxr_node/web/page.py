@@ -164,9 +164,23 @@ def _not_analysable(jobs: list[JobRow], info: NodeInfo, now: datetime) -> str:
 
 def _skipped(jobs: list[JobRow], info: NodeInfo, now: datetime) -> str:
     rows = [
-        [_h(j.id), _when(j.received_at, now), _image_cell(j, info), _h(j.rule or "–"), _h(j.reason or "")] for j in jobs
+        [
+            _h(j.id),
+            _when(j.received_at, now),
+            _image_cell(j, info),
+            _h(j.accession_number or "–"),
+            _h(j.modality or "–"),
+            _h(j.described or "–"),
+            _h(j.rule or "–"),
+            _h(j.reason or ""),
+        ]
+        for j in jobs
     ]
-    return _table(["job", "received", "image", "rule", "reason"], rows, "No skipped images.")
+    return _table(
+        ["job", "received", "image", "accession", "modality", "study / series description", "rule", "reason"],
+        rows,
+        "No skipped images.",
+    )
 
 
 def _destinations(dests: list[DestinationRow], configured: tuple[str, ...], now: datetime) -> str:

@@ -1,23 +1,27 @@
 """Which received images are analysed: selection rules as data, one evaluator, and its explanation.
 
-A rule has a name, conditions on header attributes (all must hold) and an action, `analyse` or
-`skip`; the first matching enabled rule decides, else the default action. Decided at receipt
-from the header alone (no pixel decoding). A skipped image is still stored and acknowledged;
-it only gets no result.
+A rule has a name, conditions (all must hold) and an action, `analyse` or `skip`; the first
+matching enabled rule decides, else the default action. Decided at receipt from the header
+alone (no pixel decoding). A skipped image is still stored and acknowledged; it only gets no
+result.
 
-Condition operators, per attribute keyword (or `SequenceKeyword.Keyword`, first item):
-  equals "V" | one_of ["V", ...] | not_one_of [...] | matches "regex" | not_matches "regex"
-  present = true | absent = true | age_below = YEARS (an AS value such as 017Y, 006M)
+A condition tests a DICOM attribute by keyword (or `SequenceKeyword.Keyword`, first item) or one
+of the facts read from the header with the vocabulary (cxr_node.selection.facts):
+  body_part  chest, abdomen, ribs, ... | conflict | unrecognised | "" (not stated)
+  view       frontal, lateral, oblique, decubitus | conflict | unrecognised | ""
+  age        years ("17", "0.5"), from PatientAge or PatientBirthDate | "" (not stated)
+Operators: equals "V" | one_of ["V", ...] | not_one_of [...] | matches "regex" | not_matches
+"regex" | present = true | absent = true | age_below = YEARS (on `age` or PatientAge).
 Values are compared ignoring case and surrounding or repeated spaces; a multi-valued attribute
 reads as its values joined by a backslash (ImageType "DERIVED\\SECONDARY"). Value operators
-need a value: on an absent or empty attribute they do not hold (test that with present/absent),
-so a mobile unit's empty ViewPosition or BodyPartExamined is not skipped by them.
+need a value: on an absent or empty attribute or fact they do not hold (test that with
+present/absent), so an image whose body part or view nothing states is not skipped by them.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from pydicom.datadict import dictionary_VR, tag_for_keyword
@@ -25,6 +29,9 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
 from cxr_node.errors import ConfigError
+from cxr_node.selection.age import AGE_NOT_STATED_NOTE, parse_age
+from cxr_node.selection.facts import FACTS, Fact, derive
+from cxr_node.selection.vocabulary import Vocabulary
 
 Action = Literal["analyse", "skip"]
 ACTIONS: tuple[str, ...] = ("analyse", "skip")
@@ -39,9 +46,7 @@ OPERATORS: tuple[str, ...] = (
     "age_below",
 )
 DEFAULT_RULE = "default"
-
-_AS = re.compile(r"^(\d{3})([DWMY])$")
-_AS_YEARS = {"D": 1 / 365.25, "W": 7 / 365.25, "M": 1 / 12, "Y": 1.0}
+SITE, BUILTIN = "site", "built-in"  # where a rule comes from
 
 
 def normalise(text: str) -> str:
@@ -49,9 +54,8 @@ def normalise(text: str) -> str:
 
 
 def age_in_years(value: str) -> float | None:
-    """An Age String (nnnD/W/M/Y) in years, or None when it is not one."""
-    m = _AS.match(value.strip().upper())
-    return int(m.group(1)) * _AS_YEARS[m.group(2)] if m else None
+    """A PatientAge value (017Y, 006M, "17", "17 años", ...) in years, or None when it is not one."""
+    return parse_age(value)
 
 
 def attribute_text(ds: Dataset, path: str) -> str:
@@ -73,11 +77,11 @@ def attribute_text(ds: Dataset, path: str) -> str:
 
 @dataclass(frozen=True)
 class Condition:
-    attribute: str
+    attribute: str  # a DICOM keyword path or a fact name
     operator: str
     expected: Any
 
-    def evaluate(self, actual: str) -> bool:
+    def evaluate(self, actual: str, years: float | None = None) -> bool:
         op, want = self.operator, self.expected
         if op == "present":
             return bool(actual.strip()) == want
@@ -95,7 +99,8 @@ class Condition:
             found = re.search(want, " ".join(actual.split()), re.IGNORECASE) is not None
             return found if op == "matches" else not found
         if op == "age_below":
-            years = age_in_years(actual)
+            if years is None:
+                years = age_in_years(actual)
             return years is not None and years < want
         raise AssertionError(f"operator {op} passed validation but has no evaluation")
 
@@ -113,6 +118,10 @@ class Rule:
     conditions: tuple[Condition, ...]
     reason: str = ""
     enabled: bool = True
+    # Where it comes from: "site" (the config's [[selection.rules]]) or "built-in"; a site rule under a
+    # built-in rule's name takes its place. Not compared: the same rule is the same wherever it is written.
+    origin: str = field(default=BUILTIN, compare=False)
+    replaces_builtin: bool = field(default=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -123,6 +132,7 @@ class Check:
     condition: Condition
     actual: str
     held: bool
+    source: str = ""  # for a fact: the attribute(s) it was read from
 
 
 @dataclass(frozen=True)
@@ -131,6 +141,7 @@ class Decision:
     rule: str  # the deciding rule's name, or "default"
     reason: str
     checks: tuple[Check, ...] = ()  # every condition evaluated, in order, up to the deciding rule
+    notes: tuple[str, ...] = ()  # sentences the result must carry (e.g. the age was not stated)
 
     @property
     def analyse(self) -> bool:
@@ -141,35 +152,73 @@ class Decision:
 class Selection:
     rules: tuple[Rule, ...] = ()
     default: Action = "analyse"
+    vocabulary: Vocabulary = field(default_factory=Vocabulary)
+    unknown_age: Action = "analyse"  # the stated policy for an image whose age nothing states
+    builtin_rules: bool = True  # [selection] defaults: the built-in rules run after the site's
+
+    def facts(self, ds: Dataset) -> dict[str, Fact]:
+        return {name: derive(ds, self.vocabulary, name) for name in FACTS}
 
     def decide(self, ds: Dataset) -> Decision:
+        facts: dict[str, Fact] = {}
+
+        def fact(name: str) -> Fact:
+            if name not in facts:
+                facts[name] = derive(ds, self.vocabulary, name)
+            return facts[name]
+
         checks: list[Check] = []
+        decided: Decision | None = None
         for rule in self.rules:
             if not rule.enabled:
                 continue
             matched = True
             for cond in rule.conditions:
-                actual = attribute_text(ds, cond.attribute)
-                held = cond.evaluate(actual)
-                checks.append(Check(rule.name, cond, actual, held))
+                if cond.attribute in FACTS:
+                    f = fact(cond.attribute)
+                    actual, source, held = f.value, f.source, cond.evaluate(f.value, f.years)
+                else:
+                    actual, source = attribute_text(ds, cond.attribute), ""
+                    held = cond.evaluate(actual)
+                checks.append(Check(rule.name, cond, actual, held, source))
                 if not held:
                     matched = False
                     break  # the rest of this rule's conditions cannot change the outcome
             if matched:
-                facts = "; ".join(f"{c.condition.attribute} {c.actual!r}" for c in checks if c.rule == rule.name)
+                said = [c for c in checks if c.rule == rule.name]
                 reason = rule.reason or f"rule {rule.name} matched"
-                return Decision(rule.action, rule.name, f"{reason} ({facts})" if facts else reason, tuple(checks))
-        return Decision(self.default, DEFAULT_RULE, f"no rule matched: default action {self.default}", tuple(checks))
+                details = "; ".join(_said(c) for c in said)
+                decided = Decision(
+                    rule.action, rule.name, f"{reason} ({details})" if details else reason, tuple(checks)
+                )
+                break
+        if decided is None:
+            decided = Decision(
+                self.default, DEFAULT_RULE, f"no rule matched: default action {self.default}", tuple(checks)
+            )
+        if decided.analyse and not fact("age").value:
+            decided = replace(decided, notes=(*decided.notes, AGE_NOT_STATED_NOTE))
+        return decided
 
 
-# -- parsing (TOML tables -> Selection); every error names the rule and the key ---------------
+def _said(check: Check) -> str:
+    if not check.source:
+        return f"{check.condition.attribute} {check.actual!r}"
+    if check.actual in ("conflict", "unrecognised", ""):
+        return f"{check.condition.attribute} {check.actual or 'not stated'}: {check.source}"
+    return f"{check.condition.attribute} {check.actual!r} from {check.source}"
+
+
+# -- parsing (TOML tables -> rules); every error names the rule and the key --------------------
 
 
 def _attribute(key: str, path: str) -> str:
+    if path in FACTS:
+        return path
     parts = path.split(".")
     for i, keyword in enumerate(parts):
         if tag_for_keyword(keyword) is None:
-            raise ConfigError(f"{key}: unknown DICOM attribute keyword {keyword!r}")
+            raise ConfigError(f"{key}: unknown DICOM attribute keyword {keyword!r} (or use a fact: {', '.join(FACTS)})")
         if i < len(parts) - 1 and dictionary_VR(keyword) != "SQ":
             raise ConfigError(f"{key}: {keyword} is not a sequence, so {path!r} cannot look inside it")
     return path
@@ -207,7 +256,7 @@ def _operand(key: str, op: str, value: Any) -> Any:
     raise AssertionError(op)
 
 
-def parse_rule(key: str, table: Any) -> Rule:
+def parse_rule(key: str, table: Any, origin: str = BUILTIN) -> Rule:
     if not isinstance(table, dict):
         raise ConfigError(f"{key}: must be a table with name, action and when")
     unknown = set(table) - {"name", "action", "when", "reason", "enabled"}
@@ -240,102 +289,49 @@ def parse_rule(key: str, table: Any) -> Rule:
             if op not in OPERATORS:
                 raise ConfigError(f'{akey}: unknown operator "{op}" (known: {", ".join(OPERATORS)})')
             conditions.append(Condition(attr, op, _operand(f"{akey}.{op}", op, value)))
-    return Rule(name, action, tuple(conditions), reason, enabled)
+    return Rule(name, action, tuple(conditions), reason, enabled, origin)
 
 
-def parse_selection(table: Any, key: str = "selection") -> Selection:
-    """`[selection]` with `default` and `[[selection.rules]]`; without `rules` the built-in set applies."""
-    if not isinstance(table, dict):
-        raise ConfigError(f"{key}: must be a table with default and rules")
-    unknown = set(table) - {"default", "rules"}
-    if unknown:
-        raise ConfigError(f"{key}.{sorted(unknown)[0]}: unknown key (default, rules)")
-    default = table.get("default", "analyse")
-    if default not in ACTIONS:
-        raise ConfigError(f"{key}.default: {default!r} must be one of {', '.join(ACTIONS)}")
-    if "rules" not in table:
-        return Selection(DEFAULT_SELECTION.rules, default)
-    rules_value = table["rules"]
-    if not isinstance(rules_value, list):
-        raise ConfigError(f"{key}.rules: must be an array of tables ([[{key}.rules]])")
-    rules = tuple(parse_rule(f"{key}.rules[{i}]", r) for i, r in enumerate(rules_value))
+def layer_rules(key: str, site_tables: Any, builtin: tuple[Rule, ...], use_builtin: bool) -> tuple[Rule, ...]:
+    """The site's rules first, then the built-in ones (unless `use_builtin` is false).
+
+    A site rule named like a built-in rule takes its place; `{ name = "paediatric", enabled = false }`
+    alone switches a built-in rule off."""
+    if not isinstance(site_tables, list):
+        raise ConfigError(f"{key}: must be an array of tables ([[{key}]])")
+    by_name = {r.name: r for r in builtin}
+    site: list[Rule] = []
     seen: set[str] = set()
-    for i, rule in enumerate(rules):
+    for i, table in enumerate(site_tables):
+        rkey = f"{key}[{i}]"
+        name = table.get("name") if isinstance(table, dict) else None
+        if isinstance(table, dict) and name in by_name and set(table) <= {"name", "enabled"}:
+            if not use_builtin:
+                raise ConfigError(f"{rkey}: switches built-in rule {name!r}, but [selection] defaults = false")
+            rule = replace(by_name[name], enabled=_boolean(f"{rkey}.enabled", table.get("enabled", True)))
+            rule = replace(rule, origin=SITE, replaces_builtin=True)
+        else:
+            rule = parse_rule(rkey, table, SITE)
+            rule = replace(rule, replaces_builtin=use_builtin and rule.name in by_name)
         if rule.name in seen:
-            raise ConfigError(f"{key}.rules[{i}].name: {rule.name!r} is used by an earlier rule")
+            raise ConfigError(f"{rkey}.name: {rule.name!r} is used by an earlier rule")
         seen.add(rule.name)
-    return Selection(rules, default)
+        site.append(rule)
+    rest = tuple(r for r in builtin if r.name not in seen) if use_builtin else ()
+    return (*site, *rest)
 
 
-# -- the default rule set (configs/node.toml writes the same rules out, every line explained) ---
-
-_DX_FOR_PROCESSING = "1.2.840.10008.5.1.4.1.1.1.1.1"
-
-DEFAULT_RULES: list[dict[str, Any]] = [
-    {
-        "name": "for-processing-class",
-        "action": "skip",
-        "reason": "DX For Processing: raw detector data, the models were trained on processed images",
-        "when": {"SOPClassUID": {"equals": _DX_FOR_PROCESSING}},
-    },
-    {
-        "name": "for-processing-intent",
-        "action": "skip",
-        "reason": "Presentation Intent FOR PROCESSING: raw detector data, not a processed radiograph",
-        "when": {"PresentationIntentType": {"equals": "FOR PROCESSING"}},
-    },
-    {
-        "name": "secondary-image",
-        "action": "skip",
-        "reason": "a secondary (derived copy, screen capture) image, not an original radiograph",
-        "when": {"ImageType": {"matches": r"^[^\\]*\\SECONDARY"}},
-    },
-    {
-        "name": "not-chest",
-        "action": "skip",
-        "reason": "body part is not the chest",
-        "when": {"BodyPartExamined": {"not_one_of": ["CHEST", "THORAX", "LUNG"]}},
-    },
-    {
-        "name": "lateral-view",
-        "action": "skip",
-        "reason": "a lateral view: the models read frontal (AP/PA) radiographs",
-        "when": {"ViewPosition": {"one_of": ["LL", "RL", "LATERAL"]}},
-    },
-    {
-        "name": "oblique-view",
-        "action": "skip",
-        "reason": "an oblique view: the models read frontal (AP/PA) radiographs",
-        "when": {"ViewPosition": {"one_of": ["LLO", "RLO", "OBLIQUE"]}},
-    },
-    {
-        "name": "lateral-view-code",
-        "action": "skip",
-        "reason": "the view code says lateral or oblique: the models read frontal radiographs",
-        "when": {"ViewCodeSequence.CodeMeaning": {"matches": r"^(?!.*decubitus).*\b(lateral|oblique)\b"}},
-    },
-    {
-        "name": "paediatric",
-        "action": "skip",
-        "reason": "patient younger than 18 years: the models were trained on adults",
-        "when": {"PatientAge": {"age_below": 18}},
-    },
-    {
-        "name": "manufacturer-not-allowed",
-        "action": "skip",
-        "enabled": False,
-        "reason": "the modality's manufacturer is not on the allow-list",
-        "when": {"Manufacturer": {"not_matches": r"^(agfa|ge\b|general electric)"}},
-    },
-]
-
-DEFAULT_SELECTION = Selection(tuple(parse_rule(f"DEFAULT_RULES[{i}]", r) for i, r in enumerate(DEFAULT_RULES)))
+def _boolean(key: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key}: must be true or false")
+    return value
 
 
 __all__ = [
     "ACTIONS",
-    "DEFAULT_SELECTION",
+    "BUILTIN",
     "OPERATORS",
+    "SITE",
     "Check",
     "Condition",
     "Decision",
@@ -343,6 +339,6 @@ __all__ = [
     "Selection",
     "age_in_years",
     "attribute_text",
+    "layer_rules",
     "parse_rule",
-    "parse_selection",
 ]
