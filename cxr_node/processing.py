@@ -31,6 +31,7 @@ from cxr_node.dicom.pixels import PixelDataError
 from cxr_node.errors import NotAnalysable
 from cxr_node.results.identity import ModelIdentity, NodeIdentity
 from cxr_node.results.writer import ResultFiles, write_results
+from cxr_node.selection.age import selection_notes
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +161,8 @@ def process_batch(
                 model,
                 panels,
                 max_side,
-                notes=item.image.notes,  # which window was used, header attributes ignored
+                # which window was used, header attributes ignored; the patient's age not stated
+                notes=[*item.image.notes, *selection_notes(header)],
             )
             outcome.timings["sr_sc_build"] = time.perf_counter() - t0
         except Exception as exc:

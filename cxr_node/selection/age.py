@@ -126,4 +126,19 @@ def age_note(ds: Dataset) -> str | None:
     return None if patient_age(ds).known else AGE_NOT_STATED_NOTE
 
 
-__all__ = ["AGE_NOT_STATED_NOTE", "Age", "age_note", "parse_age", "parse_date", "patient_age", "years_between"]
+def selection_notes(ds: Dataset) -> list[str]:
+    """What the selection has to tell the reader of an analysed image's result (write_results(notes=...))."""
+    note = age_note(ds)
+    return [note] if note else []
+
+
+__all__ = [
+    "AGE_NOT_STATED_NOTE",
+    "selection_notes",
+    "Age",
+    "age_note",
+    "parse_age",
+    "parse_date",
+    "patient_age",
+    "years_between",
+]
