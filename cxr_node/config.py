@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from cxr_node import validation as V
+from cxr_node.dicom.checks import MAX_COLUMNS, MAX_INFLATED_BYTES, MAX_PIXEL_BYTES, MAX_ROWS, PixelBudget
 from cxr_node.dicom.information import DEFAULT_LIMITS, InformationLimits, parse_image_check
 from cxr_node.errors import ConfigError  # re-exported: callers import it from here
 from cxr_node.selection.config import parse_selection
@@ -36,6 +37,11 @@ class Destination:
     def __str__(self) -> str:
         return f"{self.ae_title}@{self.host}:{self.port}"
 
+
+# Address space (MiB) a decoder process may add, beyond what it holds once started, to decode one
+# image: the largest image the default budget admits (64 MiB of 16-bit pixels, 33.5 M pixels)
+# needs about 1.1 GB with the costliest decoder and the grey pipeline (docs/reliability.md).
+DECODE_MEMORY_MB = 2048
 
 _DESTINATION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 LEGACY_DESTINATION_NAME = "pacs"  # the name of the single `[destination]` / `--destination` peer
@@ -100,8 +106,21 @@ class NodeConfig:
     send_max_attempts: int = 100  # 0 = no limit
     send_give_up_after_s: float = 172800.0  # 0 = no limit
     send_timeout_s: float = 30.0
+    # [decoding]: the pixel budget checked at receipt (cxr_node.dicom.checks) and the decoder processes
+    max_rows: int = MAX_ROWS
+    max_columns: int = MAX_COLUMNS
+    max_pixel_bytes: int = MAX_PIXEL_BYTES
+    max_inflated_bytes: int = MAX_INFLATED_BYTES
+    decode_memory_mb: int = DECODE_MEMORY_MB  # address space a decoder process may add to decode one image
+    decode_processes: int = 0  # 0 = one per core, at most 4
+    decode_timeout_s: float = 120.0  # a decode running longer is killed and fails that image
 
     def __post_init__(self) -> None:
+        if self.max_inflated_bytes < self.max_pixel_bytes:
+            raise ConfigError(
+                f"decoding.max_inflated_bytes: {self.max_inflated_bytes} is below decoding.max_pixel_bytes "
+                f"{self.max_pixel_bytes}: a Deflated image within the pixel budget would be refused"
+            )
         names = [spec.name for spec in self.destination_specs]
         for name in names:
             if names.count(name) > 1:
@@ -109,6 +128,10 @@ class NodeConfig:
                     f"destinations: the name {name!r} is used twice"
                     + (" ([destination] / --destination is named 'pacs')" if name == LEGACY_DESTINATION_NAME else "")
                 )
+
+    @property
+    def pixel_budget(self) -> PixelBudget:
+        return PixelBudget(self.max_rows, self.max_columns, self.max_pixel_bytes, self.max_inflated_bytes)
 
     @property
     def destination_specs(self) -> tuple[DestinationSpec, ...]:
@@ -204,6 +227,15 @@ _SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
         "poll_interval_s": ("poll_interval_s", V.positive),
         "lease_s": ("lease_s", V.positive),
         "max_attempts": ("max_attempts", V.int_range(1, 100)),
+    },
+    "decoding": {
+        "max_rows": ("max_rows", V.int_range(1, 65535)),
+        "max_columns": ("max_columns", V.int_range(1, 65535)),
+        "max_pixel_bytes": ("max_pixel_bytes", V.int_range(1, 2**40)),
+        "max_inflated_bytes": ("max_inflated_bytes", V.int_range(1, 2**40)),
+        "memory_limit_mb": ("decode_memory_mb", V.int_range(64, 1_048_576)),
+        "processes": ("decode_processes", V.int_range(0, 64)),
+        "timeout_s": ("decode_timeout_s", V.positive),
     },
     "destinations": {},  # handled below: an array of tables, checked by each type's module
     "selection": {},  # handled below: rules, vocabulary, age policy (cxr_node.selection.config)

@@ -8,8 +8,9 @@ that prevents storing returns a failure status with an Error Comment naming the 
 the modality keeps the image and can retry, and the node keeps serving.
 
 Order of the checks in handle_store (each may answer on its own):
+  0. a Deflated data set inflating past the budget -> 0xA900 (counted as a stream, before pynetdicom inflates it)
   1. UIDs of the command and the data set       -> 0xA900 naming the attribute
-  2. radiograph + header consistency             -> 0xA900 naming the attribute
+  2. radiograph + header consistency + the pixel budget ([decoding]) -> 0xA900 naming the attribute
   3. free space under receiver.min_free_mb       -> 0xA700
   4. same SOP Instance UID already stored        -> 0x0000 if the same bytes, else 0xA900 (never overwritten)
   5. durable write, then the queue row           -> 0xA700 when either fails
@@ -37,7 +38,15 @@ from pynetdicom.transport import ThreadedAssociationServer
 from pynetdicom.utils import make_target
 
 from cxr_node.audit import AssociationAudit
-from cxr_node.dicom.checks import check_header, check_radiograph, check_uids
+from cxr_node.dicom.checks import (
+    DEFAULT_BUDGET,
+    PixelBudget,
+    check_budget,
+    check_deflated,
+    check_header,
+    check_radiograph,
+    check_uids,
+)
 from cxr_node.dicom.status import CANNOT_UNDERSTAND, DATASET_DOES_NOT_MATCH, OUT_OF_RESOURCES, SUCCESS
 from cxr_node.dicom.syntaxes import decodable_transfer_syntaxes, decoder_available
 from cxr_node.queue.jobs import JobQueue, ReceivedInstance
@@ -81,6 +90,7 @@ class ReceiverSettings:
     ssl_context: ssl.SSLContext | None = None  # TLS listener on tls_port when set
     tls_port: int = 2762
     tls_only: bool = False  # no plain listener
+    budget: PixelBudget = DEFAULT_BUDGET  # [decoding]: what one image may cost to decode
 
     @classmethod
     def from_config(cls, cfg) -> ReceiverSettings:
@@ -99,6 +109,7 @@ class ReceiverSettings:
             ssl_context=server_context(cfg),
             tls_port=cfg.tls_port,
             tls_only=cfg.tls_only,
+            budget=cfg.pixel_budget,
         )
 
 
@@ -181,6 +192,13 @@ class Receiver:
 
     def handle_store(self, event) -> int | Dataset:
         calling = event.assoc.requestor.ae_title
+        # Before event.dataset: pynetdicom inflates a Deflated data set whole, bomb or not.
+        problem = check_deflated(
+            event.encoded_dataset(include_meta=False), event.context.transfer_syntax, self.settings.budget
+        )
+        if problem:
+            log.warning("C-STORE from %s refused: %s", calling, problem)
+            return _status(DATASET_DOES_NOT_MATCH, problem)
         try:
             ds = event.dataset
             ds.file_meta = event.file_meta
@@ -261,6 +279,7 @@ class Receiver:
             check_uids(ds, event.request.AffectedSOPInstanceUID)
             or check_radiograph(ds, event.request.AffectedSOPClassUID)
             or check_header(ds, event.context.transfer_syntax)
+            or check_budget(ds, self.settings.budget)
         )
 
     def _already_stored(self, known: dict, sha256: str, sop_uid: str, calling: str) -> int | Dataset:
