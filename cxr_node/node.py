@@ -6,7 +6,7 @@ import logging
 from dataclasses import dataclass
 
 from cxr_node.analysis.bundle import Bundle, BundleError, load_bundle, untrained_bundle
-from cxr_node.analysis.decode_pool import DecodePool
+from cxr_node.analysis.decode_pool import DecodeLimits, DecodePool
 from cxr_node.analysis.engine import Analyzer
 from cxr_node.config import ConfigError, NodeConfig
 from cxr_node.destinations.registry import build_destinations
@@ -68,7 +68,13 @@ class Node:
         if "receiver" in roles:
             receiver = Receiver(ReceiverSettings.from_config(cfg), queue, layout, selection=cfg.selection)
         if "worker" in roles:  # only a worker needs the models (and the GPU)
-            pool = DecodePool(kind="process")  # decoding in other processes: OpenJPEG holds the GIL
+            # Decoding in other processes: OpenJPEG holds the GIL, and an image that exhausts its
+            # process's memory limit or kills it fails alone (cxr_node.analysis.decode_pool).
+            pool = DecodePool(
+                cfg.decode_processes or None,
+                kind="process",
+                limits=DecodeLimits(memory_mb=cfg.decode_memory_mb, timeout_s=cfg.decode_timeout_s),
+            )
             worker = Worker(
                 queue,
                 Analyzer(bundle or load_models(cfg), cfg.device, cuda_graphs=cfg.cuda_graphs),
@@ -104,6 +110,8 @@ class Node:
 
     def start(self) -> None:
         self.queue.notifier.start()
+        if self.decode_pool is not None:
+            self.decode_pool.start()
         for part in self._parts():
             part.start()
 

@@ -86,7 +86,9 @@ class Worker:
 
     def run_once(self) -> int:
         """Claim and process up to one batch; returns how many jobs were claimed."""
-        batch = self.queue.claim(self.name, self.settings.lease_s, self.settings.batch_size)
+        batch = self.queue.claim(
+            self.name, self.settings.lease_s, self.settings.batch_size, max_attempts=self.settings.max_attempts
+        )
         if not batch:
             return 0
         outcomes = process_batch(
@@ -153,7 +155,7 @@ class Worker:
     # -- background loop -------------------------------------------------------------
     def recover(self) -> int:
         host = self.name.rpartition(":")[0]
-        n = self.queue.requeue_orphans(host, pid_alive)
+        n = self.queue.requeue_orphans(host, pid_alive, max_attempts=self.settings.max_attempts)
         if n:
             log.warning("re-queued %d job(s) interrupted by a crash of an earlier worker on %s", n, host)
         return n

@@ -45,7 +45,7 @@ import sys, time
 from cxr_node.analysis.decode_pool import DecodePool
 pool = DecodePool(workers=2, kind="process")
 pool.warm_up()
-print(" ".join(str(p) for p in pool._executor._processes), flush=True)
+print(" ".join(str(p) for p in pool.pids()), flush=True)
 time.sleep(600)
 """
 

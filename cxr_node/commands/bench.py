@@ -115,6 +115,25 @@ def inference(
     click.echo(json.dumps(result, indent=2) if as_json else format_report(result))
 
 
+@command.command("decode-memory")
+@click.option(
+    "--image",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    default=None,
+    help="DICOM radiograph to encode [default: pydicom-data RG1_UNCR.dcm].",
+)
+@click.option("--side", type=click.IntRange(64, 16384), default=None, help="Resize to SIDE x SIDE first.")
+@click.option("--json", "as_json", is_flag=True, help="Print the full result as JSON.")
+def decode_memory(image, side, as_json):
+    """Peak memory per pixel of each decoder and of a decoder process's whole job, per transfer syntax."""
+    from cxr_node.benchmarks.decode_memory import format_table, run_decode_memory_bench
+
+    result = run_decode_memory_bench(
+        image, side, progress=None if as_json else (lambda m: click.echo(f"... {m}", err=True))
+    )
+    click.echo(json.dumps(result, indent=2) if as_json else format_table(result))
+
+
 def _add_latency() -> None:
     # Its own module (it starts Orthanc and serve); imported when `bench` is built, imports nothing heavy.
     from cxr_node.benchmarks.latency import command as latency

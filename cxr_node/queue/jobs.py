@@ -42,6 +42,13 @@ def _aware(value: datetime | None) -> datetime | None:
     return value
 
 
+def interrupted_reason(attempts: int, max_attempts: int) -> str:
+    return (
+        f"processing of this image was interrupted {attempts} times (the node stopped or its lease ran out"
+        f" while decoding or analysing it); not tried again (worker.max_attempts {max_attempts})"
+    )
+
+
 @dataclass(frozen=True)
 class InstanceHeader:
     """What an operator recognises an image by (jobs list, status page); None when not in the header."""
@@ -178,8 +185,19 @@ class JobQueue:
         waiting = and_(jobs.c.state == JobState.QUEUED, or_(jobs.c.next_try_at.is_(None), jobs.c.next_try_at <= now))
         return or_(waiting, and_(jobs.c.state == JobState.RUNNING, jobs.c.lease_until < now))
 
-    def claim(self, worker: str, lease_s: float, limit: int = 1) -> list[Job]:
+    def claim(self, worker: str, lease_s: float, limit: int = 1, max_attempts: int | None = None) -> list[Job]:
+        """Lease up to `limit` jobs; each claim counts an attempt.
+
+        A job whose lease ran out was interrupted (its worker died or hung): with `max_attempts`,
+        one that has had them all is failed instead of taken again, so an image that brings its
+        worker down cannot do so forever.
+        """
         now = self.clock()
+        if max_attempts is not None:
+            self._fail_interrupted(
+                and_(jobs.c.state == JobState.RUNNING, jobs.c.lease_until < now, jobs.c.attempts >= max_attempts),
+                max_attempts,
+            )
         claimed: list[Job] = []
         with self.engine.connect() as conn:
             candidates = (
@@ -221,11 +239,35 @@ class JobQueue:
             )
         return claimed
 
-    def requeue_orphans(self, host: str, is_alive: Callable[[int], bool]) -> int:
+    def _fail_interrupted(self, where, max_attempts: int) -> list[int]:
+        """Close interrupted jobs that have used up their attempts, saying so; returns their ids."""
+        with self.engine.connect() as conn:
+            spent = conn.execute(select(jobs.c.id, jobs.c.attempts).where(where)).all()
+        failed = []
+        for row in spent:
+            with self.engine.begin() as conn:
+                won = conn.execute(
+                    update(jobs)
+                    .where(and_(jobs.c.id == row.id, where))
+                    .values(
+                        state=JobState.FAILED,
+                        error=interrupted_reason(row.attempts, max_attempts),
+                        lease_until=None,
+                        next_try_at=None,
+                        updated_at=self.clock(),
+                    )
+                ).rowcount
+            if won == 1:
+                failed.append(row.id)
+        return failed
+
+    def requeue_orphans(self, host: str, is_alive: Callable[[int], bool], max_attempts: int | None = None) -> int:
         """Re-queue jobs held by dead worker processes of this host (worker names are HOST:PID).
 
         Lease expiry covers workers on other hosts; this makes a restart after a crash
-        pick its interrupted work up at once instead of after the lease.
+        pick its interrupted work up at once instead of after the lease. The interrupted claim
+        counted an attempt: with `max_attempts`, a job that has had them all is failed instead.
+        Returns how many were re-queued.
         """
         with self.engine.connect() as conn:
             held = conn.execute(
@@ -238,15 +280,22 @@ class JobQueue:
             for row in held
             if row.worker.rpartition(":")[2].isdigit() and not is_alive(int(row.worker.rpartition(":")[2]))
         ]
-        if orphans:
-            with self.engine.begin() as conn:
-                conn.execute(
-                    update(jobs)
-                    .where(and_(jobs.c.id.in_(orphans), jobs.c.state == JobState.RUNNING))
-                    .values(state=JobState.QUEUED, lease_until=None, updated_at=self.clock())
-                )
+        if not orphans:
+            return 0
+        if max_attempts is not None:
+            self._fail_interrupted(
+                and_(jobs.c.id.in_(orphans), jobs.c.state == JobState.RUNNING, jobs.c.attempts >= max_attempts),
+                max_attempts,
+            )
+        with self.engine.begin() as conn:
+            requeued = conn.execute(
+                update(jobs)
+                .where(and_(jobs.c.id.in_(orphans), jobs.c.state == JobState.RUNNING))
+                .values(state=JobState.QUEUED, lease_until=None, updated_at=self.clock())
+            ).rowcount
+        if requeued:
             self.notifier.notify("jobs")
-        return len(orphans)
+        return requeued
 
     def complete(
         self, job: Job, record: ResultRecord, items: list[ExportItem], destinations: Sequence[str] = ()

@@ -1,4 +1,5 @@
-"""Readiness checks for /readyz: database, storage (writable, free space above the watermark), model."""
+"""Readiness checks for /readyz: database, storage (writable, free space above the watermark), model,
+decoding (a decoder process is up: after one died, not until its replacement runs)."""
 
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ class Readiness:
         min_free_mb: float,
         model_loaded: Callable[[], str | None] | None = None,
         free_mb: Callable[[Path], float] = disk_free_mb,
+        decoding: Callable[[], str | None] | None = None,
     ) -> None:
         self.reports = reports
         self.storage = Path(storage)
@@ -38,6 +40,8 @@ class Readiness:
         # None: this process runs no worker; otherwise returns a problem, or None when loaded.
         self.model_loaded = model_loaded
         self.free_mb = free_mb
+        # None: this process decodes nothing; otherwise returns why decoding is impossible, or None.
+        self.decoding = decoding
 
     def _database(self) -> Check:
         try:
@@ -71,5 +75,11 @@ class Readiness:
         problem = self.model_loaded()
         return Check("model", problem is None, problem or "loaded")
 
+    def _decoding(self) -> Check:
+        if self.decoding is None:
+            return Check("decoding", True, "no worker role in this process")
+        problem = self.decoding()
+        return Check("decoding", problem is None, problem or "decoder processes running")
+
     def run(self) -> list[Check]:
-        return [self._database(), self._storage(), self._model()]
+        return [self._database(), self._storage(), self._model(), self._decoding()]

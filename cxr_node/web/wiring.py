@@ -36,6 +36,7 @@ def build_web_server(
         model_loaded=(lambda: None if node.worker.analyzer is not None else "models not loaded")
         if node.worker
         else None,
+        decoding=node.decode_pool.health if node.decode_pool is not None else None,
     )
     info = NodeInfo(
         ae_title=cfg.ae_title,
