@@ -20,7 +20,7 @@ What a received image can do to a decoder process, and what happens then (issue 
   image fails (DecoderDied) and only that image: the others run in their own processes and keep
   their results;
 - run longer than `decoding.timeout_s`: its process is killed, as above.
-A process that failed a decode leaves and a fresh one takes its place, so no decode starts in an
+A process that ran out of memory leaves and a fresh one takes its place, so no decode starts in an
 address space that a bomb has fragmented. Crashes in a row delay the next start (1 s doubling to
 30 s); until a process is up again `health()` says why decoding is not possible (/readyz).
 
@@ -51,6 +51,7 @@ from pathlib import Path
 import pydicom
 
 from cxr_node.dicom.pixels import FloatImage, PixelDataError, dataset_to_float, read_image
+from cxr_node.errors import NotAnalysable
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +181,7 @@ def _portable(exc: BaseException, path: str, memory_mb: int | None) -> BaseExcep
     decode of an image whose size alone needs more than the limit at the measured cost per pixel is
     reported as what it is.
     """
-    if memory_mb is not None:
+    if memory_mb is not None and not isinstance(exc, (NotAnalysable, OSError)):
         pixels = _header_pixels(path)
         needs_mb = (pixels or 0) * DECODE_BYTES_PER_PIXEL / 2**20
         if _memory_exhausted(exc) or needs_mb > memory_mb:
@@ -218,8 +219,11 @@ def _child_main(
         try:
             result = decode(path)
         except BaseException as exc:  # MemoryError too: that is what the limit is for
-            conn.send(("error", _portable(exc, path, memory_mb)))
-            return  # a fresh process takes over: no decode starts in a bomb's leftovers
+            error = _portable(exc, path, memory_mb)
+            conn.send(("error", error))
+            if isinstance(error, DecodeBudgetError):
+                return  # a fresh process takes over: no decode starts in a bomb's leftovers
+            continue
         conn.send(("done", result))
 
 
@@ -505,8 +509,8 @@ class DecodePool:
                     child.ready = True
                     continue
                 task, child.task, child.deadline = child.task, None, None
-                if kind == "error":
-                    child.retiring = True
+                if kind == "error" and isinstance(payload, DecodeBudgetError):
+                    child.retiring = True  # it leaves (see _child_main)
                 if task is None:
                     continue
                 if kind == "done":

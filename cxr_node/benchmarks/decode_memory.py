@@ -58,7 +58,7 @@ def encode_all(source: Path, side: int | None, out_dir: Path) -> dict[str, Path]
     import cv2
     import numpy as np
     import pydicom
-    from pydicom.uid import ExplicitVRLittleEndian
+    from pydicom.uid import UID, ExplicitVRLittleEndian
 
     ds = pydicom.dcmread(source)
     arr = ds.pixel_array
@@ -73,7 +73,7 @@ def encode_all(source: Path, side: int | None, out_dir: Path) -> dict[str, Path]
     files = {"native": native}
 
     deflated = pydicom.dcmread(native)
-    deflated.file_meta.TransferSyntaxUID = SYNTAXES["deflated"]
+    deflated.file_meta.TransferSyntaxUID = UID(SYNTAXES["deflated"])
     files["deflated"] = out_dir / "deflated.dcm"
     deflated.save_as(files["deflated"], enforce_file_format=True)
 
