@@ -185,6 +185,16 @@ def test_rules_test_and_show_commands(tmp_path):
     assert text.returncode == 0 and "SKIP by rule lateral-view" in text.stdout, text.stdout
     assert "from ViewPosition 'LL'" in text.stdout and "built-in defaults" in text.stdout.splitlines()[0]
 
+    words = header(ViewPosition=None, BodyPartExamined="TORAX", SeriesDescription="Thorax lat")
+    words.save_as(tmp_path / "words.dcm", enforce_file_format=True)
+    text = subprocess.run([*CLI, "rules", "test", str(tmp_path / "words.dcm")], capture_output=True, text=True,
+                          timeout=120, cwd=tmp_path)
+    assert "SKIP by rule lateral-view" in text.stdout, text.stdout
+    facts = {line.split()[0]: line for line in text.stdout.splitlines()[2:5]}
+    assert "lateral" in facts["view"] and "SeriesDescription 'Thorax lat'" in facts["view"]  # which attribute decided
+    assert "chest" in facts["body_part"] and "BodyPartExamined 'TORAX'" in facts["body_part"]
+    assert "PatientBirthDate 19700101 and StudyDate 20260101" in facts["age"]
+
     (tmp_path / "junk.dcm").write_bytes(b"not dicom")
     bad = subprocess.run([*CLI, "rules", "test", str(tmp_path / "junk.dcm")], capture_output=True, text=True,
                          timeout=120, cwd=tmp_path)

@@ -365,6 +365,19 @@ def test_a_conflict_names_both_attributes():
     )
 
 
+def test_an_unreadable_attribute_says_nothing_and_breaks_nothing():
+    class Unreadable(Dataset):
+        def get(self, key, default=None):
+            if key in ("SeriesDescription", "PatientAge"):
+                raise ValueError("invalid value")
+            return super().get(key, default)
+
+    ds = Unreadable(header(BodyPartExamined="TORAX", ViewPosition="AP", SeriesDescription="lat", PatientAge="017Y"))
+    decision = DEFAULT_SELECTION.decide(ds)
+    assert (decision.action, decision.rule) == ("analyse", "default"), decision.reason
+    assert "age not readable" in DEFAULT_SELECTION.facts(ds)["age"].source
+
+
 def test_normalise_case_accents_separators():
     assert normalise("Tórax_AP") == "TORAX AP"
     assert normalise("  rx-TÓRAX   portátil ") == "RX TORAX PORTATIL"

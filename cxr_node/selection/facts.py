@@ -15,6 +15,8 @@ tiers 1-2 are silent, because a study ("ABDOMEN AGUDO", "TORAX PA Y LAT") holds 
 images. When two attributes of the tiers read name different meanings, the fact is
 `conflict` and its source names both. An attribute naming several meanings at once
 ("TORAX Y ABDOMEN", "PA Y LATERAL") describes more than one image and decides nothing.
+A coded value no table knows (BodyPartExamined "XYZ") makes the fact `unrecognised` when
+nothing else speaks: not taken for the chest, and a site adds the word to its table.
 """
 
 from __future__ import annotations
@@ -138,12 +140,18 @@ def _decide(name: str, statements: list[Statement]) -> Fact:
 
 def derive(ds: Dataset, vocabulary: Vocabulary, name: str) -> Fact:
     if name == "age":
-        age = patient_age(ds)
+        try:
+            age = patient_age(ds)
+        except Exception as exc:  # a malformed value must not cost the image its acknowledgement
+            return Fact("age", "", f"age not readable: {' '.join(str(exc).split())[:120]}")
         return Fact("age", age.text(), age.source, (), age.years)
     statements: list[Statement] = []
     for tier, attributes in enumerate(TIERS[name], start=1):
         for attribute in attributes:
-            statements.extend(_statements(ds, vocabulary, name, attribute, tier))
+            try:
+                statements.extend(_statements(ds, vocabulary, name, attribute, tier))
+            except Exception:  # an attribute that cannot be read says nothing (the others still do)
+                continue
     return _decide(name, statements)
 
 

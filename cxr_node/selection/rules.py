@@ -31,7 +31,7 @@ from pydicom.multival import MultiValue
 from cxr_node.errors import ConfigError
 from cxr_node.selection.age import AGE_NOT_STATED_NOTE, parse_age
 from cxr_node.selection.facts import FACTS, Fact, derive
-from cxr_node.selection.vocabulary import Vocabulary
+from cxr_node.selection.vocabulary import Vocabulary, builtin
 
 Action = Literal["analyse", "skip"]
 ACTIONS: tuple[str, ...] = ("analyse", "skip")
@@ -152,7 +152,7 @@ class Decision:
 class Selection:
     rules: tuple[Rule, ...] = ()
     default: Action = "analyse"
-    vocabulary: Vocabulary = field(default_factory=Vocabulary)
+    vocabulary: Vocabulary = field(default_factory=builtin)  # never empty: CHEST must mean the chest
     unknown_age: Action = "analyse"  # the stated policy for an image whose age nothing states
     builtin_rules: bool = True  # [selection] defaults: the built-in rules run after the site's
 
