@@ -66,13 +66,19 @@ class Vocabulary:
     words: Mapping[str, Mapping[str, Entry]] = field(default_factory=dict)
     codes: Mapping[str, Mapping[str, Entry]] = field(default_factory=dict)
     tables: tuple[str, ...] = ()
+    # kind -> words in its longest phrase; derived once, so reading an image does not rescan the table
+    longest: Mapping[str, int] = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        lengths = {k: max((p.count(" ") + 1 for p in t), default=1) for k, t in self.words.items()}
+        object.__setattr__(self, "longest", lengths)
 
     def read(self, kind: str, text: str) -> list[Match]:
         """Every word or phrase of `text` this vocabulary knows for `kind`, in text order. Where
         phrases overlap the longest wins ("RX TORAX OSEO": TORAX OSEO, ribs, over RX TORAX, chest)."""
         table = self.words.get(kind, {})
         tokens = normalise(text).split()
-        longest = max((p.count(" ") + 1 for p in table), default=1)
+        longest = self.longest.get(kind, 1)
         candidates = [
             (n, i, " ".join(tokens[i : i + n]))
             for n in range(min(longest, len(tokens)), 0, -1)
