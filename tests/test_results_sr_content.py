@@ -44,6 +44,7 @@ from tests.test_results_support import (
     make_results,
     pixelmed_errors,
     pixelmed_sr_validate,
+    pixelmed_unexpected,
     source_copy,
 )
 
@@ -171,9 +172,13 @@ def test_dsr2html_shows_the_answer_before_the_model_details(rg1_uncr, tmp_path):
     assert all(pos >= 0 for pos in first.values()), first
     for statement in statements:
         assert first[statement] < first[TRACKING_A] < first[TRACKING_B], (statement, first)
-    # The per-model probabilities come labelled, in their groups.
-    assert first[TRACKING_A] < text.find("Certainty of Finding: 30.03 %") < first[TRACKING_B]
-    assert text.find("Certainty of Finding: 81.23 %") > first[TRACKING_B]
+    # The per-model probabilities and answers come labelled, in their groups.
+    assert first[TRACKING_A] < text.find("Probability of abnormality: 30.03 %") < first[TRACKING_B]
+    assert first[TRACKING_A] < text.find("Abnormal: Absent (272519000, SCT)") < first[TRACKING_B]
+    assert text.find("Probability of COVID-19: 81.23 %") > first[TRACKING_B]
+    assert text.find("COVID-19: Present (52101004, SCT)") > first[TRACKING_B]
+    # The answer is in the header too, before the observer context: SeriesDescription.
+    assert text.find("AI UNTRAINED: COVID-19, not for diagnosis") < text.find("Observer Type")
 
 
 # -- the report for a PACS that refused the Grad-CAM SC ------------------------------------
@@ -243,7 +248,7 @@ def test_pixelmed_accepts_the_report_without_illustration(rg1_uncr, tmp_path):
     report = pixelmed_sr_validate(path)
     assert pixelmed_errors(report) == []
     # Only our private statements, as extensions of the extensible TID 1501 (docs/results.md).
-    assert [line for line in report[str(path)] if "99CXRNODE" not in line] == []
+    assert pixelmed_unexpected(report[str(path)]) == []
 
 
 def test_notes_reach_the_sr_and_the_sc(rg1_uncr, tmp_path):

@@ -99,6 +99,23 @@ def pixelmed_sr_validate(*paths: Path) -> dict[str, list[str]]:
     return {str(p): [l for l in c.splitlines() if l.startswith(("Error", "Warning"))] for p, c in zip(paths, chunks)}
 
 
+# PixelMed 20220618's TID 1501 has no rows for a group's qualitative evaluations (only TID 300
+# measurements), so it lists each one as "not in template": ours (99CXRNODE), each model's
+# Present / Absent (concept name = the finding) and the node's notes (DCM 121106 "Comment").
+# All are extensions of the extensible TID 1501 (docs/results.md, Validation).
+_GROUP_EXTENSION = re.compile(
+    r'^Warning: [\d.]+: /CONTAINER \(126000,DCM,"Imaging Measurement Report"\)/CONTAINER \(126010,DCM,'
+    r'"Imaging Measurements"\)/CONTAINER \(125007,DCM,"Measurement Group"\)/'
+    r'(CODE \((CXR\d+,99CXRNODE|263654008,SCT|840539006,SCT),|TEXT \((CXR\d+,99CXRNODE|121106,DCM),)'
+    r'.*: Content Item not in template$'
+)
+
+
+def pixelmed_unexpected(lines: list[str]) -> list[str]:
+    """PixelMed's messages other than the group extensions explained above."""
+    return [line for line in lines if not _GROUP_EXTENSION.match(line)]
+
+
 def pixelmed_errors(report: dict[str, list[str]]) -> list[str]:
     return [f"{path}: {line}" for path, lines in report.items() for line in lines if line.startswith("Error")]
 

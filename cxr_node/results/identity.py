@@ -69,11 +69,14 @@ class ModelIdentity:
     sha256_b: str
     trained: bool
     trained_on: str | None = None  # ISO date the bundle was trained (manifest training.created)
+    # (t_A, t_B) of the joint rule: stated in the SR next to each model's Present / Absent
+    thresholds: tuple[float, float] | None = None
 
     @classmethod
     def from_bundle(cls, bundle) -> ModelIdentity:
         """The identity of a loaded analysis Bundle (duck-typed: results/ does not import analysis/)."""
         created = (bundle.training or {}).get("created")
+        th = getattr(bundle, "thresholds", None)
         return cls(
             bundle.name,
             bundle.version,
@@ -81,6 +84,7 @@ class ModelIdentity:
             bundle.sha256.get("B", ""),
             bundle.trained,
             str(created)[:10] if created else None,
+            (float(th.a), float(th.b)) if th is not None else None,
         )
 
     @property

@@ -1,7 +1,9 @@
 """TID 1500 Measurement Report in a Comprehensive 3D SR (highdicom), in the source study.
 
-The report leads with its answer. Content tree (PS3.16 TID 1500; rows 2-4 come first
-because the template puts them there):
+The report leads with its answer where the template lets it: SeriesDescription ("AI:
+COVID-19, not for diagnosis", what a PACS lists and dsr2html prints before the content) and
+the first measurement group. TID 1500's rows are ordered, so language, observer, procedure
+and image library come before Imaging Measurements. Content tree:
   language, observer  the node as a device (TID 1004: device UID, name = AE title,
                       manufacturer, model name); the node's software version is in
                       SoftwareVersions and the model bundle is a ContributingEquipmentSequence item
@@ -15,16 +17,22 @@ because the template puts them there):
         untrained; CODE "Models disagree" = Yes when raised; TEXT "AI model" (bundle name,
         version, training date, or UNTRAINED MODEL - NOT FOR CLINICAL USE); TEXT "Analysed
         image" (modality, series, instance, view or "view not stated"); TEXT "Intended use"
-        (not for diagnostic use); TEXT "Grad-CAM illustration" and the IMAGE (DCM 121200
-        "Illustration of ROI") -> the Grad-CAM SC, or the statement that it was not stored
-    group "Model A"   Finding SCT 263654008 "Abnormal"; Certainty of Finding (DCM 111012) in % = P(abnormal)
-    group "Model B"   Finding SCT 840539006 COVID-19; Certainty of Finding in % = P(COVID-19)
+        (not for diagnostic use); TEXT DCM 121106 "Comment" per note of the node; TEXT
+        "Grad-CAM illustration" and the IMAGE (DCM 121200 "Illustration of ROI") -> the
+        Grad-CAM SC, or the statement that it was not stored
+    group "Model A"   NUM "Probability of abnormality" in UCUM % = P(abnormal); CODE SCT
+                      263654008 "Abnormal" = SCT "Present" / "Absent"; Finding "Abnormal"
+                      only when present
+    group "Model B"   the same for SCT 840539006 "COVID-19"
   Qualitative Evaluations (TID 1500 row 12)  "AI overall class" and "AI model" again, at the
                       place the template gives document-level conclusions, for programs
+A finding is coded as a Finding only when present, so no TID 1500 indexer reads an absent
+one as found; each model's Present / Absent follows from the joint class (and agrees with
+the bundle's thresholds, which the algorithm parameters state; a contradiction is refused).
 Every group names its algorithm (TID 4019: bundle name, version, weight sha256) and the
 analysed radiograph as its source image (DCM 121112 "Source of Measurement"). The groups
 are SEPARATE containers, so renderers (dsr2html) print each item with its concept name
-("Certainty of Finding: 30.03 %", not a bare number).
+("Probability of abnormality: 30.03 %", not a bare number). Times: times.py.
 
 The same content also goes into a Comprehensive SR, for a PACS that accepts no
 presentation context for Comprehensive 3D SR: the tree has no SCOORD3D, so nothing is
@@ -62,6 +70,7 @@ from cxr_node.results.identity import (
     model_equipment,
     no_illustration_sr_uid,
 )
+from cxr_node.results.times import ResultTime, result_time, stamp, utc_now
 from cxr_node.results.wording import CLASS_WORDS, UNTRAINED_STATUS
 
 COMPREHENSIVE_3D_SR = UID("1.2.840.10008.5.1.4.1.1.88.34")
@@ -69,16 +78,18 @@ COMPREHENSIVE_SR = UID("1.2.840.10008.5.1.4.1.1.88.33")
 SECONDARY_CAPTURE = UID("1.2.840.10008.5.1.4.1.1.7")
 
 SR_SERIES_NUMBER = 9901
-SR_SERIES_DESCRIPTION = "AI CXR classification - not for diagnosis"
 ILLUSTRATION_NOT_STORED = (
     "not stored: the PACS refused the Grad-CAM Secondary Capture, so this report does not reference it"
 )
 
 IMAGING_PROCEDURE = codes.SCT.ImagingProcedure  # 363679005
-CERTAINTY = codes.DCM.CertaintyOfFinding  # 111012
 PERCENT = codes.UCUM.Percent
 ABNORMAL = hd.sr.CodedConcept("263654008", "SCT", "Abnormal")
 YES = hd.sr.CodedConcept("373066001", "SCT", "Yes")
+# CID 240 "Present-Absent Only": each model's yes/no answer, as a qualitative evaluation
+# whose concept name is the finding ("COVID-19: Absent"); never as a Finding (121071).
+PRESENT = hd.sr.CodedConcept("52101004", "SCT", "Present")
+ABSENT = hd.sr.CodedConcept("272519000", "SCT", "Absent")
 # DCM 121200 "Illustration of ROI": the standard's concept for "an image that illustrates
 # a region of interest" (TID 1410 row 9). See _illustration() for why it is used here.
 ILLUSTRATION = hd.sr.CodedConcept("121200", "DCM", "Illustration of ROI")
@@ -94,6 +105,7 @@ CLASS_CODES = {
     JointClass.PATHOLOGICAL: _private("CXR001", CLASS_WORDS[JointClass.PATHOLOGICAL]),
     JointClass.COVID: hd.sr.CodedConcept("840539006", "SCT", "COVID-19"),
 }
+COVID_19 = CLASS_CODES[JointClass.COVID]
 MODELS_DISAGREE = _private("CXR002", "Models disagree")
 MODEL_STATUS = _private("CXR003", "Model training status")
 UNTRAINED = _private("CXR004", "Untrained model - not for clinical use")
@@ -106,14 +118,56 @@ ILLUSTRATION_NOTE = _private("CXR010", "Grad-CAM illustration")
 # DCM 121106 "Comment": a public concept for a free-text remark; the node's notes on how it
 # read this image ("window: ...", "patient age not stated") are exactly that.
 NOTE = hd.sr.CodedConcept("121106", "DCM", "Comment")
+# What each model outputs, named for what it is: no public code says "probability of
+# COVID-19", and DCM 111012 "Certainty of Finding" needs a Finding, which an absent one is not.
+P_ABNORMAL = _private("CXR011", "Probability of abnormality")
+P_COVID = _private("CXR012", "Probability of COVID-19")
 
 TRACKING_SUMMARY = "AI overall result"
 TRACKING_A = "Model A: normal vs abnormal"
 TRACKING_B = "Model B: COVID-19 vs not COVID-19"
 
 
-def _algorithm(model: ModelIdentity, what: str, *shas: str) -> hd.sr.AlgorithmIdentification:
-    parameters = [f"weights sha256 {sha}" for sha in shas]
+def series_description(prefix: str, result: JointResult, model: ModelIdentity) -> str:
+    """The answer where a PACS lists series and where dsr2html starts: "AI: COVID-19, not for diagnosis".
+
+    At most 64 characters (LO) for every class and both training states.
+    """
+    untrained = " UNTRAINED" if not model.trained else ""
+    return f"{prefix}{untrained}: {CLASS_WORDS[result.label]}, not for diagnosis"
+
+
+def model_answers(result: JointResult, model: ModelIdentity) -> tuple[bool, bool]:
+    """(model A says abnormal, model B says COVID-19), read off the joint class.
+
+    The joint rule (analysis.fusion) makes them recoverable: COVID-19 <=> B positive;
+    Pathological <=> A positive and B negative; the disagreement flag <=> B positive and
+    A negative. Where the bundle's thresholds are known, the probabilities must agree
+    with them too: a result that contradicts its own rule is refused, not reported.
+    """
+    b_positive = result.label == JointClass.COVID
+    a_positive = result.label == JointClass.PATHOLOGICAL or (b_positive and not result.models_disagree)
+    if result.models_disagree and not b_positive:
+        raise ValueError(f"inconsistent result: models disagree but the class is {result.label}")
+    if model.thresholds is not None:
+        t_a, t_b = model.thresholds
+        if (result.p_abnormal >= t_a) != a_positive or (result.p_covid >= t_b) != b_positive:
+            raise ValueError(
+                f"inconsistent result: class {result.label} (models disagree: {result.models_disagree}) with "
+                f"P(abnormal) {result.p_abnormal:.6f} vs t_A {t_a}, P(COVID-19) {result.p_covid:.6f} vs t_B {t_b}"
+            )
+    return a_positive, b_positive
+
+
+def _threshold(model: ModelIdentity, index: int, what: str) -> list[str]:
+    if model.thresholds is None:
+        return []
+    t = model.thresholds[index]
+    return [f"decision threshold {100 * t:g} %: {what} present when its probability is at least that"]
+
+
+def _algorithm(model: ModelIdentity, what: str, *shas: str, extra: Sequence[str] = ()) -> hd.sr.AlgorithmIdentification:
+    parameters = [f"weights sha256 {sha}" for sha in shas] + list(extra)
     if not model.trained:
         parameters.append(UNTRAINED_STATUS)
     return hd.sr.AlgorithmIdentification(name=f"{model.name} {what}", version=model.version, parameters=parameters)
@@ -127,6 +181,28 @@ def _group(source: Dataset, label: str, uid: str, finding_type, algorithm, measu
         measurements=measurements,
         qualitative_evaluations=evaluations,
         source_images=[hd.sr.SourceImageForMeasurementGroup(source.SOPClassUID, source.SOPInstanceUID)],
+    )
+
+
+def _model_group(source, label, uid, finding, positive, name, probability, algorithm):
+    """One model's output: its probability (NUM, UCUM %) and its answer, Present or Absent.
+
+    The finding is coded as a Finding (121071) only when the model found it: an indexer of
+    TID 1500 findings then never reads an absent finding as one. The Present / Absent
+    evaluation is there either way, so "COVID-19: Absent" is a statement, not a silence.
+    """
+    return _group(
+        source,
+        label,
+        uid,
+        finding if positive else None,
+        algorithm,
+        # 4 decimals of a percent: a rounded value never lands on the other side of a threshold
+        # given in whole or half percents unless the model output is within 5e-7 of it.
+        measurements=[
+            hd.sr.Measurement(name=name, value=round(100 * probability, 4), unit=PERCENT, algorithm_id=algorithm)
+        ],
+        evaluations=[hd.sr.QualitativeEvaluation(name=finding, value=PRESENT if positive else ABSENT)],
     )
 
 
@@ -248,8 +324,9 @@ def build_report_content(
             uid=node.device_uid, name=node.ae_title, manufacturer_name=MANUFACTURER, model_name=MODEL_NAME
         ),
     )
-    algo_a = _algorithm(model, "model A (normal vs abnormal)", model.sha256_a)
-    algo_b = _algorithm(model, "model B (COVID-19 vs not)", model.sha256_b)
+    a_positive, b_positive = model_answers(result, model)
+    algo_a = _algorithm(model, "model A (normal vs abnormal)", model.sha256_a, extra=_threshold(model, 0, "Abnormal"))
+    algo_b = _algorithm(model, "model B (COVID-19 vs not)", model.sha256_b, extra=_threshold(model, 1, "COVID-19"))
     algo_joint = _algorithm(model, "joint rule (A + B)")  # its weights are named in groups A and B
     key = uids.sr_instance  # tracking UIDs: stable for the same source and bundle
     evaluations = [
@@ -268,29 +345,13 @@ def build_report_content(
     )
     summary[0].ContinuityOfContent = "SEPARATE"  # each statement on its own line, with its name
     summary[0].ContentSequence.extend(_summary_items(source, model, sc, notes))
-    group_a = _group(
-        source,
-        TRACKING_A,
-        derived_uid("track-a", key),
-        ABNORMAL,
-        algo_a,
-        measurements=[
-            hd.sr.Measurement(
-                name=CERTAINTY, value=round(100 * result.p_abnormal, 2), unit=PERCENT, algorithm_id=algo_a
-            )
-        ],
+    group_a = _model_group(
+        source, TRACKING_A, derived_uid("track-a", key), ABNORMAL, a_positive, P_ABNORMAL, result.p_abnormal, algo_a
     )
-    group_b = _group(
-        source,
-        TRACKING_B,
-        derived_uid("track-b", key),
-        CLASS_CODES[JointClass.COVID],
-        algo_b,
-        measurements=[
-            hd.sr.Measurement(name=CERTAINTY, value=round(100 * result.p_covid, 2), unit=PERCENT, algorithm_id=algo_b)
-        ],
+    group_b = _model_group(
+        source, TRACKING_B, derived_uid("track-b", key), COVID_19, b_positive, P_COVID, result.p_covid, algo_b
     )
-    for group in (group_a, group_b):  # "Certainty of Finding: 30.03 %", not a bare number
+    for group in (group_a, group_b):  # "Probability of COVID-19: 77.88 %", not a bare number
         group[0].ContinuityOfContent = "SEPARATE"
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_device_context=observer),
@@ -312,17 +373,22 @@ def build_structured_report(
     fallback: bool = False,
     content: hd.sr.MeasurementReport | None = None,
     notes: Sequence[str] = (),
+    when: ResultTime | None = None,
 ) -> Dataset:
     """Comprehensive 3D SR, or with fallback=True the same content as Comprehensive SR.
 
     sc=None builds the report that says the illustration was not stored (its own UID,
     the one `without_illustration` gives the written report).
+    when: the instant the result was made, in the zone it states (times.result_time);
+    None: now, by the host's clock.
     """
     ref = as_reference(source)
+    if when is None:
+        when = result_time(source, utc_now())
     if content is None:
-        content = build_report_content(ref, result, uids, node, model, sc, notes)
+        content = build_report_content(ref, result, uids, node, model, sc, [*notes, *filter(None, [when.note])])
     cls = hd.sr.ComprehensiveSR if fallback else hd.sr.Comprehensive3DSR
-    description = SR_SERIES_DESCRIPTION if model.trained else f"{SR_SERIES_DESCRIPTION} - UNTRAINED"
+    description = series_description("AI", result, model)
     instance_uid = uids.sr_instance if sc is not None else no_illustration_sr_uid(uids.sr_instance)
     sr = cls(
         evidence=[ref] + ([sc] if sc is not None else []),
@@ -342,8 +408,8 @@ def build_structured_report(
         contributing_equipment=[model_equipment(node, model)],
     )
     copy_patient_study(source, sr)
-    # A new series made now: viewers (Orthanc Explorer among them) group series by date.
-    sr.SeriesDate, sr.SeriesTime = sr.ContentDate, sr.ContentTime
+    # Made now, in the offset the report states; a new series too (viewers group series by date).
+    stamp(sr, when, contributor=MANUFACTURER)
     sr.DeviceUID = node.device_uid
     sr.StationName = node.ae_title[:16]
     sr.CodingSchemeIdentificationSequence = _coding_scheme_identification()
