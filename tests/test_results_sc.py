@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import cv2
 import numpy as np
 import pydicom
 import pytest
 
 from cxr_node.analysis.fusion import JointClass, JointResult
-from cxr_node.results.render import Legend, _header_lines, render, render_secondary_capture
+from cxr_node.results.render import Legend, findings_lines, maps_for, render, render_secondary_capture
 from tests import peers
 from tests.test_results_support import CASES, TRAINED, UNTRAINED, _decoded, blob, make_results, source_copy
 
 IMAGE = "CR series 1, instance 1, view PA"
 
 
-def _legend(case: str, model=UNTRAINED, image: str = IMAGE) -> Legend:
-    return Legend(CASES[case], model.description, model.trained, image)
+def _legend(case: str, model=UNTRAINED, image: str = IMAGE, notes=()) -> Legend:
+    return Legend(CASES[case], model.description, model.trained, image, tuple(notes), model.thresholds)
 
 
 def _hsv(rgb):
@@ -28,37 +30,89 @@ def _grey_and_cams(rg1):
     return grey, blob(grey.shape, 0.45, 0.3), blob(grey.shape, 0.55, 0.7)
 
 
+def _crop(img, box):
+    r0, r1, c0, c1 = box
+    return img[r0:r1, c0:c1]
+
+
 @pytest.mark.parametrize("panels, max_side", [("per-model", 1024), ("fused", 1024), ("per-model", 600), ("fused", 512)])
-def test_long_side_capped_legend_included(panels, max_side, rg1_uncr):
+def test_the_radiograph_is_large_and_the_findings_beside_it(panels, max_side, rg1_uncr):
     grey, a, b = _grey_and_cams(rg1_uncr)
-    rgb = render_secondary_capture(grey, a, b, _legend("covid-disagree"), panels, max_side)
+    rgb, layout = render(grey, a, b, _legend("covid-disagree"), panels, max_side)
     assert rgb.dtype == np.uint8 and rgb.ndim == 3 and rgb.shape[2] == 3
-    assert max(rgb.shape[:2]) <= max_side
-    assert max(rgb.shape[:2]) >= 0.8 * max_side  # not needlessly small either
+    r0, r1, c0, c1 = layout.main
+    assert max(r1 - r0, c1 - c0) == max_side  # RG1 (1955 x 1841) is larger: shrunk to max_side, never more
+    assert (r1 - r0) / (c1 - c0) == pytest.approx(grey.shape[0] / grey.shape[1], rel=0.01)  # aspect kept
+    assert rgb.shape[0] <= 1.05 * max_side  # the findings do not make the picture taller than the radiograph
+    f0, f1, g0, g1 = layout.findings
+    assert g0 >= c1 and f1 <= rgb.shape[0]  # the findings column is beside the radiograph
 
 
-def test_heatmap_follows_the_cam_and_panels_differ(rg1_uncr):
+def test_at_least_twice_the_old_panels_and_never_enlarged(rg1_uncr):
     grey, a, b = _grey_and_cams(rg1_uncr)
-    rgb, layout = render(grey, a, b, _legend("normal", TRAINED), "per-model", 1024)
+    _, layout = render(grey, a, b, _legend("covid"), "per-model", 1024)
+    r0, r1, _, _ = layout.main
+    assert r1 - r0 >= 2 * 465  # the old side-by-side panels were about 465 px
+    small = cv2.resize(grey, (300, 320), interpolation=cv2.INTER_AREA)
+    _, layout = render(small, cv2.resize(a, (300, 320)), cv2.resize(b, (300, 320)), _legend("covid"), "per-model", 1024)
+    r0, r1, c0, c1 = layout.main
+    assert (r1 - r0, c1 - c0) == (320, 300)  # the source's size when it is smaller
+
+
+@pytest.mark.parametrize("case, main, inset", [("pathological", "A", "B"), ("covid", "B", "A"),
+                                               ("covid-disagree", "B", "A"), ("normal", None, "A")])
+def test_the_map_that_explains_the_answer_is_over_the_radiograph(case, main, inset, rg1_uncr):
+    grey, a, b = _grey_and_cams(rg1_uncr)
+    rgb, layout = render(grey, a, b, _legend(case, TRAINED), "per-model", 1024)
+    assert (layout.main_map, layout.inset_map) == (main, inset) == maps_for(CASES[case].label)
     sat = _hsv(rgb)[..., 1].astype(float)
-    (r0, r1, la, lb), (_, _, ra, rb) = layout.panels
-    rows = r0 + int(0.6 * (r1 - r0))
-    left, right = sat[r0:rows, la:lb], sat[r0:rows, ra:rb]
-    # A's blob is at 30 % of the width, B's at 70 %: colour where each CAM is hot, grey where cold.
-    lw, rw = left.shape[1], right.shape[1]
-    assert left[:, int(0.2 * lw):int(0.4 * lw)].mean() > 40
-    assert left[:, int(0.8 * lw):].mean() < 15
-    assert right[:, int(0.6 * rw):int(0.8 * rw)].mean() > 40
-    assert right[:, : int(0.2 * rw)].mean() < 15
+    big = _crop(sat, layout.main)
+    rows = int(0.6 * big.shape[0])
+    w = big.shape[1]
+    # A's blob is at 30 % of the width, B's at 70 %: colour where the shown CAM is hot, grey elsewhere.
+    left, right = big[:rows, int(0.2 * w):int(0.4 * w)].mean(), big[:rows, int(0.6 * w):int(0.8 * w)].mean()
+    if main == "A":
+        assert left > 40 and right < 15, (left, right)
+    elif main == "B":
+        assert right > 40 and left < 15, (left, right)
+    else:  # Normal: the radiograph alone, no colour at all
+        assert big.max() < 10
+    small = _crop(sat, layout.inset)
+    sw = small.shape[1]
+    s_left, s_right = small[:, int(0.2 * sw):int(0.4 * sw)].mean(), small[:, int(0.6 * sw):int(0.8 * sw)].mean()
+    assert (s_left > s_right) == (inset == "A"), (s_left, s_right)
+
+
+def test_fused_shows_both_maps_over_the_radiograph(rg1_uncr):
+    grey, a, b = _grey_and_cams(rg1_uncr)
+    rgb, layout = render(grey, a, b, _legend("covid", TRAINED), "fused", 1024)
+    big = _crop(_hsv(rgb)[..., 1].astype(float), layout.main)
+    w = big.shape[1]
+    assert big[:, int(0.2 * w):int(0.4 * w)].mean() > 25 and big[:, int(0.6 * w):int(0.8 * w)].mean() > 25
+    assert layout.inset is None
+
+
+def test_orientation_is_the_source_orientation(rg1_uncr):
+    """Patient's right stays on the image's left: a marker top-left in the source is top-left in the picture."""
+    grey, _, _ = _grey_and_cams(rg1_uncr)
+    marked = np.zeros_like(grey)
+    rows, cols = grey.shape
+    marked[: rows // 8, : cols // 8] = 1.0
+    zero = np.zeros_like(grey)
+    rgb, layout = render(marked, zero, zero, _legend("pathological", TRAINED), "per-model", 1024)
+    for box in (layout.main, layout.inset):
+        v = _crop(_hsv(rgb)[..., 2], box).astype(float)
+        h, w = v.shape
+        assert v[: h // 10, : w // 10].mean() > 200
+        assert v[: h // 10, -w // 10:].mean() < 20 and v[-h // 10:, : w // 10].mean() < 20
 
 
 def test_radiograph_polarity_kept(rg1_uncr):
     # VOI + MONOCHROME1 inversion happen in decoding; the SC shows the lungs dark, the mediastinum bright.
     grey, _, _ = _grey_and_cams(rg1_uncr)
     zero = np.zeros_like(grey)
-    rgb, layout = render(grey, zero, zero, _legend("normal", TRAINED), "fused", 1024)
-    (r0, r1, c0, c1), = layout.panels
-    v = _hsv(rgb)[r0:r1, c0:c1, 2].astype(float)
+    rgb, layout = render(grey, zero, zero, _legend("normal", TRAINED), "per-model", 1024)
+    v = _crop(_hsv(rgb)[..., 2], layout.main).astype(float)
     rows, cols = v.shape
     lung = v[int(0.35 * rows):int(0.6 * rows), int(0.2 * cols):int(0.35 * cols)].mean()
     spine = v[int(0.35 * rows):int(0.6 * rows), int(0.47 * cols):int(0.53 * cols)].mean()
@@ -70,54 +124,77 @@ def _red(rgb) -> np.ndarray:
     return (rgb[..., 0] > 200) & (rgb[..., 1] < 100) & (rgb[..., 2] < 100)
 
 
-def test_untrained_warning_is_burned_in_red_in_the_header(rg1_uncr):
+def _mask(shape, *boxes) -> np.ndarray:
+    m = np.zeros(shape[:2], dtype=bool)
+    for box in boxes:
+        if box is not None:
+            r0, r1, c0, c1 = box
+            m[r0:r1, c0:c1] = True
+    return m
+
+
+def test_untrained_warning_is_burned_in_red_in_the_findings_box(rg1_uncr):
     grey, a, b = _grey_and_cams(rg1_uncr)
-    untrained, layout = render(grey, a, b, _legend("pathological", UNTRAINED), "fused", 800)
+    untrained, layout = render(grey, a, b, _legend("pathological", UNTRAINED), "per-model", 800)
     red = _red(untrained)
-    t0, t1 = layout.text_rows
-    assert red[t0:t1].sum() > 200
-    assert red[:t0].sum() == 0 and red[layout.panels[0][1]:].sum() == 0  # nothing red at the top or bottom edge
-    trained, _ = render(grey, a, b, _legend("pathological", TRAINED), "fused", 800)
-    assert _red(trained).sum() == 0
+    text = _mask(untrained.shape, layout.findings) & ~_mask(untrained.shape, layout.colorbar)
+    assert red[text].sum() > 200
+    maps = _mask(untrained.shape, layout.main, layout.inset, layout.colorbar)
+    assert red[~text & ~maps].sum() == 0  # nowhere else
+    trained, layout = render(grey, a, b, _legend("pathological", TRAINED), "per-model", 800)
+    text = _mask(trained.shape, layout.findings) & ~_mask(trained.shape, layout.colorbar)
+    assert _red(trained)[text].sum() == 0
 
 
-@pytest.mark.parametrize("panels, max_side", [("per-model", 1024), ("fused", 1024), ("per-model", 600), ("fused", 512)])
-def test_text_stays_off_the_edges(panels, max_side, rg1_uncr):
+@pytest.mark.parametrize("case, panels, max_side", [("covid-disagree", "per-model", 1024), ("normal", "per-model", 1024),
+                                                    ("covid", "fused", 1024), ("pathological", "per-model", 600),
+                                                    ("covid-disagree", "fused", 512)])
+def test_text_stays_off_the_edges(case, panels, max_side, rg1_uncr):
     """Viewers draw their overlays in the corners and along the edges: ours keep clear of them."""
     grey, a, b = _grey_and_cams(rg1_uncr)
-    rgb, layout = render(grey, a, b, _legend("covid-disagree"), panels, max_side)
+    rgb, layout = render(grey, a, b, _legend(case, notes=["patient age not stated"]), panels, max_side)
     ink = rgb.max(axis=2) > 0
     rows, cols = layout.shape
-    t0, t1 = layout.text_rows
-    c0, c1 = layout.text_cols
-    assert t0 >= 0.09 * max_side  # an empty band above the text
-    assert not ink[:t0].any()
-    assert not ink[t0:t1, :c0].any() and not ink[t0:t1, c1:].any()  # side margins
-    assert ink[t0:t1, c0:c1].sum() > 1000  # the text is there
-    last_panel_row = max(p[1] for p in layout.panels)
-    assert rows - last_panel_row >= 0.04 * max_side  # an empty band below the panels
-    assert not ink[last_panel_row:].any()
-    for r0, _, p0, p1 in layout.panels:
-        assert r0 >= t1 and p0 >= c0 and p1 <= c1
-    assert not ink[t1:, :min(p[2] for p in layout.panels)].any()  # left margin beside the panels
+    f0, f1, g0, g1 = layout.findings
+    assert f0 >= 0.09 * max_side and not ink[:f0, g0:].any()  # an empty band above the findings
+    assert ink[f0:f1, g0:g1].sum() > 1000  # the text is there
+    last = max(f1, layout.inset[1] if layout.inset else 0)
+    assert rows - last >= 0.05 * max_side and not ink[last:, g0:].any()  # and one below the column
+    # Nothing outside the radiograph, the findings box and the inset with its caption line.
+    caption = (f1, layout.inset[0], g0, g1) if layout.inset else None
+    outside = ~_mask(rgb.shape, layout.main, layout.findings, layout.inset, caption)
+    assert not ink[outside].any()
+    r0, r1, c0, c1 = layout.main
+    assert r0 > 0 and c0 > 0 and c1 < g0  # a margin round the radiograph
 
 
-def test_header_names_the_model_and_the_image_in_plain_words(rg1_uncr):
-    lines = [text for text, _, _ in _header_lines(_legend("covid", TRAINED, "DX series 7, instance 3, view AP"))]
-    assert lines[0] == "AI overall class: COVID-19"
+def test_findings_in_clinical_words(rg1_uncr):
+    model = replace(TRAINED, thresholds=(0.5, 0.42))
+    lines = [t for t, _, _ in findings_lines(_legend("covid", model, "DX series 7, instance 3, view AP",
+                                                     notes=["patient age not stated"]), "B")]
+    assert lines[:2] == ["AI overall class", "COVID-19"]  # the answer first
+    assert "P(abnormal) 90.1 % (model A, threshold 50 %)" in lines
+    assert "P(COVID-19) 77.9 % (model B, threshold 42 %)" in lines
+    assert "Map: where model B (COVID-19) looked" in lines
     assert "Model: cxr-covid-moura2020 v3, trained 2026-11-20" in lines
-    assert "Computed from DX series 7, instance 3, view AP" in lines
-    assert "AI result - not for diagnostic use" in lines
-    untrained = [text for text, _, _ in _header_lines(_legend("covid", UNTRAINED, "CR series 1, instance 1, view not stated"))]
+    assert "Image: DX series 7, instance 3, view AP" in lines
+    assert "Note: patient age not stated" in lines
+    assert lines[-1] == "AI result - not for diagnostic use"
+    assert not any("disagree" in t for t in lines)
+    pathological = [t for t, _, _ in findings_lines(_legend("pathological"), "A")]
+    assert pathological[1] == "Pathological (non-COVID-19)" and "Map: where model A (abnormal) looked" in pathological
+    normal = [t for t, _, _ in findings_lines(_legend("normal"), None)]
+    assert normal[1] == "Normal" and "No map over the image (normal result)" in normal
+    untrained = [t for t, _, _ in findings_lines(_legend("covid-disagree", UNTRAINED), "B")]
     assert "UNTRAINED MODEL - NOT FOR CLINICAL USE" in untrained
-    assert "Computed from CR series 1, instance 1, view not stated" in untrained
+    assert "Models disagree: B says COVID-19, A says normal" in untrained
     assert not any("untrained-densenet161" in t for t in untrained)  # no cryptic bundle label
-    # The words are drawn: a different image names a different header.
+    # The words are drawn: a different image names a different box, and only the box changes.
     grey, a, b = _grey_and_cams(rg1_uncr)
-    one, layout = render(grey, a, b, _legend("covid", TRAINED, "DX series 7, instance 3, view AP"), "fused", 800)
-    other, _ = render(grey, a, b, _legend("covid", TRAINED, "DX series 7, instance 4, view AP"), "fused", 800)
-    t0, t1 = layout.text_rows
-    assert (one[t0:t1] != other[t0:t1]).any() and (one[t1:] == other[t1:]).all()
+    one, layout = render(grey, a, b, _legend("covid", TRAINED, "DX series 7, instance 3, view AP"), "per-model", 800)
+    other, _ = render(grey, a, b, _legend("covid", TRAINED, "DX series 7, instance 4, view AP"), "per-model", 800)
+    box = _mask(one.shape, layout.findings)
+    assert (one[box] != other[box]).any() and (one[~box] == other[~box]).all()
 
 
 def test_bad_panel_mode_is_named(rg1_uncr):
@@ -140,10 +217,10 @@ def test_sc_attributes(rg1_uncr, tmp_path):
     assert sc.SourceImageSequence[0].ReferencedSOPClassUID == source.SOPClassUID
     assert "Grad-CAM" in sc.DerivationDescription and "UNTRAINED" in sc.DerivationDescription
     assert "CR series 1, instance 1, view PA" in sc.DerivationDescription
-    assert "UNTRAINED" in sc.SeriesDescription
+    assert sc.SeriesDescription == "AI map UNTRAINED: COVID-19, not for diagnosis"
     assert sc.StudyDescription == source.StudyDescription
     assert np.array_equal(sc.pixel_array, files.rgb)
-    assert max(files.rgb.shape[:2]) <= 1024
+    assert files.rgb.shape[0] <= 1.05 * 1024 < files.rgb.shape[1]  # landscape: the findings beside the image
 
 
 def test_sc_dciodvfy_no_errors(rg1_uncr, tmp_path):

@@ -1,11 +1,31 @@
-"""Draw the Grad-CAM picture: a header band of text over the heatmap panels, as 8-bit RGB.
+"""Draw the Secondary Capture a radiologist reads in three seconds, as 8-bit RGB.
 
-Layout, top to bottom: an empty top margin, the header (AI overall class, both
-probabilities, the disagreement flag, the model, the analysed image, "not for diagnostic
-use"), one caption row, the panels, an empty bottom margin; empty side margins. Viewers
-draw their own overlays in the corners and along the edges (the Orthanc Web Viewer: patient
-block top right, WW/WL bottom left, "Not for diagnostic purpose" bottom centre), so every
-line of ours is centred, inside the margins, and none sits at the bottom.
+    +--------------------------------------+--------------------+
+    |                                      |  (viewer's corner) |
+    |                                      | +----------------+ |
+    |   the radiograph, long side up to    | | AI overall     | |
+    |   max_side (default 1024 px, the     | | COVID-19       | |
+    |   source's size if smaller), with    | | P(abnormal) .. | |
+    |   the map that explains the answer   | | P(COVID-19) .. | |
+    |   (model A's for Pathological, B's   | | map, model,    | |
+    |   for COVID-19, none for Normal)     | | image, notes,  | |
+    |                                      | | not for diag.  | |
+    |   orientation as in the source       | +----------------+ |
+    |   (patient's right on the left)      |  the other model's |
+    |                                      |  map, small        |
+    +--------------------------------------+--------------------+
+
+Why a column beside the image and not a band above it: radiographs are about square or
+portrait and screens are landscape, so a viewer that fits the picture to its height shows
+the radiograph at full height and the findings in room that would otherwise be black.
+Viewers draw their own overlays in the corners (the Orthanc Web Viewer: patient block top
+right, WW/WL bottom left, "Not for diagnostic purpose" bottom centre): the column keeps an
+empty band at its top and bottom for them, and the radiograph has a margin all round.
+
+Why no map over a Normal result: a coloured blob draws the eye and reads as "something
+here"; on a study the AI calls normal it invites the false positive it is meant to rule
+out. Model A's map (where it looked for an abnormality) is the inset instead, for a
+reader who wants to see it. See docs/results.md.
 """
 
 from __future__ import annotations
@@ -15,7 +35,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from cxr_node.analysis.fusion import JointResult
+from cxr_node.analysis.fusion import JointClass, JointResult
 from cxr_node.results.wording import CLASS_WORDS, NOT_FOR_DIAGNOSIS, UNTRAINED_MODEL_TEXT
 
 # Inferno is perceptually uniform and stays readable on grey; the overlay is weighted
@@ -23,12 +43,15 @@ from cxr_node.results.wording import CLASS_WORDS, NOT_FOR_DIAGNOSIS, UNTRAINED_M
 COLORMAP = cv2.COLORMAP_INFERNO
 ALPHA = 0.55
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
-_WHITE, _YELLOW, _RED = (255, 255, 255), (255, 220, 0), (255, 64, 64)
-# Margins as fractions of max_side: the top one is tall enough for a viewer's 4-line
-# corner block at about 1:1 display, the bottom one for its single status line.
-TOP_MARGIN, BOTTOM_MARGIN, SIDE_MARGIN = 0.10, 0.05, 0.03
-TEXT_WIDTH = 0.8  # header lines stay within the middle 80 % of the width
+_WHITE, _GREY, _YELLOW, _RED = (255, 255, 255), (150, 150, 150), (255, 220, 0), (255, 64, 64)
 PANEL_MODES = ("per-model", "fused")
+# Fractions of max_side: the findings column's width, the margin round the radiograph, and the
+# empty bands at the top and bottom of the column (a viewer's 4-line corner block and its
+# status line at about 1:1).
+COLUMN_WIDTH, MARGIN, TOP_BAND, BOTTOM_BAND = 0.42, 0.02, 0.10, 0.06
+MAP_NAMES = {"A": "model A (abnormal)", "B": "model B (COVID-19)", "A+B": "models A and B (max)"}
+
+Box = tuple[int, int, int, int]  # row0, row1, col0, col1 (end exclusive)
 
 
 @dataclass(frozen=True)
@@ -38,21 +61,41 @@ class Legend:
     trained: bool
     analysed_image: str  # AnalysedImage.text: "CR series 1, instance 1, view AP"
     notes: tuple[str, ...] = ()  # the node's notes on how it read the image (writer.write_results)
+    thresholds: tuple[float, float] | None = None  # (t_A, t_B), stated next to the probabilities
 
 
 @dataclass(frozen=True)
 class Layout:
-    """Where things were drawn (rows and columns, end exclusive): for tests and documentation."""
+    """Where things were drawn: for tests and documentation."""
 
     shape: tuple[int, int]
-    text_rows: tuple[int, int]  # header and captions
-    text_cols: tuple[int, int]  # no text outside these columns (header lines keep to the middle 80 %)
-    panels: tuple[tuple[int, int, int, int], ...]  # (row0, row1, col0, col1) per panel
+    main: Box  # the radiograph with the map that explains the answer
+    findings: Box  # the findings box (all the text is inside it)
+    colorbar: Box | None  # the map's colour scale, inside the findings box
+    inset: Box | None  # the other model's map
+    main_map: str | None  # "A", "B", "A+B" or None (no map over the radiograph)
+    inset_map: str | None
 
 
-def overlay(grey: np.ndarray, cam: np.ndarray) -> np.ndarray:
-    """grey, cam: same shape, float in [0, 1] -> RGB uint8."""
+def maps_for(label: JointClass, panels: str = "per-model") -> tuple[str | None, str | None]:
+    """(map over the radiograph, map in the inset) for a class.
+
+    per-model: the map of the model that decided (A for Pathological, B for COVID-19) over
+    the radiograph, the other one small; Normal: none over the radiograph, A's small.
+    fused: the maximum of both maps, over the radiograph (or small, for Normal).
+    """
+    if panels not in PANEL_MODES:
+        raise ValueError(f"panels = {panels!r}: expected one of {', '.join(PANEL_MODES)}")
+    if panels == "fused":
+        return (None, "A+B") if label == JointClass.NORMAL else ("A+B", None)
+    return {JointClass.NORMAL: (None, "A"), JointClass.PATHOLOGICAL: ("A", "B"), JointClass.COVID: ("B", "A")}[label]
+
+
+def overlay(grey: np.ndarray, cam: np.ndarray | None) -> np.ndarray:
+    """grey, cam: same shape, float in [0, 1] -> RGB uint8 (cam None: the radiograph alone)."""
     base = np.repeat((np.clip(grey, 0, 1) * 255).astype(np.uint8)[..., None], 3, axis=2)
+    if cam is None:
+        return base
     heat = cv2.applyColorMap((np.clip(cam, 0, 1) * 255).astype(np.uint8), COLORMAP)
     heat = cv2.cvtColor(heat, cv2.COLOR_BGR2RGB)
     weight = (ALPHA * np.clip(cam, 0, 1))[..., None]
@@ -60,89 +103,84 @@ def overlay(grey: np.ndarray, cam: np.ndarray) -> np.ndarray:
 
 
 def legend_class(r: JointResult) -> str:
-    return f"AI overall class: {CLASS_WORDS[r.label]}"
+    return CLASS_WORDS[r.label]
 
 
-def _header_lines(legend: Legend) -> list[tuple[str, tuple[int, int, int], float]]:
-    """(text, colour, relative size); the answer first and largest."""
+def _percent(p: float) -> str:
+    return f"{100 * p:.1f} %"
+
+
+def _probability(what: str, p: float, model: str, threshold: float | None) -> str:
+    cut = f", threshold {100 * threshold:g} %" if threshold is not None else ""
+    return f"P({what}) {_percent(p)} (model {model}{cut})"
+
+
+def findings_lines(legend: Legend, main_map: str | None) -> list[tuple[str, tuple[int, int, int], float]]:
+    """(text, colour, relative size) of the findings box, in reading order; the class first and largest."""
     r = legend.result
+    t_a, t_b = legend.thresholds if legend.thresholds is not None else (None, None)
     lines = [
-        (legend_class(r), _YELLOW, 1.3),
-        (
-            f"P(abnormal) {100 * r.p_abnormal:.1f}% (model A)   P(COVID-19) {100 * r.p_covid:.1f}% (model B)",
-            _WHITE,
-            1.0,
-        ),
+        ("AI overall class", _GREY, 0.9),
+        (legend_class(r), _YELLOW, 1.9),
+        (_probability("abnormal", r.p_abnormal, "A", t_a), _WHITE, 1.0),
+        (_probability("COVID-19", r.p_covid, "B", t_b), _WHITE, 1.0),
     ]
     if r.models_disagree:
         lines.append(("Models disagree: B says COVID-19, A says normal", _YELLOW, 1.0))
+    if main_map is None:
+        lines.append(("No map over the image (normal result)", _WHITE, 1.0))
+    else:
+        lines.append((f"Map: where {MAP_NAMES[main_map]} looked", _WHITE, 1.0))
     if legend.trained:
         lines.append((f"Model: {legend.model_text}", _WHITE, 1.0))
     else:
-        lines.append((UNTRAINED_MODEL_TEXT, _RED, 1.15))
-    lines.append((f"Computed from {legend.analysed_image}", _WHITE, 1.0))
+        lines.append((UNTRAINED_MODEL_TEXT, _RED, 1.1))
+    lines.append((f"Image: {legend.analysed_image}", _WHITE, 1.0))
     lines += [(f"Note: {note}", _WHITE, 1.0) for note in legend.notes]
     lines.append((NOT_FOR_DIAGNOSIS, _WHITE, 1.0))
     return lines
-
-
-def _width(text: str, scale: float) -> int:
-    return cv2.getTextSize(text, _FONT, scale, _thickness(scale))[0][0]
 
 
 def _thickness(scale: float) -> int:
     return 1 if scale < 0.6 else 2
 
 
+def _width(text: str, scale: float) -> int:
+    return cv2.getTextSize(text, _FONT, scale, _thickness(scale))[0][0]
+
+
+def _line_height(scale: float) -> int:
+    return int(28 * scale) + 10
+
+
 def _wrap(text: str, scale: float, budget: int) -> list[str]:
-    """Break at spaces so each piece fits budget pixels (a single long word stays whole)."""
-    words, out, line = text.split(" "), [], ""
-    for word in words:
+    """Break at spaces so each piece fits budget pixels (a word longer than that is cut)."""
+    out, line = [], ""
+    for word in text.split(" "):
+        while _width(word, scale) > budget and len(word) > 1:  # a UID-like word: cut it
+            cut = max(1, int(len(word) * budget / _width(word, scale)) - 1)
+            if line:
+                out.append(line)
+                line = ""
+            out.append(word[:cut])
+            word = word[cut:]
         candidate = f"{line} {word}" if line else word
         if line and _width(candidate, scale) > budget:
             out.append(line)
             line = word
         else:
             line = candidate
-    return out + [line]
+    return out + [line] if line else out
 
 
-def _fit_scale(lines, budget: int, max_side: int) -> float:
-    """One font scale for the header: the longest line fits budget, within readable bounds."""
-    longest = max(_width(text, 1.0) * size for text, _, size in lines)
-    return float(np.clip(budget / longest, 0.35, max(0.35, _top_scale(max_side))))
-
-
-def _top_scale(max_side: int) -> float:
-    return 0.9 * max_side / 1024  # the header font is no larger than at 1024 px
-
-
-def _line_height(scale: float) -> int:
-    return int(30 * scale) + 10
-
-
-def _text_block(lines, width: int, scale: float, budget: int) -> list[tuple[str, tuple[int, int, int], float]]:
-    """Header lines at their sizes, wrapped to budget."""
-    out = []
-    for text, colour, size in lines:
-        out += [(piece, colour, scale * size) for piece in _wrap(text, scale * size, budget)]
-    return out
-
-
-def _draw_centred(img, text, centre_x: int, baseline: int, scale: float, colour) -> None:
+def _draw(img: np.ndarray, text: str, x: int, baseline: int, scale: float, colour) -> None:
     t = _thickness(scale)
-    x = int(centre_x - _width(text, scale) / 2)
     cv2.putText(img, text, (x, baseline), _FONT, scale, (0, 0, 0), t + 2, cv2.LINE_AA)
     cv2.putText(img, text, (x, baseline), _FONT, scale, colour, t, cv2.LINE_AA)
 
 
-def _scale_for(shape: tuple[int, int], max_w: float, max_h: float) -> float:
-    rows, cols = shape
-    return min(1.0, max_w / cols, max_h / rows)
-
-
 def _resize(img: np.ndarray, scale: float, smooth: bool = False) -> np.ndarray:
-    if scale >= 1.0:
+    if abs(scale - 1.0) < 1e-9:
         return img
     rows, cols = img.shape[:2]
     # INTER_AREA keeps the radiograph free of aliasing; a CAM is an upsampled, smooth
@@ -151,28 +189,16 @@ def _resize(img: np.ndarray, scale: float, smooth: bool = False) -> np.ndarray:
     return cv2.resize(img, (max(1, round(cols * scale)), max(1, round(rows * scale))), interpolation=interpolation)
 
 
-def _plan(shape, n: int, lines, captions, max_side: int):
-    """Panel scale, canvas width, header block and caption scale so that the long side <= max_side."""
-    top, bottom, side = (round(f * max_side) for f in (TOP_MARGIN, BOTTOM_MARGIN, SIDE_MARGIN))
-    chrome_w = 2 * side + (n - 1) * side + n  # + n: a panel's size is rounded up by at most 1 px
-    # Never narrower than the header needs at full size (a tall fused panel would otherwise
-    # squeeze the text into many small wrapped lines): the panels are centred in the width.
-    text_w = min(max_side, int(max(_width(t, 1.0) * size for t, _, size in lines) * _top_scale(max_side) / TEXT_WIDTH))
-    scale = _scale_for(shape, (max_side - chrome_w) / n, max_side - 1)
-    for _ in range(4):  # the text depends on the width, the width on the room the text leaves
-        panel_w = max(1, round(shape[1] * scale))
-        width = max(n * panel_w + chrome_w, text_w)
-        budget = int(TEXT_WIDTH * width)
-        font = _fit_scale(lines, budget, max_side)
-        block = _text_block(lines, width, font, budget)
-        cap_scale = min(font, min(0.95 * panel_w / _width(c, 1.0) for c in captions))
-        text_h = sum(_line_height(s) for _, _, s in block) + _line_height(cap_scale) + 6
-        room = max_side - top - bottom - text_h - 1
-        fitted = min(scale, _scale_for(shape, (max_side - chrome_w) / n, room))
-        if fitted >= scale - 1e-9:
-            return scale, width, block, cap_scale, (top, bottom, side)
-        scale = fitted
-    return scale, width, block, cap_scale, (top, bottom, side)
+def _frame(img: np.ndarray, box: Box, thickness: int, colour=(90, 90, 90)) -> None:
+    """A frame drawn inside box (cv2.rectangle would spill half its thickness outside)."""
+    r0, r1, c0, c1 = box
+    img[r0 : r0 + thickness, c0:c1] = img[r1 - thickness : r1, c0:c1] = colour
+    img[r0:r1, c0 : c0 + thickness] = img[r0:r1, c1 - thickness : c1] = colour
+
+
+def _colorbar(width: int, height: int) -> np.ndarray:
+    ramp = np.repeat(np.linspace(0, 255, width, dtype=np.float32)[None, :], height, axis=0).astype(np.uint8)
+    return cv2.cvtColor(cv2.applyColorMap(ramp, COLORMAP), cv2.COLOR_BGR2RGB)
 
 
 def render(
@@ -183,40 +209,87 @@ def render(
     panels: str = "per-model",
     max_side: int = 1024,
 ) -> tuple[np.ndarray, Layout]:
-    """The picture (RGB uint8, long side <= max_side, text included) and where its parts are.
+    """The picture (RGB uint8) and where its parts are.
 
-    grey: the radiograph in [0, 1] with VOI and polarity applied (1 = displayed white);
+    grey: the radiograph in [0, 1] with VOI and polarity applied (1 = displayed white), in the
+    source's orientation (rows top to bottom, columns left to right, never flipped);
     cam_a, cam_b: Grad-CAMs of model A and B on the same grid, in [0, 1].
-    panels: "per-model" (A and B side by side) or "fused" (one panel, max of both).
+    max_side: the radiograph's long side in the picture (never enlarged); the findings
+    column is added beside it.
     """
-    if panels not in PANEL_MODES:
-        raise ValueError(f"panels = {panels!r}: expected one of {', '.join(PANEL_MODES)}")
-    n = 1 if panels == "fused" else 2
-    captions = ["Grad-CAM of models A and B (max)"] if n == 1 else ["Model A: abnormal", "Model B: COVID-19"]
+    main_map, inset_map = maps_for(legend.result.label, panels)
     grey = np.asarray(grey, dtype=np.float32)
-    scale, width, block, cap_scale, (top, bottom, side) = _plan(
-        grey.shape, n, _header_lines(legend), captions, max_side
-    )
-    # Shrink before blending: the source can be 3000 px, a panel is a few hundred.
-    grey = _resize(grey, scale)
-    cam_a, cam_b = (_resize(np.asarray(m, dtype=np.float32), scale, smooth=True) for m in (cam_a, cam_b))
-    tiles = [overlay(grey, np.maximum(cam_a, cam_b))] if n == 1 else [overlay(grey, cam_a), overlay(grey, cam_b)]
-    panel_h, panel_w = tiles[0].shape[:2]
-    text_h = sum(_line_height(s) for _, _, s in block) + _line_height(cap_scale) + 6
-    canvas = np.zeros((top + text_h + panel_h + bottom, width, 3), dtype=np.uint8)
-    y = top
-    for text, colour, s in block:
-        y += _line_height(s)
-        _draw_centred(canvas, text, width // 2, y - 8, s, colour)
-    y += _line_height(cap_scale) + 6
-    boxes = []
-    left = (width - n * panel_w - (n - 1) * side) // 2
-    for i, (tile, caption) in enumerate(zip(tiles, captions, strict=True)):
-        x0 = left + i * (panel_w + side)
-        _draw_centred(canvas, caption, x0 + panel_w // 2, y - 8, cap_scale, _WHITE)
-        canvas[y : y + panel_h, x0 : x0 + panel_w] = tile
-        boxes.append((y, y + panel_h, x0, x0 + panel_w))
-    layout = Layout(canvas.shape[:2], (top, y), (side, width - side), tuple(boxes))
+    k = max_side / 1024
+    margin, top, bottom = (round(f * max_side) for f in (MARGIN, TOP_BAND, BOTTOM_BAND))
+    column_w = round(COLUMN_WIDTH * max_side)
+    pad = round(14 * k)  # inside the findings box
+    text_w = column_w - 2 * pad
+    scale = min(1.0, max_side / max(grey.shape))
+    # Shrink before blending: the source can be 3000 px, the picture is about 1000.
+    small = _resize(grey, scale)
+    cams = {"A": np.asarray(cam_a, dtype=np.float32), "B": np.asarray(cam_b, dtype=np.float32)}
+    cams["A+B"] = np.maximum(cams["A"], cams["B"])
+
+    def cam(name: str | None) -> np.ndarray | None:
+        return None if name is None else _resize(cams[name], scale, smooth=True)
+
+    main = overlay(small, cam(main_map))
+    panel_h, panel_w = main.shape[:2]
+
+    # The findings box: wrapped lines at one font scale (0.6 at 1024 px), the colour scale
+    # under the line that says what the map is.
+    font = 0.6 * k
+    bar_h = round(12 * k)
+    rows: list[tuple[str, tuple[int, int, int], float]] = []  # text "" = the colour bar
+    for text, colour, size in findings_lines(legend, main_map):
+        rows += [(piece, colour, font * size) for piece in _wrap(text, font * size, text_w)]
+        if text.startswith("Map:"):  # a Normal result has no map over the image: no scale either
+            rows.append(("", _WHITE, 0.8 * font))
+    bar_row = round(6 * k) + bar_h + round(10 * k)
+    box_h = 2 * pad + sum(_line_height(s) if text else bar_row for text, _, s in rows)
+    inset_w = column_w - 2 * pad
+    inset_caption = _line_height(0.9 * font)
+    inset_h = round(inset_w * small.shape[0] / small.shape[1]) if inset_map is not None else 0
+    gap = round(16 * k)
+    column_h = top + box_h + (gap + inset_caption + inset_h if inset_map is not None else 0) + bottom
+    height = max(panel_h + 2 * margin, column_h)
+    width = margin + panel_w + margin + column_w + margin
+    canvas = np.zeros((height, width, 3), dtype=np.uint8)
+
+    r0 = (height - panel_h) // 2
+    canvas[r0 : r0 + panel_h, margin : margin + panel_w] = main
+    main_box = (r0, r0 + panel_h, margin, margin + panel_w)
+
+    c0 = margin + panel_w + margin
+    b0 = top
+    _frame(canvas, (b0, b0 + box_h, c0, c0 + column_w), max(1, round(2 * k)))
+    y = b0 + pad
+    colorbar: Box | None = None
+    for text, colour, s in rows:
+        if text:
+            y += _line_height(s)
+            _draw(canvas, text, c0 + pad, y - 8, s, colour)
+            continue
+        top_of_bar = y + round(6 * k)
+        x0 = c0 + pad + _width("low", s) + round(8 * k)
+        bar_w = text_w // 2
+        canvas[top_of_bar : top_of_bar + bar_h, x0 : x0 + bar_w] = _colorbar(bar_w, bar_h)
+        colorbar = (top_of_bar, top_of_bar + bar_h, x0, x0 + bar_w)
+        _draw(canvas, "low", c0 + pad, top_of_bar + bar_h, s, colour)
+        _draw(canvas, "high attention", x0 + bar_w + round(8 * k), top_of_bar + bar_h, s, colour)
+        y += bar_row
+    findings = (b0, b0 + box_h, c0, c0 + column_w)
+
+    inset: Box | None = None
+    if inset_map is not None:
+        y = b0 + box_h + gap + inset_caption
+        _draw(canvas, f"Inset: where {MAP_NAMES[inset_map]} looked", c0 + pad, y - 8, 0.9 * font, _WHITE)
+        fit = inset_w / small.shape[1]
+        tile = overlay(_resize(small, fit), _resize(cams[inset_map], scale * fit, smooth=True))
+        th, tw = tile.shape[:2]
+        canvas[y : y + th, c0 + pad : c0 + pad + tw] = tile
+        inset = (y, y + th, c0 + pad, c0 + pad + tw)
+    layout = Layout(canvas.shape[:2], main_box, findings, colorbar, inset, main_map, inset_map)
     return np.ascontiguousarray(canvas), layout
 
 

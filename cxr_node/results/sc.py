@@ -11,6 +11,7 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian
 
+from cxr_node.analysis.fusion import JointResult
 from cxr_node.results.analysed_image import AnalysedImage
 from cxr_node.results.identity import (
     MANUFACTURER,
@@ -22,13 +23,14 @@ from cxr_node.results.identity import (
     copy_patient_study,
     model_equipment,
 )
+from cxr_node.results.sr import series_description
+from cxr_node.results.times import ResultTime, result_time, stamp, utc_now
 from cxr_node.results.wording import NOT_FOR_DIAGNOSIS, UNTRAINED_MODEL_TEXT
 
 SC_SERIES_NUMBER = 9902
-SC_SERIES_DESCRIPTION = "AI CXR Grad-CAM - not for diagnosis"
 
 
-def _from_ref(source, rgb, uids, node, model, orientation):
+def _from_ref(source, rgb, uids, node, model, orientation, description):
     known = bool(orientation) and len(orientation) == 2
     sc = hd.sc.SCImage.from_ref_dataset(
         ref_dataset=source,
@@ -46,7 +48,7 @@ def _from_ref(source, rgb, uids, node, model, orientation):
         patient_orientation=tuple(orientation) if known else ("L", "F"),
         manufacturer_model_name=MODEL_NAME,
         software_versions=node.software_version,
-        series_description=SC_SERIES_DESCRIPTION if model.trained else f"{SC_SERIES_DESCRIPTION} - UNTRAINED",
+        series_description=description,
         transfer_syntax_uid=ExplicitVRLittleEndian,
         contributing_equipment=[model_equipment(node, model)],
     )
@@ -61,21 +63,27 @@ def build_secondary_capture(
     uids: ResultUIDs,
     node: NodeIdentity,
     model: ModelIdentity,
+    result: JointResult,
     notes: Seq[str] = (),
+    when: ResultTime | None = None,
 ) -> Dataset:
     """notes: the node's notes on how it read the image; drawn in the picture, and repeated
-    in DerivationDescription (what a PACS shows when it cannot read burned-in text)."""
+    in DerivationDescription (what a PACS shows when it cannot read burned-in text).
+    result: names the class in SeriesDescription (what a PACS lists); when: as for the SR."""
+    if when is None:
+        when = result_time(source, utc_now())
+    description = series_description("AI map", result, model)
     orientation = source.get("PatientOrientation")
     with warnings.catch_warnings():
         # The names are the source's, copied as they are; highdicom warns about
         # one-component names (e.g. ReferringPhysicianName "ward") on every image.
         warnings.filterwarnings("ignore", message=".*unlikely to represent the intended person name")
-        sc = _from_ref(as_reference(source), rgb, uids, node, model, orientation)
+        sc = _from_ref(as_reference(source), rgb, uids, node, model, orientation, description)
     # highdicom copies five patient/study attributes; the PACS files by all of them
     # (issuers, qualifiers, age, ...), exactly as the SR carries them.
     copy_patient_study(source, sc)
-    # A new series made now: viewers (Orthanc Explorer among them) group series by date.
-    sc.SeriesDate, sc.SeriesTime = sc.ContentDate, sc.ContentTime
+    # Made now, in the offset the picture states; a new series too (viewers group series by date).
+    stamp(sc, when, contributor=MANUFACTURER)
     sc.DeviceUID = node.device_uid
     sc.StationName = node.ae_title[:16]
     if node.institution_name:

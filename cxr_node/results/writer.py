@@ -14,6 +14,7 @@ import io
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import tzinfo
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,7 @@ from cxr_node.results.identity import ModelIdentity, NodeIdentity, ResultUIDs
 from cxr_node.results.render import Legend, render_secondary_capture
 from cxr_node.results.sc import build_secondary_capture
 from cxr_node.results.sr import build_structured_report, clean_notes
+from cxr_node.results.times import Clock, result_time, utc_now
 from cxr_node.storage import write_durably
 
 
@@ -75,19 +77,27 @@ def write_results(
     panels: str = "per-model",
     max_side: int = 1024,
     notes: Sequence[str] = (),
+    clock: Clock = utc_now,
+    zone: tzinfo | None = None,
 ) -> ResultFiles:
     """display: the radiograph as decoded for the model ([0, 1], VOI and polarity applied).
 
     notes: short sentences on how the node read this image, for the reader of the result
     (e.g. "window: node's robust window (WindowWidth 0 ignored)", "patient age not stated");
     the SR carries each as a Comment in the overall result, the SC in its findings box.
+    clock, zone: now (timezone-aware) and the node's zone for a source that states no
+    offset (None: the host's); both objects carry the same instant (times.result_time).
     """
     uids = ResultUIDs.for_source(str(source.SOPInstanceUID), model)
-    notes = clean_notes(notes)
-    legend = Legend(analysis.result, model.description, model.trained, AnalysedImage.of(source).text, tuple(notes))
+    when = result_time(source, clock(), zone)
+    notes = clean_notes([*notes, *filter(None, [when.note])])
+    result = analysis.result
+    legend = Legend(
+        result, model.description, model.trained, AnalysedImage.of(source).text, tuple(notes), model.thresholds
+    )
     rgb = render_secondary_capture(display, analysis.cam_a, analysis.cam_b, legend, panels, max_side)
-    sc = build_secondary_capture(source, rgb, uids, node, model, notes)
-    sr = build_structured_report(source, analysis.result, uids, node, model, sc=sc, notes=notes)
+    sc = build_secondary_capture(source, rgb, uids, node, model, result, notes, when)
+    sr = build_structured_report(source, result, uids, node, model, sc=sc, notes=notes, when=when)
     out_dir = Path(out_dir)
     sc_path = write_durably(out_dir / "gradcam-sc.dcm", _encode(sc))
     sr_path = write_durably(out_dir / "report-sr.dcm", _encode(sr))
