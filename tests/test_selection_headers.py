@@ -260,6 +260,11 @@ CASES = [
         "SeriesDescription",
     ),
     ("de Abdomenübersicht", {"StudyDescription": "Abdomenübersicht"}, "skip", "not-chest", "StudyDescription"),
+    # --- vendor and request spellings ---------------------------------------------------------
+    ("P-A of a CR menu", {"BodyPartExamined": "CHEST", "AcquisitionDeviceProcessingDescription": "CHEST P-A"}, "analyse", "default", "AcquisitionDeviceProcessingDescription"),
+    ("es de pie is standing", {"SeriesDescription": "TORAX PA DE PIE"}, "analyse", "default", "SeriesDescription"),
+    ("en lat decub", {"BodyPartExamined": "CHEST", "SeriesDescription": "LT LAT DECUB"}, "analyse", "default", "SeriesDescription"),
+    ("en C-SPINE", {"SeriesDescription": "C-SPINE LAT"}, "skip", "not-chest", "SeriesDescription"),
     # --- coded sequences -----------------------------------------------------------------------
     (
         "coded anatomic region chest",
@@ -381,7 +386,8 @@ def test_an_unreadable_attribute_says_nothing_and_breaks_nothing():
 def test_normalise_case_accents_separators():
     assert normalise("Tórax_AP") == "TORAX AP"
     assert normalise("  rx-TÓRAX   portátil ") == "RX TORAX PORTATIL"
-    assert normalise("Thorax p.a.") == "THORAX PA"
+    assert normalise("Thorax p.a.") == "THORAX PA" and normalise("CHEST P-A") == "CHEST PA"
+    assert normalise("C-SPINE") == "C SPINE"
     assert normalise("Rippen schräg") == "RIPPEN SCHRAG"
 
 

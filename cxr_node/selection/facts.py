@@ -27,7 +27,7 @@ from typing import Any
 from pydicom.dataset import Dataset
 
 from cxr_node.selection.age import patient_age
-from cxr_node.selection.vocabulary import Match, Vocabulary
+from cxr_node.selection.vocabulary import IGNORE, Match, Vocabulary
 
 CONFLICT = "conflict"
 UNRECOGNISED = "unrecognised"  # a coded value is there but no table knows it
@@ -68,7 +68,7 @@ class Statement:
 
     @property
     def meanings(self) -> tuple[str, ...]:
-        return tuple(dict.fromkeys(m.meaning for m in self.matches))
+        return tuple(dict.fromkeys(m.meaning for m in self.matches if m.meaning != IGNORE))
 
     def describe(self) -> str:
         return f"{self.attribute} {self.text!r}"

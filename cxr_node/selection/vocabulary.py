@@ -2,7 +2,7 @@
 (vocabulary.toml beside this module, copied to configs/vocabulary.toml) plus a site's own.
 
 Text is compared after `normalise`: accents dropped, case folded, every run of separators
-(space, _ - / , . ^ ...) one space, dotted abbreviations joined ("p.a." -> "PA"). Where known
+(space, _ - / , . ^ ...) one space, abbreviations of single letters joined ("p.a.", "P-A" -> "PA"). Where known
 phrases overlap the longest wins, so "TORAX OSEO" (ribs) is not read as "TORAX" (chest) and
 "DECUBITO LATERAL" is not a lateral view.
 """
@@ -21,9 +21,10 @@ from typing import Any
 from cxr_node.errors import ConfigError
 
 KINDS = ("body_part", "view")
+IGNORE = "ignore"  # a meaning for words that look like a body part or view but say none ("DE PIE": standing)
 BUILTIN = "built-in"  # the name of the shipped table in errors and `rules show`
 
-_DOTTED = re.compile(r"(?<=\b[A-Z])\.(?=[A-Z]\b)")
+_DOTTED = re.compile(r"(?<=\b[A-Z])[.-](?=[A-Z]\b)")
 _SEPARATORS = re.compile(r"[^A-Z0-9]+")
 _MEANING = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
 
