@@ -79,8 +79,12 @@ def test_broken_window_or_voi_lut_falls_back_to_the_robust_window_and_says_so(at
 def test_a_broken_voi_lut_gives_way_to_a_good_window_of_the_same_image():
     ds = make_radiograph(RAMP, VOILUTSequence=Sequence([lut_item()]), WindowCenter=2000, WindowWidth=4001)
     img = dataset_to_float(ds)
-    assert img.window == "window C=2000 W=4001 LINEAR"
-    assert img.notes == ()  # the image is shown with its own window: nothing for the reader to know
+    assert img.window == "WindowCenter 2000 / WindowWidth 4001 LINEAR"
+    assert img.notes == (
+        "window: the image's WindowCenter 2000 / WindowWidth 4001 LINEAR "
+        "(VOI LUT (VOILUTSequence) ignored: it has no LUTDescriptor)",
+    )
+    assert dataset_to_float(make_radiograph(RAMP, WindowCenter=2000, WindowWidth=4001)).notes == ()  # nothing odd
 
 
 @pytest.mark.parametrize(

@@ -252,6 +252,8 @@ def _voi(
     if header_voi and ("WindowCenter" in ds or "WindowWidth" in ds):
         window = _window(ds, values, ignored)
         if window is not None:
+            if ignored:  # the broken VOI LUT gave way to the image's own window
+                notes.append(f"window: the image's {window[1]} ({'; '.join(ignored)})")
             return window
     img = robust_window(values, mask)
     if ignored:
@@ -280,7 +282,7 @@ def _window(ds: Dataset, values: np.ndarray, ignored: list[str]) -> tuple[np.nda
         ignored.append(f"WindowWidth {width_text} ignored")
         return None
     img = _linear_window(values, center, width, function)
-    return img, f"window C={center:g} W={width:g} {function}"
+    return img, f"WindowCenter {center:g} / WindowWidth {width:g} {function}"
 
 
 def decode_stored(ds: Dataset) -> np.ndarray:
