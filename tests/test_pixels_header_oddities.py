@@ -158,3 +158,15 @@ def test_an_image_without_any_window_says_the_node_chose_it():
 def test_an_empty_padding_value_is_ignored():
     img = dataset_to_float(as_sent(make_radiograph(RAMP, PixelPaddingValue=None)))
     assert img.mask.all() and img.notes[0] == "PixelPaddingValue empty ignored: no pixel is treated as padding"
+
+
+def test_undecodable_pixel_data_fails_with_a_sentence_naming_the_syntax():
+    from cxr_node.dicom.pixels import PixelDataError
+
+    ds = make_radiograph(RAMP)
+    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.90"  # says JPEG 2000, holds raw pixels
+    with pytest.raises(PixelDataError) as caught:
+        dataset_to_float(ds)
+    message = str(caught.value)
+    assert message.startswith("PixelData cannot be decoded as JPEG 2000 Image Compression (Lossless Only): ")
+    assert "\n" not in message and "object has no attribute" not in message
