@@ -92,6 +92,7 @@ class NodeConfig:
     send_retry_s: tuple[float, ...] = (5.0, 30.0, 120.0, 600.0)
     batch_size: int = 4
     cuda_graphs: bool = True  # on a GPU, replay the forwards from captured CUDA graphs
+    reduced_decode: bool = True  # decode JPEG 2000 / JPEG only as finely as the model and SC need
     roles: tuple[str, ...] = V.ROLE_NAMES
     retention_days: float = 0.0  # 0 = keep everything
     housekeeping_interval_s: float = 3600.0
@@ -218,6 +219,7 @@ _SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
         "input_size": ("input_size", V.int_range(32, 2048)),
         "batch_size": ("batch_size", V.int_range(1, 256)),
         "cuda_graphs": ("cuda_graphs", V.boolean),
+        "reduced_decode": ("reduced_decode", V.boolean),
     },
     "results": {
         "cam_panels": ("cam_panels", V.choice("per-model", "fused")),

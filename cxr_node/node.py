@@ -6,11 +6,12 @@ import logging
 from dataclasses import dataclass
 
 from cxr_node.analysis.bundle import Bundle, BundleError, load_bundle, untrained_bundle
-from cxr_node.analysis.decode_pool import DecodeLimits, DecodePool
+from cxr_node.analysis.decode_pool import DecodeLimits, DecodePool, decoder_for
 from cxr_node.analysis.engine import Analyzer
 from cxr_node.config import ConfigError, NodeConfig
 from cxr_node.destinations.registry import build_destinations
 from cxr_node.dicom.receiver import Receiver, ReceiverSettings
+from cxr_node.dicom.reduced_decode import Resolution
 from cxr_node.dispatcher import Dispatcher, ExportPolicy
 from cxr_node.events import notifier_for
 from cxr_node.housekeeping import Housekeeping
@@ -38,6 +39,11 @@ def load_models(cfg: NodeConfig) -> Bundle:
         "models.dir: no model bundle configured (--models DIR); "
         "pass --allow-untrained to run with random weights for testing"
     )
+
+
+def decode_resolution(cfg: NodeConfig, model_side: int) -> Resolution | None:
+    """What the worker's decoder must resolve: the model input and the SC panel (None: full)."""
+    return Resolution.serving(model_side, cfg.sc_max_side) if cfg.reduced_decode else None
 
 
 @dataclass
@@ -68,16 +74,19 @@ class Node:
         if "receiver" in roles:
             receiver = Receiver(ReceiverSettings.from_config(cfg), queue, layout, selection=cfg.selection)
         if "worker" in roles:  # only a worker needs the models (and the GPU)
+            models = bundle or load_models(cfg)
             # Decoding in other processes: OpenJPEG holds the GIL, and an image that exhausts its
             # process's memory limit or kills it fails alone (cxr_node.analysis.decode_pool).
+            # Each decodes only as finely as the model and the SC need (decode_resolution).
             pool = DecodePool(
                 cfg.decode_processes or None,
                 kind="process",
                 limits=DecodeLimits(memory_mb=cfg.decode_memory_mb, timeout_s=cfg.decode_timeout_s),
+                decode=decoder_for(decode_resolution(cfg, models.input_size)),
             )
             worker = Worker(
                 queue,
-                Analyzer(bundle or load_models(cfg), cfg.device, cuda_graphs=cfg.cuda_graphs),
+                Analyzer(models, cfg.device, cuda_graphs=cfg.cuda_graphs),
                 layout,
                 NodeIdentity(cfg.ae_title),
                 WorkerSettings(

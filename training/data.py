@@ -25,6 +25,7 @@ from pydicom.errors import InvalidDicomError
 
 from cxr_node.analysis.preprocess import square_input
 from cxr_node.dicom.pixels import PixelDataError, read_image
+from cxr_node.dicom.reduced_decode import Resolution
 
 LABELS = ("normal", "pathological", "covid")
 MANIFEST = "manifest.csv"
@@ -188,9 +189,12 @@ def decode_squares(
     very probabilities `infer` gives (1616 images at 224 px take 324 MB).
     """
 
+    # DICOM decoded as a node with the default SC size decodes it (reduced_decode.py): same pixels.
+    resolution = Resolution.serving(size)
+
     def load(sample: Sample) -> tuple[np.ndarray | None, BadRow | None]:
         try:
-            img = read_image(sample.image)
+            img = read_image(sample.image, resolution)
             square, _ = square_input(img.pixels, size)
             return square, None
         except (PixelDataError, FileNotFoundError, ValueError, OSError) as exc:

@@ -15,6 +15,7 @@ import numpy as np
 from cxr_node.analysis.bundle import load_bundle
 from cxr_node.analysis.engine import Analyzer
 from cxr_node.dicom.pixels import PixelDataError, read_image
+from cxr_node.dicom.reduced_decode import Resolution
 from training.data import BadRow, DataError, Sample, read_samples, refuse_or_skip
 from training.metrics import binary_metrics, joint_metrics, target_a, target_b, write_predictions
 
@@ -34,6 +35,7 @@ def evaluate(
     bundle = load_bundle(bundle_dir)
     samples, bad = read_samples(data_dir, labels_csv)
     analyzer = Analyzer(bundle, device=device)
+    resolution = Resolution.serving(bundle.input_size)  # the pixels a node decodes
     kept_samples: list[Sample] = []
     label_list: list[str] = []
     p_abn_list: list[float] = []
@@ -43,7 +45,7 @@ def evaluate(
         images, kept = [], []
         for s in samples[start : start + batch_size]:
             try:
-                images.append(read_image(s.image).pixels)
+                images.append(read_image(s.image, resolution).pixels)
                 kept.append(s)
             except (PixelDataError, FileNotFoundError, ValueError, OSError) as exc:
                 bad.append(BadRow(s.source, s.line, f"unreadable image: {exc}"))

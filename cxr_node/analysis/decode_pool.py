@@ -45,12 +45,15 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
 
 import pydicom
 
+from cxr_node.dicom import openjp2
 from cxr_node.dicom.pixels import FloatImage, PixelDataError, dataset_to_float, read_image
+from cxr_node.dicom.reduced_decode import Resolution
 from cxr_node.errors import NotAnalysable
 
 log = logging.getLogger(__name__)
@@ -82,8 +85,10 @@ class DecodeLimits:
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 
 
-def decode_file(path: str | Path) -> Decoded:
+def decode_file(path: str | Path, resolution: Resolution | None = None) -> Decoded:
     """Read and decode one file to a FloatImage; runs inside the pool.
+
+    resolution: decode DICOM pixel data only as finely as that work needs (None: in full).
 
     DICOM: pydicom's read errors pass through unchanged (an I/O error may be transient);
     PixelDataError (the image itself cannot be turned into grey levels) names the file.
@@ -96,16 +101,21 @@ def decode_file(path: str | Path) -> Decoded:
     else:
         ds = pydicom.dcmread(path)
         try:
-            image = dataset_to_float(ds)
+            image = dataset_to_float(ds, resolution)
         except PixelDataError as exc:
             raise PixelDataError(f"{path}: {exc}") from exc
     return Decoded(str(path), image, time.perf_counter() - t0)
 
 
-def decode_dataset(ds) -> Decoded:
+def decoder_for(resolution: Resolution | None) -> Callable[[str], Decoded]:
+    """The pool's `decode` for a resolution: decode_file with it bound (picklable, for the decoder processes)."""
+    return decode_file if resolution is None else partial(decode_file, resolution=resolution)
+
+
+def decode_dataset(ds, resolution: Resolution | None = None) -> Decoded:
     """Decode an already-read pydicom Dataset (thread pools only: datasets do not cross processes cheaply)."""
     t0 = time.perf_counter()
-    image = dataset_to_float(ds)
+    image = dataset_to_float(ds, resolution)
     return Decoded(str(getattr(ds, "filename", "") or ""), image, time.perf_counter() - t0)
 
 
@@ -149,6 +159,7 @@ def _preload_decoders() -> None:
             importlib.import_module(name)
         except Exception:  # an optional plug-in that is not installed
             pass
+    openjp2.available()  # loads libopenjp2 (reduced JPEG 2000 decoding) if installed
 
 
 def _memory_exhausted(exc: BaseException) -> bool:
@@ -611,6 +622,7 @@ __all__ = [
     "KINDS",
     "decode_dataset",
     "decode_file",
+    "decoder_for",
     "limit_address_space",
     "restart_delay_s",
 ]

@@ -55,14 +55,16 @@ def run_infer(
     precision: str = "auto",
     compile: bool = False,
     cuda_graphs: bool = True,
+    full_decode: bool = False,
     ae_title: str = "CXR_NODE",
     on_result=None,
     on_error=None,
 ) -> tuple[list[dict], list[tuple[str, str]]]:
     """Analyse `files`; returns (summaries, [(file, error message)])."""
     from cxr_node.analysis.bundle import load_bundle, untrained_bundle
-    from cxr_node.analysis.decode_pool import DecodePool, decode_file
+    from cxr_node.analysis.decode_pool import DecodePool, decode_file, decoder_for
     from cxr_node.analysis.engine import Analyzer
+    from cxr_node.dicom.reduced_decode import DEFAULT_SC_MAX_SIDE, Resolution
     from cxr_node.processing import OutcomeKind, process_batch
     from cxr_node.results.identity import ModelIdentity, NodeIdentity
 
@@ -85,7 +87,9 @@ def run_infer(
         errors.append((str(path), msg))
         on_error(str(path), msg)
 
-    pool = DecodePool(kind="process") if len(files) > 1 else None
+    # The SC is drawn at process_batch's default size: decode no finer than its panel needs.
+    resolution = None if full_decode else Resolution.serving(bundle.input_size, DEFAULT_SC_MAX_SIDE)
+    pool = DecodePool(kind="process", decode=decoder_for(resolution)) if len(files) > 1 else None
     window = max(2 * batch_size, 2)
     pending: deque = deque()  # (path, future or None)
     todo = deque(files)
@@ -97,7 +101,7 @@ def run_infer(
 
     def settle(path: Path, fut):
         try:
-            return fut.result() if fut is not None else decode_file(path)
+            return fut.result() if fut is not None else decode_file(path, resolution)
         except Exception as exc:
             return exc
 
@@ -119,6 +123,7 @@ def run_infer(
                 _by_index(targets),
                 decode=None,
                 decoded=[d for _, d in batch],
+                max_side=DEFAULT_SC_MAX_SIDE,
             )
             for (path, _), target, outcome in zip(batch, targets, outcomes, strict=True):
                 if not outcome.ok:
@@ -182,9 +187,23 @@ def run_infer(
 @click.option(
     "--no-cuda-graphs", is_flag=True, help="On a GPU, run the forwards eagerly instead of replaying CUDA graphs."
 )
+@click.option(
+    "--full-decode", is_flag=True, help="Decode every image at full resolution (default: only as fine as needed)."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON summary per line instead of text.")
 def command(
-    files, models, allow_untrained, out, device, batch_size, input_size, precision, use_compile, no_cuda_graphs, as_json
+    files,
+    models,
+    allow_untrained,
+    out,
+    device,
+    batch_size,
+    input_size,
+    precision,
+    use_compile,
+    no_cuda_graphs,
+    full_decode,
+    as_json,
 ):
     """Analyse DICOM radiographs offline; writes SR, Grad-CAM SC and summary.json per file."""
     from cxr_node.analysis.bundle import BundleError
@@ -222,6 +241,7 @@ def command(
             precision=precision,
             compile=use_compile,
             cuda_graphs=not no_cuda_graphs,
+            full_decode=full_decode,
             on_result=show,
             on_error=lambda f, m: click.echo(f"error: {m}", err=True),
         )

@@ -17,7 +17,7 @@ Every image also carries `info`, what cxr_node.dicom.information checks before a
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import cv2
@@ -27,6 +27,7 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.uid import UID
 
+from cxr_node.dicom.reduced_decode import Resolution, Stored, decode_pixels
 from cxr_node.errors import NotAnalysable
 
 # Percentiles used when the image carries no VOI: robust to burned-in text
@@ -76,6 +77,7 @@ class FloatImage:
     # window it used instead ("window: node's robust window (WindowWidth 0 ignored)").
     notes: tuple[str, ...] = ()
     info: ImageInfo | None = field(default=None, compare=False)
+    reduction: int = 1  # decoded at 1/reduction of the stored rows and columns (reduced_decode.py)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -287,8 +289,15 @@ def _window(ds: Dataset, values: np.ndarray, ignored: list[str]) -> tuple[np.nda
     return img, f"WindowCenter {center:g} / WindowWidth {width:g} {function}"
 
 
-def decode_stored(ds: Dataset) -> np.ndarray:
-    """PixelData -> the stored values of the (first) frame, as a 2-D integer array."""
+def decode_stored(ds: Dataset, resolution: Resolution | None = None) -> np.ndarray:
+    """PixelData -> the stored values of the (first) frame, as a 2-D integer array.
+
+    resolution: decode only as finely as that work needs (reduced_decode.py); None: in full.
+    """
+    return _decode(ds, resolution).pixels
+
+
+def _decode(ds: Dataset, resolution: Resolution | None) -> Stored:
     photometric = str(ds.get("PhotometricInterpretation", "")).strip()
     if photometric not in SUPPORTED_PHOTOMETRIC:
         raise PixelDataError(
@@ -298,7 +307,7 @@ def decode_stored(ds: Dataset) -> np.ndarray:
     if "PixelData" not in ds:
         raise PixelDataError("PixelData (7FE0,0010) is missing")
     try:
-        stored = ds.pixel_array
+        decoded = decode_pixels(ds, resolution)
     except Exception as exc:  # pydicom raises many types for broken/unsupported pixel data
         syntax = ds.file_meta.get("TransferSyntaxUID") if "file_meta" in ds.__dict__ else None
         how = f" as {UID(syntax).name}" if syntax else ""
@@ -307,11 +316,12 @@ def decode_stored(ds: Dataset) -> np.ndarray:
         plain = isinstance(exc, (ValueError, RuntimeError, NotImplementedError, EOFError))
         why = " ".join(str(exc).split())[:300] if plain else "the decoder failed on it"
         raise PixelDataError(f"PixelData cannot be decoded{how}: {why}") from exc
+    stored = decoded.pixels
     if stored.ndim == 3:  # multi-frame: a radiograph has one frame; take the first
         stored = stored[0]
     if stored.ndim != 2:
         raise PixelDataError(f"PixelData has shape {stored.shape}; a single grey-scale frame is expected")
-    return stored
+    return replace(decoded, pixels=stored)
 
 
 def grey_from_stored(ds: Dataset, stored: np.ndarray) -> FloatImage:
@@ -337,9 +347,14 @@ def grey_from_stored(ds: Dataset, stored: np.ndarray) -> FloatImage:
     return FloatImage(img, mask, window, tuple(notes), measure(img, mask, shape, nonfinite))
 
 
-def dataset_to_float(ds: Dataset) -> FloatImage:
-    """The whole grey-scale pipeline: decode the stored values, then apply the header to them."""
-    return grey_from_stored(ds, decode_stored(ds))
+def dataset_to_float(ds: Dataset, resolution: Resolution | None = None) -> FloatImage:
+    """The whole grey-scale pipeline: decode the stored values, then apply the header to them.
+
+    resolution: decode only as finely as that work needs (reduced_decode.py); None: in full.
+    The header applies unchanged: a reduced decode yields stored values, only fewer of them.
+    """
+    decoded = _decode(ds, resolution)
+    return replace(grey_from_stored(ds, decoded.pixels), reduction=decoded.reduction)
 
 
 def measure(pixels: np.ndarray, mask: np.ndarray, shape: tuple[int, int], nonfinite: int = 0) -> ImageInfo:
@@ -365,8 +380,11 @@ def measure(pixels: np.ndarray, mask: np.ndarray, shape: tuple[int, int], nonfin
     )
 
 
-def read_image(path: str | Path) -> FloatImage:
-    """Read a DICOM file or an 8/16-bit PNG/JPEG as a FloatImage (used by infer and training)."""
+def read_image(path: str | Path, resolution: Resolution | None = None) -> FloatImage:
+    """Read a DICOM file or an 8/16-bit PNG/JPEG as a FloatImage (used by infer and training).
+
+    resolution applies to DICOM files (reduced_decode.py); image files are read in full.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
@@ -388,7 +406,7 @@ def read_image(path: str | Path) -> FloatImage:
     except Exception as exc:
         raise PixelDataError(f"{path}: not a readable DICOM file: {exc}") from exc
     try:
-        return dataset_to_float(ds)
+        return dataset_to_float(ds, resolution)
     except (PixelDataError, NotAnalysable) as exc:
         raise type(exc)(*_with_path(exc, path)) from exc
 
