@@ -10,7 +10,7 @@ PYTHON=${PYTHON:-python3}
 VENV=${VENV:-.venv}
 # x86_64 wheels of these lie on the build machines' disk; elsewhere pip fetches them from PyPI.
 TORCH_PINS=${TORCH_PINS:-"torch==2.14.1 torchvision==0.29.1"}
-DEBIAN_PACKAGES=${DEBIAN_PACKAGES:-"dcmtk orthanc orthanc-dicomweb orthanc-webviewer dicom3tools postgresql pixelmed-apps chromium systemd openssl"}
+DEBIAN_PACKAGES=${DEBIAN_PACKAGES:-"libopenjp2-7 dcmtk orthanc orthanc-dicomweb orthanc-webviewer dicom3tools postgresql pixelmed-apps chromium systemd openssl"}
 
 if [[ "${1:-}" == "--peers" ]]; then
   missing=()

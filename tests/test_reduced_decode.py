@@ -50,7 +50,9 @@ def test_openjp2_full_level_is_exactly_the_stored_pixels(rg1_j2kr, rg1_uncr):
     assert np.array_equal(frame.pixels, pydicom.dcmread(rg1_uncr).pixel_array)
 
 
-@pytest.mark.parametrize(("resolution", "shape", "factor"), [(Resolution.serving(224), (978, 921), 2), (Resolution(224), (245, 231), 8)])
+@pytest.mark.parametrize(
+    ("resolution", "shape", "factor"), [(Resolution.serving(224), (978, 921), 2), (Resolution(224), (245, 231), 8)]
+)
 def test_j2k_reduced_matches_downscaled_full(rg1_j2kr, full_float, resolution, shape, factor):
     img = read_image(rg1_j2kr, resolution)
     assert img.shape == shape and img.reduction == factor

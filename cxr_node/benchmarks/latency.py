@@ -25,6 +25,8 @@ from pathlib import Path
 
 import click
 
+DECODE_MODES = ("reduced", "full", "both")
+
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -262,17 +264,37 @@ def report(result: dict) -> str:
     "--models", type=click.Path(path_type=Path), default=None, help="Model bundle [default: untrained weights]."
 )
 @click.option("--device", default="cpu", show_default=True)
+@click.option(
+    "--decode",
+    type=click.Choice(DECODE_MODES),
+    default="reduced",
+    show_default=True,
+    help="The node's analysis.reduced_decode: reduced, full, or both one after the other (side by side).",
+)
 @click.option("--json", "as_json", is_flag=True)
-def command(image, sends, look_s, models, device, as_json) -> None:
+def command(image, sends, look_s, models, device, decode, as_json) -> None:
     """Median seconds from dcmsend to SR + SC stored in a real Orthanc (starts both itself)."""
     if image is None:
         from pydicom.data import get_testdata_file
 
         image = Path(str(get_testdata_file("RG1_J2KR.dcm")))
-    serve_args = ["--device", device, *(["--models", str(models)] if models else ["--allow-untrained"])]
-    with tempfile.TemporaryDirectory(prefix="cxr-latency-") as tmp:
-        result = run_latency_bench(image, sends, look_s, Path(tmp), serve_args)
-    click.echo(json.dumps(result, indent=1) if as_json else report(result))
+    results = {}
+    for mode in ("full", "reduced") if decode == "both" else (decode,):
+        with tempfile.TemporaryDirectory(prefix="cxr-latency-") as tmp:
+            config = Path(tmp) / "latency.toml"
+            config.write_text(f"[analysis]\nreduced_decode = {'true' if mode == 'reduced' else 'false'}\n")
+            serve_args = [
+                "--config",
+                str(config),
+                "--device",
+                device,
+                *(["--models", str(models)] if models else ["--allow-untrained"]),
+            ]
+            results[mode] = {"decode": mode, **run_latency_bench(image, sends, look_s, Path(tmp), serve_args)}
+    if as_json:
+        click.echo(json.dumps(results if decode == "both" else results[decode], indent=1))
+        return
+    click.echo("\n\n".join(f"decode {mode}:\n{report(r)}" for mode, r in results.items()))
 
 
 if __name__ == "__main__":  # pragma: no cover
