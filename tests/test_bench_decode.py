@@ -76,7 +76,8 @@ def test_bench_decode_json(tmp_path):
     )
     r = json.loads(out.read_text())
     assert r["decode"]["full"]["shape"] == [1955, 1841]
-    assert r["decode"]["serving"]["shape"] == [978, 921] and r["decode"]["model"]["shape"] == [245, 231]
+    assert r["decode"]["serving"]["shape"] == [1955, 1841]  # the 1024 px SC needs more than 1/2 (978 px)
+    assert r["decode"]["model"]["shape"] == [245, 231]
     assert set(r["goals"]) == {"decode_ge_10x_faster", "cpu_per_study_le_0.5x"}
     assert r["goals"]["cpu_per_study_le_0.5x"] is None  # not measured with --studies 0
     assert r["gpu_host_projection"]["kind"].startswith("projection")

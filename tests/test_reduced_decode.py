@@ -9,11 +9,11 @@ import pytest
 from pydicom.encaps import encapsulate
 from pydicom.uid import JPEG2000Lossless, JPEGBaseline8Bit
 
-from cxr_node.analysis.decode_pool import DecodePool
+from cxr_node.analysis.decode_pool import DecodePool, decoder_for
 from cxr_node.analysis.preprocess import square_input
 from cxr_node.dicom import openjp2, pixels
 from cxr_node.dicom.pixels import PixelDataError, dataset_to_float, read_image
-from cxr_node.dicom.reduced_decode import Resolution, decode_stored
+from cxr_node.dicom.reduced_decode import Resolution, decode_pixels
 from tests.dicom_factory import make_radiograph
 
 pytestmark = pytest.mark.skipif(not openjp2.available(), reason="libopenjp2 (Debian libopenjp2-7) not installed")
@@ -30,10 +30,11 @@ def _area(img: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 
 def test_factor_keeps_model_input_and_sc_panel():
-    serving = Resolution.serving(224)  # SC canvas 1024 px
-    assert serving.factor(1955, 1841) == 2  # a panel can be ~870 px tall: 1/4 (489 px) would be too coarse
+    serving = Resolution.serving(224)  # the SC's radiograph: long side 1024 px
+    assert serving.factor(1955, 1841) == 1  # 1/2 would give 978 px < 1024
+    assert serving.factor(3000, 2500) == 2 and serving.factor(2500, 4096) == 4
     assert Resolution(224).factor(1955, 1841) == 8  # the model alone: 245 px >= 224
-    assert Resolution(224, 512).factor(1955, 1841) == 4
+    assert Resolution(224, 512).factor(1955, 1841) == 2
     assert Resolution(224).factor(3000, 2500) == 8  # DCT scaling stops at 1/8
     assert Resolution(224).factor(300, 200) == 1  # 1/2 would give 150 < 224
     assert Resolution(224).factor(200, 100) == 1  # already smaller than the input: never reduced
@@ -51,7 +52,7 @@ def test_openjp2_full_level_is_exactly_the_stored_pixels(rg1_j2kr, rg1_uncr):
 
 
 @pytest.mark.parametrize(
-    ("resolution", "shape", "factor"), [(Resolution.serving(224), (978, 921), 2), (Resolution(224), (245, 231), 8)]
+    ("resolution", "shape", "factor"), [(Resolution(224, 512), (978, 921), 2), (Resolution(224), (245, 231), 8)]
 )
 def test_j2k_reduced_matches_downscaled_full(rg1_j2kr, full_float, resolution, shape, factor):
     img = read_image(rg1_j2kr, resolution)
@@ -80,8 +81,8 @@ def test_jpeg_baseline_dct_scaling_matches_downscaled_full(rg1_uncr):
     stored8 = (stored.astype(np.float64) * 255 / stored.max()).round().astype(np.uint8)
     ds = _jpeg_baseline(stored8, PhotometricInterpretation="MONOCHROME1", WindowCenter=128, WindowWidth=200)
     full = dataset_to_float(ds)
-    for resolution, factor in [(Resolution.serving(224), 2), (Resolution(224), 8)]:
-        got = decode_stored(ds, resolution)
+    for resolution, factor in [(Resolution(224, 512), 2), (Resolution(224), 8)]:
+        got = decode_pixels(ds, resolution)
         assert got.reduction == factor and got.method == f"JPEG DCT scaling 1/{factor}"
         img = dataset_to_float(ds, resolution)
         assert img.shape == (-(-1955 // factor), -(-1841 // factor)) and img.reduction == factor
@@ -129,7 +130,7 @@ def test_other_syntaxes_decode_in_full(rg1_uncr):
 
 
 def test_decode_pool_decodes_at_its_resolution(rg1_j2kr):
-    with DecodePool(kind="thread", workers=1, resolution=Resolution(224)) as pool:
+    with DecodePool(workers=1, kind="process", decode=decoder_for(Resolution(224))) as pool:
         (got,) = pool.decode_many([rg1_j2kr])
     assert not isinstance(got, BaseException)
     assert got.image.reduction == 8 and got.image.shape == (245, 231)
@@ -140,13 +141,13 @@ def test_training_from_dicom_uses_the_same_reduced_path(rg1_j2kr, tmp_path, monk
 
     (tmp_path / "manifest.csv").write_text(f"image,patient_id,label\n{rg1_j2kr},p1,normal\n")
     seen = []
-    real = pixels.decode_stored
+    real = pixels.decode_pixels
 
     def spy(ds, resolution):
         seen.append(resolution)
         return real(ds, resolution)
 
-    monkeypatch.setattr(pixels, "decode_stored", spy)
+    monkeypatch.setattr(pixels, "decode_pixels", spy)
     samples, bad = read_samples(tmp_path)
     squares, kept, unreadable = decode_squares(samples, 64)
     assert not bad and not unreadable and len(kept) == 1

@@ -1,13 +1,12 @@
 """Decode a DICOM frame's stored values at the lowest resolution the work still needs.
 
-The models see `model_side` px (224) and the Secondary Capture panel at most a share of
-`sc_max_side` px (1024); a 2k-3k radiograph decoded in full costs 5-15 times more than one
-decoded at 1/2-1/8 of its size. So the decoder reduces rows and columns by the largest power
-of two f that keeps
-  - the long side >= model_side (the letterbox then still shrinks, never enlarges), and
-  - every side >= the largest the SC panel can be drawn (the canvas less the margins that
-    render.py always leaves: no panel is wider or taller than that),
-and decodes:
+The models see `model_side` px (224) and the Secondary Capture shows the radiograph with its
+long side at `sc_max_side` px (1024; results/render.py, never enlarged); a 2k-4k radiograph
+decoded in full costs 4-15 times more than one decoded at 1/2-1/8 of its size. So the decoder
+reduces rows and columns by the largest power of two f that keeps the long side at least
+  - model_side (the letterbox then still shrinks, never enlarges), and
+  - sc_max_side (the SC's radiograph keeps every pixel it shows),
+or the image's own long side where that is smaller; and decodes:
   - JPEG 2000 / HTJ2K: resolution level log2(f) of the wavelet pyramid (openjp2.py);
   - JPEG baseline / extended with 8-bit samples and one component: libjpeg's DCT scaling
     (1/2, 1/4, 1/8) through OpenCV's IMREAD_REDUCED_GRAYSCALE_*;
@@ -40,7 +39,6 @@ from pydicom.uid import (
 )
 
 from cxr_node.dicom import openjp2
-from cxr_node.results.render import BOTTOM_MARGIN, SIDE_MARGIN, TOP_MARGIN
 
 J2K_SYNTAXES = frozenset({JPEG2000Lossless, JPEG2000, HTJ2KLossless, HTJ2KLosslessRPCL, HTJ2K})
 JPEG_DCT_SYNTAXES = frozenset({JPEGBaseline8Bit, JPEGExtended12Bit})
@@ -54,8 +52,8 @@ class Resolution:
     """What a decoded image must still resolve.
 
     model_side: the square model input (bundle input_size);
-    sc_max_side: the SC canvas' long side (config sc_max_side), None when no SC is drawn from
-    this decode (training, evaluation).
+    sc_max_side: the long side of the radiograph in the SC (config results.sc_max_side), None
+    when no SC is drawn from this decode.
     """
 
     model_side: int
@@ -69,15 +67,9 @@ class Resolution:
 
     def allows(self, rows: int, cols: int, factor: int) -> bool:
         """Whether an image of rows x cols decoded at 1/factor (ceil per side) still resolves the work."""
-        r, c = -(-rows // factor), -(-cols // factor)
-        if max(r, c) < min(self.model_side, max(rows, cols)):
-            return False
-        if self.sc_max_side is None:
-            return True
-        # The largest panel render() can draw: the canvas less the top/bottom and side margins.
-        m = self.sc_max_side
-        scale = min(1.0, (1.0 - 2.0 * SIDE_MARGIN) * m / cols, (1.0 - TOP_MARGIN - BOTTOM_MARGIN) * m / rows)
-        return r >= rows * scale and c >= cols * scale
+        long_side = max(-(-rows // factor), -(-cols // factor))
+        need = max(self.model_side, self.sc_max_side or 0)
+        return long_side >= min(need, max(rows, cols))
 
     def factor(self, rows: int, cols: int, limit: int = MAX_FACTOR) -> int:
         """The largest power of two <= limit at which the image still resolves the work (1: full)."""
