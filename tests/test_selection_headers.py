@@ -512,6 +512,18 @@ def test_every_builtin_entry_says_where_it_comes_from():
     assert vocab.code("view", "SCT", "399067008").meaning == "lateral"
 
 
+def test_rules_words_shows_how_a_text_is_read():
+    from cxr_node.commands.rules import command as rules
+
+    out = CliRunner().invoke(rules, ["words", "RX TÓRAX PA DE PIE", "Costillas oblicua"])
+    assert out.exit_code == 0, out.output
+    lines = out.output.splitlines()
+    assert lines[0].startswith("config: ") and "'RX TÓRAX PA DE PIE' -> 'RX TORAX PA DE PIE'" in lines
+    assert "  body_part  chest" in lines and "  view       frontal" in lines  # DE PIE: standing, not a foot
+    assert "  body_part  ribs" in lines and "  view       oblique" in lines
+    assert any("'TORAX': chest (built-in: free text es" in line for line in lines)
+
+
 def test_a_site_extends_the_vocabulary_without_writing_rules(tmp_path):
     ds = header(StudyDescription="RX TX PORTATIL")  # a local abbreviation no table knows
     assert DEFAULT_SELECTION.facts(ds)["body_part"].value == ""

@@ -1,4 +1,5 @@
-"""`cxr-node rules test FILE|DIR...` (why was this image (not) analysed?) and `cxr-node rules show`."""
+"""`cxr-node rules test FILE|DIR...` (why was this image (not) analysed?), `cxr-node rules show` and
+`cxr-node rules words TEXT...` (how the vocabulary reads a description)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import click
 
 from cxr_node.config import DEFAULT_CONFIG, ConfigError, load_config
 from cxr_node.selection.rules import Decision, Rule, Selection
+from cxr_node.selection.vocabulary import IGNORE, KINDS, normalise
 
 _config_option = click.option(
     "--config",
@@ -177,3 +179,22 @@ def show(config, as_json) -> None:
         f"unknown age: {selection.unknown_age}"
         + (" (the result says the age was not stated)" if selection.unknown_age == "analyse" else "")
     )
+
+
+@command.command("words")
+@click.argument("texts", nargs=-1, required=True)
+@_config_option
+def words(texts, config) -> None:
+    """How the vocabulary reads each TEXT (a description, a protocol name, a body part value):
+    the words it knows, what they mean, and the table each comes from."""
+    selection, used = _selection(config)
+    click.echo(used)
+    for text in texts:
+        click.echo(f"{text!r} -> {normalise(text)!r}")
+        for kind in KINDS:
+            found = selection.vocabulary.read(kind, text)
+            meanings = sorted({m.meaning for m in found if m.meaning != IGNORE})
+            said = meanings[0] if len(meanings) == 1 else ("several: " + ", ".join(meanings) if meanings else "-")
+            click.echo(f"  {kind:<10} {said}")
+            for m in found:
+                click.echo(f"    {m.phrase!r}: {m.meaning} ({m.entry.table}: {m.entry.source})")

@@ -118,6 +118,8 @@ class Vocabulary:
                     raise ConfigError(
                         f"{ekey}.words: {phrase!r} already means {earlier!r} for {entry.kind} in this table"
                     )
+                if earlier is not None:
+                    continue  # the same word in two languages' entries: the first entry names its source
                 own_words[(entry.kind, phrase)] = entry.meaning
                 words.setdefault(entry.kind, {})[phrase] = entry
             for code in entry_codes:
