@@ -144,3 +144,21 @@ def result_sent(
             "study_instance_uid": study_instance_uid,
         },
     )
+
+
+def notice_sent(sop_instance_uid: str, destination: str, answer: str, accepted: bool) -> None:
+    """One line per result notice (HL7 ORU, FHIR DiagnosticReport) a destination answered."""
+    audit_log.info(
+        "result NOTICE of %s to %s: %s (%s)",
+        sop_instance_uid,
+        destination,
+        answer,
+        "accepted" if accepted else "refused",
+        extra={
+            "event": "notice_sent",
+            "kind": "notice",
+            "sop_instance_uid": sop_instance_uid,
+            "destination": destination,
+            "answer": answer,
+        },
+    )

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from cxr_node import validation as V
+from cxr_node.analysis.fusion import JointClass
 from cxr_node.dicom.checks import MAX_COLUMNS, MAX_INFLATED_BYTES, MAX_PIXEL_BYTES, MAX_ROWS, PixelBudget
 from cxr_node.dicom.information import DEFAULT_LIMITS, InformationLimits, parse_image_check
 from cxr_node.errors import ConfigError  # re-exported: callers import it from here
@@ -56,6 +57,10 @@ class DestinationSpec:
     type: str
     options: dict[str, Any] = field(default_factory=dict, hash=False)
     key: str = "destinations"
+    # Keys of every type: the result classes that go there (None: every class), and whether an
+    # untrained model's results go there (None: the type's default, see cxr_node.destinations.routing).
+    when: tuple[str, ...] | None = None
+    untrained: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -317,9 +322,26 @@ def _destinations(value: Any) -> tuple[DestinationSpec, ...]:
         if not isinstance(name, str) or not _DESTINATION_NAME.match(name):
             raise ConfigError(f"{key}.name: {name!r} must be 1-64 letters, digits, '.', '_' or '-'")
         kind = V.string(f"{key}.type", table["type"])
-        options = {k: v for k, v in table.items() if k not in ("name", "type")}
-        specs.append(DestinationSpec(name, kind, options, key))
+        options = {k: v for k, v in table.items() if k not in ("name", "type", "when", "untrained")}
+        when = result_classes(f"{key}.when", table["when"]) if "when" in table else None
+        untrained = V.boolean(f"{key}.untrained", table["untrained"]) if "untrained" in table else None
+        specs.append(DestinationSpec(name, kind, options, key, when, untrained))
     return tuple(specs)
+
+
+def result_classes(key: str, value: Any) -> tuple[str, ...]:
+    """Result classes, spelled as the results name them (`when = ["COVID-19", "Pathological"]`)."""
+    known = [c.value for c in JointClass]
+    if not isinstance(value, list) or not value:
+        raise ConfigError(f"{key}: must be a non-empty list of result classes ({', '.join(known)})")
+    for item in value:
+        if item not in known:
+            raise ConfigError(f"{key}: unknown class {_quoted(item)} (known: {', '.join(known)})")
+    return tuple(dict.fromkeys(value))
+
+
+def _quoted(value: Any) -> str:
+    return f'"{value}"' if isinstance(value, str) else repr(value)
 
 
 def parse_config(data: dict[str, Any], source: str = "config") -> NodeConfig:

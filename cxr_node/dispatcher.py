@@ -99,7 +99,17 @@ class Dispatcher:
         due = self.queue.due_exports(name, self.batch_size)
         if not due:
             return 0
-        objects = [Outgoing(e.kind, e.path, e.sop_instance_uid, omit_illustration=e.illustration_failed) for e in due]
+        objects = [
+            Outgoing(
+                e.kind,
+                e.path,
+                e.sop_instance_uid,
+                omit_illustration=e.illustration_failed,
+                result=e.result,
+                result_created_at=e.created_at,
+            )
+            for e in due
+        ]
         try:
             deliveries = destination.send(objects)
         except DestinationUnavailable as exc:
@@ -116,6 +126,11 @@ class Dispatcher:
         if delivery.status is not None:
             audit.result_sent(
                 export.kind, delivery.sop_instance_uid or export.sop_instance_uid, destination.name, delivery.status
+            )
+        elif delivery.from_peer:  # a notice's answer: an HL7 ACK or an HTTP status, not a DICOM status
+            accepted = delivery.verdict == Verdict.STORED
+            audit.notice_sent(
+                export.sop_instance_uid, destination.name, delivery.note if accepted else delivery.reason, accepted
             )
         if delivery.verdict == Verdict.STORED:
             self._sent(destination, export, delivery)

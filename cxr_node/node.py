@@ -10,6 +10,7 @@ from cxr_node.analysis.decode_pool import DecodeLimits, DecodePool, decoder_for
 from cxr_node.analysis.engine import Analyzer
 from cxr_node.config import ConfigError, NodeConfig
 from cxr_node.destinations.registry import build_destinations
+from cxr_node.destinations.routing import routes
 from cxr_node.dicom.receiver import Receiver, ReceiverSettings
 from cxr_node.dicom.reduced_decode import Resolution
 from cxr_node.dispatcher import Dispatcher, ExportPolicy
@@ -96,7 +97,7 @@ class Node:
                     poll_interval_s=cfg.poll_interval_s,
                     cam_panels=cfg.cam_panels,
                     sc_max_side=cfg.sc_max_side,
-                    destinations=cfg.destination_names,
+                    destinations=routes(cfg),
                     image_check=cfg.image_check,
                 ),
                 pool.decode_many,

@@ -20,6 +20,7 @@ from sqlalchemy.exc import OperationalError
 
 from cxr_node.analysis.bundle import Bundle
 from cxr_node.analysis.engine import Analyzer
+from cxr_node.destinations.routing import NOTICE, Route, plan
 from cxr_node.dicom.information import DEFAULT_LIMITS, InformationLimits
 from cxr_node.polling import PollingLoop
 from cxr_node.processing import Decode, Outcome, OutcomeKind, process_batch
@@ -38,7 +39,9 @@ class WorkerSettings:
     poll_interval_s: float = 1.0
     cam_panels: str = "per-model"
     sc_max_side: int = 1024
-    destinations: tuple[str, ...] = ()  # names recorded on each export; empty = keep results on disk
+    # Where each result's objects go (destinations.routing; a plain name takes SR and SC of every
+    # class); empty = keep results on disk.
+    destinations: tuple[Route | str, ...] = ()
     image_check: InformationLimits = DEFAULT_LIMITS  # how much a decoded image must hold to be analysed
     # Wait after the n-th resource failure in a row: doubles from 5 s, at most 10 minutes.
     resource_backoff_s: Callable[[int], float] = lambda n: min(600.0, 5.0 * 2 ** (n - 1))
@@ -126,8 +129,17 @@ class Worker:
             {k: round(v, 4) for k, v in outcome.timings.items()},
         )
         files = outcome.files
-        items = [ExportItem("sc", str(files.sc_path), files.sc_uid), ExportItem("sr", str(files.sr_path), files.sr_uid)]
-        if self.queue.complete(job, record, items, self.settings.destinations):
+        items = plan(
+            self.settings.destinations,
+            record.label,
+            record.trained,
+            {
+                "sc": ExportItem("sc", str(files.sc_path), files.sc_uid),
+                "sr": ExportItem("sr", str(files.sr_path), files.sr_uid),
+                NOTICE: ExportItem(NOTICE, str(files.sr_path), files.sr_uid),  # a notice announces the SR
+            },
+        )
+        if self.queue.complete(job, record, items):
             log.info(
                 "job %d image %s: %s (P(abnormal) %.3f, P(COVID) %.3f)%s",
                 job.id,

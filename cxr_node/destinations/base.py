@@ -12,11 +12,13 @@ import enum
 import ssl
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, ClassVar
 
 from pydicom import Dataset
 
 from cxr_node.config import ConfigError, DestinationSpec
+from cxr_node.queue.jobs import ResultRecord
 
 
 class Verdict(enum.StrEnum):
@@ -29,12 +31,15 @@ class Verdict(enum.StrEnum):
 class Outgoing:
     """One export row's object for one destination."""
 
-    kind: str  # "sr" | "sc"
+    kind: str  # "sr" | "sc" | "notice" (a notification of the result announced by the SR at `path`)
     path: str
     sop_instance_uid: str
     # SR only: the SC did not reach this destination and never will; send the report in the form
     # that neither references it nor lists it as evidence, and says the illustration was not stored.
     omit_illustration: bool = False
+    # The result row this object belongs to, and when it was made (notices are built from them).
+    result: ResultRecord | None = None
+    result_created_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -90,6 +95,10 @@ class Options:
 
 class ExportDestination(ABC):
     type_name: ClassVar[str]
+    # The export kinds this type sends: the result objects themselves, or a notice of the result.
+    kinds: ClassVar[tuple[str, ...]] = ("sc", "sr")
+    # Whether results of an untrained model go there unless the destination's `untrained` says.
+    untrained_by_default: ClassVar[bool] = True
 
     def __init__(self, name: str) -> None:
         self.name = name

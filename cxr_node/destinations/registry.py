@@ -11,6 +11,8 @@ from cxr_node.destinations.base import ExportDestination, NodeContext
 TYPES: dict[str, str] = {
     "dicom": "cxr_node.destinations.dicom:DicomDestination",
     "dicomweb": "cxr_node.destinations.dicomweb:DicomWebDestination",
+    "hl7": "cxr_node.destinations.hl7v2:Hl7Destination",
+    "fhir": "cxr_node.destinations.fhir:FhirDestination",
 }
 
 

@@ -100,6 +100,9 @@ class ExportItem:
     kind: str
     path: str
     sop_instance_uid: str
+    # The destinations this item goes to; None: every destination given to `complete`.
+    # An empty tuple keeps it on disk only (one `local` row).
+    destinations: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -114,6 +117,7 @@ class Export:
     created_at: datetime | None = None  # when the result was made: the clock of dispatcher.give_up_after_s
     # SR only: the SC of the same result failed at this destination, so the SR goes without it.
     illustration_failed: bool = False
+    result: ResultRecord | None = None  # the result the object belongs to (notices are made from it)
 
 
 class JobQueue:
@@ -302,7 +306,8 @@ class JobQueue:
     ) -> bool:
         """Store the result of this job's image and its exports, and close the job, atomically.
 
-        One export row per item and destination (one `local` row per item without destinations).
+        One export row per item and destination (one `local` row per item without destinations);
+        an item that names its own destinations goes to those only.
         Returns False when the image already has a result (a second claim of the same job after a
         lease expired): the unique constraints on results.job_id and results.sop_instance_uid make
         an image reported at most once, even with racing workers.
@@ -328,7 +333,8 @@ class JobQueue:
                     )
                 )
                 for item in items:
-                    for destination in destinations or (None,):
+                    targets = tuple(destinations) if item.destinations is None else item.destinations
+                    for destination in targets or (None,):
                         conn.execute(
                             insert(exports).values(
                                 result_id=result_id,
@@ -353,7 +359,7 @@ class JobQueue:
                 raise
             self._close(job, JobState.DONE, None)  # the earlier claim's result stands
             return False
-        if destinations:
+        if destinations or any(item.destinations for item in items):
             self.notifier.notify("exports")
         return True
 
@@ -456,6 +462,12 @@ class JobQueue:
                     exports.c.attempts,
                     exports.c.last_error,
                     results.c.created_at,
+                    results.c.label,
+                    results.c.p_abnormal,
+                    results.c.p_covid,
+                    results.c.models_disagree,
+                    results.c.model,
+                    results.c.trained,
                     sc_failed.label("illustration_failed"),
                 )
                 .join(results, results.c.id == exports.c.result_id)
@@ -474,6 +486,7 @@ class JobQueue:
                 r.last_error,
                 _aware(r.created_at),
                 bool(r.illustration_failed) and r.kind == "sr",
+                ResultRecord(r.label, r.p_abnormal, r.p_covid, bool(r.models_disagree), r.model, bool(r.trained)),
             )
             for r in rows
         ]
