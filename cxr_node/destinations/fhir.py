@@ -48,10 +48,10 @@ from cxr_node.destinations.notice import (
     Concept,
     Notice,
     NoticeError,
-    intended_use,
     read_notice,
 )
 from cxr_node.results.identity import derived_uid
+from cxr_node.results.wording import intended_use  # the SR's and SC's sentence
 
 log = logging.getLogger(__name__)
 

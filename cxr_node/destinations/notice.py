@@ -59,13 +59,6 @@ def class_concept(label: str) -> Concept:
     raise NoticeError(f"result class {label!r} has no code in the report")
 
 
-def intended_use(trained: bool) -> str:
-    from cxr_node.results.identity import UNTRAINED_MODEL_TEXT
-    from cxr_node.results.sr import NOT_FOR_DIAGNOSIS
-
-    return NOT_FOR_DIAGNOSIS if trained else f"{UNTRAINED_MODEL_TEXT}. {NOT_FOR_DIAGNOSIS}"
-
-
 @dataclass(frozen=True)
 class Issuer:
     """Who assigned an identifier: a local namespace and/or a universal ID (ISO OID, UUID, URI)."""
