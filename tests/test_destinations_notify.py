@@ -17,6 +17,7 @@ from cxr_node.destinations.registry import build_destinations
 from cxr_node.destinations.routing import NOTICE, Route, plan, routes
 from cxr_node.dispatcher import Dispatcher, ExportPolicy
 from cxr_node.queue.jobs import ExportItem, JobQueue, ReceivedInstance, ResultRecord
+from cxr_node.queue.reports import Reports
 from cxr_node.queue.schema import open_database
 from cxr_node.queue.states import ExportState
 from tests import peers, test_destinations_dicom
@@ -352,6 +353,9 @@ def test_each_destination_gets_exactly_its_classes(queue, result, scp, mllp, fhi
     (report,) = fhir.store.resources["DiagnosticReport"]
     assert report["identifier"][0]["value"] == f"urn:oid:{sent['covid'].sr_uid}"
     assert len(pacs.received) == 6
+    # The status page's destination rows count the notices like the DICOM objects.
+    page = {(r.name, r.sent, r.pending, r.failed) for r in Reports(queue.engine).destinations()}
+    assert page == {("pacs", 6, 0, 0), ("ris", 2, 0, 0), ("ehr", 1, 0, 0)}
 
 
 def test_untrained_results_notify_only_where_told(queue, result, mllp):

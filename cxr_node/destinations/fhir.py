@@ -321,10 +321,10 @@ class FhirDestination(ExportDestination):
         for n, item in enumerate(objects):
             try:
                 body = self.bundle_json(item)
-            except NoticeError as exc:  # nothing in the report lets a server match it: no retry mends it
+            except ValueError as exc:  # NoticeError, a model that does not validate: the same every time
                 deliveries.append(Delivery(Verdict.REFUSED, f"cannot make the DiagnosticReport: {exc}"))
                 continue
-            except Exception as exc:  # noqa: BLE001 - unreadable SR, a model that does not validate: retried, and said
+            except Exception as exc:  # noqa: BLE001 - unreadable SR (I/O): retried, and said
                 deliveries.append(
                     Delivery(
                         Verdict.RETRY, f"{item.path}: cannot make the DiagnosticReport: {type(exc).__name__}: {exc}"

@@ -33,6 +33,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from hl7apy.exceptions import HL7apyException
+
 from cxr_node import validation as V
 from cxr_node.config import ConfigError, DestinationSpec, result_classes
 from cxr_node.destinations.base import (
@@ -355,9 +357,9 @@ class Hl7Destination(ExportDestination):
         for i, item in enumerate(objects):
             try:
                 ready.append((i, *self.message(item)))
-            except NoticeError as exc:  # what the report holds cannot make a valid ORU: no retry mends it
-                deliveries[i] = Delivery(Verdict.REFUSED, f"cannot make the ORU: {exc}")
-            except Exception as exc:  # noqa: BLE001 - unreadable SR, hl7apy validation: retried, and said
+            except (NoticeError, HL7apyException) as exc:  # the report's content makes no valid ORU: no retry mends it
+                deliveries[i] = Delivery(Verdict.REFUSED, f"cannot make the ORU: {type(exc).__name__}: {exc}")
+            except Exception as exc:  # noqa: BLE001 - unreadable SR (I/O): retried, and said
                 deliveries[i] = Delivery(
                     Verdict.RETRY, f"{item.path}: cannot make the ORU: {type(exc).__name__}: {exc}"
                 )
