@@ -152,10 +152,10 @@ def test_oru_carries_identity_accession_class_probabilities_and_raised_priority(
     assert got.segments("TQ1")[0][9] == "S^Stat^HL70485"
     obx = got.obx()
     assert obx["CXR005"][2] == "CWE" and obx["CXR005"][5] == "840539006^COVID-19^SCT" and obx["CXR005"][8] == "AA"
-    assert (obx["CXR101"][2], obx["CXR101"][5], obx["CXR101"][6]) == ("NM", "90.12", "%^percent^UCUM")
-    assert (obx["CXR102"][5], obx["CXR102"][6]) == ("77.88", "%^percent^UCUM")
+    assert (obx["CXR011"][2], obx["CXR011"][5], obx["CXR011"][6]) == ("NM", "90.12", "%^percent^UCUM")
+    assert (obx["CXR012"][5], obx["CXR012"][6]) == ("77.88", "%^percent^UCUM")
     assert obx["110180"][5] == str(source.StudyInstanceUID)
-    assert obx["CXR103"][5] == files.sr_uid
+    assert obx["CXR101"][5] == files.sr_uid
     assert "not for diagnostic use" in obx["CXR009"][5]
     assert [row[1] for row in got.segments("OBX")] == [str(i) for i in range(1, len(obx) + 1)]
 
@@ -257,13 +257,13 @@ def test_fhir_report_links_study_accession_and_patient_and_is_stored_once(queue,
     assert [r["reference"] for r in report["result"]] == [f"Observation/{o['id']}" for o in observations.values()]
     assert observations["CXR005"]["valueCodeableConcept"]["coding"][0]["system"] == "http://snomed.info/sct"
     assert observations["CXR005"]["interpretation"][0]["coding"][0]["code"] == "AA"
-    assert observations["CXR101"]["valueQuantity"] == {
+    assert observations["CXR011"]["valueQuantity"] == {
         "value": 30.03,
         "unit": "%",
         "system": "http://unitsofmeasure.org",
         "code": "%",
     }
-    assert observations["CXR102"]["valueQuantity"]["value"] == 81.23
+    assert observations["CXR012"]["valueQuantity"]["value"] == 81.23
     # An operator resends it (or an answer was lost): conditional creates store nothing twice.
     queue.resend_export(row["id"])
     assert dispatcher.run_once() == 1
@@ -347,7 +347,7 @@ def test_each_destination_gets_exactly_its_classes(queue, result, scp, mllp, fhi
     assert found.count(("pacs", "sc", "sent")) == found.count(("pacs", "sr", "sent")) == 3
     assert found.count(("ris", NOTICE, "sent")) == 2 and found.count(("ehr", NOTICE, "sent")) == 1
     assert len(found) == 9  # nothing recorded for the classes a destination does not take
-    assert sorted(m.obx()["CXR103"][5] for m in mllp.received) == sorted(
+    assert sorted(m.obx()["CXR101"][5] for m in mllp.received) == sorted(
         [sent["covid"].sr_uid, sent["pathological"].sr_uid]
     )
     (report,) = fhir.store.resources["DiagnosticReport"]
@@ -452,3 +452,15 @@ def test_routes_follow_type_defaults_and_when():
     assert cfg.destination_specs[1].when == ("COVID-19", "Pathological")
     assert NodeConfig().destination_specs == ()
     assert DestinationSpec("x", "hl7").when is None
+
+
+def test_notice_concepts_are_the_reports_own():
+    from cxr_node.destinations import notice
+    from cxr_node.results import sr
+
+    for name in ("OVERALL_CLASS", "P_ABNORMAL", "P_COVID", "AI_MODEL", "MODELS_DISAGREE", "INTENDED_USE"):
+        mine, theirs = getattr(notice, name), getattr(sr, name)
+        assert (mine.code, mine.scheme, mine.meaning) == (theirs.value, theirs.scheme_designator, theirs.meaning), name
+    assert notice.PRIVATE_HL7 == sr.PRIVATE_SCHEME
+    for joint, coded in sr.CLASS_CODES.items():
+        assert notice.class_concept(joint.value).code == coded.value

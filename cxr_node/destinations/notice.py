@@ -37,17 +37,19 @@ class Concept:
         return SYSTEMS.get(self.scheme, PRIVATE_FHIR if self.scheme == PRIVATE_HL7 else self.scheme)
 
 
-# Observation identifiers of the notices. The class codes are the SR's (results.sr.CLASS_CODES,
-# read through class_concept); CXR1xx are the notices' own, kept apart from the SR's CXR0xx.
+# Observation identifiers of the notices: the SR's own concepts where the SR has one (the same
+# code for the same fact in the PACS and the RIS; a test holds them equal to results.sr's), the
+# class codes read from results.sr.CLASS_CODES by class_concept. CXR1xx are the notices' own,
+# kept apart from the SR's CXR0xx.
 OVERALL_CLASS = Concept("CXR005", PRIVATE_HL7, "AI overall class")
-P_ABNORMAL = Concept("CXR101", PRIVATE_HL7, "P(abnormal), model A")
-P_COVID = Concept("CXR102", PRIVATE_HL7, "P(COVID-19), model B")
+P_ABNORMAL = Concept("CXR011", PRIVATE_HL7, "Probability of abnormality")
+P_COVID = Concept("CXR012", PRIVATE_HL7, "Probability of COVID-19")
 AI_MODEL = Concept("CXR007", PRIVATE_HL7, "AI model")
 MODELS_DISAGREE = Concept("CXR002", PRIVATE_HL7, "Models disagree")
 INTENDED_USE = Concept("CXR009", PRIVATE_HL7, "Intended use")
 STUDY_UID = Concept("110180", "DCM", "Study Instance UID")
-REPORT_UID = Concept("CXR103", PRIVATE_HL7, "AI report SOP Instance UID")
 SERVICE = Concept("CXR100", PRIVATE_HL7, "AI chest radiograph classification")
+REPORT_UID = Concept("CXR101", PRIVATE_HL7, "AI report SOP Instance UID")
 
 
 def class_concept(label: str) -> Concept:
