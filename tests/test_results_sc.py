@@ -216,6 +216,8 @@ def test_sc_attributes(rg1_uncr, tmp_path):
     assert sc.SourceImageSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
     assert sc.SourceImageSequence[0].ReferencedSOPClassUID == source.SOPClassUID
     assert "Grad-CAM" in sc.DerivationDescription and "UNTRAINED" in sc.DerivationDescription
+    assert ("class activation map of model B (COVID-19) over the radiograph, model A (abnormal) as an inset"
+            in sc.DerivationDescription)
     assert "CR series 1, instance 1, view PA" in sc.DerivationDescription
     assert sc.SeriesDescription == "AI map UNTRAINED: COVID-19, not for diagnosis"
     assert sc.StudyDescription == source.StudyDescription

@@ -91,6 +91,13 @@ def maps_for(label: JointClass, panels: str = "per-model") -> tuple[str | None, 
     return {JointClass.NORMAL: (None, "A"), JointClass.PATHOLOGICAL: ("A", "B"), JointClass.COVID: ("B", "A")}[label]
 
 
+def maps_text(label: JointClass, panels: str = "per-model") -> str:
+    """Which maps the picture shows, in words (the SC's DerivationDescription)."""
+    main, inset = maps_for(label, panels)
+    over = f"class activation map of {MAP_NAMES[main]} over the radiograph" if main else "no map over the radiograph"
+    return over + (f", {MAP_NAMES[inset]} as an inset" if inset else "")
+
+
 def overlay(grey: np.ndarray, cam: np.ndarray | None) -> np.ndarray:
     """grey, cam: same shape, float in [0, 1] -> RGB uint8 (cam None: the radiograph alone)."""
     base = np.repeat((np.clip(grey, 0, 1) * 255).astype(np.uint8)[..., None], 3, axis=2)

@@ -23,6 +23,7 @@ from cxr_node.results.identity import (
     copy_patient_study,
     model_equipment,
 )
+from cxr_node.results.render import maps_text
 from cxr_node.results.sr import series_description
 from cxr_node.results.times import ResultTime, result_time, stamp, utc_now
 from cxr_node.results.wording import NOT_FOR_DIAGNOSIS, UNTRAINED_MODEL_TEXT
@@ -66,6 +67,7 @@ def build_secondary_capture(
     result: JointResult,
     notes: Seq[str] = (),
     when: ResultTime | None = None,
+    panels: str = "per-model",
 ) -> Dataset:
     """notes: the node's notes on how it read the image; drawn in the picture, and repeated
     in DerivationDescription (what a PACS shows when it cannot read burned-in text).
@@ -93,8 +95,8 @@ def build_secondary_capture(
     if "BodyPartExamined" in source:
         sc.BodyPartExamined = source.BodyPartExamined
     desc = (
-        f"Grad-CAM (class activation maps of model A: abnormal, model B: COVID-19) of {model.description} "
-        f"over {AnalysedImage.of(source).text}, VOI and polarity applied; {NOT_FOR_DIAGNOSIS}"
+        f"Grad-CAM of {model.description} over {AnalysedImage.of(source).text}, VOI and polarity applied: "
+        f"{maps_text(result.label, panels)}; {NOT_FOR_DIAGNOSIS}"
     )
     if not model.trained:
         desc = f"{UNTRAINED_MODEL_TEXT}. {desc}"

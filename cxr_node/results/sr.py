@@ -244,7 +244,7 @@ def illustration_text(sc: Dataset | None) -> str:
         return ILLUSTRATION_NOT_STORED
     return (
         f"Grad-CAM Secondary Capture in this study, series {sc.get('SeriesNumber', '')}, "
-        f"instance {sc.get('InstanceNumber', '')} (where models A and B looked)"
+        f"instance {sc.get('InstanceNumber', '')} (where the models looked)"
     )
 
 

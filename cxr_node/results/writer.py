@@ -96,7 +96,7 @@ def write_results(
         result, model.description, model.trained, AnalysedImage.of(source).text, tuple(notes), model.thresholds
     )
     rgb = render_secondary_capture(display, analysis.cam_a, analysis.cam_b, legend, panels, max_side)
-    sc = build_secondary_capture(source, rgb, uids, node, model, result, notes, when)
+    sc = build_secondary_capture(source, rgb, uids, node, model, result, notes, when, panels)
     sr = build_structured_report(source, result, uids, node, model, sc=sc, notes=notes, when=when)
     out_dir = Path(out_dir)
     sc_path = write_durably(out_dir / "gradcam-sc.dcm", _encode(sc))
