@@ -22,7 +22,7 @@ pytestmark = pytest.mark.skipif(not openjp2.available(), reason="libopenjp2 (Deb
 @pytest.fixture(scope="module")
 def full_float(rg1_uncr):
     """RG1 in full through the grey pipeline (RG1_UNCR holds RG1_J2KR's pixels uncompressed)."""
-    return dataset_to_float(pydicom.dcmread(rg1_uncr)).pixels
+    return dataset_to_float(pydicom.dcmread(rg1_uncr))
 
 
 def _area(img: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -57,12 +57,12 @@ def test_openjp2_full_level_is_exactly_the_stored_pixels(rg1_j2kr, rg1_uncr):
 def test_j2k_reduced_matches_downscaled_full(rg1_j2kr, full_float, resolution, shape, factor):
     img = read_image(rg1_j2kr, resolution)
     assert img.shape == shape and img.reduction == factor
-    assert img.window == "window C=15000 W=30000 LINEAR"  # the header's window, applied unchanged
-    ref = _area(full_float, shape)
+    assert img.window == full_float.window  # the header's window, applied unchanged
+    ref = _area(full_float.pixels, shape)
     assert np.abs(img.pixels - ref).mean() < 0.01
     # what the model sees: the letterboxed square
     a, _ = square_input(img.pixels, 224)
-    b, _ = square_input(full_float, 224)
+    b, _ = square_input(full_float.pixels, 224)
     assert np.abs(a - b).mean() < 0.01
 
 
