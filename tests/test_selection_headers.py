@@ -264,6 +264,7 @@ CASES = [
     ("P-A of a CR menu", {"BodyPartExamined": "CHEST", "AcquisitionDeviceProcessingDescription": "CHEST P-A"}, "analyse", "default", "AcquisitionDeviceProcessingDescription"),
     ("es de pie is standing", {"SeriesDescription": "TORAX PA DE PIE"}, "analyse", "default", "SeriesDescription"),
     ("en lat decub", {"BodyPartExamined": "CHEST", "SeriesDescription": "LT LAT DECUB"}, "analyse", "default", "SeriesDescription"),
+    ("AP coded, decubitus in words: no conflict", {"BodyPartExamined": "CHEST", "ViewPosition": "AP", "SeriesDescription": "TORAX AP DECUBITO LATERAL IZQ"}, "analyse", "default", "SeriesDescription"),
     ("en C-SPINE", {"SeriesDescription": "C-SPINE LAT"}, "skip", "not-chest", "SeriesDescription"),
     # --- coded sequences -----------------------------------------------------------------------
     (
@@ -357,6 +358,13 @@ def test_lateral_words_in_every_language(words):
 @pytest.mark.parametrize("words", ["OBL", "OBLIQUE", "OBLICUA", "OBLÍQUA", "OBLIQUA", "schräg", "RAO", "LPO"])
 def test_oblique_words_in_every_language(words):
     assert DEFAULT_SELECTION.decide(header(BodyPartExamined="CHEST", SeriesDescription=words)).rule == "oblique-view"
+
+
+def test_decubitus_refines_frontal_and_lateral_still_conflicts():
+    facts = DEFAULT_SELECTION.facts(header(ViewPosition="AP", SeriesDescription="decúbito lateral izquierdo"))
+    assert facts["view"].value == "decubitus" and facts["view"].source.startswith("SeriesDescription")
+    facts = DEFAULT_SELECTION.facts(header(ViewPosition="LLD", SeriesDescription="lateral"))
+    assert facts["view"].value == "conflict"
 
 
 def test_a_conflict_names_both_attributes():

@@ -29,6 +29,8 @@ from pydicom.dataset import Dataset
 from cxr_node.selection.age import patient_age
 from cxr_node.selection.vocabulary import IGNORE, Match, Vocabulary
 
+# A meaning that is a kind of another: they do not conflict, and the narrower one is the fact.
+REFINES = {"decubitus": "frontal"}
 CONFLICT = "conflict"
 UNRECOGNISED = "unrecognised"  # a coded value is there but no table knows it
 FACTS = ("body_part", "view", "age")
@@ -68,7 +70,9 @@ class Statement:
 
     @property
     def meanings(self) -> tuple[str, ...]:
-        return tuple(dict.fromkeys(m.meaning for m in self.matches if m.meaning != IGNORE))
+        found = dict.fromkeys(m.meaning for m in self.matches if m.meaning != IGNORE)
+        # "TORAX AP DECUBITO LATERAL": an AP projection lying on one side is one view, the decubitus
+        return tuple(m for m in found if not any(REFINES.get(other) == m for other in found))
 
     def describe(self) -> str:
         return f"{self.attribute} {self.text!r}"
@@ -115,6 +119,10 @@ def _statements(ds: Dataset, vocabulary: Vocabulary, kind: str, attribute: str, 
     return out
 
 
+def _compatible(a: str, b: str) -> bool:
+    return a == b or REFINES.get(a) == b or REFINES.get(b) == a
+
+
 def _decide(name: str, statements: list[Statement]) -> Fact:
     telling = [s for s in statements if len(s.meanings) == 1]
     for tiers in ((1, 2), (3,)):
@@ -122,7 +130,10 @@ def _decide(name: str, statements: list[Statement]) -> Fact:
         if not said:
             continue
         first = said[0]
-        others = [s for s in said if s.meanings != first.meanings]
+        others = [s for s in said if not _compatible(s.meanings[0], first.meanings[0])]
+        narrower = [s for s in said if REFINES.get(s.meanings[0]) == first.meanings[0]]
+        if narrower and not others:
+            first = narrower[0]
         if others:
             other = others[0]
             source = f"{first.describe()} says {first.meanings[0]} but {other.describe()} says {other.meanings[0]}"
