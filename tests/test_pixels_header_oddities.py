@@ -170,3 +170,15 @@ def test_undecodable_pixel_data_fails_with_a_sentence_naming_the_syntax():
     message = str(caught.value)
     assert message.startswith("PixelData cannot be decoded as JPEG 2000 Image Compression (Lossless Only): ")
     assert "\n" not in message and "object has no attribute" not in message
+
+
+def test_a_window_far_from_the_pixel_values_gives_way_to_the_robust_window():
+    # A CT lung window (-1200..0) on a CR's 0..4000 values: every pixel is white.
+    img = dataset_to_float(make_radiograph(RAMP, WindowCenter=-600, WindowWidth=1200))
+    np.testing.assert_allclose(img.pixels, robust(), atol=1e-6)
+    assert img.notes == (
+        f"window: {ROBUST_WINDOW} (the image's WindowCenter -600 / WindowWidth 1200 LINEAR shows it as a single grey)",
+    )
+    # A flat image stays flat: the information check, not the window, decides about it.
+    flat = dataset_to_float(make_radiograph(np.full((64, 64), 900), WindowCenter=-600, WindowWidth=1200))
+    assert flat.notes == () and flat.info.spread == 0

@@ -242,8 +242,10 @@ def _apply_lut(item: Dataset, values: np.ndarray) -> np.ndarray:
 def _voi(
     ds: Dataset, values: np.ndarray, mask: np.ndarray, header_voi: bool, notes: list[str]
 ) -> tuple[np.ndarray, str]:
-    """VOI LUT or window (PS3.3 C.11.2); the node's robust window when the header has none or a broken one."""
+    """VOI LUT or window (PS3.3 C.11.2); the node's robust window when the header has none, a
+    broken one, or one that shows an image with contrast as a single grey."""
     ignored: list[str] = []
+    chosen: tuple[np.ndarray, str] | None = None
     if not header_voi:
         ignored.append("the image's own window does not apply to unrescaled values")
     elif ds.get("VOILUTSequence"):
@@ -251,18 +253,35 @@ def _voi(
         problem = _lut_problem(item)
         if problem is None:
             bits = _descriptor(item)[2]  # type: ignore[index]  # checked by _lut_problem
-            return _apply_lut(item, values) / float(2**bits - 1), "VOI LUT sequence"
-        ignored.append(f"VOI LUT (VOILUTSequence) ignored: {problem}")
-    if header_voi and ("WindowCenter" in ds or "WindowWidth" in ds):
-        window = _window(ds, values, ignored)
-        if window is not None:
-            if ignored:  # the broken VOI LUT gave way to the image's own window
-                notes.append(f"window: the image's {window[1]} ({'; '.join(ignored)})")
-            return window
+            chosen = _apply_lut(item, values) / float(2**bits - 1), "VOI LUT sequence"
+        else:
+            ignored.append(f"VOI LUT (VOILUTSequence) ignored: {problem}")
+    if chosen is None and header_voi and ("WindowCenter" in ds or "WindowWidth" in ds):
+        chosen = _window(ds, values, ignored)
+    if chosen is not None:
+        # A window far from the pixel values (a CT window on a CR, a copy-paste) shows the
+        # whole picture as one grey; the values themselves still hold one: use them.
+        if _one_grey(chosen[0], mask) and not _one_grey(values, mask):
+            ignored.append(f"the image's {chosen[1]} shows it as a single grey")
+        else:
+            if ignored:  # a broken VOI LUT gave way to the image's own window
+                notes.append(f"window: the image's {chosen[1]} ({'; '.join(ignored)})")
+            return chosen
     img = robust_window(values, mask)
     if ignored:
         notes.append(f"window: {ROBUST_WINDOW} ({'; '.join(ignored)})")
     return img, ROBUST_WINDOW + (f" ({'; '.join(ignored)})" if ignored else "")
+
+
+def _one_grey(img: np.ndarray, mask: np.ndarray) -> bool:
+    """Do the 1st and 99th percentiles of the valid pixels coincide (the spread measure is 0)?"""
+    step = max(1, math.ceil(math.sqrt(img.size / MEASURE_PIXELS)))
+    valid = img[::step, ::step][mask[::step, ::step]]
+    valid = valid[np.isfinite(valid)]
+    if valid.size == 0:
+        return True
+    lo, hi = np.percentile(valid, SPREAD_PERCENTILES)
+    return bool(hi <= lo)
 
 
 def _window(ds: Dataset, values: np.ndarray, ignored: list[str]) -> tuple[np.ndarray, str] | None:
