@@ -254,4 +254,11 @@ def _add_latency() -> None:
     command.add_command(latency)
 
 
+def _add_ingest() -> None:
+    from cxr_node.benchmarks.ingest import command as ingest
+
+    command.add_command(ingest)
+
+
 _add_latency()
+_add_ingest()
