@@ -27,6 +27,9 @@ class _Tally:
     echoes: int = 0
     outcome: str = "open"
     comments: list[str] = field(default_factory=list)
+    # What became of the acknowledged instances, as the receiver noted it: queued, already
+    # received, not analysed, discarded (acknowledged, nothing kept).
+    kinds: dict[str, int] = field(default_factory=dict)
 
 
 class AssociationAudit:
@@ -61,6 +64,12 @@ class AssociationAudit:
                 )
             return tally
 
+    def note(self, event, kind: str) -> None:
+        """The receiver's word on an instance it acknowledged in this association."""
+        tally = self._tally(event)
+        with self._lock:
+            tally.kinds[kind] = tally.kinds.get(kind, 0) + 1
+
     def _accepted(self, event) -> None:
         self._tally(event).outcome = "accepted"
 
@@ -94,13 +103,18 @@ class AssociationAudit:
         if tally is None:  # connection closed before any association was negotiated
             return
         refusals = f"; refused: {' | '.join(tally.comments[:3])}" if tally.comments else ""
+        discarded = tally.kinds.get("discarded", 0)
+        stored = tally.stored - discarded  # acknowledged and kept
+        kept = [f"{n} {kind}" for kind, n in sorted(tally.kinds.items()) if kind != "discarded"]
         audit_log.info(
-            "association from %s at %s to %s %s: %d instance(s) stored, %d refused, %d echo(es)%s",
+            "association from %s at %s to %s %s: %d instance(s) stored%s, %s%d refused, %d echo(es)%s",
             tally.calling_aet,
             tally.address,
             tally.called_aet,
             tally.outcome,
-            tally.stored,
+            stored,
+            f" ({', '.join(kept)})" if kept else "",
+            f"{discarded} discarded (not analysed), " if discarded else "",
             tally.refused,
             tally.echoes,
             refusals,
@@ -110,9 +124,10 @@ class AssociationAudit:
                 "called_aet": tally.called_aet,
                 "address": tally.address,
                 "outcome": tally.outcome,
-                "stored": tally.stored,
+                "stored": stored,
                 "refused": tally.refused,
                 "echoes": tally.echoes,
+                **{kind.replace(" ", "_"): n for kind, n in tally.kinds.items()},
             },
         )
 

@@ -76,6 +76,8 @@ class NodeConfig:
     dimse_timeout_s: float = 60.0  # one DIMSE message (a whole C-STORE request)
     network_timeout_s: float = 10.0  # a connection silent this long is dropped
     min_free_mb: float = 500.0  # free space on the storage file system below which C-STORE gets 0xA700
+    non_radiographs: str = "record"  # objects not analysed (SR, SC, KO, PR, ...): "record" or "discard"
+    db_wait_s: float = 5.0  # the longest one C-STORE waits for the database before 0xA700
     db_password_file: Path | None = None  # file holding the database password (mode 0600/0400)
     umask: int = 0o027  # files 0640, directories 0750
     tls_cert: Path | None = None  # PEM certificate of the node; None = no TLS
@@ -205,6 +207,8 @@ _SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
         "dimse_timeout_s": ("dimse_timeout_s", V.positive),
         "network_timeout_s": ("network_timeout_s", V.positive),
         "min_free_mb": ("min_free_mb", V.non_negative),
+        "non_radiographs": ("non_radiographs", V.choice("record", "discard")),
+        "db_wait_s": ("db_wait_s", V.positive),
     },
     "tls": {
         "cert": ("tls_cert", lambda k, v: Path(V.string(k, v)) if v else None),

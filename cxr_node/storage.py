@@ -11,7 +11,10 @@ import hashlib
 import os
 import re
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
+
+Buffer = bytes | bytearray | memoryview
 
 _SAFE = re.compile(r"[^0-9A-Za-z.\-]")
 
@@ -41,12 +44,21 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def write_durably(path: Path, data: bytes) -> Path:
+def write_durably(path: Path, data: Buffer | Sequence[Buffer]) -> Path:
+    """Write `data` (one buffer, or parts written one after another) so it survives a crash.
+
+    Parts let a caller write a header and a large received buffer without joining them into one
+    copy. A directory this creates is fsynced into its parent too, or a power loss could drop
+    the new directory entry and the file with it.
+    """
+    parts = (data,) if isinstance(data, (bytes, bytearray, memoryview)) else tuple(data)
+    created = not path.parent.is_dir()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
     try:
         with open(tmp, "xb") as fh:
-            fh.write(data)
+            for part in parts:
+                fh.write(part)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -54,6 +66,8 @@ def write_durably(path: Path, data: bytes) -> Path:
         tmp.unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+    if created:
+        fsync_dir(path.parent.parent)
     return path
 
 

@@ -23,9 +23,12 @@ from tests import peers
 
 
 class ReceiverNode:
-    def __init__(self, tmp_path: Path, settings: ReceiverSettings | None = None, queue_cls=JobQueue, **receiver_kw):
+    def __init__(
+        self, tmp_path: Path, settings: ReceiverSettings | None = None, queue_cls=JobQueue, db_url: str | None = None,
+        **receiver_kw,
+    ):
         tmp_path.mkdir(parents=True, exist_ok=True)
-        self.engine = open_database(f"sqlite:///{tmp_path / 'q.db'}")
+        self.engine = open_database(db_url or f"sqlite:///{tmp_path / 'q.db'}")
         self.queue = queue_cls(self.engine)
         self.layout = StorageLayout(tmp_path / "storage")
         receiver_kw.setdefault("write", write_durably)

@@ -1,19 +1,27 @@
-"""Storage SCP + Verification SCP: checks each radiograph, writes it durably, queues it, then answers.
+"""Storage SCP + Verification SCP: checks each object, writes it durably, queues it, then answers.
 
 The success status leaves only after the file is fsynced and its row committed, so
-every acknowledged image is on disk and in the queue, and only for an image the node
-can decode: negotiation offers only transfer syntaxes with an installed decoder, and the
-header is checked against the pixel data before the answer (dicom/checks.py). Anything
-that prevents storing returns a failure status with an Error Comment naming the cause;
-the modality keeps the image and can retry, and the node keeps serving.
+every acknowledged object is on disk and in the queue, and only for an image the node
+can decode: negotiation offers only transfer syntaxes with an installed decoder, and a
+radiograph's header is checked against its pixel data before the answer (dicom/checks.py).
+Every storage SOP class is accepted (dicom/sop_classes.py), so a PACS routing a whole study
+succeeds; only CR/DX radiographs are analysed, the rest (SR, SC, KO, PR, other modalities,
+the node's own results coming back) is recorded as not analysed, or acknowledged and
+discarded ([receiver] non_radiographs). Anything that prevents storing returns a failure
+status with an Error Comment naming the cause; the sender keeps the object and can retry,
+and the node keeps serving.
 
 Order of the checks in handle_store (each may answer on its own):
   0. a Deflated data set inflating past the budget -> 0xA900 (counted as a stream, before pynetdicom inflates it)
-  1. UIDs of the command and the data set       -> 0xA900 naming the attribute
-  2. radiograph + header consistency + the pixel budget ([decoding]) -> 0xA900 naming the attribute
-  3. free space under receiver.min_free_mb       -> 0xA700
-  4. same SOP Instance UID already stored        -> 0x0000 if the same bytes, else 0xA900 (never overwritten)
-  5. durable write, then the queue row           -> 0xA700 when either fails
+  1. UIDs of the command and the data set        -> 0xA900 naming the attribute
+  2. a radiograph: header consistency, the pixel  -> 0xA900 naming the attribute
+     budget ([decoding]), then the selection
+     anything else: the node's own result?        -> recorded as not analysed, or discarded
+  3. free space under receiver.min_free_mb        -> 0xA700
+  4. same SOP Instance UID already stored         -> 0x0000 if the same instance (dicom/same_instance.py),
+                                                     else 0xA900 (the stored file is never written over)
+  5. durable write, then the queue row            -> 0xA700 when either fails; database waits end
+                                                     after receiver.db_wait_s (0xA700, retry later)
 """
 
 from __future__ import annotations
@@ -22,19 +30,19 @@ import hashlib
 import logging
 import ssl
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pydicom.uid import (
-    ComputedRadiographyImageStorage,
-    DigitalXRayImageStorageForPresentation,
-    DigitalXRayImageStorageForProcessing,
-)
 from pynetdicom import AE, evt
+from pynetdicom.dsutils import encode_file_meta
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # made at import time
-from pynetdicom.transport import ThreadedAssociationServer
+from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 from pynetdicom.utils import make_target
 
 from cxr_node.audit import AssociationAudit
@@ -47,26 +55,24 @@ from cxr_node.dicom.checks import (
     check_radiograph,
     check_uids,
 )
+from cxr_node.dicom.same_instance import instance_identity, same_instance
+from cxr_node.dicom.sop_classes import RADIOGRAPH_SOP_CLASSES, is_radiograph, sop_class_name, storage_sop_classes
 from cxr_node.dicom.status import CANNOT_UNDERSTAND, DATASET_DOES_NOT_MATCH, OUT_OF_RESOURCES, SUCCESS
 from cxr_node.dicom.syntaxes import decodable_transfer_syntaxes, decoder_available
 from cxr_node.queue.jobs import JobQueue, ReceivedInstance
 from cxr_node.selection.defaults import DEFAULT_SELECTION
 from cxr_node.selection.header import header_summary
-from cxr_node.selection.rules import Decision, Selection
+from cxr_node.selection.rules import Selection
 from cxr_node.storage import StorageLayout, free_mb, uid_key, write_durably
 
 log = logging.getLogger(__name__)
 
-# Radiograph storage classes the node analyses; anything else is refused at association.
-RADIOGRAPH_SOP_CLASSES = (
-    ComputedRadiographyImageStorage,
-    DigitalXRayImageStorageForPresentation,
-    DigitalXRayImageStorageForProcessing,
-)
-
 # C-STORE statuses: named in cxr_node.dicom.status, against pynetdicom's table
 
 OTHER_CONTENT = "SOPInstanceUID already received with other content"
+NON_RADIOGRAPH_POLICIES = ("record", "discard")
+NOT_A_RADIOGRAPH = "not-a-radiograph"  # jobs.rule of an object recorded as not analysed
+OWN_RESULT = "own-result"  # jobs.rule of the node's own SR / SC coming back
 
 
 def _status(code: int, comment: str) -> Dataset:
@@ -91,6 +97,8 @@ class ReceiverSettings:
     tls_port: int = 2762
     tls_only: bool = False  # no plain listener
     budget: PixelBudget = DEFAULT_BUDGET  # [decoding]: what one image may cost to decode
+    non_radiographs: str = "record"  # "record" (stored, job skipped with the reason) or "discard"
+    db_wait_s: float = 5.0  # the longest one C-STORE waits for the database, then 0xA700
 
     @classmethod
     def from_config(cls, cfg) -> ReceiverSettings:
@@ -110,10 +118,21 @@ class ReceiverSettings:
             tls_port=cfg.tls_port,
             tls_only=cfg.tls_only,
             budget=cfg.pixel_budget,
+            non_radiographs=cfg.non_radiographs,
+            db_wait_s=cfg.db_wait_s,
         )
 
 
-def dataset_sha256(encoded: bytes) -> str:
+@dataclass(frozen=True)
+class Verdict:
+    """What becomes of an acknowledged object: analysed, or recorded with the rule and reason."""
+
+    analyse: bool
+    rule: str | None
+    reason: str | None = None
+
+
+def dataset_sha256(encoded: bytes | memoryview) -> str:
     """Content identity of a received instance: sha256 of the data set bytes as sent, without file meta."""
     return hashlib.sha256(encoded).hexdigest()
 
@@ -125,6 +144,49 @@ def stored_dataset_sha256(path: Path) -> str:
         raise ValueError(f"{path}: not a DICOM file with File Meta Information Group Length")
     group_length = int.from_bytes(data[140:144], "little")
     return dataset_sha256(data[144 + group_length :])
+
+
+class _DbDeadline:
+    """receiver.db_wait_s for all the database statements of one C-STORE together."""
+
+    def __init__(self, wait_s: float, clock: Callable[[], float]) -> None:
+        self.clock = clock
+        self.deadline = clock() + wait_s
+
+    def left(self) -> float:
+        return max(0.001, self.deadline - self.clock())
+
+
+class _BulkRecvSocket(AssociationSocket):
+    """pynetdicom's socket, reading a PDU with recv_into() into one buffer of its length.
+
+    pynetdicom reads 4 KiB per recv() call into a growing bytearray: some 1,800 calls and
+    copies for a 7 MB radiograph, most of the receiver's own CPU time after fsync and hashing
+    (profiled in docs/benchmarks.md). Same contract: returns what was read when the peer
+    closes early, raises what the socket raises.
+    """
+
+    def recv(self, nr_bytes: int) -> bytearray:
+        assert self.socket is not None
+        buffer = bytearray(nr_bytes)
+        got = 0
+        with memoryview(buffer) as view:
+            while got < nr_bytes:
+                n = self.socket.recv_into(view[got:])
+                if n == 0:  # connection closed: what was read so far, as pynetdicom does
+                    break
+                got += n
+        if got < nr_bytes:
+            del buffer[got:]
+        return buffer
+
+
+class _RequestHandler(RequestHandler):
+    def _create_association(self):
+        assoc = super()._create_association()
+        # The same object with a faster recv(): no new socket, so no second connection event.
+        assoc.dul.socket.__class__ = _BulkRecvSocket
+        return assoc
 
 
 class BoundedAssociationServer(ThreadedAssociationServer):
@@ -158,14 +220,22 @@ class Receiver:
         free_space: Callable[[Path], float] = free_mb,  # injectable: tests fill the disk
         decodable: Callable[[str], bool] = decoder_available,  # injectable: tests remove a decoder
         selection: Selection = DEFAULT_SELECTION,  # which images get a result ([selection] rules)
+        clock: Callable[[], float] = time.monotonic,  # the database deadline's clock
     ) -> None:
+        if settings.non_radiographs not in NON_RADIOGRAPH_POLICIES:
+            raise ValueError(f"receiver.non_radiographs: {settings.non_radiographs!r} not one of record, discard")
         self.settings = settings
         self.selection = selection
         self.queue = queue
         self.layout = layout
         self.write = write
         self.free_space = free_space
+        self.clock = clock
+        self.audit = AssociationAudit()  # one audit line per association (cxr_node.audit)
         self._servers: list = []
+        # Hashing a received data set runs beside its write and fsync (both release the GIL);
+        # threads start on first use and end in stop() (start() makes a fresh pool).
+        self._hashers = ThreadPoolExecutor(max_workers=settings.max_associations, thread_name_prefix="cxr-hash")
         # Look-up, write and row of one SOP Instance UID under one lock, so two associations
         # sending it at once cannot both pass the duplicate check and overwrite each other.
         self._sop_locks = [threading.Lock() for _ in range(64)]
@@ -181,8 +251,9 @@ class Receiver:
         self.ae.network_timeout = settings.network_timeout_s
         self.ae.add_supported_context(Verification)
         # Only syntaxes pydicom can decode here: a modality falls back to another (or uncompressed).
+        # They include every native syntax, so every non-image object (SR, KO, PR) can come too.
         self.transfer_syntaxes = decodable_transfer_syntaxes(available=decodable)
-        for sop_class in RADIOGRAPH_SOP_CLASSES:
+        for sop_class in storage_sop_classes():  # every storage class: a routed study arrives whole
             self.ae.add_supported_context(sop_class, self.transfer_syntaxes)
         self.ae.maximum_pdu_size = 0  # no limit: radiographs are large
 
@@ -192,9 +263,11 @@ class Receiver:
 
     def handle_store(self, event) -> int | Dataset:
         calling = event.assoc.requestor.ae_title
-        # Before event.dataset: pynetdicom inflates a Deflated data set whole, bomb or not.
-        problem = check_deflated(
-            event.encoded_dataset(include_meta=False), event.context.transfer_syntax, self.settings.budget
+        # Before event.dataset: pynetdicom inflates a Deflated data set whole, bomb or not. (Only then:
+        # encoded_dataset() copies the data set, 7 MB for a radiograph.)
+        syntax = event.context.transfer_syntax
+        problem = syntax.is_deflated and check_deflated(
+            event.encoded_dataset(include_meta=False), syntax, self.settings.budget
         )
         if problem:
             log.warning("C-STORE from %s refused: %s", calling, problem)
@@ -206,13 +279,27 @@ class Receiver:
             log.warning("C-STORE from %s: cannot decode data set: %s", calling, exc)
             return _status(CANNOT_UNDERSTAND, f"Cannot decode data set: {exc}")
 
-        problem = self.check(ds, event)
+        radiograph = is_radiograph(event.context.abstract_syntax)
+        problem = self.check(ds, event) if radiograph else self.check_other(ds, event)
         if problem:
             log.warning("C-STORE from %s refused: %s", calling, problem)
             return _status(DATASET_DOES_NOT_MATCH, problem)
-        # Decided from the header before anything is written: a skipped image is still stored and
-        # acknowledged (the modality must not retry it), it only gets no result.
-        decision = self.selection.decide(ds)
+        deadline = _DbDeadline(self.settings.db_wait_s, self.clock)
+        sop_uid = str(ds.SOPInstanceUID)
+        if radiograph:
+            # Decided from the header before anything is written: a skipped image is still stored and
+            # acknowledged (the modality must not retry it), it only gets no result.
+            decision = self.selection.decide(ds)
+            verdict = Verdict(decision.analyse, decision.rule, None if decision.analyse else decision.reason)
+        else:
+            try:
+                verdict = self._not_analysed(ds, deadline)
+            except Exception as exc:  # database down or busy: not acknowledged
+                return self._database_failed(sop_uid, "look up", exc)
+            if self.settings.non_radiographs == "discard":
+                log.info("C-STORE %s from %s: acknowledged and discarded: %s", sop_uid, calling, verdict.reason)
+                self.audit.note(event, "discarded")
+                return SUCCESS
 
         free = self.free_space(self.layout.root)
         if free < self.settings.min_free_mb:
@@ -224,28 +311,49 @@ class Receiver:
             )
             return _status(OUT_OF_RESOURCES, "Storage full (receiver.min_free_mb), retry later")
 
-        sop_uid = str(ds.SOPInstanceUID)
         with self._sop_locks[int(uid_key(sop_uid)[:8], 16) % len(self._sop_locks)]:
-            return self._store(event, ds, calling, decision)
+            return self._store(event, ds, calling, verdict, deadline)
 
-    def _store(self, event, ds: Dataset, calling: str, decision: Decision) -> int | Dataset:
+    def _not_analysed(self, ds: Dataset, deadline: _DbDeadline) -> Verdict:
+        """Why an object that is not a CR/DX radiograph gets no result: the node's own, or its class."""
+        name = sop_class_name(str(ds.SOPClassUID))
+        own = self.queue.own_result(str(ds.SOPInstanceUID), deadline.left())
+        if own is not None:
+            reason = f"the node's own {str(own['kind']).upper()} ({name}) of image {own['source_sop_instance_uid']}"
+            return Verdict(False, OWN_RESULT, reason[:500])
+        return Verdict(False, NOT_A_RADIOGRAPH, f"not a radiograph: {name}")
+
+    @contextmanager
+    def _hashing(self, body: memoryview) -> Iterator[Future[str]]:
+        """sha256 of `body` in a helper thread while this one looks up, writes and fsyncs."""
+        future = self._hashers.submit(dataset_sha256, body)
+        try:
+            yield future
+        finally:
+            future.exception()  # waits: the buffer must outlive the hash that reads it
+
+    def _store(self, event, ds: Dataset, calling: str, verdict: Verdict, deadline: _DbDeadline) -> int | Dataset:
         sop_uid, study_uid = str(ds.SOPInstanceUID), str(ds.StudyInstanceUID)
-        sha256 = dataset_sha256(event.encoded_dataset(include_meta=False))
-        try:
-            known = self.queue.known_instance(sop_uid)
+        syntax = str(event.context.transfer_syntax)
+        identity = instance_identity(ds)
+        # The data set exactly as the sender encoded it, without a copy: hashed once (in memory,
+        # beside the write), written once; the stored file is never read back to compare.
+        with event.request.DataSet.getbuffer() as body, self._hashing(body) as sha256:
+            try:
+                known = self.queue.known_instance(sop_uid, deadline.left())
+            except Exception as exc:  # database down or busy: the image is not acknowledged
+                return self._database_failed(sop_uid, "look up", exc)
             if known is not None:
-                return self._already_stored(known, sha256, sop_uid, calling)
-        except Exception as exc:  # database down: the image is not acknowledged
-            log.error("C-STORE %s: cannot look up in the database: %s", sop_uid, exc)
-            return _status(OUT_OF_RESOURCES, "Database unavailable, retry later")
+                return self._already_stored(event, known, sha256.result(), syntax, identity, sop_uid, calling)
 
-        path = self.layout.instance_path(study_uid, sop_uid)
-        try:
-            # encoded_dataset keeps the bytes exactly as the modality sent them.
-            self.write(path, event.encoded_dataset(include_meta=True))
-        except OSError as exc:
-            log.error("C-STORE %s: cannot write %s: %s", sop_uid, path, exc)
-            return _status(OUT_OF_RESOURCES, f"Storage write failed: {exc.strerror or exc}")
+            path = self.layout.instance_path(study_uid, sop_uid)
+            head = b"\x00" * 128 + b"DICM" + encode_file_meta(event.file_meta)
+            try:
+                self.write(path, (head, body))
+            except OSError as exc:
+                log.error("C-STORE %s: cannot write %s: %s", sop_uid, path, exc)
+                return _status(OUT_OF_RESOURCES, f"Storage write failed: {exc.strerror or exc}")
+            content_sha256 = sha256.result()
         try:
             new = self.queue.enqueue(
                 ReceivedInstance(
@@ -254,27 +362,38 @@ class Receiver:
                     study_uid,
                     calling,
                     str(path),
-                    content_sha256=sha256,
-                    skip=not decision.analyse,
-                    rule=decision.rule,
-                    reason=None if decision.analyse else decision.reason,
+                    content_sha256=content_sha256,
+                    transfer_syntax_uid=syntax,
+                    identity=identity,
+                    skip=not verdict.analyse,
+                    rule=verdict.rule,
+                    reason=verdict.reason,
                     header=header_summary(ds),
-                )
+                ),
+                deadline.left(),
             )
-        except Exception as exc:  # database down or full: the image is not acknowledged
-            log.error("C-STORE %s: cannot record in the database: %s", sop_uid, exc)
-            return _status(OUT_OF_RESOURCES, "Database unavailable, retry later")
+        except Exception as exc:  # database down, busy or full: the image is not acknowledged
+            return self._database_failed(sop_uid, "record", exc)
         if not new:
             outcome = "already received"
-        elif decision.analyse:
+        elif verdict.analyse:
             outcome = "queued"
         else:
-            outcome = f"stored, not analysed: rule {decision.rule}: {decision.reason}"
+            outcome = "not analysed"
+        self.audit.note(event, outcome)
+        if outcome == "not analysed":
+            outcome = f"stored, not analysed: rule {verdict.rule}: {verdict.reason}"
         log.info("C-STORE %s from %s: %s", sop_uid, calling, outcome)
         return SUCCESS
 
+    def _database_failed(self, sop_uid: str, what: str, exc: Exception) -> Dataset:
+        log.error("C-STORE %s: cannot %s in the database: %s", sop_uid, what, exc)
+        if "lock" in str(exc).lower() or "timeout" in str(exc).lower():
+            return _status(OUT_OF_RESOURCES, "Database busy (receiver.db_wait_s), retry later")
+        return _status(OUT_OF_RESOURCES, "Database unavailable, retry later")
+
     def check(self, ds: Dataset, event) -> str | None:
-        """Header-only checks; a one-line reason naming the attribute, or None."""
+        """Header-only checks of a radiograph; a one-line reason naming the attribute, or None."""
         return (
             check_uids(ds, event.request.AffectedSOPInstanceUID)
             or check_radiograph(ds, event.request.AffectedSOPClassUID)
@@ -282,23 +401,38 @@ class Receiver:
             or check_budget(ds, self.settings.budget)
         )
 
-    def _already_stored(self, known: dict, sha256: str, sop_uid: str, calling: str) -> int | Dataset:
+    def check_other(self, ds: Dataset, event) -> str | None:
+        """Checks of an object that is stored but not analysed: UIDs usable as its identity."""
+        problem = check_uids(ds, event.request.AffectedSOPInstanceUID)
+        if problem:
+            return problem
+        if str(ds.get("SOPClassUID", "")) != str(event.request.AffectedSOPClassUID):
+            return "SOPClassUID differs from the presentation context"
+        return None
+
+    def _already_stored(
+        self, event, known: dict, sha256: str, syntax: str, identity: dict, sop_uid: str, calling: str
+    ) -> int | Dataset:
         """Policy for a SOP Instance UID already stored: never overwrite what was (or is being) analysed."""
-        stored = known.get("content_sha256")
-        if stored is None:  # a row from before content hashes were recorded
-            try:
-                stored = stored_dataset_sha256(Path(known["path"]))
-            except (OSError, ValueError) as exc:
-                log.warning("C-STORE %s: cannot read the stored copy to compare: %s", sop_uid, exc)
-        if stored == sha256:
-            log.info("C-STORE %s from %s: already received", sop_uid, calling)
+        stored_sha256, stored_syntax, stored_identity = (
+            known.get("content_sha256"),
+            known.get("transfer_syntax_uid"),
+            known.get("identity"),
+        )
+        if stored_sha256 is None or stored_identity is None:  # a row from before these were recorded
+            stored_sha256, stored_syntax, stored_identity = _legacy_record(Path(known["path"]), stored_sha256, sop_uid)
+        same, why = same_instance(stored_sha256, stored_syntax, stored_identity, sha256, syntax, identity)
+        if same:
+            log.info("C-STORE %s from %s: already received (%s)", sop_uid, calling, why)
+            self.audit.note(event, "already received")
             return SUCCESS
         log.warning(
-            "C-STORE %s from %s refused: already received with other content (stored sha256 %s, new %s); "
+            "C-STORE %s from %s refused: already received with other content: %s (stored sha256 %s, new %s); "
             "the stored file is kept",
             sop_uid,
             calling,
-            stored,
+            why,
+            stored_sha256,
             sha256,
         )
         return _status(DATASET_DOES_NOT_MATCH, OTHER_CONTENT)
@@ -306,8 +440,9 @@ class Receiver:
     # -- lifecycle -----------------------------------------------------------------
     def start(self) -> None:
         self.layout.ensure()
+        self._hashers = ThreadPoolExecutor(max_workers=self.settings.max_associations, thread_name_prefix="cxr-hash")
         handlers = [(evt.EVT_C_ECHO, self.handle_echo), (evt.EVT_C_STORE, self.handle_store)]
-        handlers += AssociationAudit().handlers()  # one audit line per association (cxr_node.audit)
+        handlers += self.audit.handlers()
         s = self.settings
         if not (s.tls_only and s.ssl_context is not None):
             self._serve(s.port, None, handlers)
@@ -328,6 +463,7 @@ class Receiver:
             ssl_context=ssl_context,
             evt_handlers=handlers,
             server_class=BoundedAssociationServer,
+            request_handler=_RequestHandler,
         )
         threading.Thread(target=make_target(server.serve_forever), name=f"cxr-scp-{port}", daemon=True).start()
         self.ae._servers.append(server)  # as AE.start_server does: server.shutdown() removes it there
@@ -356,13 +492,30 @@ class Receiver:
         for server in self._servers:
             server.shutdown()
         self._servers = []
+        self._hashers.shutdown(wait=True)
+
+
+def _legacy_record(path: Path, sha256: str | None, sop_uid: str) -> tuple[str | None, str | None, dict | None]:
+    """(sha256, transfer syntax, identity) of a file stored before rows recorded them: read once."""
+    try:
+        if sha256 is None:
+            sha256 = stored_dataset_sha256(path)
+        ds = dcmread(path, stop_before_pixels=True)
+        return sha256, str(ds.file_meta.TransferSyntaxUID), instance_identity(ds)
+    except (OSError, ValueError, AttributeError) as exc:
+        log.warning("C-STORE %s: cannot read the stored copy to compare: %s", sop_uid, exc)
+        return sha256, None, None
 
 
 __all__ = [
+    "NON_RADIOGRAPH_POLICIES",
+    "NOT_A_RADIOGRAPH",
     "OTHER_CONTENT",
+    "OWN_RESULT",
     "RADIOGRAPH_SOP_CLASSES",
     "Receiver",
     "ReceiverSettings",
+    "Verdict",
     "check_radiograph",
     "dataset_sha256",
     "stored_dataset_sha256",

@@ -9,16 +9,17 @@ Every write to the tables goes through this class.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import CursorResult, Engine, and_, case, exists, func, insert, not_, or_, select, update
+from sqlalchemy import Connection, CursorResult, Engine, and_, case, exists, func, insert, not_, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from cxr_node.events import Notifier
 from cxr_node.queue.states import OPEN_JOB_STATES, ExportState, JobState
-from cxr_node.queue.tables import exports, instances, jobs, results
+from cxr_node.queue.tables import SQLITE_BUSY_TIMEOUT_S, exports, instances, jobs, results
 
 Clock = Callable[[], datetime]
 PURGED = "(purged)"  # instances.path once retention deleted the file
@@ -67,6 +68,8 @@ class ReceivedInstance:
     calling_aet: str
     path: str
     content_sha256: str | None = None
+    transfer_syntax_uid: str | None = None
+    identity: dict | None = None  # cxr_node.dicom.same_instance.instance_identity
     # The selection rules' verdict, taken at receipt: skip=True records the job as skipped.
     skip: bool = False
     rule: str | None = None
@@ -128,17 +131,64 @@ class JobQueue:
         self.notifier = notifier or Notifier()
 
     # -- receiver side ---------------------------------------------------------------
-    def known_instance(self, sop_instance_uid: str) -> dict | None:
-        """The stored instance with this SOP Instance UID (path, content_sha256), or None."""
+    # A C-STORE waits for these while the sender waits for its answer: `wait_s` bounds how long a
+    # statement waits for another transaction's lock (then it raises, and the receiver answers
+    # 0xA700 before the sender's own timeout). None: the engine's defaults.
+    @contextmanager
+    def _receipt(self, wait_s: float | None) -> Iterator[Connection]:
+        """A transaction whose lock waits end after wait_s (SQLite busy timeout; PostgreSQL
+        lock_timeout and statement_timeout, SET LOCAL so they end with the transaction)."""
         with self.engine.connect() as conn:
+            if wait_s is None:
+                with conn.begin():
+                    yield conn
+                return
+            ms = max(1, int(wait_s * 1000))
+            if conn.dialect.name != "sqlite":
+                with conn.begin():
+                    conn.exec_driver_sql(f"SET LOCAL lock_timeout = {ms}")
+                    conn.exec_driver_sql(f"SET LOCAL statement_timeout = {ms}")
+                    yield conn
+                return
+            # A pragma on the pooled connection: set before the transaction, put back after it.
+            conn.exec_driver_sql(f"PRAGMA busy_timeout = {ms}")
+            conn.commit()
+            try:
+                with conn.begin():
+                    yield conn
+            finally:
+                conn.exec_driver_sql(f"PRAGMA busy_timeout = {int(SQLITE_BUSY_TIMEOUT_S * 1000)}")
+                conn.commit()
+
+    def known_instance(self, sop_instance_uid: str, wait_s: float | None = None) -> dict | None:
+        """The stored instance with this SOP Instance UID (path, content_sha256, transfer syntax,
+        identity), or None."""
+        with self._receipt(wait_s) as conn:
             row = conn.execute(
                 select(
-                    instances.c.id, instances.c.path, instances.c.content_sha256, instances.c.study_instance_uid
+                    instances.c.id,
+                    instances.c.path,
+                    instances.c.content_sha256,
+                    instances.c.study_instance_uid,
+                    instances.c.transfer_syntax_uid,
+                    instances.c.identity,
                 ).where(instances.c.sop_instance_uid == sop_instance_uid)
             ).first()
         return dict(row._mapping) if row is not None else None
 
-    def enqueue(self, item: ReceivedInstance) -> bool:
+    def own_result(self, sop_instance_uid: str, wait_s: float | None = None) -> dict | None:
+        """The node's own result object with this SOP Instance UID (its kind, the image it was
+        computed from), or None: what a PACS sends back when it routes a whole study."""
+        with self._receipt(wait_s) as conn:
+            row = conn.execute(
+                select(exports.c.kind, results.c.sop_instance_uid.label("source_sop_instance_uid"))
+                .join(results, results.c.id == exports.c.result_id)
+                .where(exports.c.sop_instance_uid == sop_instance_uid)
+                .limit(1)
+            ).first()
+        return dict(row._mapping) if row is not None else None
+
+    def enqueue(self, item: ReceivedInstance, wait_s: float | None = None) -> bool:
         """Record an instance and its job in one transaction. False if the instance was already known.
 
         A skipped image gets its job too, closed at once as `skipped` with the rule and reason,
@@ -146,7 +196,7 @@ class JobQueue:
         """
         now = self.clock()
         try:
-            with self.engine.begin() as conn:
+            with self._receipt(wait_s) as conn:
                 instance_id = _new_id(
                     conn.execute(
                         insert(instances).values(
@@ -161,6 +211,8 @@ class JobQueue:
                             modality=item.header.modality,
                             study_description=item.header.study_description,
                             series_description=item.header.series_description,
+                            transfer_syntax_uid=item.transfer_syntax_uid,
+                            identity=item.identity,
                         )
                     )
                 )
@@ -177,7 +229,7 @@ class JobQueue:
                     )
                 )
         except IntegrityError:
-            if self.known_instance(item.sop_instance_uid) is None:
+            if self.known_instance(item.sop_instance_uid, wait_s) is None:
                 raise
             return False
         if not item.skip:

@@ -53,6 +53,11 @@ instances = Table(
     Column("modality", String(64)),
     Column("study_description", String(64)),
     Column("series_description", String(64)),
+    # The transfer syntax it arrived in and its identity + Image Pixel module header
+    # (cxr_node.dicom.same_instance): the same instance re-sent in another syntax is told
+    # apart from other content under the same UID without reading the stored file.
+    Column("transfer_syntax_uid", String(64)),
+    Column("identity", JSON),
 )
 
 jobs = Table(
@@ -116,13 +121,16 @@ exports = Table(
 )
 
 
+SQLITE_BUSY_TIMEOUT_S = 30.0  # how long a SQLite statement waits for another writer's lock
+
+
 def make_engine(url: str) -> Engine:
     """Engine with settings that make a commit durable (SQLite: WAL + synchronous FULL).
 
     Creates no tables: `cxr_node.queue.schema.open_database` creates or checks the schema.
     """
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+        engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S, "check_same_thread": False})
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn, _record):  # noqa: ANN001
