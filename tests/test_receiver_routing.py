@@ -33,7 +33,7 @@ from cxr_node.queue.jobs import ExportItem, ResultRecord
 from cxr_node.queue.tables import instances, jobs, results
 from tests.dbutil import drop_database, fresh_url
 from tests.dicom_factory import gradient, make_radiograph
-from tests.receiver_harness import ReceiverNode
+from tests.receiver_harness import ReceiverNode, dcmtk
 
 
 @pytest.fixture
@@ -294,3 +294,43 @@ def test_a_held_postgresql_lock_gets_a700_before_the_senders_timeout(node_factor
     finally:
         node.engine.dispose()
         drop_database(url)
+
+
+@pytest.mark.peers
+def test_dcmsend_re_sending_an_image_as_rle_gets_success_and_nothing_new(tmp_path, fresh_uncr):
+    node = ReceiverNode(tmp_path / "n")
+    try:
+        first = node.dcmsend(fresh_uncr, "-v")
+        assert first.returncode == 0 and "with status SUCCESS  : 1" in first.stdout + first.stderr, first.stderr
+        (inst,) = node.rows(instances)
+        rle = tmp_path / "rle.dcm"
+        dcmtk("dcmcrle", str(fresh_uncr), str(rle))  # the router's copy: RLE Lossless, same SOP Instance UID
+        again = node.dcmsend(rle, "--decompress-never", "-v")  # proposes RLE only
+        out = again.stdout + again.stderr
+        assert dcmread(rle, stop_before_pixels=True).file_meta.TransferSyntaxUID == RLELossless
+        assert again.returncode == 0 and "with status SUCCESS  : 1" in out, out
+        assert node.rows(instances) == [inst] and len(node.rows(jobs)) == 1
+        assert inst.transfer_syntax_uid in (ExplicitVRLittleEndian, ImplicitVRLittleEndian)  # kept as first sent
+    finally:
+        node.stop()
+
+
+def test_pdu_reads_in_large_steps_keep_pynetdicoms_contract():
+    """The receiver's socket reads a PDU with recv_into (issue 22): whole PDUs, early EOF, no
+    buffer of a length the peer only declared."""
+    import socket
+    import threading
+
+    from cxr_node.dicom.receiver import _BulkRecvSocket
+
+    near, far = socket.socketpair()
+    sock = object.__new__(_BulkRecvSocket)  # only its socket matters to recv()
+    sock.socket = near
+    payload = bytes(range(256)) * 12_000  # 3 MB: more than one socket buffer, so several reads
+    sender = threading.Thread(target=far.sendall, args=(payload + b"tail",))
+    sender.start()
+    assert sock.recv(len(payload)) == payload
+    sender.join()
+    far.close()
+    assert sock.recv(4 << 30) == b"tail"  # 4 GB declared, 4 bytes sent, then EOF: what was read
+    near.close()

@@ -158,26 +158,29 @@ class _DbDeadline:
 
 
 class _BulkRecvSocket(AssociationSocket):
-    """pynetdicom's socket, reading a PDU with recv_into() into one buffer of its length.
+    """pynetdicom's socket, reading a PDU with recv_into() in large steps.
 
     pynetdicom reads 4 KiB per recv() call into a growing bytearray: some 1,800 calls and
     copies for a 7 MB radiograph, most of the receiver's own CPU time after fsync and hashing
-    (profiled in docs/benchmarks.md). Same contract: returns what was read when the peer
-    closes early, raises what the socket raises.
+    (profiled in docs/benchmarks.md). Here the buffer grows with what arrives (1 MiB, then
+    doubling), never to a length the peer only declared: a PDU header saying 4 GB costs nothing
+    until 4 GB are sent. Same contract: returns what was read when the peer closes early, raises
+    what the socket raises (its network timeout included).
     """
 
     def recv(self, nr_bytes: int) -> bytearray:
         assert self.socket is not None
-        buffer = bytearray(nr_bytes)
+        buffer = bytearray(min(nr_bytes, 1 << 20))
         got = 0
-        with memoryview(buffer) as view:
-            while got < nr_bytes:
-                n = self.socket.recv_into(view[got:])
-                if n == 0:  # connection closed: what was read so far, as pynetdicom does
-                    break
-                got += n
-        if got < nr_bytes:
-            del buffer[got:]
+        while got < nr_bytes:
+            if got == len(buffer):
+                buffer.extend(bytearray(min(len(buffer), nr_bytes - len(buffer))))
+            with memoryview(buffer)[got:] as view:  # released before the buffer may grow again
+                n = self.socket.recv_into(view)
+            if n == 0:  # connection closed: what was read so far, as pynetdicom does
+                break
+            got += n
+        del buffer[got:]
         return buffer
 
 
