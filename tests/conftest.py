@@ -54,6 +54,16 @@ def public_cxr_plus() -> Path:
     return _shared_dataset(SHARED_CXR.parent / "public-cxr-plus")
 
 
+PEER_FIXTURES = {"orthanc", "postgres"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that uses a peer fixture is a peers test, whether or not its file says so."""
+    for item in items:
+        if PEER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.peers)
+
+
 @pytest.fixture(scope="session")
 def orthanc(tmp_path_factory):
     pacs = peers.start_orthanc(tmp_path_factory.mktemp("orthanc"))

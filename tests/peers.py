@@ -45,7 +45,12 @@ POSTGRES_BIN = sorted(Path("/usr/lib/postgresql").glob("*/bin"))
 
 
 def find_program(name: str) -> str:
-    """Path of a peer program, or skip (fail under CI) naming the Debian package to install."""
+    """Path of a peer program, or skip (fail under CI) naming the Debian package to install.
+
+    In the fast tier (`make check` sets CXR_NODE_TEST_TIER=fast) a test that reaches for a peer
+    fails: it is missing its `peers` marker, and the tier must never need Debian peers."""
+    if os.environ.get("CXR_NODE_TEST_TIER") == "fast":
+        pytest.fail(f"this test runs {name}, a Debian peer: mark it @pytest.mark.peers (the fast tier runs none)")
     path = shutil.which(name)
     if name in ("initdb", "pg_ctl", "createdb") and POSTGRES_BIN:
         # Debian keeps the server tools in a versioned directory, off PATH.
