@@ -33,7 +33,7 @@ def demo_image_path() -> Path:
 
 
 def run_demo(cfg: NodeConfig, image: Path, out: Path, timeout_s: float = 300.0) -> dict:
-    from cxr_node.dicom.loopback_pacs import LoopbackPACS
+    from cxr_node.commands.demo_pacs import LoopbackPACS
     from cxr_node.dicom.sender import Sender
     from cxr_node.dicom.status import status_ok
     from cxr_node.node import Node
