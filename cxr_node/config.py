@@ -93,6 +93,7 @@ class NodeConfig:
     input_size: int = 224
     cam_panels: str = "per-model"  # or "fused"
     sc_max_side: int = 1024
+    time_zone: str = ""  # the node's zone for results of sources that state no offset; "" = the server's
     poll_interval_s: float = 1.0
     lease_s: float = 600.0
     max_attempts: int = 3
@@ -233,6 +234,7 @@ _SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
     "results": {
         "cam_panels": ("cam_panels", V.choice("per-model", "fused")),
         "sc_max_side": ("sc_max_side", V.int_range(256, 4096)),
+        "time_zone": ("time_zone", V.time_zone),
     },
     "worker": {
         "poll_interval_s": ("poll_interval_s", V.positive),

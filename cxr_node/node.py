@@ -97,6 +97,7 @@ class Node:
                     poll_interval_s=cfg.poll_interval_s,
                     cam_panels=cfg.cam_panels,
                     sc_max_side=cfg.sc_max_side,
+                    time_zone=cfg.time_zone,
                     destinations=routes(cfg),
                     image_check=cfg.image_check,
                 ),

@@ -17,6 +17,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import tzinfo
 from enum import StrEnum
 from pathlib import Path
 
@@ -107,6 +108,7 @@ def process_batch(
     panels: str = "per-model",
     max_side: int = 1024,
     limits: InformationLimits = DEFAULT_LIMITS,
+    zone: tzinfo | None = None,
 ) -> list[Outcome]:
     """Analyse the files in one batch and write each one's SR and SC into `out_dir(i, header)`.
 
@@ -115,6 +117,7 @@ def process_batch(
     pixels and header only, and written under the directory the caller names for image i.
     An image that holds too little for an answer (`limits`, or a NotAnalysable raised by any
     per-image step) ends not_analysable and is never analysed nor written.
+    `zone`: the node's zone for result times when a source states no offset (None: the host's).
     """
     names = [str(p) for p in paths]
     outcomes = [Outcome(p) for p in names]
@@ -163,6 +166,7 @@ def process_batch(
                 max_side,
                 # which window was used, header attributes ignored; the patient's age not stated
                 notes=[*item.image.notes, *selection_notes(header)],
+                zone=zone,
             )
             outcome.timings["sr_sc_build"] = time.perf_counter() - t0
         except Exception as exc:

@@ -60,6 +60,22 @@ def string(key: str, v: Any) -> str:
     return v
 
 
+def time_zone(key: str, v: Any) -> str:
+    """An IANA zone name the system's tz database knows ("Europe/Madrid"), or "" for the server's own."""
+    from zoneinfo import ZoneInfo
+
+    if not isinstance(v, str):
+        raise ConfigError(f"{key}: {v!r} must be a string")
+    if v:
+        try:
+            ZoneInfo(v)
+        except (KeyError, ValueError, OSError) as exc:  # not found (a KeyError), a malformed or unreadable key
+            raise ConfigError(
+                f'{key}: {v!r} is not a time zone (an IANA name such as Europe/Madrid, or "" for the server\'s)'
+            ) from exc
+    return v
+
+
 def boolean(key: str, v: Any) -> bool:
     if not isinstance(v, bool):
         raise ConfigError(f"{key}: {v!r} must be true or false")

@@ -15,6 +15,7 @@ import os
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
+from zoneinfo import ZoneInfo
 
 from sqlalchemy.exc import OperationalError
 
@@ -39,6 +40,7 @@ class WorkerSettings:
     poll_interval_s: float = 1.0
     cam_panels: str = "per-model"
     sc_max_side: int = 1024
+    time_zone: str = ""  # IANA name for results of sources that state no offset; "" = the server's
     # Where each result's objects go (destinations.routing; a plain name takes SR and SC of every
     # class); empty = keep results on disk.
     destinations: tuple[Route | str, ...] = ()
@@ -105,6 +107,7 @@ class Worker:
             panels=self.settings.cam_panels,
             max_side=self.settings.sc_max_side,
             limits=self.settings.image_check,
+            zone=ZoneInfo(self.settings.time_zone) if self.settings.time_zone else None,
         )
         for job, outcome in zip(batch, outcomes, strict=True):
             try:

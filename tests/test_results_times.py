@@ -12,10 +12,15 @@ from zoneinfo import ZoneInfo
 import pydicom
 import pytest
 
+from cxr_node.analysis.decode_pool import Decoded
+from cxr_node.analysis.engine import Analysis
+from cxr_node.config import ConfigError, parse_config
+from cxr_node.dicom.pixels import dataset_to_float
+from cxr_node.processing import process_batch
 from cxr_node.results.sr import NOTE
 from cxr_node.results.times import format_offset, parse_offset, result_time
 from tests import peers
-from tests.test_results_support import TRAINED, make_results, source_copy
+from tests.test_results_support import CASES, NODE, TRAINED, blob, make_results, source_copy
 
 WINTER = datetime(2026, 1, 15, 12, 0, 0, tzinfo=UTC)
 SUMMER = datetime(2026, 7, 15, 12, 0, 0, tzinfo=UTC)  # Europe/Madrid is on summer time (+0200)
@@ -176,3 +181,31 @@ def test_validators_accept_the_stated_offset(rg1_uncr, tmp_path):
     )
     lines = (out.stdout + out.stderr).splitlines()
     assert out.returncode == 0 and [line for line in lines if line.startswith("Error")] == [], "\n".join(lines)
+
+
+def test_the_node_zone_is_config_data():
+    assert parse_config({"results": {"time_zone": "Europe/Madrid"}}).time_zone == "Europe/Madrid"
+    assert parse_config({}).time_zone == ""  # the server's zone
+    for bad in ("Europe/Madird", "CET+1", "../etc/passwd", 1):
+        with pytest.raises(ConfigError, match=r"^results\.time_zone: "):
+            parse_config({"results": {"time_zone": bad}})
+
+
+class _Analyser:
+    """Stands in for the models: the test is about where the result's times come from."""
+
+    def analyse(self, images):
+        return [Analysis(CASES["normal"], blob(g.shape, 0.45, 0.3), blob(g.shape, 0.55, 0.7)) for g in images]
+
+
+def test_process_batch_writes_in_the_configured_zone(rg1_uncr, tmp_path):
+    source = source_copy(rg1_uncr)
+    del source.TimezoneOffsetFromUTC
+    path = tmp_path / "source.dcm"
+    source.save_as(path, enforce_file_format=True)
+    decoded = [Decoded(str(path), dataset_to_float(source), 0.01)]
+    (outcome,) = process_batch([path], _Analyser(), NODE, TRAINED, lambda i, h: tmp_path / "out", None,
+                               decoded=decoded, zone=ZoneInfo("Asia/Kathmandu"))  # +0545 all year
+    assert outcome.ok, outcome.error
+    for result in (outcome.files.sr_path, outcome.files.sc_path):
+        assert pydicom.dcmread(result).TimezoneOffsetFromUTC == "+0545"
