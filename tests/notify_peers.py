@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import socket
+import ssl
 import threading
 from collections import deque
 from dataclasses import dataclass, field
@@ -44,8 +45,9 @@ class MllpListener:
     """answers: a queue of MSA-1 codes (or (code, err_code, text), or "silent") used in turn;
     when it is empty, `default` answers."""
 
-    def __init__(self, default: str = "AA") -> None:
+    def __init__(self, default: str = "AA", tls: ssl.SSLContext | None = None) -> None:
         self.default = default
+        self.tls = tls  # a server context: MLLP over TLS
         self.answers: deque = deque()
         self.received: list[Received] = []
         self.connections = 0
@@ -72,8 +74,14 @@ class MllpListener:
 
     def _session(self, conn: socket.socket) -> None:
         buffer = b""
+        conn.settimeout(30)
+        if self.tls is not None:
+            try:
+                conn = self.tls.wrap_socket(conn, server_side=True)
+            except OSError:
+                conn.close()
+                return
         with conn:
-            conn.settimeout(30)
             while True:
                 try:
                     chunk = conn.recv(65536)

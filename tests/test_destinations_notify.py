@@ -20,12 +20,14 @@ from cxr_node.queue.jobs import ExportItem, JobQueue, ReceivedInstance, ResultRe
 from cxr_node.queue.reports import Reports
 from cxr_node.queue.schema import open_database
 from cxr_node.queue.states import ExportState
-from tests import peers, test_destinations_dicom
+from tests import peers, test_destinations_dicom, test_dispatcher, test_receiver_tls
 from tests.notify_peers import FhirServer, MllpListener, unescape
 from tests.test_dispatcher import FakeClock, rows
 from tests.test_results_support import CASES, make_results, source_copy
 
 scp = test_destinations_dicom.scp
+pki = test_receiver_tls.pki
+silent_peer = test_dispatcher.silent_peer
 
 OID = "1.2.826.0.1.3680043.10.1234"  # the hospital's patient ID issuer
 ACC_OID = "1.2.826.0.1.3680043.10.1235"
@@ -297,6 +299,14 @@ def test_fhir_answers_end_or_retry(queue, result, fhir, answers, state, attempts
         assert len(fhir.store.resources["DiagnosticReport"]) == 1
 
 
+def test_fhir_server_that_never_answers_is_retried(queue, result, silent_peer):
+    result("covid", [EHR])
+    destination = FhirDestination("ehr", f"http://127.0.0.1:{silent_peer}/fhir", timeout_s=1.0)
+    assert Dispatcher(queue, {"ehr": destination}).run_once() == 1
+    row = rows(queue)[("ehr", NOTICE)]
+    assert row["state"] == ExportState.PENDING and "Timeout" in row["last_error"], row["last_error"]
+
+
 def test_fhir_server_away_is_retried(queue, result):
     result("covid", [EHR])
     dispatcher = Dispatcher(queue, {"ehr": fhir_dest(f"http://127.0.0.1:{peers.free_port()}/fhir")})
@@ -464,3 +474,26 @@ def test_notice_concepts_are_the_reports_own():
     assert notice.PRIVATE_HL7 == sr.PRIVATE_SCHEME
     for joint, coded in sr.CLASS_CODES.items():
         assert notice.class_concept(joint.value).code == coded.value
+
+
+@pytest.mark.peers  # openssl makes the certificates
+def test_mllp_over_tls(queue, result, pki, tmp_path):
+    from dataclasses import replace
+
+    from cxr_node.dicom.tls import client_context, server_context
+
+    server_cfg = replace(NodeConfig(), tls_cert=pki["server"][0], tls_key=pki["server"][1], tls_ca=pki["ca"])
+    node_cfg = replace(NodeConfig(), tls_cert=pki["client"][0], tls_key=pki["client"][1], tls_ca=pki["ca"])
+    listener = MllpListener(tls=server_context(server_cfg))
+    try:
+        result("covid", [RIS])
+        spec = DestinationSpec(
+            "ris", "hl7", {"host": "127.0.0.1", "port": listener.port, "tls": True}, "destinations[0]"
+        )
+        destination = Hl7Destination.from_spec(spec, NodeContext("CXR_NODE", 10.0, client_context(node_cfg)))
+        assert Dispatcher(queue, {"ris": destination}).run_once() == 1
+        assert rows(queue)[("ris", NOTICE)]["state"] == ExportState.SENT
+        (got,) = listener.received
+        assert got.error == "" and got.segments("PID")[0][3].startswith("MRN0042^")
+    finally:
+        listener.close()

@@ -1,6 +1,13 @@
 """HL7 v2.5.1 ORU^R01 over MLLP: a result notice for a RIS or an interface engine (Mirth,
 Rhapsody, Cloverleaf, ...), built and checked against the 2.5.1 message structure by hl7apy.
 
+hl7apy rather than python-hl7 (`hl7`): hl7apy knows the 2.5.1 message structures and
+datatypes, so the ORU is built by group, segment and field name and validated in strict mode
+(segment order and cardinality, required fields, datatypes, lengths) before it leaves, and it
+escapes values on output; python-hl7 parses well and has an MLLP client, but a message is built
+from strings and nothing checks it against the standard. MLLP itself is a few lines (mllp.py),
+with the destination's timeouts and TLS.
+
 The message (one per result, original acknowledgement mode):
   MSH  MSH-10 derived from the SR's UID and the destination: a resend after a lost ACK carries
        the same control ID, so the engine can recognise it; MSH-18 UNICODE UTF-8
