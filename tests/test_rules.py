@@ -204,6 +204,7 @@ def test_rules_test_and_show_commands(tmp_path):
     assert show.returncode == 0 and "lateral-view: skip when view equals lateral" in show.stdout
     assert "built-in defaults" in show.stdout.splitlines()[0]
     assert "age-not-stated" in show.stdout and "(disabled)" in show.stdout
+    assert "view read from: ViewPosition, ViewCodeSequence; then SeriesDescription" in show.stdout
 
     (tmp_path / "site.toml").write_text('[[selection.rules]]\nname = "x"\naction = "skip"\n'
                                         'when = { Manufacturer = { equals = "Acme" } }\n')

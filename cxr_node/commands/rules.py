@@ -9,6 +9,8 @@ from pathlib import Path
 import click
 
 from cxr_node.config import DEFAULT_CONFIG, ConfigError, load_config
+from cxr_node.selection.age import DATE_ATTRIBUTES
+from cxr_node.selection.facts import TIERS
 from cxr_node.selection.rules import Decision, Rule, Selection
 from cxr_node.selection.vocabulary import IGNORE, KINDS, normalise
 
@@ -175,6 +177,9 @@ def show(config, as_json) -> None:
     for i, rule in enumerate(selection.rules, start=1):
         click.echo(f"{i}. {_rule_text(rule)}")
     click.echo(f"otherwise: {selection.default}")
+    for name, tiers in TIERS.items():  # where the facts the rules test come from
+        click.echo(f"{name} read from: " + "; then ".join(", ".join(t) for t in tiers))
+    click.echo(f"age read from: PatientAge; then PatientBirthDate against {', '.join(DATE_ATTRIBUTES)}")
     click.echo(
         f"unknown age: {selection.unknown_age}"
         + (" (the result says the age was not stated)" if selection.unknown_age == "analyse" else "")
