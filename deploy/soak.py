@@ -13,7 +13,10 @@ Scenarios: load, kill9 (kill -9 rounds while sending and analysing), pacs_outage
 while images arrive), disk_full (a small tmpfs as the storage dir: watermark refusals, then the
 disk filled to 100 % while results are written, then freed), postgres_restart (PostgreSQL as the
 queue, restarted while images arrive), hostile (20 hostile connections and malformed images next
-to the valid senders).
+to the valid senders), hostile_pixels (issue 19: J2K/RLE/Deflated bombs, flat, 1 x 1, sliver and
+broken-window images, each its own study, next to good ones, under a 4 GiB memory limit - a cgroup
+when possible, tests/memlimit.py - with decoder processes killed while /readyz is watched; "not
+analysable" and "failed" count hostile images acknowledged and then withheld with a reason).
 """
 
 from __future__ import annotations
@@ -58,6 +61,8 @@ class Row:
     delivered: int = 0
     lost: int = 0
     duplicated: int = 0
+    not_analysable: int = 0  # acknowledged, then recorded not analysable with a reason (no class)
+    failed: int = 0  # acknowledged, then failed with a reason (no class)
     seconds: float = 0.0
     note: str = ""
     acked_studies: set = field(default_factory=set)
@@ -460,6 +465,157 @@ def scenario_hostile(work: Path, a) -> Row:
     return row
 
 
+# -- hostile pixels (issue 19) -----------------------------------------------------------------
+
+MEMORY_LIMIT = 4 * 2**30
+
+
+def _hostile_pixel_images(directory: Path) -> dict[str, Path]:
+    """Each its own study: bombs the header gives away, bombs within the pixel budget, images without information."""
+    from tests.bombs import deflated_bomb, j2k_bomb, rle_bomb
+
+    directory.mkdir(parents=True, exist_ok=True)
+    side = 5792  # 5792^2 x 2 bytes = 64 MiB = decoding.max_pixel_bytes: admitted, ~1.1 GB to decode
+    cases = {
+        "j2k-20000": j2k_bomb(20000, 20000),
+        "rle-20000": rle_bomb(20000, 20000),
+        "deflated-15000": deflated_bomb(15000, 15000),
+        "j2k-5792": j2k_bomb(side, side),
+        "rle-5792": rle_bomb(side, side),
+        "flat": make_radiograph(np.full((512, 400), 1000)),
+        "1x1": make_radiograph(np.full((1, 1), 1000)),
+        "sliver-3x4000": make_radiograph(np.tile(np.arange(4000) % 4096, (3, 1))),
+        "window-width-0": make_radiograph(np.tile(np.arange(400) * 10, (512, 1)), WindowCenter=2000, WindowWidth=0),
+    }
+    paths = {}
+    for name, ds in cases.items():
+        path = directory / f"{name}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths[name] = path
+    return paths
+
+
+def _job_states(storage: Path) -> dict[str, tuple[str, str | None]]:
+    import sqlite3
+
+    with sqlite3.connect(storage / "cxr-node.db") as conn:
+        rows = conn.execute(
+            "select i.study_instance_uid, j.state, j.error from jobs j join instances i on i.id = j.instance_id"
+        ).fetchall()
+    return {study: (state, error) for study, state, error in rows}
+
+
+def _readyz(port: int) -> int:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=10) as resp:
+            return resp.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except OSError:
+        return 0
+
+
+def _decoder_pids(pid: int) -> list[int]:
+    children: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            children += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            pass
+    return [c for c in children if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
+
+
+def scenario_hostile_pixels(work: Path, a) -> Row:
+    """Pixel bombs and images without information, each in its own study, next to good images,
+    under a 4 GiB memory limit; decoder processes killed twice for real while /readyz is watched."""
+    from tests.memlimit import memory_limit
+
+    row = Row("hostile_pixels")
+    limit = memory_limit(MEMORY_LIMIT, "cxr-soak")
+    pacs = peers.start_orthanc(work / "orthanc")
+    web_port = peers.free_port()
+    node = Node(work, pacs.dicom_port, f"[web]\nenabled = true\nport = {web_port}\n")
+    node.args = limit.wrap(node.args)
+    try:
+        node.start()
+        pid = node.proc.pid
+        hostile = _hostile_pixel_images(work / "hostile")
+        results = pynetdicom_send(node.port, list(hostile.values()))
+        good = make_images(work / "good", a.per_round, "pixels-good")
+        results.update(send_parallel(node.port, good, a.senders))
+        # three good images in one association with an in-budget bomb among them
+        mixed = make_images(work / "mixed", 3, "pixels-mixed")
+        from tests.bombs import j2k_bomb
+
+        mixed_bomb = work / "mixed" / "j2k-5792-mixed.dcm"
+        j2k_bomb(5792, 5792).save_as(mixed_bomb, enforce_file_format=True)
+        results.update(pynetdicom_send(node.port, [mixed[0], mixed_bomb, mixed[1], mixed[2]]))
+        record(row, results)
+        hostile_paths = [*hostile.values(), mixed_bomb]
+        good_acked = {study_of(p) for p in [*good, *mixed] if results.get(p)}
+        hostile_acked = {study_of(p): p.stem for p in hostile_paths if results.get(p)}
+
+        # /readyz while decoder processes are killed for real, twice
+        ready_notes = []
+        for _ in range(2):
+            killed_at = time.monotonic()
+            for child in _decoder_pids(pid):
+                os.kill(child, signal.SIGKILL)
+            not_ready = None
+            while time.monotonic() - killed_at < 120:
+                code = _readyz(web_port)
+                if code == 503 and not_ready is None:
+                    not_ready = time.monotonic() - killed_at
+                if code == 200 and not_ready is not None:
+                    break
+                time.sleep(0.05)
+            back = time.monotonic() - killed_at
+            ready_notes.append("never not-ready" if not_ready is None else f"503 after {not_ready:.1f} s, 200 after {back:.1f} s")
+
+        # wait for every good study's results and every hostile job's end
+        row.acked_studies = set(good_acked)
+        settle(row, pacs, [study_of(p) for p in [*good, *mixed]], a.wait)
+        deadline = time.monotonic() + a.wait
+        while time.monotonic() < deadline:
+            states = _job_states(node.storage)
+            if all(states.get(s, ("queued",))[0] not in ("queued", "running") for s in hostile_acked):
+                break
+            time.sleep(2)
+        states = _job_states(node.storage)
+        given_a_class = []
+        for study, name in hostile_acked.items():
+            state, error = states.get(study, ("missing", None))
+            if state == "not_analysable":
+                row.not_analysable += 1
+            elif state == "failed":
+                row.failed += 1
+            else:
+                row.lost += 1  # neither a result withheld with a reason nor anything else: unaccounted
+            if results_in_orthanc(pacs, study) or state == "done":
+                given_a_class.append(name)
+            print(f"  {name}: {state}: {error}", file=sys.stderr)
+        alive = node.proc.poll() is None and node.proc.pid == pid
+        peak, kills = limit.peak_bytes(), limit.oom_kills()
+        row.note = (
+            f"{limit.how}; peak {'?' if peak is None else f'{peak / 2**30:.2f} GiB'}, OOM kills "
+            f"{'?' if kills is None else kills}, node {'never restarted' if alive else 'DIED'}; "
+            f"{len(hostile_paths)} hostile (refused {sum(1 for p in hostile_paths if results.get(p) is False)}), "
+            f"{len(good) + len(mixed)} good; /readyz with decoders killed: {'; '.join(ready_notes)}"
+        )
+        if given_a_class:
+            row.note += f"; HOSTILE GIVEN A CLASS: {given_a_class}"
+        if not alive:
+            row.note += "; NODE DIED"
+    finally:
+        node.stop()
+        peers.stop_process(pacs.process)
+        limit.close()
+    return row
+
+
 SCENARIOS = {
     "load": scenario_load,
     "kill9": scenario_kill9,
@@ -467,6 +623,7 @@ SCENARIOS = {
     "disk_full": scenario_disk_full,
     "postgres_restart": scenario_postgres_restart,
     "hostile": scenario_hostile,
+    "hostile_pixels": scenario_hostile_pixels,
 }
 
 
@@ -505,12 +662,14 @@ def main(argv=None) -> int:
     print(f"cxr-node soak, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {platform.node()}, "
           f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}, total {time.monotonic() - started:.0f} s")
     print()
-    print("| scenario | sent | acknowledged | refused | no answer | delivered | lost | duplicated | seconds | notes |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    print("| scenario | sent | acknowledged | refused | no answer | not analysable | failed | delivered | lost | duplicated "
+          "| seconds | notes |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for r in rows:
-        print(f"| {r.scenario} | {r.sent} | {r.acknowledged} | {r.refused} | {r.unanswered} | {r.delivered} | {r.lost} | "
-              f"{r.duplicated} | {r.seconds:.0f} | {r.note.strip()} |")
-    bad = [r.scenario for r in rows if r.lost or r.duplicated or "ERROR" in r.note or "MALFORMED" in r.note]
+        print(f"| {r.scenario} | {r.sent} | {r.acknowledged} | {r.refused} | {r.unanswered} | {r.not_analysable} | "
+              f"{r.failed} | {r.delivered} | {r.lost} | {r.duplicated} | {r.seconds:.0f} | {r.note.strip()} |")
+    flags = ("ERROR", "MALFORMED", "GIVEN A CLASS", "NODE DIED")
+    bad = [r.scenario for r in rows if r.lost or r.duplicated or any(f in r.note for f in flags)]
     return 1 if bad else 0
 
 
