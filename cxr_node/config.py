@@ -41,7 +41,8 @@ class Destination:
 
 # Address space (MiB) a decoder process may add, beyond what it holds once started, to decode one
 # image: the largest image the default budget admits (64 MiB of 16-bit pixels, 33.5 M pixels)
-# needs about 1.1 GB with the costliest decoder and the grey pipeline (docs/reliability.md).
+# needs about 1.4 GB with the costliest syntax measured (JPEG lossless, 42 bytes/pixel with the
+# grey pipeline; `cxr-node bench decode-memory`, docs/reliability.md); 2048 leaves ~45 % margin.
 DECODE_MEMORY_MB = 2048
 
 _DESTINATION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")

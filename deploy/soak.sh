@@ -7,6 +7,8 @@
 #                       [--wait 900] [--only SCENARIO]... [--keep]
 #   Runs from the repository root with .venv (or $PYTHON). Needs the Debian peers (dcmtk, orthanc,
 #   postgresql); disk_full mounts a 64 MiB tmpfs and so needs root (otherwise it says NOT RUN).
+#   hostile_pixels runs the node in a 4 GiB memory cgroup (v2, else v1, else systemd-run --scope;
+#   tests/memlimit.py) and says in its notes which one, or that none was available.
 #   The full default run analyses ~170 images on the CPU with untrained models: about 30-60 min on
 #   2 cores. A small run: deploy/soak.sh --studies 5 --kill-rounds 3 --per-round 4 --outage 10
 set -euo pipefail

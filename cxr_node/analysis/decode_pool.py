@@ -171,8 +171,8 @@ def _memory_exhausted(exc: BaseException) -> bool:
     return False
 
 
-# Peak memory of a decoder process per decoded pixel (decode + grey pipeline + the pickle back),
-# at least this for every syntax measured (30-36 B/px; `cxr-node bench decode-memory`, docs/reliability.md).
+# Peak memory of a decoder process per decoded pixel (decode + grey pipeline + the pickle back):
+# at least this for every syntax measured (30-42 B/px; `cxr-node bench decode-memory`, docs/reliability.md).
 DECODE_BYTES_PER_PIXEL = 30
 
 
