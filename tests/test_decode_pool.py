@@ -52,7 +52,7 @@ def test_j2k_bomb_exhausts_its_decoder_alone(pool, tmp_path, rg1_uncr):
     got = p.decode_many([rg1_uncr, bomb, rg1_uncr])
     assert isinstance(got[0], Decoded) and isinstance(got[2], Decoded)
     assert isinstance(got[1], PixelDataError), got[1]
-    assert str(bomb) in str(got[1]) and "\n" not in str(got[1])
+    assert "\n" not in str(got[1])
     if isinstance(got[1], DecodeBudgetError):
         assert "decoding.memory_limit_mb 256" in str(got[1])
     assert isinstance(p.decode_many([rg1_uncr])[0], Decoded)  # and the pool goes on

@@ -11,8 +11,9 @@ senders (pynetdicom with the bomb's exact transfer syntax, DCMTK storescu), and
     again once one is back.
 
 Bombs that the header gives away (20000^2 J2K and RLE, a 15000^2 Deflated data set) are refused at
-receipt; bombs within the pixel budget (5792^2 blank J2K and RLE: 64 MiB of pixels, ~1 GB to decode)
-exceed this node's decoder memory limit (decoding.memory_limit_mb = 512) and fail alone.
+receipt; bombs within the pixel budget (5792^2 blank J2K and RLE: 64 MiB of pixels, ~1 GB to decode
+in full) either exceed this node's decoder memory limit (decoding.memory_limit_mb = 512) and fail
+alone, or, decoded at reduced resolution, are found blank and end not analysable.
 """
 
 from __future__ import annotations
@@ -129,11 +130,15 @@ def test_bombs_under_a_memory_limit(node, orthanc, rg1_uncr, tmp_path):
         found = results_at(orthanc, study, 2, timeout_s=600)
         assert sorted(i["Tags"]["Modality"] for i in found) == ["OT", "SR"]
 
-    # (c) Every hostile image: failed with a one-line reason naming the limit; no result, nothing in Orthanc.
+    # (c) Every hostile image: failed or not analysable with a one-line reason; no result, nothing in
+    # Orthanc. The RLE bomb needs ~1 GB to decode in full, over the 512 MiB limit: it fails naming
+    # the limit. The J2K bombs may be decoded at a reduced resolution (the models read 224 px), which
+    # fits: they are then found blank, not analysable.
+    ends = {}
     for name, ds in hostile.items():
         sop = str(ds.SOPInstanceUID)
         query = (
-            "select j.state, j.error from jobs j join instances i on i.id = j.instance_id "
+            "select j.state, coalesce(j.error, j.reason) from jobs j join instances i on i.id = j.instance_id "
             f"where i.sop_instance_uid = '{sop}'"
         )
         rows = peers.wait_until(
@@ -143,10 +148,15 @@ def test_bombs_under_a_memory_limit(node, orthanc, rg1_uncr, tmp_path):
             300,
             f"the {name} bomb's job to end",
         )
-        state, error = rows[0]
-        assert "\n" not in error and "decoding.memory_limit_mb 512" in error, (name, state, error)
+        state, why = rows[0]
+        ends[name] = (state, why)
+        assert why and "\n" not in why and "Traceback" not in why, (name, state, why)
+        if state == "failed":
+            assert "decoding.memory_limit_mb 512" in why, (name, why)
         assert db_rows(node.storage, f"select count(*) from results where sop_instance_uid = '{sop}'") == [(0,)]
         assert orthanc.instances_in_study(str(ds.StudyInstanceUID)) == []
+    assert ends["rle"][0] == "failed", ends
+    print(ends)
 
     # (d) Not ready while no decoder process runs; ready again after.
     assert readyz(node.web_port)[0] == 200

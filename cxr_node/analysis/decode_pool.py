@@ -197,9 +197,8 @@ def _portable(exc: BaseException, path: str, memory_mb: int | None) -> BaseExcep
         needs_mb = (pixels or 0) * DECODE_BYTES_PER_PIXEL / 2**20
         if _memory_exhausted(exc) or needs_mb > memory_mb:
             about = f" (~{needs_mb:.0f} MiB for {pixels} pixels)" if needs_mb > memory_mb else ""
-            return DecodeBudgetError(
-                f"{path}: decoding needs more memory than decoding.memory_limit_mb {memory_mb} MiB{about}"
-            )
+            # No path: the job that records it names its image; the storage path is noise there.
+            return DecodeBudgetError(f"decoding needs more memory than decoding.memory_limit_mb {memory_mb} MiB{about}")
     text = " ".join(str(exc).split())
     if isinstance(exc, PixelDataError):
         return type(exc)(text)
@@ -558,7 +557,7 @@ class DecodePool:
                 limit = self.limits.memory_mb
                 under = f", under decoding.memory_limit_mb {limit}" if limit else ""
                 task.future.set_exception(
-                    DecoderDied(f"{task.path}: the decoder process died twice while decoding this image ({how}{under})")
+                    DecoderDied(f"the decoder process died twice while decoding this image ({how}{under})")
                 )
             else:
                 self._queue.appendleft(task)  # again, alone
