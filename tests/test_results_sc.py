@@ -225,6 +225,7 @@ def test_sc_attributes(rg1_uncr, tmp_path):
     assert files.rgb.shape[0] <= 1.05 * 1024 < files.rgb.shape[1]  # landscape: the findings beside the image
 
 
+@pytest.mark.peers  # dciodvfy / dsr2html
 def test_sc_dciodvfy_no_errors(rg1_uncr, tmp_path):
     _, files = make_results(rg1_uncr, tmp_path, "covid-disagree", model=UNTRAINED, panels="fused")
     errors, warnings = peers.dciodvfy(files.sc_path)
@@ -233,6 +234,7 @@ def test_sc_dciodvfy_no_errors(rg1_uncr, tmp_path):
     assert [w for w in warnings if "<ward>" not in w] == []
 
 
+@pytest.mark.peers  # dciodvfy / dsr2html
 def test_source_without_patient_orientation_still_gets_its_sc(rg1_uncr, tmp_path):
     """PatientOrientation is optional in CR; the SC then carries it empty (Type 2) and still validates."""
     source = source_copy(rg1_uncr)
@@ -244,6 +246,7 @@ def test_source_without_patient_orientation_still_gets_its_sc(rg1_uncr, tmp_path
     assert errors == [], "\n".join(errors)
 
 
+@pytest.mark.peers  # dciodvfy / dsr2html
 def test_real_untrained_bundle_end_to_end(rg1_uncr, tmp_path):
     """Real analysis (untrained DenseNet-161 at 64 px) -> SR + SC that validate."""
     from cxr_node.analysis.bundle import untrained_bundle

@@ -146,6 +146,7 @@ def test_code_meanings_and_series_descriptions_fit_64_chars():
                 assert len(series_description(prefix, result, model)) <= 64
 
 
+@pytest.mark.peers  # dciodvfy / dsr2html
 def test_image_library_only_with_orientation_and_spacing(rg1_uncr, tmp_path):
     # RG1 has PatientOrientation but no ImagerPixelSpacing: no library (highdicom would fail).
     _, files = make_results(rg1_uncr, tmp_path / "without", "normal")
@@ -159,6 +160,7 @@ def test_image_library_only_with_orientation_and_spacing(rg1_uncr, tmp_path):
     assert peers.dciodvfy(files.sr_path)[0] == []
 
 
+@pytest.mark.peers  # dciodvfy / dsr2html
 @pytest.mark.parametrize("charset, encoded", [("ISO_IR 192", NAME.encode("utf-8")), ("ISO_IR 100", NAME.encode("latin-1"))])
 def test_non_ascii_patient_name(charset, encoded, rg1_uncr, tmp_path):
     source = source_copy(rg1_uncr, SpecificCharacterSet=charset, PatientName=NAME)
@@ -172,6 +174,7 @@ def test_non_ascii_patient_name(charset, encoded, rg1_uncr, tmp_path):
         assert peers.dciodvfy(path)[0] == []
 
 
+@pytest.mark.peers  # dciodvfy / dsr2html
 def test_dciodvfy_has_no_errors_and_only_known_warnings(rg1_uncr, tmp_path):
     _, files = make_results(rg1_uncr, tmp_path, "covid-disagree", model=UNTRAINED)
     fallback = tmp_path / "fallback.dcm"

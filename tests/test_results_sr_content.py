@@ -162,6 +162,7 @@ def _rendered_text(path) -> str:
     return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", out.stdout))
 
 
+@pytest.mark.peers  # dciodvfy / dsr2html
 def test_dsr2html_shows_the_answer_before_the_model_details(rg1_uncr, tmp_path):
     _, files = make_results(rg1_uncr, tmp_path, "covid-disagree", model=UNTRAINED)
     text = _rendered_text(files.sr_path)
@@ -198,6 +199,7 @@ def _evidence(sr) -> set[str]:
             for se in s.ReferencedSeriesSequence for i in se.ReferencedSOPSequence}
 
 
+@pytest.mark.peers  # dciodvfy / dsr2html
 def test_without_illustration_drops_the_sc_and_says_so(rg1_uncr, tmp_path):
     source, files = make_results(rg1_uncr, tmp_path, "pathological", model=TRAINED)
     full = pydicom.dcmread(files.sr_path)
