@@ -497,3 +497,21 @@ def test_mllp_over_tls(queue, result, pki, tmp_path):
         assert got.error == "" and got.segments("PID")[0][3].startswith("MRN0042^")
     finally:
         listener.close()
+
+
+def test_config_check_reports_a_notice_destinations_key_and_its_classes(tmp_path):
+    from click.testing import CliRunner
+
+    from cxr_node.commands.config_check import command
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[[destinations]]\nname = "ris"\ntype = "hl7"\nport = 2575\n')
+    out = CliRunner().invoke(command, ["check", str(bad)])
+    assert out.exit_code == 1 and "destinations[0].host: missing" in out.output, out.output
+    good = tmp_path / "good.toml"
+    good.write_text(
+        '[[destinations]]\nname = "ris"\ntype = "hl7"\nhost = "ris"\nport = 2575\nwhen = ["COVID-19"]\n'
+        '[[destinations]]\nname = "ehr"\ntype = "fhir"\nurl = "http://ehr/fhir"\n'
+    )
+    out = CliRunner().invoke(command, ["check", str(good)])
+    assert out.exit_code == 0 and "destinations ris (COVID-19 only), ehr;" in out.output, out.output

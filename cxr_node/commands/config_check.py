@@ -22,6 +22,12 @@ def deeper_checks(cfg: NodeConfig) -> list[str]:
         problems.append(f"models.dir: {cfg.models} is not a directory")
     if cfg.storage.exists() and not cfg.storage.is_dir():
         problems.append(f"node.storage: {cfg.storage} exists and is not a directory")
+    from cxr_node.destinations.registry import build_destinations  # each type checks its own keys
+
+    try:
+        build_destinations(cfg)
+    except ConfigError as exc:
+        problems.append(str(exc))
     return problems
 
 
@@ -43,7 +49,12 @@ def check(file) -> None:
     # Valid, but the effective rules let through images the models were not made for: say so.
     for warning in selection_warnings(cfg.selection):
         click.echo(f"Warning: {warning}", err=True)
-    dest = ", ".join(cfg.destination_names) or "none (results kept on disk)"
+    dest = (
+        ", ".join(
+            spec.name + (f" ({', '.join(spec.when)} only)" if spec.when else "") for spec in cfg.destination_specs
+        )
+        or "none (results kept on disk)"
+    )
     web = f"http://{cfg.web_bind}:{cfg.web_port}/" if cfg.web_enabled else "off"
     click.echo(
         f"{file}: OK (AE {cfg.ae_title} on {cfg.bind}:{cfg.port}; roles {', '.join(cfg.roles)}; "
