@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import re
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +14,7 @@ from cxr_node import validation as V
 from cxr_node.analysis.fusion import JointClass
 from cxr_node.dicom.checks import MAX_COLUMNS, MAX_INFLATED_BYTES, MAX_PIXEL_BYTES, MAX_ROWS, PixelBudget
 from cxr_node.dicom.information import DEFAULT_LIMITS, InformationLimits, parse_image_check
-from cxr_node.errors import ConfigError  # re-exported: callers import it from here
+from cxr_node.errors import ConfigError, ConfigErrors  # re-exported: callers import it from here
 from cxr_node.selection.config import parse_selection
 from cxr_node.selection.defaults import DEFAULT_SELECTION
 from cxr_node.selection.rules import Selection
@@ -351,31 +353,50 @@ def _quoted(value: Any) -> str:
     return f'"{value}"' if isinstance(value, str) else repr(value)
 
 
+# Sections parsed as a whole by their own parser (each value lands under the section's name).
+_TABLE_PARSERS: dict[str, Callable[[Any], Any]] = {
+    "selection": parse_selection,
+    "image_check": parse_image_check,
+    "destination": _destination,
+    "destinations": _destinations,
+}
+
+
 def parse_config(data: dict[str, Any], source: str = "config") -> NodeConfig:
+    """The typed config; every problem in `data` is reported at once (ConfigErrors, one line each)."""
     values: dict[str, Any] = {}
+    problems: list[str] = []
+
+    def checked(name: str, check: Callable[[], Any]) -> None:
+        try:
+            values[name] = check()
+        except ConfigErrors as exc:
+            problems.extend(exc.problems)
+        except ConfigError as exc:
+            problems.append(str(exc))
+
     for section, content in data.items():
         if section not in _SCHEMA:
-            raise ConfigError(f"{section}: unknown section in {source} (known: {', '.join(_SCHEMA)})")
-        if section == "selection":
-            values["selection"] = parse_selection(content)
+            problems.append(f"{section}: unknown section in {source} (known: {', '.join(_SCHEMA)})")
             continue
-        if section == "image_check":
-            values["image_check"] = parse_image_check(content)
-            continue
-        if section == "destination":
-            values["destination"] = _destination(content)
-            continue
-        if section == "destinations":
-            values["destinations"] = _destinations(content)
+        if section in _TABLE_PARSERS:
+            checked(section, partial(_TABLE_PARSERS[section], content))
             continue
         if not isinstance(content, dict):
-            raise ConfigError(f"{section}: must be a table")
+            problems.append(f"{section}: must be a table")
+            continue
         for key, value in content.items():
             if key not in _SCHEMA[section]:
-                raise ConfigError(f"{section}.{key}: unknown key in {source}")
+                problems.append(f"{section}.{key}: unknown key in {source}")
+                continue
             name, check = _SCHEMA[section][key]
-            values[name] = check(f"{section}.{key}", value)
-    return check_web(NodeConfig(**values))
+            checked(name, partial(check, f"{section}.{key}", value))
+    if not problems:  # cross-key checks need every key parsed
+        try:
+            return check_web(NodeConfig(**values))
+        except ConfigError as exc:
+            problems.append(str(exc))
+    raise ConfigErrors(problems)
 
 
 def load_config(path: Path | None) -> NodeConfig:
@@ -413,6 +434,7 @@ def with_overrides(cfg: NodeConfig, **overrides: Any) -> NodeConfig:
 
 __all__ = [
     "ConfigError",
+    "ConfigErrors",
     "Destination",
     "DestinationSpec",
     "NodeConfig",

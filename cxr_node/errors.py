@@ -9,6 +9,14 @@ class ConfigError(ValueError):
     """A setting is wrong; the message starts with the key (e.g. `node.port: ...`)."""
 
 
+class ConfigErrors(ConfigError):
+    """Every problem found in one config, one line each (`config check` and `serve` print them all)."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = list(problems)
+
+
 _CODE = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
 
 
@@ -33,4 +41,4 @@ class NotAnalysable(ValueError):
         return self.reason
 
 
-__all__ = ["ConfigError", "NotAnalysable"]
+__all__ = ["ConfigError", "ConfigErrors", "NotAnalysable"]

@@ -92,3 +92,31 @@ def test_legacy_destination_joins_the_destinations_as_pacs():
     assert (web.type, web.options, web.key) == ("dicomweb", {"url": "http://h:8042/dicom-web"}, "destinations[0]")
     assert NodeConfig().destination_names == ()
     assert with_overrides(NodeConfig(), destination="PACS@h:104").destination_names == ("pacs",)
+
+
+def test_every_problem_is_reported_at_once(tmp_path):
+    from cxr_node.config import ConfigErrors
+
+    data = {
+        "node": {"port": "eleven", "colour": "blue"},
+        "receiver": {"max_associations": 0},
+        "nodes": {},
+        "destination": {"ae_title": "PACS", "host": "h"},
+    }
+    with pytest.raises(ConfigErrors) as err:
+        parse_config(data)
+    keys = [line.split(":")[0] for line in err.value.problems]
+    assert keys == ["node.port", "node.colour", "receiver.max_associations", "nodes", "destination.port"]
+
+
+def test_config_check_prints_each_problem_on_its_own_line(tmp_path):
+    from click.testing import CliRunner
+
+    from cxr_node.cli import main
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[node]\nport = "eleven"\nummask = "027"\n[worker]\nmax_attempts = 0\n')
+    result = CliRunner().invoke(main, ["config", "check", str(bad)])
+    assert result.exit_code == 1
+    lines = [line for line in result.output.splitlines() if line.startswith("Error: ")]
+    assert [line.split(":")[1].strip() for line in lines] == ["node.port", "node.ummask", "worker.max_attempts"]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from cxr_node.config import ConfigError, NodeConfig, load_config
+from cxr_node.config import ConfigError, ConfigErrors, NodeConfig, load_config
 from cxr_node.selection.audit import warnings as selection_warnings
 
 
@@ -39,7 +39,11 @@ def check(file) -> None:
     secondary, lateral, oblique, paediatric or non-chest images."""
     try:
         cfg = load_config(file)
-    except ConfigError as exc:
+    except ConfigErrors as exc:  # every problem, one line each
+        for problem in exc.problems:
+            click.echo(f"Error: {problem}", err=True)
+        raise SystemExit(1) from exc
+    except ConfigError as exc:  # unreadable file, not TOML
         raise click.ClickException(str(exc)) from exc
     problems = deeper_checks(cfg)
     for problem in problems:
