@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from cxr_node.analysis.bundle import Bundle, BundleError, load_bundle, untrained_bundle
@@ -20,6 +23,7 @@ from cxr_node.queue.jobs import JobQueue
 from cxr_node.queue.schema import open_database
 from cxr_node.results.identity import NodeIdentity
 from cxr_node.results.wording import UNTRAINED_MODEL_TEXT
+from cxr_node.startup import check_storage, wait_for_database, with_db_password
 from cxr_node.storage import StorageLayout
 from cxr_node.worker import Worker, WorkerSettings
 
@@ -113,6 +117,65 @@ class Node:
         if dispatcher is not None:
             notifier.subscribe("exports", dispatcher.wake)
         return cls(cfg, queue, receiver, worker, dispatcher, housekeeping, pool)
+
+    @classmethod
+    def run(cls, cfg: NodeConfig, stop: threading.Event, say: Callable[[str], None]) -> None:
+        """Start-up in one place, for `serve`: run the configured roles until `stop` is set.
+
+        Order matters: umask before anything is created (images, results, SQLite 0640, dirs
+        0750); the storage probed and the database reached before the node is built; the receiver
+        listens only once everything behind it runs. What an operator must fix is raised as one
+        line (ConfigError naming the key, SchemaError naming `cxr-node db upgrade`, RuntimeError
+        for a status page that cannot listen); `say` gets the lines that are not fatal.
+        """
+        from cxr_node.memory import tune_malloc
+        from cxr_node.results.writer import start_warm_up
+        from cxr_node.web.wiring import build_web_server
+
+        os.umask(cfg.umask)
+        cfg = with_db_password(cfg, os.environ)
+        warning = check_storage(cfg.storage, cfg.min_free_mb)
+        if warning:
+            say(warning)
+        if not wait_for_database(cfg.db_url, stop, say):
+            return  # stopped while waiting for the database
+        if "worker" in cfg.roles:  # process-wide malloc settings of an analysis process, before the models load
+            tune_malloc()
+        node = cls.build(cfg)
+        if node.worker is not None:  # highdicom's tables load now, not on the first radiograph
+            start_warm_up()
+        node.start()
+        web = build_web_server(node)
+        try:
+            if web is not None:
+                web.start()
+        except RuntimeError:
+            node.stop()
+            raise
+        say("cxr-node: " + node.describe(web.port if web is not None else None))
+        try:
+            stop.wait()
+        finally:
+            if web is not None:
+                web.stop()
+            node.stop()
+
+    def describe(self, web_port: int | None) -> str:
+        """One line: roles, where it listens, the models, where results go, the status page."""
+        cfg = self.config
+        parts = [f"roles {', '.join(cfg.roles)}"]
+        if self.receiver:
+            ports = [str(self.receiver.port)] if self.receiver.port is not None else []
+            if self.receiver.tls_port is not None:
+                ports.append(f"{self.receiver.tls_port} (TLS)")
+            parts.append(f"listening as {cfg.ae_title} on {cfg.bind}:{' and '.join(ports)}")
+        if self.worker:
+            model = self.worker.model
+            parts.append(f"models {model.label}{'' if model.trained else f' ({UNTRAINED_MODEL_TEXT})'}")
+        parts.append(f"results to {', '.join(cfg.destination_names) or 'disk only'}")
+        if web_port is not None:
+            parts.append(f"status page http://{cfg.web_bind}:{web_port}/")
+        return "; ".join(parts)
 
     def _parts(self):
         # Worker and dispatcher first: anything left queued by a previous run starts moving at once;

@@ -9,7 +9,10 @@ The password never has to be on the command line (where `ps` shows it) or in the
 
 from __future__ import annotations
 
+import errno
+import os
 import stat
+import tempfile
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import replace
@@ -20,6 +23,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from cxr_node.config import ConfigError, NodeConfig
+from cxr_node.storage import free_mb
 
 PASSWORD_ENV = "CXR_NODE_DB_PASSWORD"
 
@@ -60,6 +64,36 @@ def with_db_password(cfg: NodeConfig, environ: Mapping[str, str]) -> NodeConfig:
     except ArgumentError as exc:
         raise ConfigError(f"node.db: not a database URL: {exc}") from exc
     return replace(cfg, db=url.set(password=password).render_as_string(hide_password=False))
+
+
+def check_storage(path: Path, min_free_mb: float, free_space: Callable[[Path], float] = free_mb) -> str | None:
+    """The storage directory, created if missing and probed with a real write.
+
+    Raises ConfigError (one line naming node.storage) when the node cannot keep anything there:
+    a file in its place, no permission, a read-only or full file system. Returns a warning when
+    free space is below receiver.min_free_mb: the node starts, the receiver answers 0xA700 and
+    /readyz says why until space comes back (the dispatcher still sends what is queued)."""
+    key = "node.storage"
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{key}: {path} is a file, not a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".cxr-write-probe-") as probe:
+            probe.write(b"x")
+            probe.flush()
+            os.fsync(probe.fileno())
+    except OSError as exc:
+        what = "is full" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else f"is not writable ({exc.strerror})"
+        if not path.is_dir():
+            what = f"cannot be created ({exc.strerror})"
+        raise ConfigError(f"{key}: {path} {what}") from exc
+    free = free_space(path)
+    if free < min_free_mb:
+        return (
+            f"cxr-node: warning: {path} has {free:.0f} MB free, less than receiver.min_free_mb "
+            f"({min_free_mb:g}); images are refused with 0xA700 until space comes back"
+        )
+    return None
 
 
 def url_has_password(url: str) -> bool:
@@ -112,4 +146,11 @@ def _shown(url: str) -> str:
         return "(unparsable URL)"
 
 
-__all__ = ["PASSWORD_ENV", "read_password_file", "url_has_password", "wait_for_database", "with_db_password"]
+__all__ = [
+    "PASSWORD_ENV",
+    "check_storage",
+    "read_password_file",
+    "url_has_password",
+    "wait_for_database",
+    "with_db_password",
+]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import threading
 from pathlib import Path
@@ -12,8 +11,7 @@ import click
 
 from cxr_node.config import DEFAULT_CONFIG, ConfigError, load_config, with_overrides
 from cxr_node.logs import FORMATS, setup_logging
-from cxr_node.results.wording import UNTRAINED_MODEL_TEXT
-from cxr_node.startup import PASSWORD_ENV, url_has_password, wait_for_database, with_db_password
+from cxr_node.startup import PASSWORD_ENV, url_has_password
 from cxr_node.validation import ROLE_NAMES
 
 
@@ -77,10 +75,8 @@ def command(
     web_enabled,
 ):
     """Run the Storage SCP, the worker and the dispatcher."""
-    from cxr_node.memory import tune_malloc
     from cxr_node.node import Node
     from cxr_node.queue.schema import SchemaError
-    from cxr_node.results.writer import start_warm_up
 
     setup_logging(verbose, log_format)
     try:
@@ -100,57 +96,25 @@ def command(
             roles=roles or None,
             web_enabled=web_enabled,
         )
-        os.umask(cfg.umask)  # before anything is created: images, results, SQLite file 0640, dirs 0750
-        if db is not None and url_has_password(db):
-            click.echo(
-                f"cxr-node: warning: --db carries a password, which `ps` shows; use {PASSWORD_ENV} "
-                "or node.db_password_file",
-                err=True,
-            )
-        cfg = with_db_password(cfg, os.environ)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from exc
-
+    if db is not None and url_has_password(db):
+        click.echo(
+            f"cxr-node: warning: --db carries a password, which `ps` shows; use {PASSWORD_ENV} or node.db_password_file",
+            err=True,
+        )
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     signal.signal(signal.SIGINT, lambda *_: stopping.set())
-    if not wait_for_database(cfg.db_url, stopping, lambda line: click.echo(line, err=True)):
-        return  # stopped while waiting for the database
-    try:
-        if "worker" in cfg.roles:  # process-wide malloc settings of an analysis process, before the models load
-            tune_malloc()
-        node = Node.build(cfg)
-        if node.worker is not None:  # highdicom's tables load now, not on the first radiograph
-            start_warm_up()
-    except (ConfigError, SchemaError) as exc:  # SchemaError names `cxr-node db upgrade`
-        raise click.ClickException(str(exc)) from exc
-    node.start()
-    from cxr_node.web.wiring import build_web_server
-
-    web = build_web_server(node)
-    try:
-        if web is not None:
-            web.start()
-    except RuntimeError as exc:
-        node.stop()
-        raise click.ClickException(str(exc)) from exc
-    parts = [f"roles {', '.join(cfg.roles)}"]
-    if node.receiver:
-        ports = [str(node.receiver.port)] if node.receiver.port is not None else []
-        if node.receiver.tls_port is not None:
-            ports.append(f"{node.receiver.tls_port} (TLS)")
-        parts.append(f"listening as {cfg.ae_title} on {cfg.bind}:{' and '.join(ports)}")
-    if node.worker:
-        model = node.worker.model
-        parts.append(f"models {model.label}{'' if model.trained else f' ({UNTRAINED_MODEL_TEXT})'}")
-    parts.append(f"results to {', '.join(cfg.destination_names) or 'disk only'}")
-    if web is not None:
-        parts.append(f"status page http://{cfg.web_bind}:{web.port}/")
     if log_format == "json":  # every line a JSON object, for the log collector
-        logging.getLogger("cxr_node.serve").info("cxr-node: " + "; ".join(parts))
+        serve_log = logging.getLogger("cxr_node.serve")
+        say = serve_log.info
     else:
-        click.echo("cxr-node: " + "; ".join(parts), err=True)
-    stopping.wait()
-    if web is not None:
-        web.stop()
-    node.stop()
+
+        def say(line: str) -> None:
+            click.echo(line, err=True)
+
+    try:
+        Node.run(cfg, stopping, say)
+    except (ConfigError, SchemaError, RuntimeError) as exc:  # one line an operator can act on
+        raise click.ClickException(str(exc)) from exc
