@@ -179,9 +179,12 @@ def build_oru(notice: Notice, settings: Hl7Settings, message_id: str, now: datet
     tq1.tq1_1 = "1"
     tq1.tq1_9 = f"{priority}^{PRIORITY_NAMES.get(priority, priority)}^HL70485"
 
+    observations: list[Any] = []
+
     def obx(value_type: str, concept: Concept):
         segment = order.add_group("ORU_R01_OBSERVATION").obx
-        segment.obx_1 = str(len(order.children) - 3)  # ORC, OBR, TIMING_QTY come first
+        observations.append(segment)
+        segment.obx_1 = str(len(observations))  # set ID: 1, 2, ...
         segment.obx_2 = value_type
         segment.obx_3 = _coded(concept)
         segment.obx_11 = status
