@@ -59,6 +59,20 @@ def test_at_least_twice_the_old_panels_and_never_enlarged(rg1_uncr):
     assert (r1 - r0, c1 - c0) == (320, 300)  # the source's size when it is smaller
 
 
+@pytest.mark.parametrize("shape", [(2000, 1000), (1000, 2000), (300, 300)])
+def test_other_shapes_fit_the_column(shape, rg1_uncr):
+    """A portrait radiograph keeps the picture at its height (the inset shrinks); a small one grows it only as needed."""
+    grey = cv2.resize(_grey_and_cams(rg1_uncr)[0], shape[::-1], interpolation=cv2.INTER_AREA)
+    cams = blob(shape, 0.45, 0.3), blob(shape, 0.55, 0.7)
+    rgb, layout = render(grey, *cams, _legend("covid-disagree", notes=["patient age not stated"]), "per-model", 1024)
+    r0, r1, c0, c1 = layout.main
+    assert max(r1 - r0, c1 - c0) == min(1024, max(shape))
+    if shape[0] >= 1024:  # as tall as the radiograph with its margins, no taller
+        assert rgb.shape[0] == (r1 - r0) + 2 * round(0.02 * 1024)
+    i0, i1, j0, j1 = layout.inset
+    assert min(i1 - i0, j1 - j0) >= 0.1 * 1024 and rgb.shape[0] - i1 >= 0.05 * 1024
+
+
 @pytest.mark.parametrize("case, main, inset", [("pathological", "A", "B"), ("covid", "B", "A"),
                                                ("covid-disagree", "B", "A"), ("normal", None, "A")])
 def test_the_map_that_explains_the_answer_is_over_the_radiograph(case, main, inset, rg1_uncr):

@@ -254,10 +254,13 @@ def render(
             rows.append(("", _WHITE, 0.8 * font))
     bar_row = round(6 * k) + bar_h + round(10 * k)
     box_h = 2 * pad + sum(_line_height(s) if text else bar_row for text, _, s in rows)
-    inset_w = column_w - 2 * pad
     inset_caption = _line_height(0.9 * font)
-    inset_h = round(inset_w * small.shape[0] / small.shape[1]) if inset_map is not None else 0
     gap = round(16 * k)
+    # The inset fills the column's width, or the height the radiograph leaves it (a portrait
+    # radiograph), but is never smaller than a fifth of max_side: then the picture grows.
+    room = panel_h + 2 * margin - (top + box_h + gap + inset_caption + bottom)
+    fit = min((column_w - 2 * pad) / small.shape[1], max(room, round(0.2 * max_side)) / small.shape[0])
+    inset_h = round(small.shape[0] * fit) if inset_map is not None else 0
     column_h = top + box_h + (gap + inset_caption + inset_h if inset_map is not None else 0) + bottom
     height = max(panel_h + 2 * margin, column_h)
     width = margin + panel_w + margin + column_w + margin
@@ -291,7 +294,6 @@ def render(
     if inset_map is not None:
         y = b0 + box_h + gap + inset_caption
         _draw(canvas, f"Inset: where {MAP_NAMES[inset_map]} looked", c0 + pad, y - 8, 0.9 * font, _WHITE)
-        fit = inset_w / small.shape[1]
         tile = overlay(_resize(small, fit), _resize(cams[inset_map], scale * fit, smooth=True))
         th, tw = tile.shape[:2]
         canvas[y : y + th, c0 + pad : c0 + pad + tw] = tile
