@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -106,6 +107,7 @@ def command(
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     signal.signal(signal.SIGINT, lambda *_: stopping.set())
+    say: Callable[[str], None]
     if log_format == "json":  # every line a JSON object, for the log collector
         serve_log = logging.getLogger("cxr_node.serve")
         say = serve_log.info
