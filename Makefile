@@ -3,7 +3,7 @@
 VENV ?= .venv
 PYTEST_ARGS ?=
 
-.PHONY: demo test check lint setup setup-peers bench clean
+.PHONY: demo test check lint lock setup setup-peers bench clean
 
 setup:
 	@deploy/bootstrap.sh
@@ -30,6 +30,16 @@ lint: setup
 
 bench: setup
 	$(VENV)/bin/cxr-node bench inference
+
+# Re-resolve the pins: a throwaway venv gets the newest versions pyproject's ranges allow, and
+# their exact versions become deploy/constraints.txt. Then `make test`, and commit both.
+lock:
+	rm -rf .venv-lock && python3 -m venv .venv-lock
+	.venv-lock/bin/pip install -q torch==2.14.1 torchvision==0.29.1 && .venv-lock/bin/pip install -q -e ".[test,postgres,train]"
+	( echo "# Exact versions cxr-node's tests passed with; \`make lock\` regenerates this file from pyproject's ranges."; \
+	  echo "# deploy/bootstrap.sh, docs/install.md and CI install through it (pip install -c deploy/constraints.txt)."; \
+	  .venv-lock/bin/pip freeze --exclude-editable ) > deploy/constraints.txt
+	rm -rf .venv-lock
 
 clean:
 	rm -rf demo-out .pytest_cache .mypy_cache .ruff_cache

@@ -10,6 +10,8 @@ PYTHON=${PYTHON:-python3}
 VENV=${VENV:-.venv}
 # x86_64 wheels of these lie on the build machines' disk; elsewhere pip fetches them from PyPI.
 TORCH_PINS=${TORCH_PINS:-"torch==2.14.1 torchvision==0.29.1"}
+# The exact versions the tests passed with (regenerate: `make lock`); pyproject keeps the ranges.
+CONSTRAINTS=${CONSTRAINTS:-deploy/constraints.txt}
 DEBIAN_PACKAGES=${DEBIAN_PACKAGES:-"libopenjp2-7 dcmtk orthanc orthanc-dicomweb orthanc-webviewer dicom3tools postgresql pixelmed-apps chromium systemd openssl"}
 
 if [[ "${1:-}" == "--peers" ]]; then
@@ -44,10 +46,10 @@ if [[ ! -x "$VENV/bin/python" ]]; then
   "$PYTHON" -m venv "$VENV"
 fi
 stamp="$VENV/.cxr-node-installed"
-if [[ ! -f "$stamp" || pyproject.toml -nt "$stamp" ]]; then
+if [[ ! -f "$stamp" || pyproject.toml -nt "$stamp" || "$CONSTRAINTS" -nt "$stamp" ]]; then
   echo "bootstrap: installing torch ($TORCH_PINS) and cxr-node into $VENV (a few minutes the first time)"
-  pip_install $TORCH_PINS
-  pip_install -e ".[test,postgres,train]"
+  pip_install -c "$CONSTRAINTS" $TORCH_PINS
+  pip_install -c "$CONSTRAINTS" -e ".[test,postgres,train]"
   "$VENV/bin/python" -c "import cxr_node, torch, torchvision, highdicom, pynetdicom" 
   touch "$stamp"
 fi
