@@ -5,9 +5,12 @@ culprit fails; health() says when no decoder can run. Decoder processes are kill
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
+import sys
 import time
+import types
 
 import pytest
 
@@ -20,6 +23,7 @@ from cxr_node.analysis.decode_pool import (
     restart_delay_s,
 )
 from cxr_node.dicom.pixels import PixelDataError
+from cxr_node.processing import OutcomeKind, classify
 from tests import peers
 from tests.bombs import j2k_bomb, rle_bomb
 
@@ -129,3 +133,26 @@ def test_closed_pool_refuses_work(pool, rg1_uncr):
 def _running(pid: int) -> bool:
     state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
     return state not in ("Z", "X")
+
+
+def test_decoders_that_cannot_start_defer_the_images(pool, rg1_uncr):
+    # The decode function lives in a module only this process has: every decoder process dies
+    # while starting (it cannot unpickle its arguments). The image must not wait forever: after
+    # STILLBORN_LIMIT such deaths in a row it fails as a resource problem, which the worker defers.
+    phantom = types.ModuleType("cxr_phantom_decoder")
+
+    def decode(path):
+        raise AssertionError("never runs")
+
+    decode.__module__, decode.__qualname__ = phantom.__name__, "decode"
+    phantom.decode = decode
+    sys.modules[phantom.__name__] = phantom
+    try:
+        p = pool(workers=1, decode=phantom.decode)
+        exc = p.submit(rg1_uncr).exception(timeout=180)
+    finally:
+        del sys.modules[phantom.__name__]
+    assert isinstance(exc, OSError) and exc.errno == errno.EAGAIN, exc
+    assert "no decoder process starts" in str(exc)
+    assert classify(exc) == OutcomeKind.RESOURCE
+    assert "no decoder process running" in (p.health() or "")

@@ -34,6 +34,7 @@ OSError for I/O trouble that a retry may fix), so callers keep their policies.
 from __future__ import annotations
 
 import collections
+import errno
 import logging
 import multiprocessing
 import os
@@ -280,6 +281,7 @@ def _how_it_ended(exitcode: int | None, killed_for: str) -> str:
 
 
 RESTART_BACKOFF_MAX_S = 30.0
+STILLBORN_LIMIT = 3  # decoder processes in a row dead before ready: the waiting images are deferred
 
 
 def restart_delay_s(crashes_in_a_row: int) -> float:
@@ -315,6 +317,7 @@ class DecodePool:
         self._wake_w: Connection | None = None
         self._closing = False
         self._crashes = 0  # decoder deaths in a row without a decode that worked
+        self._stillborn = 0  # decoder processes in a row that died before they were ready
         self._last_crash = ""
         self._start_after = 0.0  # clock time before which no decoder is started (back-off)
         self.restarts = 0  # decoder processes started to replace one that ended
@@ -548,6 +551,9 @@ class DecodePool:
                 self._last_crash = f"decoder process {child.process.pid} {how}"
                 self._start_after = self._clock() + restart_delay_s(self._crashes)
                 log.warning("%s%s", self._last_crash, f" while decoding {child.task.path}" if child.task else "")
+            self._stillborn = 0 if child.ready else self._stillborn + 1
+            if self._stillborn >= STILLBORN_LIMIT:
+                self._fail_queued(how)
             task = child.task
             if task is None:
                 return
@@ -561,6 +567,17 @@ class DecodePool:
                 )
             else:
                 self._queue.appendleft(task)  # again, alone
+
+    def _fail_queued(self, how: str) -> None:
+        """Decoder processes die before they are ready (a broken install, no memory to start one): the
+        waiting images fail as a resource problem (OSError EAGAIN), so the worker defers them with
+        its back-off instead of waiting forever or spending their attempts. Called with the lock held."""
+        queued, self._queue = list(self._queue), collections.deque()
+        for task in queued:
+            if not task.future.done():
+                task.future.set_exception(
+                    OSError(errno.EAGAIN, f"no decoder process starts ({self._stillborn} in a row, the last {how})")
+                )
 
     def _shutdown_children(self) -> None:
         with self._lock:
