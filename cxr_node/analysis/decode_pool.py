@@ -20,6 +20,9 @@ What a received image can do to a decoder process, and what happens then (issue 
   image fails (DecoderDied) and only that image: the others run in their own processes and keep
   their results;
 - run longer than `decoding.timeout_s`: its process is killed, as above.
+If decoder processes cannot start at all (three in a row die before they are ready: a broken
+install, no memory left), the waiting images fail with OSError EAGAIN, a resource failure that
+the worker defers with its back-off, instead of waiting forever.
 A process that ran out of memory leaves and a fresh one takes its place, so no decode starts in an
 address space that a bomb has fragmented. Crashes in a row delay the next start (1 s doubling to
 30 s); until a process is up again `health()` says why decoding is not possible (/readyz).
