@@ -36,6 +36,8 @@ from cxr_node.selection.age import selection_notes
 
 log = logging.getLogger(__name__)
 
+ANALYSIS_FAILED = "analysis failed: "  # prefix of the error when the models failed on a whole batch
+
 Decode = Callable[[list[str]], "list[Decoded | BaseException]"]
 
 # errno values that say "the machine", not "the image"
@@ -148,7 +150,7 @@ def process_batch(
     except Exception as exc:
         log.exception("analysis of a batch of %d failed", len(ready))
         for _, outcome, _, _ in ready:
-            _failed(outcome, exc, prefix="analysis failed: ")
+            _failed(outcome, exc, prefix=ANALYSIS_FAILED)
         return outcomes
     for (index, outcome, header, item), analysis in zip(ready, analyses, strict=True):
         outcome.analysis = analysis

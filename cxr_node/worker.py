@@ -24,7 +24,7 @@ from cxr_node.analysis.engine import Analyzer
 from cxr_node.destinations.routing import NOTICE, Route, plan
 from cxr_node.dicom.information import DEFAULT_LIMITS, InformationLimits
 from cxr_node.polling import PollingLoop
-from cxr_node.processing import Decode, Outcome, OutcomeKind, process_batch
+from cxr_node.processing import ANALYSIS_FAILED, Decode, Outcome, OutcomeKind, process_batch
 from cxr_node.queue.jobs import ExportItem, Job, JobQueue, ResultRecord
 from cxr_node.results.identity import ModelIdentity, NodeIdentity
 from cxr_node.storage import StorageLayout
@@ -87,6 +87,7 @@ class Worker:
         self.model = ModelIdentity.from_bundle(analyzer.bundle)
         # HOST:PID lets a restarted node recognise jobs its dead predecessor held.
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
+        self._model_problem: str | None = None
         self._loop = PollingLoop("cxr-worker", self.run_once, settings.poll_interval_s)
 
     def run_once(self) -> int:
@@ -109,12 +110,26 @@ class Worker:
             limits=self.settings.image_check,
             zone=ZoneInfo(self.settings.time_zone) if self.settings.time_zone else None,
         )
+        self._note_analysis(outcomes)
         for job, outcome in zip(batch, outcomes, strict=True):
             try:
                 self._record(job, outcome)
             except OperationalError as exc:  # the database went away: the lease brings the job back
                 log.error("job %d (image %s): cannot record the outcome: %s", job.id, job.sop_instance_uid, exc)
         return len(batch)
+
+    def _note_analysis(self, outcomes: list[Outcome]) -> None:
+        """Remember whether the models' last batch failed as a whole (a model or device fault), for /readyz."""
+        failed = [o for o in outcomes if o.error and o.error.startswith(ANALYSIS_FAILED)]
+        if failed:
+            text = (failed[0].error or "")[len(ANALYSIS_FAILED) :].removeprefix(f"{failed[0].path}: ")
+            self._model_problem = f"the last analysis failed: {text[:200]}"
+        elif any(o.ok for o in outcomes):
+            self._model_problem = None
+
+    def model_problem(self) -> str | None:
+        """None while the models answer; else why not (the last batch's analysis failed as a whole)."""
+        return self._model_problem
 
     def _record(self, job: Job, outcome: Outcome) -> None:
         if not outcome.ok:

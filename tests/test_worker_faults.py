@@ -120,3 +120,25 @@ def test_two_images_of_one_study_in_one_batch_get_their_own_results(rig):
         refs = {str(e.value) for e in sr.iterall() if e.keyword == "ReferencedSOPInstanceUID"}
         assert sop in refs and not (set(sops) - {sop}) & refs
     assert len({e["sop_instance_uid"] for r in results for e in r["exports"]}) == 4  # 2 images x (SR + SC)
+
+
+def test_readiness_model_problem_while_the_models_fail_and_after(rig, monkeypatch, analyzer):
+    # A model or device fault (here the analyser raising, as a lost GPU does) makes the worker's
+    # model check false with the reason; the next batch the models answer makes it true again.
+    queue, layout, worker, clock = rig
+    assert worker.model_problem() is None
+    real = analyzer.analyse
+
+    def broken(images):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    monkeypatch.setattr(analyzer, "analyse", broken)
+    receive(queue, layout, make_radiograph(gradient(64, 48)))
+    worker.run_once()
+    problem = worker.model_problem()
+    assert problem is not None and problem.startswith("the last analysis failed:") and "illegal memory access" in problem
+    monkeypatch.setattr(analyzer, "analyse", real)
+    clock.advance(3600)
+    receive(queue, layout, make_radiograph(gradient(64, 48)))
+    worker.run_once()
+    assert worker.model_problem() is None

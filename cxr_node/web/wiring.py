@@ -32,8 +32,9 @@ def build_web_server(
         reports,
         cfg.storage,
         cfg.min_free_mb,
-        # A worker process is ready only with its models in memory (Node.build loads them before serving).
-        model_loaded=(lambda: None if node.worker.analyzer is not None else "models not loaded")
+        # A worker process is ready only with its models in memory (Node.build loads them before serving),
+        # and not while the models' last batch failed as a whole (a model or device fault).
+        model_loaded=(lambda: node.worker.model_problem() if node.worker.analyzer is not None else "models not loaded")
         if node.worker
         else None,
         decoding=node.decode_pool.health if node.decode_pool is not None else None,
