@@ -251,7 +251,7 @@ def run_agreement_bench(
         "model_input": bundle.input_size,
         "sc_max_side": sc_max_side,
         "upscale": upscale,
-        "labels": {lab: int((labels == lab).sum()) for lab in sorted(set(labels))},
+        "labels": {str(lab): int((labels == lab).sum()) for lab in sorted(set(labels))},
         "syntaxes": per_syntax,
         "real_images": real,
         "cpu_count": os.cpu_count(),
