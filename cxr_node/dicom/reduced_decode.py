@@ -136,7 +136,10 @@ def _j2k(ds: Dataset, rows: int, cols: int, factor: int) -> Stored | None:
 
 
 def _jpeg_dct(ds: Dataset, rows: int, cols: int, factor: int) -> Stored | None:
-    data = _first_frame(ds)
+    try:
+        data = _first_frame(ds)
+    except ValueError:
+        return None  # broken encapsulation: pydicom's full decode gives the answer
     precision, components = _jpeg_sof(data)
     if precision != 8 or components != 1 or int(ds.get("BitsAllocated") or 8) != 8:
         return None  # 12-bit or colour: no DCT-scaling decoder for it here
