@@ -237,7 +237,7 @@ def _summary(samples: list[Sample], sends: int, look_s: float, load_before, load
 
 def report(result: dict) -> str:
     lines = [
-        f"{result['sends']} sends of RG1_J2KR.dcm (after 1 warm-up), dcmsend -> SR and SC listed by Orthanc "
+        f"{result['sends']} sends of {result.get('image', 'RG1_J2KR.dcm')} (after 1 warm-up), dcmsend -> SR and SC listed by Orthanc "
         f"(looked every {result['look_interval_s'] * 1000:.0f} ms)",
         f"  p50 {result['p50_s']:.2f} s   p90 {result['p90_s']:.2f} s   min {result['min_s']:.2f} s   max {result['max_s']:.2f} s",
         f"  dcmsend itself p50 {result['dcmsend_p50_s']:.2f} s",
@@ -290,7 +290,8 @@ def command(image, sends, look_s, models, device, decode, as_json) -> None:
                 device,
                 *(["--models", str(models)] if models else ["--allow-untrained"]),
             ]
-            results[mode] = {"decode": mode, **run_latency_bench(image, sends, look_s, Path(tmp), serve_args)}
+            run = run_latency_bench(image, sends, look_s, Path(tmp), serve_args)
+            results[mode] = {"decode": mode, "image": image.name, **run}
     if as_json:
         click.echo(json.dumps(results if decode == "both" else results[decode], indent=1))
         return
