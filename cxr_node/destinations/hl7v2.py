@@ -379,8 +379,9 @@ class Hl7Destination(ExportDestination):
 
     def _exchange(self, ready: list[tuple[int, str, bytes]], deliveries: list, nothing_else: bool) -> None:
         where = f"{self.host}:{self.port}"
+        connection = MllpConnection(self.host, self.port, self.timeout_s, self.tls)
         try:
-            connection = MllpConnection(self.host, self.port, self.timeout_s, self.tls).__enter__()
+            connection.connect()
         except OSError as exc:
             why = f"{where}: cannot connect: {type(exc).__name__}: {exc}"
             if nothing_else:
@@ -388,7 +389,7 @@ class Hl7Destination(ExportDestination):
             for i, _, _ in ready:
                 deliveries[i] = Delivery(Verdict.RETRY, why)
             return
-        try:
+        with connection:
             for n, (i, message_id, data) in enumerate(ready):
                 try:
                     answer = connection.exchange(data)
@@ -401,5 +402,3 @@ class Hl7Destination(ExportDestination):
                     deliveries[i] = verdict_of(parse_ack(answer), message_id)
                 except ValueError as exc:
                     deliveries[i] = Delivery(Verdict.RETRY, f"{where}: {exc}")
-        finally:
-            connection.__exit__(None, None, None)

@@ -27,20 +27,27 @@ class MllpConnection:
         self._sock: socket.socket | None = None
         self._buffer = b""
 
-    def __enter__(self) -> MllpConnection:
-        """Connect; OSError (refused, unreachable, timeout, TLS handshake) propagates."""
-        sock = socket.create_connection((self.host, self.port), timeout=self.timeout_s)
-        try:
-            self._sock = self.tls.wrap_socket(sock, server_hostname=self.host) if self.tls else sock
-        except OSError:
-            sock.close()
-            raise
+    def connect(self) -> MllpConnection:
+        """OSError (refused, unreachable, timeout, TLS handshake) propagates."""
+        if self._sock is None:
+            sock = socket.create_connection((self.host, self.port), timeout=self.timeout_s)
+            try:
+                self._sock = self.tls.wrap_socket(sock, server_hostname=self.host) if self.tls else sock
+            except OSError:
+                sock.close()
+                raise
         return self
 
-    def __exit__(self, *exc) -> None:
+    def close(self) -> None:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
+
+    def __enter__(self) -> MllpConnection:
+        return self.connect()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def exchange(self, message: bytes) -> bytes:
         """Send one message and return the peer's one framed answer (without the framing)."""
