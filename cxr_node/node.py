@@ -104,6 +104,7 @@ class Node:
                     time_zone=cfg.time_zone,
                     destinations=routes(cfg),
                     image_check=cfg.image_check,
+                    vocabulary=cfg.selection.vocabulary,
                 ),
                 pool.decode_many,
             )

@@ -33,6 +33,7 @@ from cxr_node.errors import NotAnalysable
 from cxr_node.results.identity import ModelIdentity, NodeIdentity
 from cxr_node.results.writer import ResultFiles, write_results
 from cxr_node.selection.age import selection_notes
+from cxr_node.selection.vocabulary import Vocabulary
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +112,7 @@ def process_batch(
     max_side: int = 1024,
     limits: InformationLimits = DEFAULT_LIMITS,
     zone: tzinfo | None = None,
+    vocabulary: Vocabulary | None = None,
 ) -> list[Outcome]:
     """Analyse the files in one batch and write each one's SR and SC into `out_dir(i, header)`.
 
@@ -120,6 +122,7 @@ def process_batch(
     An image that holds too little for an answer (`limits`, or a NotAnalysable raised by any
     per-image step) ends not_analysable and is never analysed nor written.
     `zone`: the node's zone for result times when a source states no offset (None: the host's).
+    `vocabulary`: the node's word tables ([selection]), to name a view only descriptions state.
     """
     names = [str(p) for p in paths]
     outcomes = [Outcome(p) for p in names]
@@ -169,6 +172,7 @@ def process_batch(
                 # which window was used, header attributes ignored; the patient's age not stated
                 notes=[*item.image.notes, *selection_notes(header)],
                 zone=zone,
+                vocabulary=vocabulary,
             )
             outcome.timings["sr_sc_build"] = time.perf_counter() - t0
         except Exception as exc:

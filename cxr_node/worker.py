@@ -27,6 +27,7 @@ from cxr_node.polling import PollingLoop
 from cxr_node.processing import ANALYSIS_FAILED, Decode, Outcome, OutcomeKind, process_batch
 from cxr_node.queue.jobs import ExportItem, Job, JobQueue, ResultRecord
 from cxr_node.results.identity import ModelIdentity, NodeIdentity
+from cxr_node.selection.vocabulary import Vocabulary
 from cxr_node.storage import StorageLayout
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,8 @@ class WorkerSettings:
     # class); empty = keep results on disk.
     destinations: tuple[Route | str, ...] = ()
     image_check: InformationLimits = DEFAULT_LIMITS  # how much a decoded image must hold to be analysed
+    # The words that name a view ([selection] tables): the SR and SC say where a view they name was read.
+    vocabulary: Vocabulary | None = None
     # Wait after the n-th resource failure in a row: doubles from 5 s, at most 10 minutes.
     resource_backoff_s: Callable[[int], float] = lambda n: min(600.0, 5.0 * 2 ** (n - 1))
 
@@ -109,6 +112,7 @@ class Worker:
             max_side=self.settings.sc_max_side,
             limits=self.settings.image_check,
             zone=ZoneInfo(self.settings.time_zone) if self.settings.time_zone else None,
+            vocabulary=self.settings.vocabulary,
         )
         self._note_analysis(outcomes)
         for job, outcome in zip(batch, outcomes, strict=True):

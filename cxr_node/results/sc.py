@@ -68,9 +68,11 @@ def build_secondary_capture(
     notes: Seq[str] = (),
     when: ResultTime | None = None,
     panels: str = "per-model",
+    analysed: AnalysedImage | None = None,
 ) -> Dataset:
     """notes: the node's notes on how it read the image; drawn in the picture, and repeated
     in DerivationDescription (what a PACS shows when it cannot read burned-in text).
+    analysed: the source in words (AnalysedImage.of with the node's vocabulary); None: read here.
     result: names the class in SeriesDescription (what a PACS lists); when: as for the SR."""
     if when is None:
         when = result_time(source, utc_now())
@@ -95,7 +97,7 @@ def build_secondary_capture(
     if "BodyPartExamined" in source:
         sc.BodyPartExamined = source.BodyPartExamined
     desc = (
-        f"Grad-CAM of {model.description} over {AnalysedImage.of(source).text}, VOI and polarity applied: "
+        f"Grad-CAM of {model.description} over {(analysed or AnalysedImage.of(source)).text}, VOI and polarity applied: "
         f"{maps_text(result.label, panels)}; {NOT_FOR_DIAGNOSIS}"
     )
     if not model.trained:

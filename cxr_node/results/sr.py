@@ -248,11 +248,17 @@ def illustration_text(sc: Dataset | None) -> str:
     )
 
 
-def _summary_items(source: Dataset, model: ModelIdentity, sc: Dataset | None, notes: Sequence[str] = ()) -> list:
+def _summary_items(
+    source: Dataset,
+    model: ModelIdentity,
+    sc: Dataset | None,
+    notes: Sequence[str] = (),
+    analysed: AnalysedImage | None = None,
+) -> list:
     """The readable statements of the overall-result group, after its coded evaluations."""
     items: list[hd.sr.ContentItem] = [
         _text(AI_MODEL, model.description),
-        _text(ANALYSED_IMAGE, AnalysedImage.of(source).text),
+        _text(ANALYSED_IMAGE, (analysed or AnalysedImage.of(source)).text),
         _text(INTENDED_USE, intended_use(model)),
         *(_text(NOTE, note) for note in clean_notes(notes)),
         _text(ILLUSTRATION_NOTE, illustration_text(sc)),
@@ -312,11 +318,13 @@ def build_report_content(
     model: ModelIdentity,
     sc: Dataset | None = None,
     notes: Sequence[str] = (),
+    analysed: AnalysedImage | None = None,
 ) -> hd.sr.MeasurementReport:
     """sc=None: the report for a PACS that does not hold the Grad-CAM SC (it says so).
 
     notes: short sentences on how the node read this image (e.g. "window: node's robust
     window (WindowWidth 0 ignored)", "patient age not stated"), one TEXT item each.
+    analysed: the source in words (AnalysedImage.of with the node's vocabulary); None: read here.
     """
     observer = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
@@ -344,7 +352,7 @@ def build_report_content(
         evaluations=evaluations,
     )
     summary[0].ContinuityOfContent = "SEPARATE"  # each statement on its own line, with its name
-    summary[0].ContentSequence.extend(_summary_items(source, model, sc, notes))
+    summary[0].ContentSequence.extend(_summary_items(source, model, sc, notes, analysed))
     group_a = _model_group(
         source, TRACKING_A, derived_uid("track-a", key), ABNORMAL, a_positive, P_ABNORMAL, result.p_abnormal, algo_a
     )
@@ -374,6 +382,7 @@ def build_structured_report(
     content: hd.sr.MeasurementReport | None = None,
     notes: Sequence[str] = (),
     when: ResultTime | None = None,
+    analysed: AnalysedImage | None = None,
 ) -> Dataset:
     """Comprehensive 3D SR, or with fallback=True the same content as Comprehensive SR.
 
@@ -386,7 +395,9 @@ def build_structured_report(
     if when is None:
         when = result_time(source, utc_now())
     if content is None:
-        content = build_report_content(ref, result, uids, node, model, sc, [*notes, *filter(None, [when.note])])
+        content = build_report_content(
+            ref, result, uids, node, model, sc, [*notes, *filter(None, [when.note])], analysed
+        )
     cls = hd.sr.ComprehensiveSR if fallback else hd.sr.Comprehensive3DSR
     description = series_description("AI", result, model)
     instance_uid = uids.sr_instance if sc is not None else no_illustration_sr_uid(uids.sr_instance)

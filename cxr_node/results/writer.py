@@ -27,6 +27,7 @@ from cxr_node.results.render import Legend, render_secondary_capture
 from cxr_node.results.sc import build_secondary_capture
 from cxr_node.results.sr import build_structured_report, clean_notes
 from cxr_node.results.times import Clock, result_time, utc_now
+from cxr_node.selection.vocabulary import Vocabulary
 from cxr_node.storage import write_durably
 
 
@@ -79,6 +80,7 @@ def write_results(
     notes: Sequence[str] = (),
     clock: Clock = utc_now,
     zone: tzinfo | None = None,
+    vocabulary: Vocabulary | None = None,
 ) -> ResultFiles:
     """display: the radiograph as decoded for the model ([0, 1], VOI and polarity applied).
 
@@ -87,17 +89,18 @@ def write_results(
     the SR carries each as a Comment in the overall result, the SC in its findings box.
     clock, zone: now (timezone-aware) and the node's zone for a source that states no
     offset (None: the host's); both objects carry the same instant (times.result_time).
+    vocabulary: the words that name a view (the config's [selection] tables; None: the built-in
+    one), for an image whose view only its descriptions state (AnalysedImage).
     """
     uids = ResultUIDs.for_source(str(source.SOPInstanceUID), model)
     when = result_time(source, clock(), zone)
     notes = clean_notes([*notes, *filter(None, [when.note])])
     result = analysis.result
-    legend = Legend(
-        result, model.description, model.trained, AnalysedImage.of(source).text, tuple(notes), model.thresholds
-    )
+    analysed = AnalysedImage.of(source, vocabulary)  # once: the SR, the SC and its picture say the same
+    legend = Legend(result, model.description, model.trained, analysed.text, tuple(notes), model.thresholds)
     rgb = render_secondary_capture(display, analysis.cam_a, analysis.cam_b, legend, panels, max_side)
-    sc = build_secondary_capture(source, rgb, uids, node, model, result, notes, when, panels)
-    sr = build_structured_report(source, result, uids, node, model, sc=sc, notes=notes, when=when)
+    sc = build_secondary_capture(source, rgb, uids, node, model, result, notes, when, panels, analysed)
+    sr = build_structured_report(source, result, uids, node, model, sc=sc, notes=notes, when=when, analysed=analysed)
     out_dir = Path(out_dir)
     sc_path = write_durably(out_dir / "gradcam-sc.dcm", _encode(sc))
     sr_path = write_durably(out_dir / "report-sr.dcm", _encode(sr))
