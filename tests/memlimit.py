@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,13 +52,17 @@ class MemoryLimit:
                 return int(value)
         return None
 
-    def close(self) -> None:
-        """Remove the cgroup (its processes must have ended)."""
-        if self.path is not None:
+    def close(self, wait_s: float = 15.0) -> None:
+        """Remove the cgroup once its processes have ended (a killed node's decoders leave within ~1 s)."""
+        if self.path is None:
+            return
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
             try:
                 self.path.rmdir()
-            except OSError:
-                pass
+                return
+            except OSError:  # EBUSY: processes still in it
+                time.sleep(0.2)
 
 
 def _writable(path: Path) -> bool:
