@@ -334,3 +334,28 @@ def test_pdu_reads_in_large_steps_keep_pynetdicoms_contract():
     far.close()
     assert sock.recv(4 << 30) == b"tail"  # 4 GB declared, 4 bytes sent, then EOF: what was read
     near.close()
+
+
+def test_a_file_left_under_its_final_name_without_a_row_is_replaced_on_resend(node_factory):
+    """write_before_commit renames before its fsync: a crash there can leave the final name with
+    incomplete content, but no row names it and no success left; the sender's retry replaces it."""
+    node = node_factory()
+    ds = make_radiograph(gradient())
+    path = node.layout.instance_path(ds.StudyInstanceUID, ds.SOPInstanceUID)
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"\x00" * 1000)  # what a power loss mid-write may leave
+    assert send(node, ds).Status == 0x0000
+    (inst,) = node.rows(instances)
+    assert inst.path == str(path) and dcmread(path).PixelData == ds.PixelData
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary file left
+
+
+def test_write_before_commit_writes_the_parts_whole_and_leaves_no_temporary(tmp_path):
+    from cxr_node.storage import write_before_commit
+
+    target = tmp_path / "new-study" / "image.dcm"
+    body = bytearray(b"x" * 5_000_000)
+    with memoryview(body) as view:
+        write_before_commit(target, (b"head", view))
+    assert target.read_bytes() == b"head" + body
+    assert [p.name for p in target.parent.iterdir()] == ["image.dcm"]

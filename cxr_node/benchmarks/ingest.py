@@ -105,8 +105,15 @@ def _stop(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
-def time_one(receiver: Receiver, files: list[Path], workdir: Path) -> float:
-    """dcmsend's wall time for `files` in one association to a freshly started `receiver`."""
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds a process has used so far (/proc/PID/stat, fields 14 and 15)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def time_one(receiver: Receiver, files: list[Path], workdir: Path) -> tuple[float, float]:
+    """dcmsend's wall time for `files` in one association to a freshly started `receiver`, and the
+    CPU seconds the receiver used meanwhile (less sensitive than wall time to other load)."""
     workdir.mkdir(parents=True)
     port = _free_port()
     proc = receiver.start(workdir, port)
@@ -118,9 +125,11 @@ def time_one(receiver: Receiver, files: list[Path], workdir: Path) -> float:
                 raise click.ClickException(f"{receiver.name} did not start listening:\n{log}")
             time.sleep(0.05)
         cmd = [_program("dcmsend"), "-aet", "MOBILE_DR", "-aec", "CXR_NODE", "-ma", "-dn", "127.0.0.1", str(port)]
+        cpu0 = _cpu_s(proc.pid)
         t0 = time.perf_counter()
         sent = subprocess.run([*cmd, *map(str, files)], capture_output=True, text=True, timeout=600)
         seconds = time.perf_counter() - t0
+        cpu = _cpu_s(proc.pid) - cpu0
         if sent.returncode != 0:
             raise click.ClickException(f"dcmsend to {receiver.name} failed ({sent.returncode}): {sent.stderr[-1000:]}")
     finally:
@@ -128,7 +137,7 @@ def time_one(receiver: Receiver, files: list[Path], workdir: Path) -> float:
     held = receiver.held(workdir)
     if held != len(files):
         raise click.ClickException(f"{receiver.name} holds {held} of {len(files)} images after the run")
-    return seconds
+    return seconds, cpu
 
 
 def _load() -> list[float]:
@@ -144,15 +153,17 @@ def run_ingest_bench(
     if baseline is not None:
         receivers.append(Receiver("baseline", baseline))
     seconds: dict[str, list[float]] = {r.name: [] for r in receivers}
+    cpu: dict[str, list[float]] = {r.name: [] for r in receivers}
     loads: list[list[float]] = []
     for i in range(rounds):
         for receiver in receivers:
             load = _load()
-            s = time_one(receiver, files, workdir / f"round{i}-{receiver.name}")
+            s, c = time_one(receiver, files, workdir / f"round{i}-{receiver.name}")
             seconds[receiver.name].append(round(s, 3))
+            cpu[receiver.name].append(round(c, 2))
             loads.append(load)
             if progress:
-                progress(f"round {i + 1}: {receiver.name} {s:.2f} s (load {load[0]})")
+                progress(f"round {i + 1}: {receiver.name} {s:.2f} s, receiver CPU {c:.2f} s (load {load[0]})")
     median = {name: statistics.median(v) for name, v in seconds.items()}
     return {
         "images": images,
@@ -161,6 +172,8 @@ def run_ingest_bench(
         "rounds": rounds,
         "seconds": seconds,
         "median_s": {k: round(v, 3) for k, v in median.items()},
+        "receiver_cpu_s": cpu,
+        "median_receiver_cpu_s": {k: round(statistics.median(v), 2) for k, v in cpu.items()},
         "node_over_storescp": round(median["node"] / median["storescp"], 3),
         "baseline_over_storescp": round(median["baseline"] / median["storescp"], 3) if baseline else None,
         "loadavg_per_run": loads,
@@ -176,7 +189,10 @@ def report(r: dict) -> str:
         f"receivers in turn; {r['cpus']} CPUs, {r['date']}",
     ]
     for name, secs in r["seconds"].items():
-        lines.append(f"  {name:<9} median {r['median_s'][name]:.2f} s   runs {', '.join(f'{s:.2f}' for s in secs)}")
+        lines.append(
+            f"  {name:<9} median {r['median_s'][name]:.2f} s   runs {', '.join(f'{s:.2f}' for s in secs)}   "
+            f"receiver CPU median {r['median_receiver_cpu_s'][name]:.2f} s"
+        )
     lines.append(f"  node / storescp = {r['node_over_storescp']:.2f}")
     if r["baseline_over_storescp"] is not None:
         lines.append(f"  baseline / storescp = {r['baseline_over_storescp']:.2f}")
