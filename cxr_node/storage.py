@@ -3,6 +3,8 @@
 After `write_durably` returns, the file survives a crash or power loss with its full
 content; before it returns, the final name either does not exist or holds an older
 complete version. Nothing is ever visible half-written under its final name.
+`write_before_commit` (received images) gives the same after it returns, with one journal
+commit less, for files that a database row commits: see its docstring.
 """
 
 from __future__ import annotations

@@ -135,11 +135,12 @@ class JobQueue:
     # statement waits for another transaction's lock (then it raises, and the receiver answers
     # 0xA700 before the sender's own timeout). None: the engine's defaults.
     @contextmanager
-    def _receipt(self, wait_s: float | None) -> Iterator[Connection]:
+    def _receipt(self, wait_s: float | None, writes: bool = True) -> Iterator[Connection]:
         """A transaction whose lock waits end after wait_s (SQLite busy timeout; PostgreSQL
-        lock_timeout and statement_timeout, SET LOCAL so they end with the transaction)."""
+        lock_timeout and statement_timeout, SET LOCAL so they end with the transaction).
+        A SQLite read (writes=False) waits for no writer in WAL mode: no timeout to set."""
         with self.engine.connect() as conn:
-            if wait_s is None:
+            if wait_s is None or (not writes and conn.dialect.name == "sqlite"):
                 with conn.begin():
                     yield conn
                 return
@@ -163,7 +164,7 @@ class JobQueue:
     def known_instance(self, sop_instance_uid: str, wait_s: float | None = None) -> dict | None:
         """The stored instance with this SOP Instance UID (path, content_sha256, transfer syntax,
         identity), or None."""
-        with self._receipt(wait_s) as conn:
+        with self._receipt(wait_s, writes=False) as conn:
             row = conn.execute(
                 select(
                     instances.c.id,
@@ -179,7 +180,7 @@ class JobQueue:
     def own_result(self, sop_instance_uid: str, wait_s: float | None = None) -> dict | None:
         """The node's own result object with this SOP Instance UID (its kind, the image it was
         computed from), or None: what a PACS sends back when it routes a whole study."""
-        with self._receipt(wait_s) as conn:
+        with self._receipt(wait_s, writes=False) as conn:
             row = conn.execute(
                 select(exports.c.kind, results.c.sop_instance_uid.label("source_sop_instance_uid"))
                 .join(results, results.c.id == exports.c.result_id)
