@@ -4,7 +4,10 @@
 #      study on the GPU (decode + analysis + SR/SC), and THROUGHPUT studies end to end through
 #      the worker's path (decode pool of WORKERS processes -> process_batch in batches of BATCH:
 #      analysis on DEVICE, SR/SC built and written), full and reduced decoding side by side;
-#   2. the same throughput with fewer decode processes (WORKERS_SWEEP), to see where it bends.
+#   2. the same on a unit-sized JPEG 2000 image (RG1 enlarged 2 x: 3910 x 3682, lossless, made
+#      here), which the 1024 px SC lets the node decode at 1/2 (RG1_J2KR itself, 1955 px, is
+#      decoded in full for that SC);
+#   3. the same throughput with fewer decode processes (WORKERS_SWEEP), to see where it bends.
 # Results land in OUT_DIR: summary.txt (the text reports, machine, load), decode-*.json.
 #
 # usage: deploy/gpu-decode-bench.sh OUT_DIR [SECONDS=480]
@@ -42,19 +45,41 @@ say "gpu-decode-bench: device $DEVICE, $CPUS CPUs, throughput $THROUGHPUT studie
   echo "loadavg $(cat /proc/loadavg)"
 } 2>&1 | tee -a "$OUT/summary.txt"
 
-run() {  # run NAME WORKERS THROUGHPUT STUDIES
-    local name=$1 workers=$2 n=$3 studies=$4 limit
+WORK=$(mktemp -d /tmp/cxr-gpu-decode.XXXXXX)
+trap 'rm -rf "$WORK"' EXIT
+BIG="$WORK/rg1-x2-j2k.dcm"
+"$PY" - "$BIG" <<'PYEOF' 2>&1 | tee -a "$OUT/summary.txt"
+import sys
+import cv2, numpy as np, pydicom
+from pydicom.data import get_testdata_file
+from pydicom.uid import JPEG2000Lossless, generate_uid
+ds = pydicom.dcmread(get_testdata_file("RG1_UNCR.dcm"))
+a = ds.pixel_array.astype(np.float32)
+big = cv2.resize(a, (a.shape[1] * 2, a.shape[0] * 2), interpolation=cv2.INTER_CUBIC)
+big = np.clip(np.rint(big), 0, 2 ** int(ds.BitsStored) - 1).astype(np.uint16)
+ds.Rows, ds.Columns = big.shape
+ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+ds.PixelData = big.tobytes()
+ds.compress(JPEG2000Lossless, encoding_plugin="pylibjpeg")
+ds.save_as(sys.argv[1], enforce_file_format=True)
+print(f"made {sys.argv[1]}: {ds.Rows} x {ds.Columns}, JPEG 2000 lossless")
+PYEOF
+
+run() {  # run NAME WORKERS THROUGHPUT STUDIES [IMAGE]
+    local name=$1 workers=$2 n=$3 studies=$4 image=${5:-} limit
+    local img=(); [[ -n "$image" ]] && img=(--image "$image")
     limit=$(left)
     if (( limit < 30 )); then say "$name: skipped, ${limit}s left"; return; fi
     say "$name: bench decode --throughput $n --workers $workers --studies $studies (timeout ${limit}s)"
-    timeout "$limit" "$PY" -m cxr_node.cli bench decode --device "$DEVICE" "${models[@]}" --repeats 5 \
+    timeout "$limit" "$PY" -m cxr_node.cli bench decode --device "$DEVICE" "${models[@]}" "${img[@]}" --repeats 5 \
         --studies "$studies" --throughput "$n" --batch "$BATCH" --workers "$workers" --cores "$CPUS" \
         --out "$OUT/decode-$name.json" >> "$OUT/summary.txt" 2>&1 || say "$name: exit $?"
     echo "loadavg $(cat /proc/loadavg)" >> "$OUT/summary.txt"
 }
 
-run "w$WORKERS" "$WORKERS" "$THROUGHPUT" "$STUDIES"
+run "rg1-w$WORKERS" "$WORKERS" "$THROUGHPUT" "$STUDIES"
+[[ -f "$BIG" ]] && run "big-w$WORKERS" "$WORKERS" "$THROUGHPUT" "$STUDIES" "$BIG"
 for w in $WORKERS_SWEEP; do
-    (( w < WORKERS )) && run "w$w" "$w" "$THROUGHPUT" 0
+    (( w < WORKERS )) && [[ -f "$BIG" ]] && run "big-w$w" "$w" "$THROUGHPUT" 0 "$BIG"
 done
 say "done"
