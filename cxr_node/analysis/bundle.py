@@ -7,6 +7,8 @@ manifest.json:
     input_size        square model input in pixels
     thresholds        {"a": t_A, "b": t_B} for the joint rule (chosen on validation by training)
     models            {"A": {"file", "sha256", "classes"}, "B": {...}}
+    domain            optional: {"file", "sha256", "threshold", "layers", ...} out-of-domain
+                      statistics (domain.py); a bundle without them runs with that check off
     training          free-form summary written by `cxr-node train` (data, splits, metrics)
 """
 
@@ -22,6 +24,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from cxr_node.analysis.domain import FILE as DOMAIN_FILE
+from cxr_node.analysis.domain import DomainError, DomainModel
 from cxr_node.analysis.fusion import Thresholds
 from cxr_node.analysis.models import MODEL_CLASSES, build_densenet161
 from cxr_node.storage import write_durably
@@ -55,6 +59,17 @@ class Bundle:
     sha256: dict[str, str] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
+    domain: DomainModel | None = None  # out-of-domain statistics; None: the check is off
+
+    @property
+    def domain_status(self) -> str:
+        """One line for logs and the status page: is the out-of-domain check on, and with what."""
+        if self.domain is None:
+            return "out-of-domain check off: the bundle has no feature statistics (train it again to add them)"
+        return (
+            f"out-of-domain check on: {len(self.domain.layers)} feature layer(s), threshold "
+            f"{self.domain.threshold:.2f} ({self.domain.quantile:.1%} quantile of validation images)"
+        )
 
     @property
     def label(self) -> str:
@@ -150,7 +165,31 @@ def load_bundle(directory: str | Path) -> Bundle:
         sha256=digests,
         training=manifest.get("training", {}),
         path=directory,
+        domain=_load_domain(directory, manifest, manifest_path),
     )
+
+
+def _load_domain(directory: Path, manifest: dict, manifest_path: Path) -> DomainModel | None:
+    """The optional out-of-domain statistics, verified like the weights."""
+    entry = manifest.get("domain")
+    if entry is None:
+        return None
+    if not isinstance(entry, dict) or "file" not in entry or "sha256" not in entry:
+        raise BundleError(f"{manifest_path}: key 'domain' needs 'file' and 'sha256'")
+    path = directory / str(entry["file"])
+    if not path.is_file():
+        raise BundleError(f"{path}: out-of-domain statistics file named by key 'domain.file' is missing")
+    data = path.read_bytes()
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != entry["sha256"]:
+        raise BundleError(
+            f"{path}: sha256 {actual[:12]}… does not match manifest domain.sha256 "
+            f"{str(entry['sha256'])[:12]}… (corrupt or replaced file)"
+        )
+    try:
+        return DomainModel.from_bytes(data, summary=dict(entry), where=str(path))
+    except DomainError as exc:
+        raise BundleError(str(exc)) from exc
 
 
 def write_bundle(
@@ -163,8 +202,10 @@ def write_bundle(
     input_size: int,
     thresholds: Thresholds,
     training: dict[str, Any] | None = None,
+    domain: DomainModel | None = None,
 ) -> Path:
-    """Write weights then the manifest (last, so a half-written bundle has no manifest)."""
+    """Write weights (and out-of-domain statistics) then the manifest (last, so a half-written
+    bundle has no manifest)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     entries = {}
@@ -187,5 +228,16 @@ def write_bundle(
         "models": entries,
         "training": training or {},
     }
+    if domain is not None:
+        data = domain.to_bytes()
+        write_durably(directory / DOMAIN_FILE, data)
+        manifest["domain"] = {
+            "file": DOMAIN_FILE,
+            "sha256": hashlib.sha256(data).hexdigest(),
+            "threshold": domain.threshold,
+            "quantile": domain.quantile,
+            "layers": [spec.name for spec in domain.specs],
+            **domain.summary,
+        }
     write_durably(directory / MANIFEST, json.dumps(manifest, indent=2).encode("utf-8"))
     return directory

@@ -45,6 +45,7 @@ import torch
 from cxr_node.analysis.bundle import Bundle
 from cxr_node.analysis.cam import cam_from_features, densenet_classifier, forward_with_features
 from cxr_node.analysis.cuda_graphs import GraphedForward
+from cxr_node.analysis.domain import DomainModel, DomainScore, forward_with_descriptors
 from cxr_node.analysis.fusion import JointResult, joint_rule
 from cxr_node.analysis.preprocess import Letterbox, map_to_source, normalise, normalise_batch, square_input
 from cxr_node.validation import PRECISIONS  # one list for the config, the engine and the CLI
@@ -55,7 +56,7 @@ log = logging.getLogger(__name__)
 Forward = Callable[[torch.Tensor], Any]
 
 POSITIVE = 1  # index of the positive class in both heads (abnormal for A, COVID for B)
-STAGES = ("preprocess", "model_a", "model_b", "cams")
+STAGES = ("preprocess", "model_a", "model_b", "cams", "domain")
 
 
 @dataclass
@@ -71,6 +72,9 @@ class Analysis:
     cam_grid_b: np.ndarray
     box: Letterbox | None = None
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage, batch share
+    # Distance from the training images (None: the bundle has no statistics or the check is off).
+    # When domain.outside the image gets no class: processing turns it into `not_analysable`.
+    domain: DomainScore | None = None
 
     @cached_property
     def cam_a(self) -> np.ndarray:
@@ -137,8 +141,14 @@ class Analyzer:
         compile: bool = False,
         cuda_graphs: bool = True,
         parallel_models: bool | None = None,
+        domain_check: bool = True,
+        domain_threshold: float | None = None,
     ) -> None:
         self.bundle = bundle
+        # The out-of-domain check reads its descriptors from the same forwards (domain.py).
+        self.domain: DomainModel | None = bundle.domain if domain_check else None
+        if self.domain is not None and domain_threshold is not None:
+            self.domain = DomainModel(self.domain.layers, float(domain_threshold), self.domain.quantile, self.domain.summary)
         self.device = pick_device(device)
         if parallel_models is None:  # auto: CPU with at least two threads to split
             parallel_models = self.device.type == "cpu" and torch.get_num_threads() >= 2
@@ -159,8 +169,9 @@ class Analyzer:
         self.autocast_dtype = _autocast_dtype(self.device, precision)
         self.precision = "fp32" if self.autocast_dtype is None else str(self.autocast_dtype).removeprefix("torch.")
         # The four forwards, each a callable of x: with features (analyse) and bare (floor).
-        self._fwd_a: Forward = partial(forward_with_features, self.model_a)
-        self._fwd_b: Forward = partial(forward_with_features, self.model_b)
+        # With the out-of-domain check they also return each model's descriptors (a flat tuple).
+        self._fwd_a: Forward = self._analysis_forward(self.model_a, "A")
+        self._fwd_b: Forward = self._analysis_forward(self.model_b, "B")
         self._bare_a: Forward = self.model_a
         self._bare_b: Forward = self.model_b
         self.compiled = False
@@ -179,6 +190,24 @@ class Analyzer:
         self.last_batch = 0
         _release_freed_memory()
 
+    def _analysis_forward(self, model: torch.nn.Module, key: str) -> Forward:
+        if self.domain is None:
+            return partial(forward_with_features, model)
+        return partial(forward_with_descriptors, model, layers=self.domain.specs_of(key))
+
+    @property
+    def domain_status(self) -> str:
+        """One line: whether this analyser checks images against the training images, and how."""
+        if self.bundle.domain is None:
+            return self.bundle.domain_status
+        if self.domain is None:
+            return "out-of-domain check off: turned off by configuration (models.domain_check = false)"
+        where = "the bundle's" if self.domain.threshold == self.bundle.domain.threshold else "models.domain_threshold"
+        return (
+            f"out-of-domain check on: {len(self.domain.layers)} feature layer(s), threshold "
+            f"{self.domain.threshold:.2f} ({where})"
+        )
+
     # -- settings shared by analyse() and floor() -----------------------------------------
     def precision_context(self):
         """The autocast context analyse() runs its forwards under (a no-op in fp32), for code that
@@ -190,12 +219,12 @@ class Analyzer:
     def _try_compile(self) -> None:
         """torch.compile both forwards; any failure (no compiler, unsupported op) -> eager."""
         try:
-            fwd = torch.compile(forward_with_features, dynamic=False)
+            fwd_a = torch.compile(self._fwd_a, dynamic=False)
+            fwd_b = torch.compile(self._fwd_b, dynamic=False)
             bare_a, bare_b = torch.compile(self.model_a, dynamic=False), torch.compile(self.model_b, dynamic=False)
             x = torch.zeros(1, 3, self.input_size, self.input_size, device=self.device).contiguous(
                 memory_format=torch.channels_last
             )
-            fwd_a, fwd_b = partial(fwd, self.model_a), partial(fwd, self.model_b)
             with torch.inference_mode(), self.precision_context():
                 fwd_a(x)
                 fwd_b(x)
@@ -303,11 +332,13 @@ class Analyzer:
         self._sync()
         t1 = time.perf_counter()
 
-        ((feats_a, logits_a), s_a), ((feats_b, logits_b), s_b) = self._both(
+        ((feats_a, logits_a, *desc_a), s_a), ((feats_b, logits_b, *desc_b), s_b) = self._both(
             lambda: self._fwd_a(x), lambda: self._fwd_b(x)
         )
         p_abn = torch.softmax(logits_a.float(), dim=1)[:, POSITIVE]
         p_cov = torch.softmax(logits_b.float(), dim=1)[:, POSITIVE]
+        t2 = time.perf_counter()
+        domain = self._domain_scores(n, desc_a, desc_b)
         t3 = time.perf_counter()
 
         cams_a = cam_from_features(feats_a, densenet_classifier(self.model_a), POSITIVE).cpu().numpy()
@@ -319,20 +350,38 @@ class Analyzer:
                 cam_grid_a=cams_a[i],
                 cam_grid_b=cams_b[i],
                 box=boxes[i],
+                domain=domain[i],
             )
             for i in range(n)
         ]
         t4 = time.perf_counter()
         # With parallel_models, model_a and model_b overlap: each is its own forward's wall time,
-        # "models" is the wall time of both together.
-        batch = {"preprocess": prepared.seconds + (t1 - t0), "model_a": s_a, "model_b": s_b, "cams": t4 - t3}
+        # "models" is the wall time of both together. "domain" is the scoring of the descriptors
+        # (their pooling runs inside the forwards and is counted there).
+        batch = {
+            "preprocess": prepared.seconds + (t1 - t0),
+            "model_a": s_a,
+            "model_b": s_b,
+            "cams": t4 - t3,
+            "domain": t3 - t2,
+        }
         # total: this call's wall time plus the letterbox, wherever that ran
-        self.last_timings = {**batch, "models": t3 - t1, "total": prepared.seconds + (t4 - t0)}
+        self.last_timings = {**batch, "models": t2 - t1, "total": prepared.seconds + (t4 - t0)}
         self.last_batch = n
         share = {k: v / n for k, v in batch.items()}
         for a in out:
             a.timings = dict(share)
         return out
+
+
+    def _domain_scores(self, n: int, desc_a, desc_b) -> list[DomainScore | None]:
+        """Each image's distance from the training images, from the descriptors the forwards
+        returned (A's layers then B's, in the order of the statistics)."""
+        if self.domain is None:
+            return [None] * n
+        names = [s.name for s in self.domain.specs_of("A")] + [s.name for s in self.domain.specs_of("B")]
+        descriptors = {name: d[:n].float().cpu().numpy() for name, d in zip(names, [*desc_a, *desc_b], strict=True)}
+        return list(self.domain.score(descriptors))
 
 
 def _release_freed_memory() -> None:
