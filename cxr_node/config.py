@@ -93,6 +93,8 @@ class NodeConfig:
     models: Path | None = None
     allow_untrained: bool = False
     device: str = "auto"
+    domain_check: bool = True  # flag images unlike the training images (when the bundle has statistics)
+    domain_threshold: float | None = None  # None = the threshold training chose on validation
     input_size: int = 224
     cam_panels: str = "per-model"  # or "fused"
     sc_max_side: int = 1024
@@ -227,6 +229,8 @@ _SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
         "dir": ("models", lambda k, v: Path(V.string(k, v)) if v else None),
         "allow_untrained": ("allow_untrained", V.boolean),
         "device": ("device", V.device),
+        "domain_check": ("domain_check", V.boolean),
+        "domain_threshold": ("domain_threshold", V.number),
     },
     "analysis": {
         "input_size": ("input_size", V.int_range(32, 2048)),

@@ -89,9 +89,17 @@ class Node:
                 limits=DecodeLimits(memory_mb=cfg.decode_memory_mb, timeout_s=cfg.decode_timeout_s),
                 decode=decoder_for(decode_resolution(cfg, models.input_size)),
             )
+            analyzer = Analyzer(
+                models,
+                cfg.device,
+                cuda_graphs=cfg.cuda_graphs,
+                domain_check=cfg.domain_check,
+                domain_threshold=cfg.domain_threshold,
+            )
+            log.info("%s", analyzer.domain_status)
             worker = Worker(
                 queue,
-                Analyzer(models, cfg.device, cuda_graphs=cfg.cuda_graphs),
+                analyzer,
                 layout,
                 NodeIdentity(cfg.ae_title),
                 WorkerSettings(

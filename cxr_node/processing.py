@@ -159,6 +159,9 @@ def process_batch(
         outcome.analysis = analysis
         outcome.timings.update(analysis.timings)
         try:
+            if analysis.domain is not None and analysis.domain.outside:
+                outcome.analysis = None  # unlike the training images: no class leaves the node
+                raise NotAnalysable("out-of-domain", analysis.domain.reason)
             t0 = time.perf_counter()
             outcome.files = write_results(
                 header,
@@ -169,8 +172,13 @@ def process_batch(
                 model,
                 panels,
                 max_side,
-                # which window was used, header attributes ignored; the patient's age not stated
-                notes=[*item.image.notes, *selection_notes(header)],
+                # which window was used, header attributes ignored; the patient's age not stated;
+                # whether the pixels were checked against the training images
+                notes=[
+                    *item.image.notes,
+                    *selection_notes(header),
+                    *([] if analysis.domain is not None else [analyzer.domain_note]),
+                ],
                 zone=zone,
                 vocabulary=vocabulary,
             )

@@ -54,6 +54,12 @@ def non_negative(key: str, v: Any) -> Any:
     return v
 
 
+def number(key: str, v: Any) -> float:
+    if not _is_number(v) or v != v or v in (float("inf"), float("-inf")):
+        raise ConfigError(f"{key}: {v!r} must be a finite number")
+    return float(v)
+
+
 def string(key: str, v: Any) -> str:
     if not isinstance(v, str):
         raise ConfigError(f"{key}: {v!r} must be a string")

@@ -65,6 +65,12 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @pytest.fixture(scope="session")
+def out_of_domain() -> Path:
+    """42 lateral radiographs and CT slices (shared/datasets/out-of-domain): what the models must not classify."""
+    return _shared_dataset(SHARED_CXR.parent / "out-of-domain")
+
+
+@pytest.fixture(scope="session")
 def orthanc(tmp_path_factory):
     pacs = peers.start_orthanc(tmp_path_factory.mktemp("orthanc"))
     yield pacs

@@ -144,6 +144,10 @@ def test_evaluate_reproduces_training_test_metrics(smoke, tmp_path):
     assert ev_p.keys() == tr_p.keys()
     diffs = [abs(a - b) for k in tr_p for a, b in zip(ev_p[k], tr_p[k])]
     assert max(diffs) < 1e-4
+    # the out-of-domain check flags (about: float rounding near the threshold) what training counted
+    ood = ev["out_of_domain"]
+    assert ood["checked"] and ood["n"] == len(test_rows)
+    assert abs(ood["flagged"] - metrics["out_of_domain"]["flagged"]["test"]["flagged"]) <= 1
 
 
 def test_evaluate_refuses_bad_rows_unless_told(smoke, tmp_path):
@@ -179,3 +183,32 @@ def test_trained_bundle_serves_without_the_untrained_warning(smoke, tmp_path):
     for ds in (sr, sc):
         assert "UNTRAINED" not in str(ds.get("SeriesDescription", "")).upper()
     assert "UNTRAINED" not in str(sr).upper()
+
+
+def test_bundle_carries_out_of_domain_statistics_chosen_on_validation(smoke):
+    out, metrics, _, _ = smoke
+    bundle = load_bundle(out / "bundle")
+    assert bundle.domain is not None and bundle.domain.quantile == 0.975
+    ood = metrics["out_of_domain"]
+    assert ood["fitted_on_images"] == metrics["repetitions"][0]["split"]["sizes"]["train"]
+    assert ood["flagged"]["val"]["rate"] <= 0.05  # the 97.5 % quantile of validation, by construction
+    assert ood["flagged"]["test"]["rate"] <= 0.10  # frontals it never saw
+    manifest = json.loads((out / "bundle" / "manifest.json").read_text())
+    assert manifest["domain"]["threshold"] == bundle.domain.threshold
+
+
+def test_evaluate_reports_the_out_of_domain_rate_of_laterals_and_ct_slices(smoke, out_of_domain, tmp_path):
+    """Images a frontal-chest model must not classify are flagged (measured rates: docs/training.md)."""
+    out, _, _, _ = smoke
+    proc = subprocess.run([CXR_NODE, "evaluate", "--models", str(out / "bundle"), "--data", str(out_of_domain),
+                           "--domain-only", "--json", "--predictions", str(tmp_path / "ood.csv")],
+                          capture_output=True, text=True, timeout=300, cwd=REPO, env=ENV)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ev = json.loads(proc.stdout)
+    assert ev["n"] == 42 and set(ev["per_kind"]) == {"ct-slice", "lateral-radiograph"}
+    assert ev["per_kind"]["ct-slice"]["rate"] >= 0.8, ev
+    assert ev["per_kind"]["lateral-radiograph"]["rate"] >= 0.5, ev
+    with open(tmp_path / "ood.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 42
+    assert all((float(r["distance"]) > float(r["threshold"])) == (r["outside"] == "1") for r in rows)

@@ -106,15 +106,40 @@ def train(config_path, data_dir, out_dir, labels_csv, skip_bad_rows, overrides):
     type=click.Path(dir_okay=False),
     help="Also write per-image probabilities and joint answers to this CSV.",
 )
+@click.option(
+    "--domain-only",
+    is_flag=True,
+    help="Only the out-of-domain rate, on any images (manifest.csv with `image` and optional `kind`, "
+    "or every PNG/JPEG/.dcm file in the folder); no labels needed.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
-def evaluate(bundle_dir, data_dir, labels_csv, skip_bad_rows, device, batch_size, predictions_csv, as_json):
+def evaluate(
+    bundle_dir, data_dir, labels_csv, skip_bad_rows, device, batch_size, predictions_csv, domain_only, as_json
+):
     """Metrics of a bundle on a labelled set: joint 3-class accuracy, balanced accuracy, AUC of A and B,
-    per-class precision/recall/F1, confusion matrix, counts."""
+    per-class precision/recall/F1, confusion matrix, counts, and how many images the out-of-domain
+    check flags. With --domain-only: the flagged share of any folder of images, per kind."""
     from tqdm import tqdm
 
     from training.evaluate import evaluate as run_evaluate
-    from training.evaluate import format_summary
+    from training.evaluate import evaluate_domain, format_domain_summary, format_summary
 
+    if domain_only:
+        try:
+            result = evaluate_domain(
+                bundle_dir,
+                data_dir,
+                skip_bad_rows=skip_bad_rows,
+                device=device,
+                batch_size=batch_size,
+                predictions_csv=predictions_csv,
+                progress=partial(tqdm, file=sys.stderr, leave=False),
+                log=lambda m: click.echo(m, err=True),
+            )
+        except _known_errors() as exc:
+            raise click.ClickException(str(exc)) from exc
+        click.echo(json.dumps(result, indent=1) if as_json else format_domain_summary(result))
+        return
     try:
         metrics = run_evaluate(
             bundle_dir,

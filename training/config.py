@@ -15,6 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from cxr_node import validation as V
+from cxr_node.analysis.domain_layers import DEFAULT_LAYERS as DEFAULT_DOMAIN_LAYERS
+from cxr_node.analysis.domain_layers import MODELS as DOMAIN_MODELS
+from cxr_node.analysis.domain_layers import POOLS as DOMAIN_POOLS
+from cxr_node.analysis.domain_layers import TAPS as DOMAIN_TAPS
 
 STEP_MODES = ("auto", "eager", "compile", "cuda_graphs")
 PIPELINES = ("auto", "device", "loader")
@@ -117,6 +121,17 @@ class ReportConfig:
 
 
 @dataclass(frozen=True)
+class DomainConfig:
+    """The out-of-domain check's statistics (cxr_node.analysis.domain), fitted after training."""
+
+    enabled: bool = True
+    # Descriptors, MODEL:TAP:POOL separated by commas (docs/training.md, "Out-of-domain check").
+    layers: str = DEFAULT_DOMAIN_LAYERS
+    components: int = 16  # principal directions per layer that keep their own variance
+    quantile: float = 0.975  # threshold = this quantile of the validation images' distances
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     run: RunConfig = field(default_factory=RunConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -126,6 +141,7 @@ class TrainConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     approach: ApproachConfig = field(default_factory=ApproachConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
+    domain: DomainConfig = field(default_factory=DomainConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -140,6 +156,7 @@ class TrainConfig:
         if self.run.parallel == 1 or self.run.parallel_mode == "processes":
             d["run"].pop("parallel_mode")
         d["report"] = {}
+        d.pop("domain")  # statistics fitted after training: the weights do not depend on them
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -152,6 +169,7 @@ _SECTION_TYPES = {
     "augment": AugmentConfig,
     "approach": ApproachConfig,
     "report": ReportConfig,
+    "domain": DomainConfig,
 }
 
 
@@ -225,6 +243,19 @@ def _check(cfg: TrainConfig) -> None:
         f"must be auc, balanced_accuracy, accuracy or loss, got {ap.select_metric!r}",
     )
     need(cfg.report.gradcam_examples >= 0, "report.gradcam_examples", "must be >= 0")
+    dm = cfg.domain
+    need(1 <= dm.components <= 1024, "domain.components", f"must lie in 1..1024, got {dm.components}")
+    need(0.5 <= dm.quantile < 1, "domain.quantile", f"must lie in [0.5, 1), got {dm.quantile}")
+    layers = [x.strip() for x in dm.layers.split(",") if x.strip()]
+    need(bool(layers) or not dm.enabled, "domain.layers", "must name at least one MODEL:TAP:POOL layer")
+    for layer in layers:
+        parts = layer.split(":")
+        need(
+            len(parts) == 3 and parts[0] in DOMAIN_MODELS and parts[1] in DOMAIN_TAPS and parts[2] in DOMAIN_POOLS,
+            "domain.layers",
+            f"{layer!r} must read MODEL:TAP:POOL with MODEL A or B, TAP one of {', '.join(DOMAIN_TAPS)}, "
+            f"POOL one of {', '.join(DOMAIN_POOLS)}",
+        )
 
 
 def config_from_dict(raw: dict[str, Any]) -> TrainConfig:

@@ -434,6 +434,14 @@ def _train(cfg, data_dir, out, env, device, labels_csv, skip_bad_rows, config_pa
         },
     }
     thresholds = Thresholds(**reps[chosen]["thresholds"])
+    domain = None
+    if cfg.domain.enabled:
+        from training.domain_fit import fit_bundle_domain
+
+        parts = plan_repetition(ctx, chosen).split.parts()
+        domain, metrics["out_of_domain"] = fit_bundle_domain(cfg.domain, models, data.squares, parts, device, log)
+    else:
+        log("domain.enabled = false: the bundle gets no out-of-domain statistics (the node runs with the check off)")
     write_bundle(
         out / "bundle",
         models["A"],
@@ -453,6 +461,7 @@ def _train(cfg, data_dir, out, env, device, labels_csv, skip_bad_rows, config_pa
                 k: reps[chosen]["joint_test"][k] for k in ("accuracy", "balanced_accuracy", "auc_a", "auc_b")
             },
         },
+        domain=domain,
     )
     bundle = load_bundle(out / "bundle")  # proves the runtime can load what was written
     log(f"bundle written to {out / 'bundle'} (repetition {chosen + 1}, thresholds a={thresholds.a}, b={thresholds.b})")

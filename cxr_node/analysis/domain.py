@@ -24,6 +24,7 @@ without them runs with the check off, and says so.
 from __future__ import annotations
 
 import io
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,13 +33,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cxr_node.analysis.domain_layers import DEFAULT_LAYERS, MODELS, POOLS, TAPS
+
 FORMAT = "cxr-node-domain/1"
 FILE = "domain.npz"
-# Where a descriptor can be read from the forward: torchvision DenseNet `features` children, plus
-# "final" (the post-ReLU features the CAM and the classifier use).
-TAPS = ("denseblock1", "denseblock2", "denseblock3", "denseblock4", "final")
-POOLS = ("gap", "grid2", "grid4", "std")
-MODELS = ("A", "B")
 _EPS = 1e-12
 
 
@@ -109,6 +107,34 @@ def forward_with_descriptors(
     seen["final"] = feats
     logits = classifier(torch.flatten(F.adaptive_avg_pool2d(feats, 1), 1))
     return (feats, logits, *(pool_descriptor(seen[layer.tap], layer.pool) for layer in layers))
+
+
+def parse_layers(text: str) -> tuple[LayerSpec, ...]:
+    """ "A:denseblock2:grid4, B:final:gap" -> LayerSpecs (the training config's domain.layers)."""
+    return tuple(LayerSpec.parse(part.strip()) for part in text.split(",") if part.strip())
+
+
+@torch.inference_mode()
+def extract(
+    model: nn.Module,
+    squares: np.ndarray,
+    layers: tuple[LayerSpec, ...],
+    device: torch.device | str = "cpu",
+    batch_size: int = 32,
+) -> dict[str, np.ndarray]:
+    """Descriptors of letterboxed (N, S, S) squares in [0, 1], fp32, as the engine computes them
+    on the CPU: {layer name: (N, D) float32}. For fitting (training) and evaluation."""
+    from cxr_node.analysis.preprocess import normalise_batch
+
+    device = torch.device(device)
+    model = model.to(device).eval()
+    out: dict[str, list[np.ndarray]] = {layer.name: [] for layer in layers}
+    for start in range(0, len(squares), batch_size):
+        x = normalise_batch(torch.from_numpy(np.ascontiguousarray(squares[start : start + batch_size])).to(device))
+        _, _, *descriptors = forward_with_descriptors(model, x.contiguous(memory_format=torch.channels_last), layers)
+        for layer, d in zip(layers, descriptors, strict=True):
+            out[layer.name].append(d.float().cpu().numpy())
+    return {k: np.concatenate(v) if v else np.zeros((0, 0), np.float32) for k, v in out.items()}
 
 
 # -- statistics -----------------------------------------------------------------------------
@@ -197,33 +223,31 @@ class DomainModel:
     def specs_of(self, model: str) -> tuple[LayerSpec, ...]:
         return tuple(s for s in self.specs if s.model == model)
 
-    def standardised(self, descriptors: dict[str, np.ndarray | torch.Tensor]) -> np.ndarray:
+    def standardised(self, descriptors: Mapping[str, np.ndarray | torch.Tensor]) -> np.ndarray:
         """{layer name: (N, D)} -> (N, L) standardised layer scores."""
         missing = [layer.spec.name for layer in self.layers if layer.spec.name not in descriptors]
         if missing:
             raise DomainError(f"descriptors missing for layer(s) {', '.join(missing)}")
         return np.stack([layer.standardised(descriptors[layer.spec.name]) for layer in self.layers], axis=1)
 
-    def distances(self, descriptors: dict[str, np.ndarray | torch.Tensor]) -> np.ndarray:
+    def distances(self, descriptors: Mapping[str, np.ndarray | torch.Tensor]) -> np.ndarray:
         return self.standardised(descriptors).max(axis=1)
 
-    def score(self, descriptors: dict[str, np.ndarray | torch.Tensor]) -> list[DomainScore]:
+    def score(self, descriptors: Mapping[str, np.ndarray | torch.Tensor]) -> list[DomainScore]:
         z = self.standardised(descriptors)
         best = z.argmax(axis=1)
-        return [
-            DomainScore(float(z[i, j]), self.threshold, self.layers[j].spec.name) for i, j in enumerate(best)
-        ]
+        return [DomainScore(float(z[i, j]), self.threshold, self.layers[j].spec.name) for i, j in enumerate(best)]
 
     # -- storage ------------------------------------------------------------------------------
     def to_bytes(self) -> bytes:
-        arrays: dict[str, np.ndarray] = {
+        arrays: dict[str, Any] = {
             "format": np.array(FORMAT),
             "layers": np.array([layer.spec.name for layer in self.layers]),
             "threshold": np.array(self.threshold),
             "quantile": np.array(self.quantile),
         }
         for i, layer in enumerate(self.layers):
-            arrays[f"{i}.mean"] = layer.mean.astype(np.float32)
+            arrays[f"{i}.mean"] = layer.mean.astype(np.float64)
             arrays[f"{i}.components"] = layer.components.astype(np.float32)
             arrays[f"{i}.variances"] = layer.variances.astype(np.float64)
             arrays[f"{i}.scalars"] = np.array([layer.residual_variance, layer.z_mean, layer.z_std], np.float64)
@@ -284,6 +308,10 @@ def fit_domain(
         raise DomainError(f"quantile {quantile} must be in [0.5, 1)")
     if not specs:
         raise DomainError("no layers to fit")
+    names = [spec.name for spec in specs]
+    for name in names:
+        if names.count(name) > 1:
+            raise DomainError(f"layer {name} is named twice")
     layers = []
     for spec in specs:
         if spec.name not in train or spec.name not in val:
@@ -308,6 +336,7 @@ def flagged_summary(distances: np.ndarray, threshold: float) -> dict[str, Any]:
 
 
 __all__ = [
+    "DEFAULT_LAYERS",
     "FILE",
     "FORMAT",
     "DomainError",
@@ -316,8 +345,10 @@ __all__ = [
     "LayerSpec",
     "LayerStats",
     "fit_domain",
+    "extract",
     "fit_layer",
     "flagged_summary",
     "forward_with_descriptors",
+    "parse_layers",
     "pool_descriptor",
 ]

@@ -148,7 +148,9 @@ class Analyzer:
         # The out-of-domain check reads its descriptors from the same forwards (domain.py).
         self.domain: DomainModel | None = bundle.domain if domain_check else None
         if self.domain is not None and domain_threshold is not None:
-            self.domain = DomainModel(self.domain.layers, float(domain_threshold), self.domain.quantile, self.domain.summary)
+            self.domain = DomainModel(
+                self.domain.layers, float(domain_threshold), self.domain.quantile, self.domain.summary
+            )
         self.device = pick_device(device)
         if parallel_models is None:  # auto: CPU with at least two threads to split
             parallel_models = self.device.type == "cpu" and torch.get_num_threads() >= 2
@@ -207,6 +209,13 @@ class Analyzer:
             f"out-of-domain check on: {len(self.domain.layers)} feature layer(s), threshold "
             f"{self.domain.threshold:.2f} ({where})"
         )
+
+    @property
+    def domain_note(self) -> str:
+        """The SR/SC note of a result computed without the out-of-domain check."""
+        if self.bundle.domain is None:
+            return "Out-of-domain check off: the model bundle has no feature statistics"
+        return "Out-of-domain check off by configuration"
 
     # -- settings shared by analyse() and floor() -----------------------------------------
     def precision_context(self):
@@ -372,7 +381,6 @@ class Analyzer:
         for a in out:
             a.timings = dict(share)
         return out
-
 
     def _domain_scores(self, n: int, desc_a, desc_b) -> list[DomainScore | None]:
         """Each image's distance from the training images, from the descriptors the forwards

@@ -31,6 +31,7 @@ class NodeInfo:
     started_at: datetime
     model: ModelIdentity | None = None
     model_trained_on: str | None = None
+    domain_check: str | None = None  # Analyzer.domain_status: is the out-of-domain check on, with what
     destinations: tuple[str, ...] = ()  # configured names; rows without exports still show
     show_patient: bool = False
     patient_of: Callable[[str], tuple[str, str]] | None = None  # path -> (name, id)
@@ -231,6 +232,14 @@ def _model(info: NodeInfo, reports: Reports) -> str:
         ["sha256 model B", f'<span class="uid">{_h(m.sha256_b)}</span>'],
         ["trained", trained],
     ]
+    if info.domain_check:
+        off = info.domain_check.startswith("out-of-domain check off")
+        rows.append(
+            [
+                "out-of-domain check",
+                f'<span class="warn">{_h(info.domain_check)}</span>' if off else _h(info.domain_check),
+            ]
+        )
     return "<table>" + "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in rows) + "</table>"
 
 

@@ -45,6 +45,7 @@ def build_web_server(
         started_at=started_at,
         model=model,
         model_trained_on=getattr(model, "trained_on", None),
+        domain_check=node.worker.analyzer.domain_status if node.worker is not None else None,
         destinations=tuple(cfg.destination_names),
         show_patient=cfg.web_show_patient,
         patient_of=read_patient if cfg.web_show_patient else None,
