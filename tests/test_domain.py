@@ -183,7 +183,7 @@ def test_engine_scores_in_the_same_forward_and_matches_extract(bundle):
     plain = Analyzer(bundle, "cpu")
     images = [np.random.default_rng(7).random((80, 60), dtype=np.float32), np.zeros((70, 70), np.float32)]
     got, ref = analyzer.analyse(images), plain.analyse(images)
-    for g, r in zip(got, ref):
+    for g, r in zip(got, ref, strict=True):
         assert g.result == r.result  # the check changes no probability
         assert g.domain is not None and r.domain is None
     from cxr_node.analysis.preprocess import square_input

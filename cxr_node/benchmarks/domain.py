@@ -33,7 +33,11 @@ def _noise_statistics(bundle, layers_text: str):
     for key, model in (("A", bundle.model_a), ("B", bundle.model_b)):
         desc.update(extract(model, squares, tuple(s for s in layers if s.model == key)))
     return fit_domain(
-        {k: v[:20] for k, v in desc.items()}, {k: v[20:] for k, v in desc.items()}, layers, components=16, quantile=0.975
+        {k: v[:20] for k, v in desc.items()},
+        {k: v[20:] for k, v in desc.items()},
+        layers,
+        components=16,
+        quantile=0.975,
     )
 
 

@@ -56,6 +56,7 @@ def run_infer(
     compile: bool = False,
     cuda_graphs: bool = True,
     full_decode: bool = False,
+    domain_check: bool = True,
     ae_title: str = "CXR_NODE",
     on_result=None,
     on_error=None,
@@ -72,7 +73,9 @@ def run_infer(
     on_error = on_error or (lambda f, m: None)
     t_load = time.perf_counter()
     bundle = load_bundle(models) if models is not None else untrained_bundle(input_size)
-    analyzer = Analyzer(bundle, device, precision=precision, compile=compile, cuda_graphs=cuda_graphs)
+    analyzer = Analyzer(
+        bundle, device, precision=precision, compile=compile, cuda_graphs=cuda_graphs, domain_check=domain_check
+    )
     load_s = time.perf_counter() - t_load
     model = ModelIdentity.from_bundle(bundle)
     node = NodeIdentity(ae_title)
@@ -190,6 +193,12 @@ def run_infer(
 @click.option(
     "--full-decode", is_flag=True, help="Decode every image at full resolution (default: only as fine as needed)."
 )
+@click.option(
+    "--domain-check/--no-domain-check",
+    default=True,
+    show_default=True,
+    help="Leave images unlike the bundle's training images without a class (bundles with statistics).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON summary per line instead of text.")
 def command(
     files,
@@ -203,6 +212,7 @@ def command(
     use_compile,
     no_cuda_graphs,
     full_decode,
+    domain_check,
     as_json,
 ):
     """Analyse DICOM radiographs offline; writes SR, Grad-CAM SC and summary.json per file."""
@@ -242,6 +252,7 @@ def command(
             compile=use_compile,
             cuda_graphs=not no_cuda_graphs,
             full_decode=full_decode,
+            domain_check=domain_check,
             on_result=show,
             on_error=lambda f, m: click.echo(f"error: {m}", err=True),
         )

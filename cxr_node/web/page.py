@@ -31,11 +31,11 @@ class NodeInfo:
     started_at: datetime
     model: ModelIdentity | None = None
     model_trained_on: str | None = None
-    domain_check: str | None = None  # Analyzer.domain_status: is the out-of-domain check on, with what
     destinations: tuple[str, ...] = ()  # configured names; rows without exports still show
     show_patient: bool = False
     patient_of: Callable[[str], tuple[str, str]] | None = None  # path -> (name, id)
     extra: dict[str, str] = field(default_factory=dict)
+    domain_check: str | None = None  # Analyzer.domain_status: is the out-of-domain check on, with what
 
 
 def read_patient(path: str) -> tuple[str, str]:
