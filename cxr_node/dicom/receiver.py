@@ -31,9 +31,7 @@ import logging
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -245,9 +243,6 @@ class Receiver:
         self.clock = clock
         self.audit = AssociationAudit()  # one audit line per association (cxr_node.audit)
         self._servers: list = []
-        # Hashing a received data set runs beside its write and fsync (both release the GIL);
-        # threads start on first use and end in stop() (start() makes a fresh pool).
-        self._hashers = ThreadPoolExecutor(max_workers=settings.max_associations, thread_name_prefix="cxr-hash")
         # Look-up, write and row of one SOP Instance UID under one lock, so two associations
         # sending it at once cannot both pass the duplicate check and overwrite each other.
         self._sop_locks = [threading.Lock() for _ in range(64)]
@@ -335,28 +330,21 @@ class Receiver:
             return Verdict(False, OWN_RESULT, reason[:500])
         return Verdict(False, NOT_A_RADIOGRAPH, f"not a radiograph: {name}")
 
-    @contextmanager
-    def _hashing(self, body: memoryview) -> Iterator[Future[str]]:
-        """sha256 of `body` in a helper thread while this one looks up, writes and fsyncs."""
-        future = self._hashers.submit(dataset_sha256, body)
-        try:
-            yield future
-        finally:
-            future.exception()  # waits: the buffer must outlive the hash that reads it
-
     def _store(self, event, ds: Dataset, calling: str, verdict: Verdict, deadline: _DbDeadline) -> int | Dataset:
         sop_uid, study_uid = str(ds.SOPInstanceUID), str(ds.StudyInstanceUID)
         syntax = str(event.context.transfer_syntax)
         identity = instance_identity(ds)
-        # The data set exactly as the sender encoded it, without a copy: hashed once (in memory,
-        # beside the write), written once; the stored file is never read back to compare.
-        with event.request.DataSet.getbuffer() as body, self._hashing(body) as sha256:
+        # The data set exactly as the sender encoded it, without a copy: hashed once in memory,
+        # written once; the stored file is never read back to compare. (Hashing in a helper thread
+        # beside the fsync was no faster on the shared 2-core machine: docs/benchmarks.md.)
+        with event.request.DataSet.getbuffer() as body:
+            content_sha256 = dataset_sha256(body)
             try:
                 known = self.queue.known_instance(sop_uid, deadline.left())
             except Exception as exc:  # database down or busy: the image is not acknowledged
                 return self._database_failed(sop_uid, "look up", exc)
             if known is not None:
-                return self._already_stored(event, known, sha256.result(), syntax, identity, sop_uid, calling)
+                return self._already_stored(event, known, content_sha256, syntax, identity, sop_uid, calling)
 
             path = self.layout.instance_path(study_uid, sop_uid)
             head = b"\x00" * 128 + b"DICM" + encode_file_meta(event.file_meta)
@@ -365,7 +353,6 @@ class Receiver:
             except OSError as exc:
                 log.error("C-STORE %s: cannot write %s: %s", sop_uid, path, exc)
                 return _status(OUT_OF_RESOURCES, f"Storage write failed: {exc.strerror or exc}")
-            content_sha256 = sha256.result()
         try:
             new = self.queue.enqueue(
                 ReceivedInstance(
@@ -452,7 +439,6 @@ class Receiver:
     # -- lifecycle -----------------------------------------------------------------
     def start(self) -> None:
         self.layout.ensure()
-        self._hashers = ThreadPoolExecutor(max_workers=self.settings.max_associations, thread_name_prefix="cxr-hash")
         handlers = [(evt.EVT_C_ECHO, self.handle_echo), (evt.EVT_C_STORE, self.handle_store)]
         handlers += self.audit.handlers()
         s = self.settings
@@ -504,7 +490,6 @@ class Receiver:
         for server in self._servers:
             server.shutdown()
         self._servers = []
-        self._hashers.shutdown(wait=True)
 
 
 def _legacy_record(path: Path, sha256: str | None, sop_uid: str) -> tuple[str | None, str | None, dict | None]:
