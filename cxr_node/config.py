@@ -99,6 +99,9 @@ class NodeConfig:
     cam_panels: str = "per-model"  # or "fused"
     sc_max_side: int = 1024
     time_zone: str = ""  # the node's zone for results of sources that state no offset; "" = the server's
+    # A short SR for a not-analysable image (no class: "the AI gave no result", and why) to the
+    # DICOM/DICOMweb destinations. Off: an object without a class can be read as "nothing found".
+    not_analysable_report: bool = False
     poll_interval_s: float = 1.0
     lease_s: float = 600.0
     max_attempts: int = 3
@@ -242,6 +245,7 @@ _SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
         "cam_panels": ("cam_panels", V.choice("per-model", "fused")),
         "sc_max_side": ("sc_max_side", V.int_range(256, 4096)),
         "time_zone": ("time_zone", V.time_zone),
+        "not_analysable_report": ("not_analysable_report", V.boolean),
     },
     "worker": {
         "poll_interval_s": ("poll_interval_s", V.positive),

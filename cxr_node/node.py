@@ -113,6 +113,7 @@ class Node:
                     destinations=routes(cfg),
                     image_check=cfg.image_check,
                     vocabulary=cfg.selection.vocabulary,
+                    not_analysable_report=cfg.not_analysable_report,
                 ),
                 pool.decode_many,
             )

@@ -5,7 +5,8 @@ under that image's result directory, and the row records that image's SOP Instan
 Resource failures (disk full, I/O, database) put the job back with a back-off and are never
 final; an image that cannot be decoded fails at once; an image that holds too little for an
 answer (NotAnalysable) is closed at once as `not_analysable` with its reason, and gets no SR
-or SC; other errors fail after max_attempts.
+or SC with a class (with `not_analysable_report`, a short SR saying there is no result and
+why, cxr_node.results.no_result_sr); other errors fail after max_attempts.
 """
 
 from __future__ import annotations
@@ -17,16 +18,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from zoneinfo import ZoneInfo
 
+from pydicom import dcmread
 from sqlalchemy.exc import OperationalError
 
 from cxr_node.analysis.bundle import Bundle
 from cxr_node.analysis.engine import Analyzer
-from cxr_node.destinations.routing import NOTICE, Route, plan
+from cxr_node.destinations.routing import NOTICE, Route, plan, plan_no_result
 from cxr_node.dicom.information import DEFAULT_LIMITS, InformationLimits
 from cxr_node.polling import PollingLoop
-from cxr_node.processing import ANALYSIS_FAILED, Decode, Outcome, OutcomeKind, process_batch
+from cxr_node.processing import ANALYSIS_FAILED, Decode, Outcome, OutcomeKind, classify, one_line, process_batch
 from cxr_node.queue.jobs import ExportItem, Job, JobQueue, ResultRecord
 from cxr_node.results.identity import ModelIdentity, NodeIdentity
+from cxr_node.results.no_result_sr import write_no_result_report
 from cxr_node.selection.vocabulary import Vocabulary
 from cxr_node.storage import StorageLayout
 
@@ -48,6 +51,9 @@ class WorkerSettings:
     image_check: InformationLimits = DEFAULT_LIMITS  # how much a decoded image must hold to be analysed
     # The words that name a view ([selection] tables): the SR and SC say where a view they name was read.
     vocabulary: Vocabulary | None = None
+    # [results] not_analysable_report: a not-analysable image gets a short SR without a class,
+    # sent where SRs of every class go (destinations.routing.plan_no_result).
+    not_analysable_report: bool = False
     # Wait after the n-th resource failure in a row: doubles from 5 s, at most 10 minutes.
     resource_backoff_s: Callable[[int], float] = lambda n: min(600.0, 5.0 * 2 ** (n - 1))
 
@@ -175,9 +181,7 @@ class Worker:
     def _failed(self, job: Job, outcome: Outcome) -> None:
         error = outcome.error or "unknown error"
         if outcome.kind == OutcomeKind.NOT_ANALYSABLE:
-            code = outcome.code or "not-analysable"
-            self.queue.not_analysable(job, code, error)
-            log.warning("job %d image %s: not analysable (%s): %s", job.id, job.sop_instance_uid, code, error)
+            self._not_analysable(job, outcome.code or "not-analysable", error)
             return
         if outcome.kind == OutcomeKind.RESOURCE:
             delay = self.queue.defer(job, f"resource: {error}", self.settings.resource_backoff_s)
@@ -185,6 +189,52 @@ class Worker:
             return
         state = self.queue.fail(job, error, self.settings.max_attempts, permanent=outcome.kind == OutcomeKind.IMAGE)
         log.error("job %d image %s: %s (%s)", job.id, job.sop_instance_uid, error, state)
+
+    def _not_analysable(self, job: Job, code: str, reason: str) -> None:
+        items: list[ExportItem] = []
+        problem = None
+        if self.settings.not_analysable_report:
+            try:
+                items = self._no_result_report(job, code, reason)
+            except Exception as exc:
+                if classify(exc) == OutcomeKind.RESOURCE:  # disk full, I/O: the report is owed, try later
+                    delay = self.queue.defer(job, f"resource: {one_line(exc)}", self.settings.resource_backoff_s)
+                    log.warning(
+                        "job %d image %s: not-analysable report not written (%s); retrying in %.0f s",
+                        job.id,
+                        job.sop_instance_uid,
+                        one_line(exc),
+                        delay,
+                    )
+                    return
+                # The verdict stands without its report; the job's error says why there is none.
+                problem = f"not-analysable report not made: {one_line(exc)}"
+                log.exception("job %d image %s: %s", job.id, job.sop_instance_uid, problem)
+        self.queue.not_analysable(job, code, reason, items, problem)
+        log.warning(
+            "job %d image %s: not analysable (%s): %s%s",
+            job.id,
+            job.sop_instance_uid,
+            code,
+            reason,
+            " (report SR made)" if items else "",
+        )
+
+    def _no_result_report(self, job: Job, code: str, reason: str) -> list[ExportItem]:
+        """Write the image's "no result" SR; its export items (cxr_node.results.no_result_sr)."""
+        header = dcmread(job.path, stop_before_pixels=True)
+        report = write_no_result_report(
+            header,
+            code,
+            reason,
+            self.layout.image_result_dir(job.study_instance_uid, job.sop_instance_uid),
+            self.node,
+            self.model,
+            zone=ZoneInfo(self.settings.time_zone) if self.settings.time_zone else None,
+            vocabulary=self.settings.vocabulary,
+        )
+        item = ExportItem("sr", str(report.path), report.sop_instance_uid)
+        return plan_no_result(self.settings.destinations, self.model.trained, item)
 
     # -- background loop -------------------------------------------------------------
     def recover(self) -> int:

@@ -2,6 +2,10 @@
 (the SR and SC, or a notice of the result), its `when` which classes, its `untrained` whether an
 untrained model's results. The worker records exactly these export rows with the result, so
 what the queue holds is what will be sent, and a Normal result never waits for an urgent-only one.
+
+The short report of a not-analysable image ([results] not_analysable_report) has no class: it
+goes only where the SR goes whatever the class (a destination without `when`), never to a
+notice destination (HL7, FHIR), which announces classes.
 """
 
 from __future__ import annotations
@@ -25,6 +29,10 @@ class Route:
 
     def takes(self, kind: str, label: str, trained: bool) -> bool:
         return kind in self.kinds and (self.when is None or label in self.when) and (trained or self.untrained)
+
+    def takes_no_result(self, trained: bool) -> bool:
+        """Whether the report of a not-analysable image (an SR without a class) goes here."""
+        return "sr" in self.kinds and self.when is None and (trained or self.untrained)
 
 
 def routes(cfg: NodeConfig) -> tuple[Route, ...]:
@@ -56,3 +64,11 @@ def plan(
         if names or kind in FILE_KINDS:
             planned.append(ExportItem(item.kind, item.path, item.sop_instance_uid, names))
     return planned
+
+
+def plan_no_result(routes: Sequence[Route | str], trained: bool, report: ExportItem) -> list[ExportItem]:
+    """The export item of a not-analysable image's report (kind "sr"): to the destinations that
+    take it (Route.takes_no_result), else kept on disk (a `local` row)."""
+    known = [r if isinstance(r, Route) else Route(r) for r in routes]
+    names = tuple(r.name for r in known if r.takes_no_result(trained))
+    return [ExportItem(report.kind, report.path, report.sop_instance_uid, names)]

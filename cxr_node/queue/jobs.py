@@ -181,9 +181,15 @@ class JobQueue:
         """The node's own result object with this SOP Instance UID (its kind, the image it was
         computed from), or None: what a PACS sends back when it routes a whole study."""
         with self._receipt(wait_s, writes=False) as conn:
+            # the image: its result's, or (a not-analysable image's report) its job's instance
+            source = func.coalesce(results.c.sop_instance_uid, instances.c.sop_instance_uid)
             row = conn.execute(
-                select(exports.c.kind, results.c.sop_instance_uid.label("source_sop_instance_uid"))
-                .join(results, results.c.id == exports.c.result_id)
+                select(exports.c.kind, source.label("source_sop_instance_uid"))
+                .select_from(
+                    exports.outerjoin(results, results.c.id == exports.c.result_id)
+                    .outerjoin(jobs, jobs.c.id == exports.c.job_id)
+                    .outerjoin(instances, instances.c.id == jobs.c.instance_id)
+                )
                 .where(exports.c.sop_instance_uid == sop_instance_uid)
                 .limit(1)
             ).first()
@@ -398,6 +404,7 @@ class JobQueue:
                                 state=ExportState.PENDING if destination else ExportState.LOCAL,
                                 attempts=0,
                                 next_try_at=now,
+                                created_at=now,
                             )
                         )
                 conn.execute(
@@ -437,26 +444,62 @@ class JobQueue:
             self.notifier.notify("jobs")
         return state
 
-    def not_analysable(self, job: Job, code: str, reason: str) -> None:
+    def not_analysable(
+        self, job: Job, code: str, reason: str, items: Sequence[ExportItem] = (), error: str | None = None
+    ) -> bool:
         """Close the job as `not_analysable`: decided, final, no result row (so no class anywhere).
 
         `code` names the check that decided (short, stable: a metric label), `reason` says why in words.
         A job that already has a result (an earlier claim's) keeps it: a decision never replaces an answer.
+        `items`: the short "not analysable" report ([results] not_analysable_report), one export row
+        per item and destination named by the job (no results row), in the same transaction; rows
+        the job already has (an earlier decision, before `jobs retry`) stay as they are, so the
+        report goes to each destination once. `error`: why a report that should exist was not made.
+        Returns False when the job was not running (another claim closed it).
         """
+        now = self.clock()
+        queued = False
         with self.engine.begin() as conn:
-            conn.execute(
+            won = conn.execute(
                 update(jobs)
                 .where(and_(jobs.c.id == job.id, jobs.c.state == JobState.RUNNING))
                 .values(
                     state=JobState.NOT_ANALYSABLE,
                     reason_code=code[:32],
                     reason=reason[:2000],
-                    error=None,
+                    error=error[:2000] if error else None,
                     lease_until=None,
                     next_try_at=None,
-                    updated_at=self.clock(),
+                    updated_at=now,
                 )
-            )
+            ).rowcount
+            if won != 1:
+                return False
+            have = {
+                (r.kind, r.destination)
+                for r in conn.execute(select(exports.c.kind, exports.c.destination).where(exports.c.job_id == job.id))
+            }
+            for item in items:
+                for destination in (item.destinations or ()) or (None,):
+                    if (item.kind, destination) in have:
+                        continue
+                    conn.execute(
+                        insert(exports).values(
+                            job_id=job.id,
+                            kind=item.kind,
+                            path=item.path,
+                            sop_instance_uid=item.sop_instance_uid,
+                            destination=destination,
+                            state=ExportState.PENDING if destination else ExportState.LOCAL,
+                            attempts=0,
+                            next_try_at=now,
+                            created_at=now,
+                        )
+                    )
+                    queued = queued or destination is not None
+        if queued:
+            self.notifier.notify("exports")
+        return True
 
     def defer(self, job: Job, error: str, backoff_s: Callable[[int], float]) -> float:
         """A resource failure (disk full, database, I/O): back to the queue after a back-off, never failed.
@@ -514,7 +557,8 @@ class JobQueue:
                     exports.c.destination,
                     exports.c.attempts,
                     exports.c.last_error,
-                    results.c.created_at,
+                    exports.c.result_id,
+                    func.coalesce(results.c.created_at, exports.c.created_at).label("created_at"),
                     results.c.label,
                     results.c.p_abnormal,
                     results.c.p_covid,
@@ -523,7 +567,8 @@ class JobQueue:
                     results.c.trained,
                     sc_failed.label("illustration_failed"),
                 )
-                .join(results, results.c.id == exports.c.result_id)
+                # A not-analysable image's report has no result row (no class): an outer join.
+                .outerjoin(results, results.c.id == exports.c.result_id)
                 .where(and_(*where))
                 .order_by(case((exports.c.kind == "sc", 0), else_=1), exports.c.id)
                 .limit(limit)
@@ -539,7 +584,9 @@ class JobQueue:
                 r.last_error,
                 _aware(r.created_at),
                 bool(r.illustration_failed) and r.kind == "sr",
-                ResultRecord(r.label, r.p_abnormal, r.p_covid, bool(r.models_disagree), r.model, bool(r.trained)),
+                None
+                if r.result_id is None
+                else ResultRecord(r.label, r.p_abnormal, r.p_covid, bool(r.models_disagree), r.model, bool(r.trained)),
             )
             for r in rows
         ]
@@ -605,6 +652,13 @@ class JobQueue:
                 results.c.study_instance_uid == instances.c.study_instance_uid,
             )
         )
+        unsent_report = exists().where(  # a not-analysable image's report (no result row)
+            and_(
+                exports.c.job_id == jobs.c.id,
+                exports.c.state == ExportState.PENDING,
+                jobs.c.study_instance_uid == instances.c.study_instance_uid,
+            )
+        )
         with self.engine.connect() as conn:
             return list(
                 conn.execute(
@@ -615,6 +669,7 @@ class JobQueue:
                             instances.c.path != PURGED,
                             not_(open_job),
                             not_(unsent),
+                            not_(unsent_report),
                         )
                     )
                     .distinct()

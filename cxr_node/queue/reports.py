@@ -93,7 +93,7 @@ class JobRow:
 class ExportRow:
     id: int
     job_id: int
-    result_id: int
+    result_id: int | None  # None: the report of a not-analysable image (no result, no class)
     kind: str
     sop_instance_uid: str
     destination: str | None
@@ -230,9 +230,11 @@ class Reports:
 
     # -- exports ---------------------------------------------------------------------
     def list_exports(self, states: Iterable[str] = (), job_id: int | None = None, limit: int = 50) -> list[ExportRow]:
+        # A not-analysable image's report has no result row: its rows name the job themselves.
+        job = func.coalesce(results.c.job_id, exports.c.job_id)
         query = select(
             exports.c.id,
-            results.c.job_id,
+            job.label("job_id"),
             exports.c.result_id,
             exports.c.kind,
             exports.c.sop_instance_uid,
@@ -243,12 +245,12 @@ class Reports:
             exports.c.sent_at,
             exports.c.last_error,
             exports.c.path,
-        ).select_from(exports.join(results, results.c.id == exports.c.result_id))
+        ).select_from(exports.outerjoin(results, results.c.id == exports.c.result_id))
         states = [str(s) for s in states]
         if states:
             query = query.where(exports.c.state.in_(states))
         if job_id is not None:
-            query = query.where(results.c.job_id == job_id).order_by(exports.c.id)
+            query = query.where(job == job_id).order_by(exports.c.id)
         else:
             query = query.order_by(desc(exports.c.id))
         with self.engine.connect() as conn:
@@ -274,8 +276,8 @@ class Reports:
     def find_export(self, export_id: int) -> ExportRow | None:
         with self.engine.connect() as conn:
             job_id = conn.execute(
-                select(results.c.job_id)
-                .select_from(exports.join(results, results.c.id == exports.c.result_id))
+                select(func.coalesce(results.c.job_id, exports.c.job_id))
+                .select_from(exports.outerjoin(results, results.c.id == exports.c.result_id))
                 .where(exports.c.id == export_id)
             ).scalar()
         if job_id is None:

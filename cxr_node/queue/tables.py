@@ -11,6 +11,10 @@ The constraints carry the guarantees:
                                         names the image it was computed from
   exports (result_id, kind, destination) unique
                                      -> each result object goes to each destination through one row
+  exports (job_id, kind, destination) unique
+                                     -> the short report of a not-analysable image ([results]
+                                        not_analysable_report) likewise; it has no results row
+                                        (no class anywhere), so its rows name the job instead
 """
 
 from __future__ import annotations
@@ -106,8 +110,11 @@ exports = Table(
     "exports",
     metadata,
     Column("id", Integer, primary_key=True),
-    Column("result_id", Integer, ForeignKey("results.id"), nullable=False),
-    Column("kind", String(8), nullable=False),  # "sr" or "sc"
+    # The result the object belongs to; NULL for the report of a not-analysable image, whose
+    # rows name its job instead (job_id): exactly one of the two is set.
+    Column("result_id", Integer, ForeignKey("results.id")),
+    Column("job_id", Integer, ForeignKey("jobs.id"), index=True),
+    Column("kind", String(8), nullable=False),  # "sr", "sc" or "notice"
     Column("path", Text, nullable=False),
     Column("sop_instance_uid", String(64), nullable=False, index=True),
     Column("destination", String(128)),  # destination name (or AET@HOST:PORT), NULL = keep on disk only
@@ -117,7 +124,10 @@ exports = Table(
     Column("next_try_at", DateTime(timezone=True), nullable=False),
     Column("last_error", Text),
     Column("sent_at", DateTime(timezone=True)),
+    # When the object was made (NULL in rows from before 0006: their result's created_at says it).
+    Column("created_at", DateTime(timezone=True)),
     UniqueConstraint("result_id", "kind", "destination", name="uq_export_result_kind_destination"),
+    UniqueConstraint("job_id", "kind", "destination", name="uq_export_job_kind_destination"),
 )
 
 
