@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from cxr_node.analysis.domain import DomainModel, extract, fit_domain, flagged_summary, parse_layers
+from cxr_node.analysis.domain import DomainError, DomainModel, extract, fit_domain, flagged_summary, parse_layers
 from training.config import DomainConfig
 
 
@@ -41,6 +41,9 @@ def fit_bundle_domain(
 ) -> tuple[DomainModel, dict[str, Any]]:
     """Statistics over `parts["train"]`, threshold on `parts["val"]`, rates on val and test."""
     layers = parse_layers(cfg.layers)
+    for part in ("train", "val"):
+        if len(parts[part]) < 3:
+            raise DomainError(f"the {part} split has {len(parts[part])} image(s), at least 3 needed")
     desc = {part: descriptors(models, squares[idx], layers, device) for part, idx in parts.items() if len(idx)}
     domain = fit_domain(desc["train"], desc["val"], layers, components=cfg.components, quantile=cfg.quantile)
     rates = {part: flagged_summary(domain.distances(d), domain.threshold) for part, d in desc.items()}

@@ -436,10 +436,14 @@ def _train(cfg, data_dir, out, env, device, labels_csv, skip_bad_rows, config_pa
     thresholds = Thresholds(**reps[chosen]["thresholds"])
     domain = None
     if cfg.domain.enabled:
+        from cxr_node.analysis.domain import DomainError
         from training.domain_fit import fit_bundle_domain
 
         parts = plan_repetition(ctx, chosen).split.parts()
-        domain, metrics["out_of_domain"] = fit_bundle_domain(cfg.domain, models, data.squares, parts, device, log)
+        try:
+            domain, metrics["out_of_domain"] = fit_bundle_domain(cfg.domain, models, data.squares, parts, device, log)
+        except DomainError as exc:  # too few images to fit: the bundle works, with the check off
+            log(f"out-of-domain statistics not fitted ({exc}): the node will run this bundle with the check off")
     else:
         log("domain.enabled = false: the bundle gets no out-of-domain statistics (the node runs with the check off)")
     write_bundle(
