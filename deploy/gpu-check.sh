@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The training side of cxr-node on a GPU host, measured in one time-boxed go (issue 15):
 #   1. the GPU step tests: CUDA-graph and compiled steps give the eager losses, for one model
-#      and for the grouped network (training.grouped);
+#      and for the grouped network (training.fast.grouped);
 #   2. `bench train` with PARALLEL trainings (MODE grouped: one grouped network; processes: N
 #      processes) on DATA_DIR, BENCH_EPOCHS epochs of BENCH_IMAGES images each, deterministic and
 #      profiled (PROFILE steps), once per grouped-network VARIANT (below); the fastest again with
@@ -127,7 +127,7 @@ if [[ "${BASELINE:-1}" == 1 ]]; then
     say "baseline: one model alone on this machine, deterministic then not ($(left)s left)"
     timeout 90 "$PY" - "${configs[0]}" "$DEVICE" > "$OUT/baseline.txt" 2> "$WORK/baseline.err" <<'EOF'
 import dataclasses, sys
-from training.bench import profile_steps
+from training.fast.bench import profile_steps
 from training.config import load_config
 cfg = load_config(sys.argv[1])
 for det in (True, False):

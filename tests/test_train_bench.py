@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from training.bench import concurrent_rate, makespan
+from training.fast.bench import concurrent_rate, makespan
 
 REPO = Path(__file__).resolve().parents[1]
 CXR_NODE = str(Path(sys.executable).parent / "cxr-node")

@@ -17,11 +17,11 @@ from cxr_node.analysis.models import build_model
 from training.config import ConfigError, config_from_dict, load_config
 from training.data import load_data
 from training.dataset import Augment, SquareDataset, augment_rng
-from training.device_data import DeviceBatches, DeviceSet, affine_thetas, warp
 from training.distributed import DistEnv
+from training.fast.device_data import DeviceBatches, DeviceSet, affine_thetas, warp
+from training.fast.step import TrainStep
 from training.loop import _DeviceBatches, _LoaderBatches, fit, learning_rate
 from training.metrics import target_a
-from training.step import TrainStep
 from training.synthetic import write_synthetic
 
 REPO = Path(__file__).resolve().parents[1]
@@ -300,8 +300,8 @@ def test_paper_config_keeps_the_paper_and_public_config_is_the_scratch_recipe():
 
 
 def test_a_failing_parallel_training_raises_its_own_error(tiny, tmp_path):
-    from training.loop import CheckpointMismatch
-    from training.parallel import FitJob, run_parallel
+    from training.fast.parallel import run_parallel
+    from training.loop import CheckpointMismatch, FitJob
 
     _, data, idx = tiny
     cfg = config_from_dict({**TINY, "run": {**TINY["run"], "parallel": 2}})

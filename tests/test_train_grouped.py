@@ -19,9 +19,9 @@ import torch.nn.functional as F
 from cxr_node.analysis.models import build_densenet161, build_model
 from training.config import ConfigError, config_from_dict
 from training.distributed import DistEnv
-from training.grouped import BatchedPointwise, GroupedDenseNet, gcat
-from training.grouped_fit import fit_grouped, group_checkpoint, grouped_objective
-from training.step import TrainStep
+from training.fast.grouped import BatchedPointwise, GroupedDenseNet, gcat
+from training.fast.grouped_fit import fit_grouped, group_checkpoint, grouped_objective
+from training.fast.step import TrainStep
 from training.synthetic import write_synthetic
 
 TINY = {

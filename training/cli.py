@@ -228,8 +228,8 @@ def bench_train(
     import dataclasses
     import tempfile
 
-    from training.bench import format_report, run_train_bench
     from training.config import load_config
+    from training.fast.bench import format_report, run_train_bench
 
     try:
         cfg = load_config(config_path, overrides)
@@ -247,7 +247,7 @@ def bench_train(
                 log=lambda m: click.echo(f"... {m}", err=True),
             )
         if profile_steps_n:
-            from training.bench import profile_steps
+            from training.fast.bench import profile_steps
 
             result["profile"], table = profile_steps(cfg, device, profile_steps_n, parallel)
             if out:

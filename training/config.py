@@ -23,7 +23,7 @@ from cxr_node.analysis.domain_layers import TAPS as DOMAIN_TAPS
 STEP_MODES = ("auto", "eager", "compile", "cuda_graphs")
 PIPELINES = ("auto", "device", "loader")
 PARALLEL_MODES = ("processes", "grouped")
-POINTWISE = ("conv", "matmul")  # training.grouped.POINTWISE (not imported: config stays torch-free)
+POINTWISE = ("conv", "matmul")  # training.fast.grouped.POINTWISE (not imported: config stays torch-free)
 SCHEDULES = ("constant", "cosine")
 
 
@@ -152,7 +152,7 @@ class TrainConfig:
         # how and where it runs, not what it computes (parallel processes give the same weights)
         for key in ("device", "num_workers", "parallel", "step", "checkpoint_every", "grouped_pointwise"):
             d["run"].pop(key)
-        # grouped trainings leave a few images out of each epoch (training.grouped_fit): other weights
+        # grouped trainings leave a few images out of each epoch (training.fast.grouped_fit): other weights
         if self.run.parallel == 1 or self.run.parallel_mode == "processes":
             d["run"].pop("parallel_mode")
         d["report"] = {}

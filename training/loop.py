@@ -26,11 +26,11 @@ from torch.utils.data import DataLoader, DistributedSampler
 from cxr_node.analysis.models import build_model
 from cxr_node.storage import write_durably
 from training.config import TrainConfig
-from training.dataset import SquareDataset
-from training.device_data import DeviceBatches, DeviceSet, fits_on_device, predict_on_device
+from training.dataset import Augment, SquareDataset
 from training.distributed import DistEnv, all_reduce_sum, barrier, params_identical_across_ranks
+from training.fast.device_data import DeviceBatches, DeviceSet, fits_on_device, predict_on_device
+from training.fast.step import autocast_for, make_step
 from training.metrics import balanced_accuracy, safe_auc
-from training.step import autocast_for, make_step
 
 
 class CheckpointMismatch(RuntimeError):
@@ -47,6 +47,36 @@ class FitResult:
     best_epoch: int  # 1-based
     history: list[dict[str, float | None]] = field(default_factory=list)
     replicas_identical: bool = True
+
+
+@dataclass(frozen=True)
+class FitJob:
+    """One model of one repetition: everything `fit` needs besides the squares."""
+
+    rep: int
+    model: str  # "A" | "B"
+    seed: int
+    train_idx: np.ndarray
+    train_targets: np.ndarray
+    val_idx: np.ndarray
+    val_targets: np.ndarray
+    ckpt_stem: Path
+
+    @property
+    def label(self) -> str:
+        return f"rep {self.rep + 1} model {self.model}"
+
+    @property
+    def final_path(self) -> Path:
+        return self.ckpt_stem.with_name(self.ckpt_stem.name + ".final.pt")
+
+    def datasets(self, squares: np.ndarray, cfg: TrainConfig) -> tuple[SquareDataset, SquareDataset]:
+        a = cfg.augment
+        augment = Augment(a.scale_min, a.scale_max, a.hflip, a.rotate, a.translate)
+        return (
+            SquareDataset(squares, self.train_idx, self.train_targets, augment, self.seed),
+            SquareDataset(squares, self.val_idx, self.val_targets),
+        )
 
 
 def _autocast(device: torch.device, amp: bool):
@@ -110,7 +140,7 @@ class _LoaderBatches:
 
 
 class _DeviceBatches:
-    """The device path (training.device_data): squares uploaded once, augmented on the device."""
+    """The device path (training.fast.device_data): squares uploaded once, augmented on the device."""
 
     def __init__(self, train_set, val_set, batch_size, env, seed, drop_last, cfg, device):
         self.train = DeviceBatches(DeviceSet(train_set, device), batch_size, env, seed, drop_last)
@@ -391,3 +421,33 @@ def check_fingerprint(ckpt: dict, fingerprint: str, path: Path) -> None:
             f"{path}: made with a different configuration or data; use another --out folder "
             f"or delete the checkpoints to start over"
         )
+
+
+def run_fit(
+    job: FitJob,
+    *,
+    cfg: TrainConfig,
+    squares: np.ndarray,
+    weights: Path | None,
+    device: torch.device,
+    env: DistEnv,
+    fingerprint: str,
+    log: Callable[[str], None],
+    progress=None,
+) -> FitResult:
+    """`fit` for one FitJob: the sequential path, and each of run.parallel's worker processes."""
+    train_set, val_set = job.datasets(squares, cfg)
+    return fit(
+        cfg=cfg,
+        train_set=train_set,
+        val_set=val_set,
+        imagenet_weights=weights,
+        device=device,
+        env=env,
+        ckpt_stem=job.ckpt_stem,
+        fingerprint=fingerprint,
+        seed=job.seed,
+        label=job.label,
+        log=log,
+        progress=progress,
+    )

@@ -34,8 +34,8 @@ from training.data import LABELS, LoadedData, load_data
 from training.dataset import SquareDataset
 from training.determinism import apply_determinism
 from training.distributed import DistEnv, init_distributed, shutdown
-from training.grouped_fit import run_grouped
-from training.loop import predict
+from training.fast import train_side_by_side
+from training.loop import FitJob, predict, run_fit
 from training.metrics import (
     binary_metrics,
     choose_joint_thresholds,
@@ -45,7 +45,6 @@ from training.metrics import (
     target_b,
     write_predictions,
 )
-from training.parallel import FitJob, run_fit, run_parallel
 from training.runlog import RunLog
 from training.sources import confounding_statement, label_sources, per_source_metrics
 from training.splits import (
@@ -146,47 +145,6 @@ def plan_repetition(ctx: Context, rep: int) -> RepPlan:
             ctx.out / "checkpoints" / f"rep{rep}_{key}",
         )
     return RepPlan(rep, seed, split, b_parts, jobs)
-
-
-def train_side_by_side(
-    jobs: list[FitJob],
-    *,
-    cfg: TrainConfig,
-    squares: np.ndarray,
-    workdir: Path,
-    weights: Path | None,
-    device: torch.device,
-    fingerprint: str,
-    log: Callable[[str], None],
-    log_path: Path | None,
-) -> None:
-    """run.parallel > 1: every unfinished job, run.parallel at a time, as run.parallel_mode says;
-    each leaves its `<stem>.final.pt` for the pipeline (or the bench) to read."""
-    if cfg.run.parallel_mode == "grouped":
-        apply_determinism(cfg.run.deterministic)  # grouped trains in this process; workers apply it themselves
-        run_grouped(
-            jobs,
-            cfg=cfg,
-            squares=squares,
-            weights=weights,
-            device=device,
-            fingerprint=fingerprint,
-            log=log,
-            size=cfg.run.parallel,
-        )
-    else:
-        run_parallel(
-            jobs,
-            cfg=cfg,
-            squares=squares,
-            workdir=workdir,
-            weights=weights,
-            device=device,
-            fingerprint=fingerprint,
-            log=log,
-            log_path=log_path,
-            processes=cfg.run.parallel,
-        )
 
 
 def run_repetition(ctx: Context, rep: int) -> dict[str, Any]:

@@ -106,7 +106,8 @@ def run_train_bench(
     workdir: Path,
     log: Callable[[str], None],
 ) -> dict[str, Any]:
-    from training.pipeline import Context, plan_repetition, train_side_by_side
+    from training.fast import train_side_by_side
+    from training.pipeline import Context, plan_repetition
     from training.splits import hash_all, near_duplicates
     from training.synthetic import write_synthetic
 
@@ -313,9 +314,9 @@ def profile_steps(cfg: TrainConfig, device_request: str, steps: int, parallel: i
 
     from cxr_node.analysis.models import build_model
     from training.determinism import apply_determinism
-    from training.grouped import GroupedDenseNet
-    from training.grouped_fit import grouped_objective
-    from training.step import make_step
+    from training.fast.grouped import GroupedDenseNet
+    from training.fast.grouped_fit import grouped_objective
+    from training.fast.step import make_step
 
     device = _device(device_request)
     apply_determinism(cfg.run.deterministic)

@@ -17,77 +17,15 @@ import multiprocessing
 import os
 from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from training.config import TrainConfig
-from training.dataset import Augment, SquareDataset
 from training.determinism import apply_determinism
 from training.distributed import DistEnv
-
-
-@dataclass(frozen=True)
-class FitJob:
-    """One model of one repetition: everything `fit` needs besides the squares."""
-
-    rep: int
-    model: str  # "A" | "B"
-    seed: int
-    train_idx: np.ndarray
-    train_targets: np.ndarray
-    val_idx: np.ndarray
-    val_targets: np.ndarray
-    ckpt_stem: Path
-
-    @property
-    def label(self) -> str:
-        return f"rep {self.rep + 1} model {self.model}"
-
-    @property
-    def final_path(self) -> Path:
-        return self.ckpt_stem.with_name(self.ckpt_stem.name + ".final.pt")
-
-    def datasets(self, squares: np.ndarray, cfg: TrainConfig) -> tuple[SquareDataset, SquareDataset]:
-        a = cfg.augment
-        augment = Augment(a.scale_min, a.scale_max, a.hflip, a.rotate, a.translate)
-        return (
-            SquareDataset(squares, self.train_idx, self.train_targets, augment, self.seed),
-            SquareDataset(squares, self.val_idx, self.val_targets),
-        )
-
-
-def run_fit(
-    job: FitJob,
-    *,
-    cfg: TrainConfig,
-    squares: np.ndarray,
-    weights: Path | None,
-    device: torch.device,
-    env: DistEnv,
-    fingerprint: str,
-    log: Callable[[str], None],
-    progress=None,
-):
-    from training.loop import fit
-
-    train_set, val_set = job.datasets(squares, cfg)
-    return fit(
-        cfg=cfg,
-        train_set=train_set,
-        val_set=val_set,
-        imagenet_weights=weights,
-        device=device,
-        env=env,
-        ckpt_stem=job.ckpt_stem,
-        fingerprint=fingerprint,
-        seed=job.seed,
-        label=job.label,
-        log=log,
-        progress=progress,
-    )
+from training.loop import FitJob, run_fit
 
 
 def _worker_init(threads: int, deterministic: bool, device: str) -> None:

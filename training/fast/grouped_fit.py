@@ -1,5 +1,5 @@
 """`run.parallel = N` with `run.parallel_mode = "grouped"`: N trainings as one grouped network
-(training.grouped) in this process, stepping in lockstep on one device.
+(training.fast.grouped) in this process, stepping in lockstep on one device.
 
 Each training keeps what `fit` gives it: its own initial weights (torch.manual_seed(seed) then
 build_model, as fit does), its own training and validation images, its own shuffling and
@@ -33,10 +33,12 @@ import torch.nn.functional as F
 from cxr_node.analysis.models import build_model
 from cxr_node.analysis.preprocess import normalise_batch
 from training.config import TrainConfig
-from training.device_data import DeviceBatches, DeviceSet
 from training.distributed import DistEnv
-from training.grouped import GroupedDenseNet
+from training.fast.device_data import DeviceBatches, DeviceSet
+from training.fast.grouped import GroupedDenseNet
+from training.fast.step import at_least_float32, autocast_for, make_step
 from training.loop import (
+    FitJob,
     FitResult,
     Progress,
     TrainingDiverged,
@@ -48,8 +50,6 @@ from training.loop import (
     validation_record,
     write_final,
 )
-from training.parallel import FitJob
-from training.step import at_least_float32, autocast_for, make_step
 
 VAL_BATCH = 32  # validation images per model per forward
 
