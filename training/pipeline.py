@@ -16,7 +16,7 @@ import os
 import platform
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
@@ -147,7 +147,56 @@ def plan_repetition(ctx: Context, rep: int) -> RepPlan:
     return RepPlan(rep, seed, split, b_parts, jobs)
 
 
-def run_repetition(ctx: Context, rep: int) -> dict[str, Any]:
+@dataclass
+class ModelOutcome:
+    """One model (A or B) of one repetition: its training and its test-split scores."""
+
+    best_epoch: int  # 1-based, chosen on validation
+    history: list[dict[str, Any]]  # one record per epoch (fit's)
+    replicas_identical: bool  # DDP: every rank ended with the same weights
+    test: dict[str, Any]  # binary_metrics on the test split (B: its balanced subset)
+    test_roc: dict[str, list[float]] | None  # None when the test labels hold one class
+
+
+@dataclass
+class Repetition:
+    """What one repetition gives rank 0; `to_dict` is its entry in metrics.json "repetitions"."""
+
+    repetition: int
+    seed: int
+    split: dict[str, Any]  # sizes, label counts, patient overlap, near-duplicates across splits
+    thresholds: Thresholds  # the joint rule's, chosen on the validation split
+    val_joint_balanced_accuracy: float  # what chooses the bundle's repetition
+    A: ModelOutcome
+    B: ModelOutcome
+    joint_test: dict[str, Any]
+    per_source_test: dict[str, Any]
+
+    def model(self, key: str) -> ModelOutcome:
+        return {"A": self.A, "B": self.B}[key]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _summary(reps: list[Repetition]) -> dict[str, Any]:
+    """Mean and spread over the repetitions of each test figure: A, B, joint, and per source."""
+    sources = sorted({s for r in reps for s in r.per_source_test})
+    return {
+        "A": summarise([r.A.test for r in reps]),
+        "B": summarise([r.B.test for r in reps]),
+        "joint": summarise([r.joint_test for r in reps]),
+        "per_source": {
+            src: {
+                k: summarise([r.per_source_test[src][k] for r in reps if src in r.per_source_test])
+                for k in ("A", "B", "joint")
+            }
+            for src in sources
+        },
+    }
+
+
+def run_repetition(ctx: Context, rep: int) -> Repetition | None:
     cfg, data, log = ctx.cfg, ctx.data, ctx.log
     plan = plan_repetition(ctx, rep)
     seed, split, b_parts = plan.seed, plan.split, plan.b_parts
@@ -178,7 +227,7 @@ def run_repetition(ctx: Context, rep: int) -> dict[str, Any]:
         for key, job in plan.jobs.items()
     }
     if not ctx.env.is_main:
-        return {}
+        return None
 
     # Both models on every validation and test image: the joint rule needs both probabilities.
     val_idx, test_idx = split.val, split.test
@@ -198,10 +247,11 @@ def run_repetition(ctx: Context, rep: int) -> dict[str, Any]:
         thresholds,
     )
 
-    record: dict[str, Any] = {
-        "repetition": rep,
-        "seed": seed,
-        "split": {
+    y_test_a, y_test_b = target_a(labels[test_idx]), target_b(labels[test_idx][in_b_test])
+    record = Repetition(
+        repetition=rep,
+        seed=seed,
+        split={
             "unit": cfg.split.unit,
             "sizes": {k: int(len(v)) for k, v in split.parts().items()},
             "label_counts": counts,
@@ -212,35 +262,35 @@ def run_repetition(ctx: Context, rep: int) -> dict[str, Any]:
                 for i, j, d, sa, sb in dups
             ],
         },
-        "thresholds": {"a": thresholds.a, "b": thresholds.b},
-        "val_joint_balanced_accuracy": val_score,
-        "A": {
-            "best_epoch": results["A"].best_epoch,
-            "history": results["A"].history,
-            "replicas_identical": results["A"].replicas_identical,
-            "test": binary_metrics(target_a(labels[test_idx]), p_abn_test, "A"),
-            "test_roc": _roc(target_a(labels[test_idx]), p_abn_test),
-        },
-        "B": {
-            "best_epoch": results["B"].best_epoch,
-            "history": results["B"].history,
-            "replicas_identical": results["B"].replicas_identical,
-            "test": binary_metrics(target_b(labels[test_idx][in_b_test]), p_cov_test[in_b_test], "B"),
-            "test_roc": _roc(target_b(labels[test_idx][in_b_test]), p_cov_test[in_b_test]),
-        },
-        "joint_test": joint_metrics(labels[test_idx], p_abn_test, p_cov_test, thresholds),
-        "per_source_test": per_source_metrics(
+        thresholds=thresholds,
+        val_joint_balanced_accuracy=val_score,
+        A=ModelOutcome(
+            results["A"].best_epoch,
+            results["A"].history,
+            results["A"].replicas_identical,
+            binary_metrics(y_test_a, p_abn_test, "A"),
+            _roc(y_test_a, p_abn_test),
+        ),
+        B=ModelOutcome(
+            results["B"].best_epoch,
+            results["B"].history,
+            results["B"].replicas_identical,
+            binary_metrics(y_test_b, p_cov_test[in_b_test], "B"),
+            _roc(y_test_b, p_cov_test[in_b_test]),
+        ),
+        joint_test=joint_metrics(labels[test_idx], p_abn_test, p_cov_test, thresholds),
+        per_source_test=per_source_metrics(
             [data.samples[i].name for i in test_idx], labels[test_idx], p_abn_test, p_cov_test, in_b_test, thresholds
         ),
-    }
-    j = record["joint_test"]
+    )
+    j = record.joint_test
     if not len(b_parts["test"]):
         log(
             f"rep {rep + 1}: the balanced test subset for model B is empty (too few images of some label); "
             "B has no test metrics in this repetition"
         )
     log(
-        f"rep {rep + 1} test: A acc {_f4(record['A']['test']['accuracy'])}, B acc {_f4(record['B']['test']['accuracy'])}, "
+        f"rep {rep + 1} test: A acc {_f4(record.A.test['accuracy'])}, B acc {_f4(record.B.test['accuracy'])}, "
         f"joint acc {_f4(j['accuracy'])} bal.acc {_f4(j['balanced_accuracy'])} "
         f"(thresholds chosen on validation: a={thresholds.a:.2f}, b={thresholds.b:.2f}); "
         f"{len(dups)} near-duplicate pair(s) across splits"
@@ -278,7 +328,16 @@ def train(
         shutdown(env)
 
 
-def _train(cfg, data_dir, out, env, device, labels_csv, skip_bad_rows, config_path):
+def _train(
+    cfg: TrainConfig,
+    data_dir: Path,
+    out: Path,
+    env: DistEnv,
+    device: torch.device,
+    labels_csv: str | Path | None,
+    skip_bad_rows: bool,
+    config_path: str | None,
+) -> dict[str, Any] | None:
     started = time.time()
     apply_determinism(cfg.run.deterministic)
     weights = resolve_weights(cfg)
@@ -332,11 +391,13 @@ def _train(cfg, data_dir, out, env, device, labels_csv, skip_bad_rows, config_pa
             log=log,
             log_path=out / "train.log",
         )
-    reps = [run_repetition(ctx, r) for r in range(cfg.run.repetitions)]
+    outcomes = [run_repetition(ctx, r) for r in range(cfg.run.repetitions)]
     if not env.is_main:
         return None
+    reps = [r for r in outcomes if r is not None]  # rank 0 has every repetition
 
-    chosen = max(range(len(reps)), key=lambda r: (reps[r]["val_joint_balanced_accuracy"], -r))
+    chosen = max(range(len(reps)), key=lambda r: (reps[r].val_joint_balanced_accuracy, -r))
+    best = reps[chosen]
     states = {
         k: torch.load(out / "checkpoints" / f"rep{chosen}_{k}.final.pt", map_location="cpu", weights_only=False)[
             "state"
@@ -347,20 +408,8 @@ def _train(cfg, data_dir, out, env, device, labels_csv, skip_bad_rows, config_pa
     for k in "AB":
         models[k] = build_densenet161()
         models[k].load_state_dict(states[k])
-    summary = {
-        "A": summarise([r["A"]["test"] for r in reps]),
-        "B": summarise([r["B"]["test"] for r in reps]),
-        "joint": summarise([r["joint_test"] for r in reps]),
-        "per_source": {
-            src: {
-                k: summarise([r["per_source_test"][src][k] for r in reps if src in r["per_source_test"]])
-                for k in ("A", "B", "joint")
-            }
-            for src in sorted({s for r in reps for s in r["per_source_test"]})
-        },
-    }
     by_source = label_sources([s.name for s in data.samples], data.labels)
-    metrics = {
+    metrics: dict[str, Any] = {
         "format": "cxr-node-training-metrics/1",
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "config": cfg.to_dict(),
@@ -385,13 +434,13 @@ def _train(cfg, data_dir, out, env, device, labels_csv, skip_bad_rows, config_pa
             "imagenet_init": str(weights) if weights else None,
         },
         "bundle_repetition": chosen,
-        "repetitions": reps,
-        "summary": summary,
+        "repetitions": [r.to_dict() for r in reps],
+        "summary": _summary(reps),
         "throughput_images_per_second": {
-            k: float(np.mean([h["images_per_second"] for r in reps for h in r[k]["history"]])) for k in "AB"
+            k: float(np.mean([h["images_per_second"] for r in reps for h in r.model(k).history])) for k in "AB"
         },
     }
-    thresholds = Thresholds(**reps[chosen]["thresholds"])
+    thresholds = best.thresholds
     domain = None
     if cfg.domain.enabled:
         from cxr_node.analysis.domain import DomainError
@@ -415,13 +464,11 @@ def _train(cfg, data_dir, out, env, device, labels_csv, skip_bad_rows, config_pa
         training={
             "created": metrics["created"],
             "repetition": chosen,
-            "seed": reps[chosen]["seed"],
+            "seed": best.seed,
             "data": metrics["data"],
             "config": cfg.to_dict(),
-            "validation_joint_balanced_accuracy": reps[chosen]["val_joint_balanced_accuracy"],
-            "test_joint": {
-                k: reps[chosen]["joint_test"][k] for k in ("accuracy", "balanced_accuracy", "auc_a", "auc_b")
-            },
+            "validation_joint_balanced_accuracy": best.val_joint_balanced_accuracy,
+            "test_joint": {k: best.joint_test[k] for k in ("accuracy", "balanced_accuracy", "auc_a", "auc_b")},
         },
         domain=domain,
     )
