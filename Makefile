@@ -2,6 +2,9 @@
 # Edit loop: `make check` (lint + the fast tier: no Debian peers, no training, no DenseNet loads).
 VENV ?= .venv
 PYTEST_ARGS ?=
+# The full suite in parallel (pytest-xdist): most of its time is waiting on peers, nodes and
+# sockets, so three workers on two cores finish sooner; a file's tests stay on one worker.
+PYTEST_WORKERS ?= 3
 
 .PHONY: demo test check lint lock setup setup-peers bench clean
 
@@ -17,7 +20,7 @@ demo: setup
 # PASSIVE: the tests run a node, Orthanc and torch side by side on few cores; spinning OpenMP
 # threads would starve the others (measured: training 0.4 instead of 13 images/s).
 test: setup-peers lint
-	OMP_WAIT_POLICY=PASSIVE $(VENV)/bin/python -m pytest -q -rs $(PYTEST_ARGS)
+	OMP_WAIT_POLICY=PASSIVE $(VENV)/bin/python -m pytest -q -rs -n $(PYTEST_WORKERS) --dist loadfile --durations=15 $(PYTEST_ARGS)
 
 # The fast tier: every test not marked slow or peers. CXR_NODE_TEST_TIER=fast makes a test that
 # reaches for a Debian peer fail (it lacks its marker) instead of quietly slowing the tier.

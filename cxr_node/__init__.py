@@ -1,3 +1,3 @@
 """cxr-node: a DICOM node that triages portable chest radiographs with two DenseNet-161 models."""
 
-__version__ = "0.4.0"
+__version__ = "0.6.0"
