@@ -23,11 +23,12 @@ from sqlalchemy.exc import OperationalError
 
 from cxr_node.analysis.bundle import Bundle
 from cxr_node.analysis.engine import Analyzer
-from cxr_node.destinations.routing import NOTICE, Route, plan, plan_no_result
+from cxr_node.destinations.routing import Route, plan, plan_no_result
 from cxr_node.dicom.information import DEFAULT_LIMITS, InformationLimits
 from cxr_node.polling import PollingLoop
 from cxr_node.processing import ANALYSIS_FAILED, Decode, Outcome, OutcomeKind, classify, one_line, process_batch
 from cxr_node.queue.jobs import ExportItem, Job, JobQueue, ResultRecord
+from cxr_node.queue.states import ExportKind
 from cxr_node.results.identity import ModelIdentity, NodeIdentity
 from cxr_node.results.no_result_sr import write_no_result_report
 from cxr_node.selection.vocabulary import Vocabulary
@@ -162,9 +163,10 @@ class Worker:
             record.label,
             record.trained,
             {
-                "sc": ExportItem("sc", str(files.sc_path), files.sc_uid),
-                "sr": ExportItem("sr", str(files.sr_path), files.sr_uid),
-                NOTICE: ExportItem(NOTICE, str(files.sr_path), files.sr_uid),  # a notice announces the SR
+                ExportKind.SC: ExportItem(ExportKind.SC, str(files.sc_path), files.sc_uid),
+                ExportKind.SR: ExportItem(ExportKind.SR, str(files.sr_path), files.sr_uid),
+                # a notice announces the SR
+                ExportKind.NOTICE: ExportItem(ExportKind.NOTICE, str(files.sr_path), files.sr_uid),
             },
         )
         if self.queue.complete(job, record, items):
@@ -233,7 +235,7 @@ class Worker:
             zone=ZoneInfo(self.settings.time_zone) if self.settings.time_zone else None,
             vocabulary=self.settings.vocabulary,
         )
-        item = ExportItem("sr", str(report.path), report.sop_instance_uid)
+        item = ExportItem(ExportKind.SR, str(report.path), report.sop_instance_uid)
         return plan_no_result(self.settings.destinations, self.model.trained, item)
 
     # -- background loop -------------------------------------------------------------

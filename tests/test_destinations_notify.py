@@ -14,12 +14,12 @@ from cxr_node.destinations.base import NodeContext
 from cxr_node.destinations.fhir import FhirDestination
 from cxr_node.destinations.hl7v2 import Hl7Destination, Hl7Settings, control_id
 from cxr_node.destinations.registry import build_destinations
-from cxr_node.destinations.routing import NOTICE, Route, plan, routes
+from cxr_node.destinations.routing import Route, plan, routes
 from cxr_node.dispatcher import Dispatcher, ExportPolicy
 from cxr_node.queue.jobs import ExportItem, JobQueue, ReceivedInstance, ResultRecord
 from cxr_node.queue.reports import Reports
 from cxr_node.queue.schema import open_database
-from cxr_node.queue.states import ExportState
+from cxr_node.queue.states import ExportKind, ExportState
 from tests import peers, test_destinations_dicom, test_dispatcher, test_receiver_tls
 from tests.notify_peers import FhirServer, MllpListener, unescape
 from tests.test_dispatcher import FakeClock, rows
@@ -82,7 +82,7 @@ def result(queue, rg1_uncr, tmp_path):
             {
                 "sc": ExportItem("sc", str(files.sc_path), files.sc_uid),
                 "sr": ExportItem("sr", str(files.sr_path), files.sr_uid),
-                NOTICE: ExportItem(NOTICE, str(files.sr_path), files.sr_uid),
+                ExportKind.NOTICE: ExportItem(ExportKind.NOTICE, str(files.sr_path), files.sr_uid),
             },
         )
         assert queue.complete(job, rec, items)
@@ -119,8 +119,8 @@ def fhir_dest(server, name="ehr", **kw) -> FhirDestination:
     return FhirDestination(name, server if isinstance(server, str) else server.url, "destinations[1]", 10.0, **kw)
 
 
-RIS = Route("ris", (NOTICE,), None, untrained=False)
-EHR = Route("ehr", (NOTICE,), None, untrained=False)
+RIS = Route("ris", (ExportKind.NOTICE,), None, untrained=False)
+EHR = Route("ehr", (ExportKind.NOTICE,), None, untrained=False)
 
 
 def drain(dispatcher, rounds=4):
@@ -134,7 +134,7 @@ def test_oru_carries_identity_accession_class_probabilities_and_raised_priority(
     source, files = result("covid", [RIS])
     dispatcher = Dispatcher(queue, {"ris": hl7(mllp)})
     assert dispatcher.run_once() == 1
-    row = rows(queue)[("ris", NOTICE)]
+    row = rows(queue)[("ris", ExportKind.NOTICE)]
     assert (row["state"], row["attempts"], row["last_error"]) == (ExportState.SENT, 1, None)
     (got,) = mllp.received
     assert got.error == "", got.error  # hl7apy parsed and validated it as a 2.5.1 ORU^R01
@@ -195,10 +195,10 @@ def test_acknowledgements_end_or_retry_as_they_mean(queue, result, mllp, answers
     mllp.answers.extend(answers)
     dispatcher = Dispatcher(queue, {"ris": hl7(mllp, timeout_s=1.0)}, ExportPolicy((5.0,), 10, 0))
     assert dispatcher.run_once() == 1
-    first = rows(queue)[("ris", NOTICE)]
+    first = rows(queue)[("ris", ExportKind.NOTICE)]
     queue.clock.advance(6)
     dispatcher.run_once()
-    row = rows(queue)[("ris", NOTICE)]
+    row = rows(queue)[("ris", ExportKind.NOTICE)]
     assert (row["state"], row["attempts"]) == (state, attempts), row
     if error:
         assert row["last_error"] == error
@@ -215,18 +215,18 @@ def test_refused_connection_is_retried_then_given_up_like_a_dicom_destination(qu
         queue, {"ris": hl7(peers.free_port())}, ExportPolicy((5.0,), max_attempts=2, give_up_after_s=0)
     )
     assert dispatcher.run_once() == 1
-    row = rows(queue)[("ris", NOTICE)]
+    row = rows(queue)[("ris", ExportKind.NOTICE)]
     assert row["state"] == ExportState.PENDING and "cannot connect" in row["last_error"]
     queue.clock.advance(6)
     assert dispatcher.run_once() == 1
-    row = rows(queue)[("ris", NOTICE)]
+    row = rows(queue)[("ris", ExportKind.NOTICE)]
     assert row["state"] == ExportState.FAILED and row["last_error"].endswith("(gave up after 2 attempts)")
 
 
 def test_image_without_patient_id_fails_at_once_with_the_reason(queue, result, rg1_uncr, mllp):
     result("covid", [RIS], source=identified(rg1_uncr, PatientID=""))
     assert Dispatcher(queue, {"ris": hl7(mllp)}).run_once() == 1
-    row = rows(queue)[("ris", NOTICE)]
+    row = rows(queue)[("ris", ExportKind.NOTICE)]
     assert row["state"] == ExportState.FAILED and "PatientID" in row["last_error"]
     assert mllp.received == []
 
@@ -238,7 +238,7 @@ def test_fhir_report_links_study_accession_and_patient_and_is_stored_once(queue,
     source, files = result("covid-disagree", [EHR])
     dispatcher = Dispatcher(queue, {"ehr": fhir_dest(fhir)})
     assert dispatcher.run_once() == 1
-    row = rows(queue)[("ehr", NOTICE)]
+    row = rows(queue)[("ehr", ExportKind.NOTICE)]
     assert row["state"] == ExportState.SENT, row
     assert fhir.store.invalid == []
     (report,) = fhir.store.resources["DiagnosticReport"]
@@ -291,7 +291,7 @@ def test_fhir_answers_end_or_retry(queue, result, fhir, answers, state, attempts
     assert dispatcher.run_once() == 1
     queue.clock.advance(6)
     dispatcher.run_once()
-    row = rows(queue)[("ehr", NOTICE)]
+    row = rows(queue)[("ehr", ExportKind.NOTICE)]
     assert (row["state"], row["attempts"]) == (state, attempts), row
     if error:
         assert row["last_error"].startswith(error), row["last_error"]
@@ -303,7 +303,7 @@ def test_fhir_server_that_never_answers_is_retried(queue, result, silent_peer):
     result("covid", [EHR])
     destination = FhirDestination("ehr", f"http://127.0.0.1:{silent_peer}/fhir", timeout_s=1.0)
     assert Dispatcher(queue, {"ehr": destination}).run_once() == 1
-    row = rows(queue)[("ehr", NOTICE)]
+    row = rows(queue)[("ehr", ExportKind.NOTICE)]
     assert row["state"] == ExportState.PENDING and "Timeout" in row["last_error"], row["last_error"]
 
 
@@ -311,7 +311,7 @@ def test_fhir_server_away_is_retried(queue, result):
     result("covid", [EHR])
     dispatcher = Dispatcher(queue, {"ehr": fhir_dest(f"http://127.0.0.1:{peers.free_port()}/fhir")})
     assert dispatcher.run_once() == 1
-    row = rows(queue)[("ehr", NOTICE)]
+    row = rows(queue)[("ehr", ExportKind.NOTICE)]
     assert row["state"] == ExportState.PENDING and "ConnectionError" in row["last_error"]
 
 
@@ -320,7 +320,7 @@ def test_patient_without_a_universal_issuer_needs_the_configured_system(queue, r
     del source.IssuerOfPatientIDQualifiersSequence
     result("covid", [EHR], source=source)
     assert Dispatcher(queue, {"ehr": fhir_dest(fhir)}).run_once() == 1
-    row = rows(queue)[("ehr", NOTICE)]
+    row = rows(queue)[("ehr", ExportKind.NOTICE)]
     assert row["state"] == ExportState.FAILED
     assert "issuer 'HOSP'" in row["last_error"] and "destinations[1].issuer_systems" in row["last_error"]
     assert fhir.store.posts == []
@@ -355,7 +355,7 @@ def test_each_destination_gets_exactly_its_classes(queue, result, scp, mllp, fhi
 
         found = sorted((r.destination, r.kind, r.state) for r in conn.execute(exports.select()))
     assert found.count(("pacs", "sc", "sent")) == found.count(("pacs", "sr", "sent")) == 3
-    assert found.count(("ris", NOTICE, "sent")) == 2 and found.count(("ehr", NOTICE, "sent")) == 1
+    assert found.count(("ris", ExportKind.NOTICE, "sent")) == 2 and found.count(("ehr", ExportKind.NOTICE, "sent")) == 1
     assert len(found) == 9  # nothing recorded for the classes a destination does not take
     assert sorted(m.obx()["CXR101"][5] for m in mllp.received) == sorted(
         [sent["covid"].sr_uid, sent["pathological"].sr_uid]
@@ -369,10 +369,10 @@ def test_each_destination_gets_exactly_its_classes(queue, result, scp, mllp, fhi
 
 
 def test_untrained_results_notify_only_where_told(queue, result, mllp):
-    told = Route("told", (NOTICE,), None, untrained=True)
+    told = Route("told", (ExportKind.NOTICE,), None, untrained=True)
     result("covid", [RIS, told, Route("pacs")], trained=False)
     found = rows(queue)
-    assert ("ris", NOTICE) not in found and ("told", NOTICE) in found
+    assert ("ris", ExportKind.NOTICE) not in found and ("told", ExportKind.NOTICE) in found
     assert found[("pacs", "sr")]["state"] == ExportState.PENDING  # a DICOM destination takes them by default
     assert drain(Dispatcher(queue, {"told": hl7(mllp, "told")})) == 1
     (got,) = mllp.received
@@ -451,8 +451,8 @@ def test_routes_follow_type_defaults_and_when():
     )
     assert routes(cfg) == (
         Route("pacs", ("sc", "sr"), frozenset({"COVID-19"}), True),
-        Route("ris", (NOTICE,), frozenset({"COVID-19", "Pathological"}), False),
-        Route("ehr", (NOTICE,), None, True),
+        Route("ris", (ExportKind.NOTICE,), frozenset({"COVID-19", "Pathological"}), False),
+        Route("ehr", (ExportKind.NOTICE,), None, True),
     )
     built = build_destinations(cfg, NodeContext("CXR_NODE"))
     assert (
@@ -492,7 +492,7 @@ def test_mllp_over_tls(queue, result, pki, tmp_path):
         )
         destination = Hl7Destination.from_spec(spec, NodeContext("CXR_NODE", 10.0, client_context(node_cfg)))
         assert Dispatcher(queue, {"ris": destination}).run_once() == 1
-        assert rows(queue)[("ris", NOTICE)]["state"] == ExportState.SENT
+        assert rows(queue)[("ris", ExportKind.NOTICE)]["state"] == ExportState.SENT
         (got,) = listener.received
         assert got.error == "" and got.segments("PID")[0][3].startswith("MRN0042^")
     finally:

@@ -17,10 +17,10 @@ from pydicom.dataset import Dataset
 
 from cxr_node.config import ConfigErrors, parse_config
 from cxr_node.destinations.base import Delivery, ExportDestination, Outgoing, Verdict
-from cxr_node.destinations.routing import NOTICE, Route
+from cxr_node.destinations.routing import Route
 from cxr_node.dispatcher import Dispatcher, ExportPolicy
 from cxr_node.queue.reports import Reports
-from cxr_node.queue.states import ExportState, JobState
+from cxr_node.queue.states import ExportKind, ExportState, JobState
 from cxr_node.results.identity import ModelIdentity
 from cxr_node.results.no_result_sr import (
     FILE_NAME,
@@ -129,7 +129,7 @@ ROUTES = (
     Route("pacs"),  # DICOM: SR and SC of every class
     Route("web", ("sc", "sr")),  # DICOMweb
     Route("urgent", ("sc", "sr"), frozenset({"COVID-19"})),  # only COVID-19 results
-    Route("ris", (NOTICE,)),  # HL7 / FHIR: notices of classes
+    Route("ris", (ExportKind.NOTICE,)),  # HL7 / FHIR: notices of classes
 )
 
 

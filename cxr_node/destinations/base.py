@@ -19,6 +19,7 @@ from pydicom import Dataset
 
 from cxr_node.config import ConfigError, DestinationSpec
 from cxr_node.queue.jobs import ResultRecord
+from cxr_node.queue.states import ExportKind
 
 
 class Verdict(enum.StrEnum):
@@ -31,7 +32,7 @@ class Verdict(enum.StrEnum):
 class Outgoing:
     """One export row's object for one destination."""
 
-    kind: str  # "sr" | "sc" | "notice" (a notification of the result announced by the SR at `path`)
+    kind: ExportKind  # NOTICE: a notification of the result announced by the SR at `path`
     path: str
     sop_instance_uid: str
     # SR only: the SC did not reach this destination and never will; send the report in the form
@@ -96,7 +97,7 @@ class Options:
 class ExportDestination(ABC):
     type_name: ClassVar[str]
     # The export kinds this type sends: the result objects themselves, or a notice of the result.
-    kinds: ClassVar[tuple[str, ...]] = ("sc", "sr")
+    kinds: ClassVar[tuple[ExportKind, ...]] = (ExportKind.SC, ExportKind.SR)
     # Whether results of an untrained model go there unless the destination's `untrained` says.
     untrained_by_default: ClassVar[bool] = True
 

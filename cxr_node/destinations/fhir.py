@@ -50,6 +50,7 @@ from cxr_node.destinations.notice import (
     NoticeError,
     read_notice,
 )
+from cxr_node.queue.states import ExportKind
 from cxr_node.results.identity import derived_uid
 from cxr_node.results.wording import intended_use  # the SR's and SC's sentence
 
@@ -257,7 +258,7 @@ def _token_file(key: str, value: Any) -> Path:
 
 class FhirDestination(ExportDestination):
     type_name = "fhir"
-    kinds = ("notice",)
+    kinds = (ExportKind.NOTICE,)
     untrained_by_default = False
 
     def __init__(

@@ -69,6 +69,7 @@ from cxr_node.destinations.notice import (
     NoticeError,
     read_notice,
 )
+from cxr_node.queue.states import ExportKind
 from cxr_node.results.wording import intended_use  # the SR's and SC's sentence
 
 log = logging.getLogger(__name__)
@@ -309,7 +310,7 @@ def _hl7_name(key: str, value: Any) -> str:
 
 class Hl7Destination(ExportDestination):
     type_name = "hl7"
-    kinds = ("notice",)
+    kinds = (ExportKind.NOTICE,)
     untrained_by_default = False
 
     def __init__(

@@ -15,24 +15,25 @@ from dataclasses import dataclass
 
 from cxr_node.config import NodeConfig
 from cxr_node.queue.jobs import ExportItem
+from cxr_node.queue.states import ExportKind
 
-NOTICE = "notice"  # export kind: a notification of the result (HL7 ORU, FHIR DiagnosticReport)
-FILE_KINDS = ("sc", "sr")  # the result writer's objects: kept on disk (`local` rows) when no one takes them
+# the result writer's objects: kept on disk (`local` rows) when no one takes them
+FILE_KINDS = (ExportKind.SC, ExportKind.SR)
 
 
 @dataclass(frozen=True)
 class Route:
     name: str
-    kinds: tuple[str, ...] = FILE_KINDS
+    kinds: tuple[ExportKind, ...] = FILE_KINDS
     when: frozenset[str] | None = None  # result classes that go there; None: every class
     untrained: bool = True  # results of an untrained model go there too
 
-    def takes(self, kind: str, label: str, trained: bool) -> bool:
+    def takes(self, kind: ExportKind, label: str, trained: bool) -> bool:
         return kind in self.kinds and (self.when is None or label in self.when) and (trained or self.untrained)
 
     def takes_no_result(self, trained: bool) -> bool:
         """Whether the report of a not-analysable image (an SR without a class) goes here."""
-        return "sr" in self.kinds and self.when is None and (trained or self.untrained)
+        return ExportKind.SR in self.kinds and self.when is None and (trained or self.untrained)
 
 
 def routes(cfg: NodeConfig) -> tuple[Route, ...]:
@@ -49,7 +50,7 @@ def routes(cfg: NodeConfig) -> tuple[Route, ...]:
 
 
 def plan(
-    routes: Sequence[Route | str], label: str, trained: bool, objects: Mapping[str, ExportItem]
+    routes: Sequence[Route | str], label: str, trained: bool, objects: Mapping[ExportKind, ExportItem]
 ) -> list[ExportItem]:
     """The export items of one result, each naming the destinations it goes to.
 
@@ -67,7 +68,7 @@ def plan(
 
 
 def plan_no_result(routes: Sequence[Route | str], trained: bool, report: ExportItem) -> list[ExportItem]:
-    """The export item of a not-analysable image's report (kind "sr"): to the destinations that
+    """The export item of a not-analysable image's report (kind SR): to the destinations that
     take it (Route.takes_no_result), else kept on disk (a `local` row)."""
     known = [r if isinstance(r, Route) else Route(r) for r in routes]
     names = tuple(r.name for r in known if r.takes_no_result(trained))

@@ -18,7 +18,7 @@ from sqlalchemy import Connection, CursorResult, Engine, and_, case, exists, fun
 from sqlalchemy.exc import IntegrityError
 
 from cxr_node.events import Notifier
-from cxr_node.queue.states import OPEN_JOB_STATES, ExportState, JobState
+from cxr_node.queue.states import OPEN_JOB_STATES, ExportKind, ExportState, JobState
 from cxr_node.queue.tables import SQLITE_BUSY_TIMEOUT_S, exports, instances, jobs, results
 
 Clock = Callable[[], datetime]
@@ -100,7 +100,7 @@ class ResultRecord:
 
 @dataclass(frozen=True)
 class ExportItem:
-    kind: str
+    kind: ExportKind
     path: str
     sop_instance_uid: str
     # The destinations this item goes to; None: every destination given to `complete`.
@@ -111,7 +111,7 @@ class ExportItem:
 @dataclass(frozen=True)
 class Export:
     id: int
-    kind: str
+    kind: ExportKind
     path: str
     sop_instance_uid: str
     destination: str
@@ -536,14 +536,14 @@ class JobQueue:
         now = self.clock()
         sc = exports.alias("sc")
         same_sc = and_(
-            sc.c.result_id == exports.c.result_id, sc.c.kind == "sc", sc.c.destination == exports.c.destination
+            sc.c.result_id == exports.c.result_id, sc.c.kind == ExportKind.SC, sc.c.destination == exports.c.destination
         )
         sc_open = exists().where(and_(same_sc, sc.c.state == ExportState.PENDING))
         sc_failed = exists().where(and_(same_sc, sc.c.state == ExportState.FAILED))
         where = [
             exports.c.state == ExportState.PENDING,
             exports.c.next_try_at <= now,
-            or_(exports.c.kind != "sr", not_(sc_open)),
+            or_(exports.c.kind != ExportKind.SR, not_(sc_open)),
         ]
         if destination is not None:
             where.append(exports.c.destination == destination)
@@ -570,20 +570,20 @@ class JobQueue:
                 # A not-analysable image's report has no result row (no class): an outer join.
                 .outerjoin(results, results.c.id == exports.c.result_id)
                 .where(and_(*where))
-                .order_by(case((exports.c.kind == "sc", 0), else_=1), exports.c.id)
+                .order_by(case((exports.c.kind == ExportKind.SC, 0), else_=1), exports.c.id)
                 .limit(limit)
             ).all()
         return [
             Export(
                 r.id,
-                r.kind,
+                ExportKind(r.kind),
                 r.path,
                 r.sop_instance_uid,
                 r.destination,
                 r.attempts,
                 r.last_error,
                 _aware(r.created_at),
-                bool(r.illustration_failed) and r.kind == "sr",
+                bool(r.illustration_failed) and r.kind == ExportKind.SR,
                 None
                 if r.result_id is None
                 else ResultRecord(r.label, r.p_abnormal, r.p_covid, bool(r.models_disagree), r.model, bool(r.trained)),

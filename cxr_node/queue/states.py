@@ -26,4 +26,12 @@ class ExportState(StrEnum):
     FAILED = "failed"  # given up: permanent refusal or attempts/time used up; last_error says why
 
 
-__all__ = ["ExportState", "JobState", "OPEN_JOB_STATES"]
+class ExportKind(StrEnum):
+    """What an export row sends (exports.kind)."""
+
+    SC = "sc"  # the Grad-CAM Secondary Capture
+    SR = "sr"  # the structured report (references the SC unless sent without it)
+    NOTICE = "notice"  # a notification of the result announced by the SR (HL7 ORU^R01, FHIR DiagnosticReport)
+
+
+__all__ = ["ExportKind", "ExportState", "JobState", "OPEN_JOB_STATES"]

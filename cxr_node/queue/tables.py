@@ -114,7 +114,7 @@ exports = Table(
     # rows name its job instead (job_id): exactly one of the two is set.
     Column("result_id", Integer, ForeignKey("results.id")),
     Column("job_id", Integer, ForeignKey("jobs.id"), index=True),
-    Column("kind", String(8), nullable=False),  # "sr", "sc" or "notice"
+    Column("kind", String(8), nullable=False),  # states.ExportKind: "sc", "sr" or "notice"
     Column("path", Text, nullable=False),
     Column("sop_instance_uid", String(64), nullable=False, index=True),
     Column("destination", String(128)),  # destination name (or AET@HOST:PORT), NULL = keep on disk only
