@@ -12,8 +12,8 @@ from typing import Any
 
 from cxr_node import validation as V
 from cxr_node.analysis.fusion import JointClass
-from cxr_node.dicom.checks import MAX_COLUMNS, MAX_INFLATED_BYTES, MAX_PIXEL_BYTES, MAX_ROWS, PixelBudget
-from cxr_node.dicom.information import DEFAULT_LIMITS, InformationLimits, parse_image_check
+from cxr_node.decoding.budget import MAX_COLUMNS, MAX_INFLATED_BYTES, MAX_PIXEL_BYTES, MAX_ROWS, PixelBudget
+from cxr_node.decoding.information import DEFAULT_LIMITS, InformationLimits, parse_image_check
 from cxr_node.errors import ConfigError, ConfigErrors  # re-exported: callers import it from here
 from cxr_node.selection.config import parse_selection
 from cxr_node.selection.defaults import DEFAULT_SELECTION
@@ -123,7 +123,7 @@ class NodeConfig:
     send_max_attempts: int = 100  # 0 = no limit
     send_give_up_after_s: float = 172800.0  # 0 = no limit
     send_timeout_s: float = 30.0
-    # [decoding]: the pixel budget checked at receipt (cxr_node.dicom.checks) and the decoder processes
+    # [decoding]: the pixel budget checked at receipt (cxr_node.decoding.budget) and the decoder processes
     max_rows: int = MAX_ROWS
     max_columns: int = MAX_COLUMNS
     max_pixel_bytes: int = MAX_PIXEL_BYTES
@@ -263,7 +263,7 @@ _SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
     },
     "destinations": {},  # handled below: an array of tables, checked by each type's module
     "selection": {},  # handled below: rules, vocabulary, age policy (cxr_node.selection.config)
-    "image_check": {},  # handled below: limits of cxr_node.dicom.information
+    "image_check": {},  # handled below: limits of cxr_node.decoding.information
     "dispatcher": {
         "retry_delays_s": ("send_retry_s", _delays),
         "max_attempts": ("send_max_attempts", V.int_range(0, 1_000_000)),

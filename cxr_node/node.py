@@ -9,13 +9,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from cxr_node.analysis.bundle import Bundle, BundleError, load_bundle, untrained_bundle
-from cxr_node.analysis.decode_pool import DecodeLimits, DecodePool, decoder_for
 from cxr_node.analysis.engine import Analyzer
 from cxr_node.config import ConfigError, NodeConfig
+from cxr_node.decoding.pool import DecodeLimits, DecodePool, decoder_for
+from cxr_node.decoding.reduced import Resolution
 from cxr_node.destinations.registry import build_destinations
 from cxr_node.destinations.routing import routes
 from cxr_node.dicom.receiver import Receiver, ReceiverSettings
-from cxr_node.dicom.reduced_decode import Resolution
 from cxr_node.dispatcher import Dispatcher, ExportPolicy
 from cxr_node.events import notifier_for
 from cxr_node.housekeeping import Housekeeping
@@ -81,7 +81,7 @@ class Node:
         if "worker" in roles:  # only a worker needs the models (and the GPU)
             models = bundle or load_models(cfg)
             # Decoding in other processes: OpenJPEG holds the GIL, and an image that exhausts its
-            # process's memory limit or kills it fails alone (cxr_node.analysis.decode_pool).
+            # process's memory limit or kills it fails alone (cxr_node.decoding.pool).
             # Each decodes only as finely as the model and the SC need (decode_resolution).
             pool = DecodePool(
                 cfg.decode_processes or None,

@@ -25,10 +25,10 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
-from cxr_node.analysis.decode_pool import Decoded
 from cxr_node.analysis.engine import Analysis, Analyzer
-from cxr_node.dicom.information import DEFAULT_LIMITS, InformationLimits, check_information
-from cxr_node.dicom.pixels import PixelDataError
+from cxr_node.decoding.information import DEFAULT_LIMITS, InformationLimits, check_information
+from cxr_node.decoding.pixels import PixelDataError
+from cxr_node.decoding.pool import Decoded
 from cxr_node.errors import NotAnalysable
 from cxr_node.results.identity import ModelIdentity, NodeIdentity
 from cxr_node.results.writer import ResultFiles, write_results

@@ -23,8 +23,8 @@ from sqlalchemy.exc import OperationalError
 
 from cxr_node.analysis.bundle import Bundle
 from cxr_node.analysis.engine import Analyzer
+from cxr_node.decoding.information import DEFAULT_LIMITS, InformationLimits
 from cxr_node.destinations.routing import Route, plan, plan_no_result
-from cxr_node.dicom.information import DEFAULT_LIMITS, InformationLimits
 from cxr_node.polling import PollingLoop
 from cxr_node.processing import ANALYSIS_FAILED, Decode, Outcome, OutcomeKind, classify, one_line, process_batch
 from cxr_node.queue.jobs import ExportItem, Job, JobQueue, ResultRecord

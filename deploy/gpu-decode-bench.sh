@@ -40,7 +40,7 @@ say() { echo "[$(date -u +%H:%M:%S) +$(( $(date +%s) - START ))s] $*" | tee -a "
 say "gpu-decode-bench: device $DEVICE, $CPUS CPUs, throughput $THROUGHPUT studies, batch $BATCH, $WORKERS decode processes"
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1
   "$PY" -c 'import torch, platform; print("torch", torch.__version__, "cuda", torch.version.cuda, "python", platform.python_version())'
-  "$PY" -c 'from cxr_node.dicom import openjp2; print("libopenjp2", openjp2.version() if openjp2.available() else "NOT FOUND: reduced JPEG 2000 decoding falls back to full")'
+  "$PY" -c 'from cxr_node.decoding import openjp2; print("libopenjp2", openjp2.version() if openjp2.available() else "NOT FOUND: reduced JPEG 2000 decoding falls back to full")'
   lscpu | grep -E "^Model name|^CPU\(s\)"
   echo "loadavg $(cat /proc/loadavg)"
 } 2>&1 | tee -a "$OUT/summary.txt"

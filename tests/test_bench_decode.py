@@ -13,9 +13,9 @@ import pytest
 from pydicom.uid import JPEG2000Lossless, JPEGBaseline8Bit
 
 from cxr_node.benchmarks.agreement import Item, auc, convert, read_manifest
-from cxr_node.dicom import openjp2
-from cxr_node.dicom.pixels import read_image
-from cxr_node.dicom.reduced_decode import Resolution
+from cxr_node.decoding import openjp2
+from cxr_node.decoding.pixels import read_image
+from cxr_node.decoding.reduced import Resolution
 
 
 def test_auc_matches_scikit_learn_with_ties():

@@ -14,7 +14,7 @@ import types
 
 import pytest
 
-from cxr_node.analysis.decode_pool import (
+from cxr_node.decoding.pool import (
     DecodeBudgetError,
     Decoded,
     DecodeLimits,
@@ -22,7 +22,7 @@ from cxr_node.analysis.decode_pool import (
     DecoderDied,
     restart_delay_s,
 )
-from cxr_node.dicom.pixels import PixelDataError
+from cxr_node.decoding.pixels import PixelDataError
 from cxr_node.processing import OutcomeKind, classify
 from tests import peers
 from tests.bombs import j2k_bomb, rle_bomb

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from cxr_node.analysis.bundle import untrained_bundle
-from cxr_node.analysis.decode_pool import Decoded, DecodePool
+from cxr_node.decoding.pool import Decoded, DecodePool
 from cxr_node.analysis.engine import STAGES, Analyzer
-from cxr_node.dicom.pixels import PixelDataError
+from cxr_node.decoding.pixels import PixelDataError
 
 SIZE = 64
 
@@ -106,7 +106,7 @@ def test_decode_pool_keeps_order_and_errors(rg1_uncr, tmp_path):
 
 
 def test_process_pool_decodes_like_in_process(rg1_uncr):
-    from cxr_node.analysis.decode_pool import decode_file
+    from cxr_node.decoding.pool import decode_file
 
     with DecodePool(kind="process", workers=1) as pool:
         remote = pool.submit(rg1_uncr).result(timeout=120)

@@ -42,7 +42,7 @@ def _alive(pid: int) -> bool:
 
 POOL_SCRIPT = """
 import sys, time
-from cxr_node.analysis.decode_pool import DecodePool
+from cxr_node.decoding.pool import DecodePool
 pool = DecodePool(workers=2, kind="process")
 pool.warm_up()
 print(" ".join(str(p) for p in pool.pids()), flush=True)

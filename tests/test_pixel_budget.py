@@ -12,7 +12,8 @@ import pytest
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
 
 from cxr_node.config import ConfigError, parse_config
-from cxr_node.dicom.checks import PixelBudget, check_budget, deflated_size_over, j2k_components, j2k_image_size
+from cxr_node.decoding.budget import PixelBudget, check_budget, deflated_size_over
+from cxr_node.dicom.checks import j2k_components, j2k_image_size
 from cxr_node.dicom.receiver import ReceiverSettings
 from cxr_node.queue.tables import instances, jobs
 from tests.bombs import deflated_bomb, j2k_blank_codestream, j2k_bomb, rle_bomb

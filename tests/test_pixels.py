@@ -7,7 +7,7 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
-from cxr_node.dicom.pixels import PixelDataError, dataset_to_float, read_image
+from cxr_node.decoding.pixels import PixelDataError, dataset_to_float, read_image
 from tests.dicom_factory import gradient, make_radiograph
 
 

@@ -13,7 +13,7 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
-from cxr_node.dicom.pixels import ROBUST_WINDOW, dataset_to_float, robust_window
+from cxr_node.decoding.pixels import ROBUST_WINDOW, dataset_to_float, robust_window
 from cxr_node.errors import NotAnalysable
 from tests.dicom_factory import gradient, make_radiograph
 
@@ -161,7 +161,7 @@ def test_an_empty_padding_value_is_ignored():
 
 
 def test_undecodable_pixel_data_fails_with_a_sentence_naming_the_syntax():
-    from cxr_node.dicom.pixels import PixelDataError
+    from cxr_node.decoding.pixels import PixelDataError
 
     ds = make_radiograph(RAMP)
     ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.90"  # says JPEG 2000, holds raw pixels

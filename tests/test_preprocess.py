@@ -58,7 +58,7 @@ def test_clipping_the_square_equals_clipping_the_source_for_decoded_images(rg1_u
     import pydicom
 
     from cxr_node.analysis.preprocess import letterbox, square_input
-    from cxr_node.dicom.pixels import dataset_to_float
+    from cxr_node.decoding.pixels import dataset_to_float
 
     img = dataset_to_float(pydicom.dcmread(rg1_uncr)).pixels
     assert img.min() >= 0.0 and img.max() <= 1.0  # what every decoder delivers

@@ -23,7 +23,7 @@ from pydicom.uid import (
     RLELossless,
 )
 
-from cxr_node.dicom.pixels import dataset_to_float
+from cxr_node.decoding.pixels import dataset_to_float
 from cxr_node.dicom.syntaxes import decodable_transfer_syntaxes, decoder_available
 from cxr_node.queue.tables import instances
 from tests.conftest import restamp

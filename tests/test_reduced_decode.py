@@ -9,11 +9,11 @@ import pytest
 from pydicom.encaps import encapsulate
 from pydicom.uid import JPEG2000Lossless, JPEGBaseline8Bit
 
-from cxr_node.analysis.decode_pool import DecodePool, decoder_for
+from cxr_node.decoding.pool import DecodePool, decoder_for
 from cxr_node.analysis.preprocess import square_input
-from cxr_node.dicom import openjp2, pixels
-from cxr_node.dicom.pixels import PixelDataError, dataset_to_float, read_image
-from cxr_node.dicom.reduced_decode import Resolution, decode_pixels
+from cxr_node.decoding import openjp2, pixels
+from cxr_node.decoding.pixels import PixelDataError, dataset_to_float, read_image
+from cxr_node.decoding.reduced import Resolution, decode_pixels
 from tests.dicom_factory import make_radiograph
 
 pytestmark = pytest.mark.skipif(not openjp2.available(), reason="libopenjp2 (Debian libopenjp2-7) not installed")

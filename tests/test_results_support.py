@@ -21,7 +21,7 @@ from pydicom.dataset import Dataset
 
 from cxr_node.analysis.engine import Analysis
 from cxr_node.analysis.fusion import JointClass, JointResult
-from cxr_node.dicom.pixels import dataset_to_float
+from cxr_node.decoding.pixels import dataset_to_float
 from cxr_node.results.identity import ModelIdentity, NodeIdentity
 from cxr_node.results.writer import ResultFiles, write_results
 from tests import peers

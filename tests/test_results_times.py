@@ -12,10 +12,10 @@ from zoneinfo import ZoneInfo
 import pydicom
 import pytest
 
-from cxr_node.analysis.decode_pool import Decoded
+from cxr_node.decoding.pool import Decoded
 from cxr_node.analysis.engine import Analysis
 from cxr_node.config import ConfigError, parse_config
-from cxr_node.dicom.pixels import dataset_to_float
+from cxr_node.decoding.pixels import dataset_to_float
 from cxr_node.processing import process_batch
 from cxr_node.results.sr import NOTE
 from cxr_node.results.times import format_offset, parse_offset, result_time

@@ -17,7 +17,7 @@ from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, ge
 from cxr_node.analysis.fusion import Thresholds
 from cxr_node.analysis.preprocess import to_model_input
 from cxr_node.cli import main
-from cxr_node.dicom.pixels import read_image
+from cxr_node.decoding.pixels import read_image
 from training.config import ConfigError, config_from_dict, load_config
 from training.data import DataError, load_data
 from training.dataset import Augment, SquareDataset

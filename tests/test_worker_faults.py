@@ -13,7 +13,7 @@ import pytest
 
 import cxr_node.results.writer as writer
 from cxr_node.analysis.bundle import untrained_bundle
-from cxr_node.analysis.decode_pool import DecodePool
+from cxr_node.decoding.pool import DecodePool
 from cxr_node.analysis.engine import Analyzer
 from cxr_node.queue.jobs import JobQueue, ReceivedInstance
 from cxr_node.queue.schema import open_database

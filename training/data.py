@@ -24,8 +24,8 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 
 from cxr_node.analysis.preprocess import square_input
-from cxr_node.dicom.pixels import PixelDataError, read_image
-from cxr_node.dicom.reduced_decode import Resolution
+from cxr_node.decoding.pixels import PixelDataError, read_image
+from cxr_node.decoding.reduced import Resolution
 
 LABELS = ("normal", "pathological", "covid")
 MANIFEST = "manifest.csv"
@@ -189,7 +189,7 @@ def decode_squares(
     very probabilities `infer` gives (1616 images at 224 px take 324 MB).
     """
 
-    # DICOM decoded as a node with the default SC size decodes it (reduced_decode.py): same pixels.
+    # DICOM decoded as a node with the default SC size decodes it (decoding/reduced.py): same pixels.
     resolution = Resolution.serving(size)
 
     def load(sample: Sample) -> tuple[np.ndarray | None, BadRow | None]:

@@ -15,8 +15,8 @@ import numpy as np
 from cxr_node.analysis.bundle import Bundle, load_bundle
 from cxr_node.analysis.domain import flagged_summary
 from cxr_node.analysis.engine import Analyzer
-from cxr_node.dicom.pixels import PixelDataError, read_image
-from cxr_node.dicom.reduced_decode import Resolution
+from cxr_node.decoding.pixels import PixelDataError, read_image
+from cxr_node.decoding.reduced import Resolution
 from training.data import MANIFEST, BadRow, DataError, Sample, _rows, read_samples, refuse_or_skip
 from training.metrics import binary_metrics, joint_metrics, target_a, target_b, write_predictions
 

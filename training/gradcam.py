@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from cxr_node.analysis.bundle import Bundle  # noqa: E402
 from cxr_node.analysis.engine import Analyzer  # noqa: E402
-from cxr_node.dicom.pixels import read_image  # noqa: E402
+from cxr_node.decoding.pixels import read_image  # noqa: E402
 from training.data import LABELS, Sample  # noqa: E402
 
 

@@ -163,7 +163,7 @@ def auc(scores: np.ndarray, positive: np.ndarray) -> float | None:
 def _probabilities(
     analyzer, paths: list[Path], resolution, batch: int
 ) -> tuple[np.ndarray, np.ndarray, list[str], list[int]]:
-    from cxr_node.dicom.pixels import read_image
+    from cxr_node.decoding.pixels import read_image
 
     p_abn, p_cov, joint, factors = [], [], [], []
     for start in range(0, len(paths), batch):
@@ -211,7 +211,7 @@ def run_agreement_bench(
 ) -> dict:
     from cxr_node.analysis.bundle import load_bundle
     from cxr_node.analysis.engine import Analyzer
-    from cxr_node.dicom.reduced_decode import Resolution
+    from cxr_node.decoding.reduced import Resolution
 
     say = progress or (lambda m: None)
     started, load_start = time.perf_counter(), os.getloadavg()

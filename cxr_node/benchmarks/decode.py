@@ -68,13 +68,13 @@ def _measure(fn: Callable[[], T]) -> tuple[float, float, T]:
 
 
 def decode_variants(input_size: int, sc_max_side: int) -> dict:
-    from cxr_node.dicom.reduced_decode import Resolution
+    from cxr_node.decoding.reduced import Resolution
 
     return {"full": None, "serving": Resolution.serving(input_size, sc_max_side), "model": Resolution(input_size)}
 
 
 def decode_phase(image: Path, repeats: int, variants: dict) -> dict:
-    from cxr_node.analysis.decode_pool import decode_file
+    from cxr_node.decoding.pool import decode_file
 
     wall: dict[str, list[float]] = {k: [] for k in variants}
     cpu: dict[str, list[float]] = {k: [] for k in variants}
@@ -104,8 +104,8 @@ def codec_phase(image: Path, repeats: int) -> dict | None:
     import pydicom
     from pydicom.encaps import get_frame
 
-    from cxr_node.dicom import openjp2
-    from cxr_node.dicom.reduced_decode import J2K_SYNTAXES
+    from cxr_node.decoding import openjp2
+    from cxr_node.decoding.reduced import J2K_SYNTAXES
 
     ds = pydicom.dcmread(image)
     if ds.file_meta.get("TransferSyntaxUID") not in J2K_SYNTAXES or not openjp2.available():
@@ -142,7 +142,7 @@ def per_study_phase(image: Path, variants: dict, studies: int, bundle, analyzer,
     decode; analysis (the same analyse() call once more on its own, outside the study's total);
     results = process_batch's CPU less that analysis (CAMs to the source grid, render, SR/SC, write).
     """
-    from cxr_node.analysis.decode_pool import decode_file
+    from cxr_node.decoding.pool import decode_file
     from cxr_node.processing import process_batch
     from cxr_node.results.identity import ModelIdentity, NodeIdentity
 
@@ -213,7 +213,7 @@ def throughput_phase(
     """Studies/s end to end: decode pool -> process_batch (analysis + SR/SC build + write), as the worker runs."""
     from collections import deque
 
-    from cxr_node.analysis.decode_pool import DecodePool, decoder_for
+    from cxr_node.decoding.pool import DecodePool, decoder_for
     from cxr_node.processing import process_batch
     from cxr_node.results.identity import ModelIdentity, NodeIdentity
 

@@ -32,7 +32,7 @@ SYNTAXES = {
 
 PROBE = r"""
 import json, pickle, sys
-from cxr_node.analysis.decode_pool import _preload_decoders, _status_kib, decode_file
+from cxr_node.decoding.pool import _preload_decoders, _status_kib, decode_file
 import pydicom
 _preload_decoders()
 path, what = sys.argv[1], sys.argv[2]

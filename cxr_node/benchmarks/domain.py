@@ -46,7 +46,7 @@ def run(models: Path | None, files: list[Path], batch: int, repeats: int, input_
 
     from cxr_node.analysis.bundle import load_bundle, untrained_bundle
     from cxr_node.analysis.engine import Analyzer
-    from cxr_node.dicom.pixels import read_image
+    from cxr_node.decoding.pixels import read_image
 
     bundle = load_bundle(models) if models else untrained_bundle(input_size)
     fitted_here = bundle.domain is None

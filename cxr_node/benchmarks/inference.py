@@ -75,7 +75,7 @@ def _timed(fn: Callable[[], object]) -> float:
 # -- phases ---------------------------------------------------------------------------------
 def decode_phase(image: Path, studies: int):
     """Decode `image` `studies` times with the decode pool's own function; (last Decoded, seconds)."""
-    from cxr_node.analysis.decode_pool import decode_file
+    from cxr_node.decoding.pool import decode_file
 
     seconds, decoded = [], None
     for _ in range(studies):
@@ -134,8 +134,8 @@ class PerStudy:
 
 def per_study_phase(analyzer, image: Path, decoded, model, studies: int, naive: bool) -> PerStudy:
     """Study by study at batch 1: the processing path (stages, SR/SC written), floor, naive."""
-    from cxr_node.analysis.decode_pool import Decoded
     from cxr_node.analysis.engine import STAGES
+    from cxr_node.decoding.pool import Decoded
     from cxr_node.processing import process_batch
     from cxr_node.results.identity import NodeIdentity
 
@@ -226,7 +226,7 @@ def cpu_agreement(analyzer, bundle, image: np.ndarray) -> dict:
 
 def overlap_phase(analyzer, image: Path, studies: int) -> dict:
     """N studies decoded serially then analysed, versus decoded in the process pool meanwhile."""
-    from cxr_node.analysis.decode_pool import DecodePool, decode_file
+    from cxr_node.decoding.pool import DecodePool, decode_file
 
     serial = _timed(lambda: [analyzer.analyse([decode_file(image).image.pixels]) for _ in range(studies)])
     with DecodePool(kind="process", workers=2) as pool:

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cxr_node.dicom.information import DEFAULT_LIMITS, information_problem
-from cxr_node.dicom.pixels import ImageInfo, read_image
+from cxr_node.decoding.information import DEFAULT_LIMITS, information_problem
+from cxr_node.decoding.pixels import ImageInfo, read_image
 from cxr_node.errors import NotAnalysable
 
 SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm")

@@ -46,8 +46,8 @@ def result_dirs(root: Path, prefix: str) -> Callable[[int, Dataset], Path]:
 def worker_rss_probe(image: Path, models: Path | None, input_size: int, device: str, batch: int) -> dict:
     """Two batches of `batch` copies of `image` through the worker's processing path."""
     from cxr_node.analysis.bundle import load_bundle, untrained_bundle
-    from cxr_node.analysis.decode_pool import DecodePool
     from cxr_node.analysis.engine import Analyzer
+    from cxr_node.decoding.pool import DecodePool
     from cxr_node.memory import tune_malloc
     from cxr_node.processing import process_batch
     from cxr_node.results.identity import ModelIdentity, NodeIdentity

@@ -24,7 +24,7 @@ from cxr_node.validation import PRECISIONS
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
 
-    from cxr_node.analysis.decode_pool import Decoded
+    from cxr_node.decoding.pool import Decoded
 
 log = logging.getLogger(__name__)
 
@@ -63,9 +63,9 @@ def run_infer(
 ) -> tuple[list[dict], list[tuple[str, str]]]:
     """Analyse `files`; returns (summaries, [(file, error message)])."""
     from cxr_node.analysis.bundle import load_bundle, untrained_bundle
-    from cxr_node.analysis.decode_pool import DecodePool, decode_file, decoder_for
     from cxr_node.analysis.engine import Analyzer
-    from cxr_node.dicom.reduced_decode import DEFAULT_SC_MAX_SIDE, Resolution
+    from cxr_node.decoding.pool import DecodePool, decode_file, decoder_for
+    from cxr_node.decoding.reduced import DEFAULT_SC_MAX_SIDE, Resolution
     from cxr_node.processing import OutcomeKind, process_batch
     from cxr_node.results.identity import ModelIdentity, NodeIdentity
 

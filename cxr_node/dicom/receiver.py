@@ -3,7 +3,8 @@
 The success status leaves only after the file is fsynced and its row committed, so
 every acknowledged object is on disk and in the queue, and only for an image the node
 can decode: negotiation offers only transfer syntaxes with an installed decoder, and a
-radiograph's header is checked against its pixel data before the answer (dicom/checks.py).
+radiograph's header is checked against its pixel data before the answer (dicom/checks.py), and
+its decoding cost against the budget (decoding/budget.py).
 Every storage SOP class is accepted (dicom/sop_classes.py), so a PACS routing a whole study
 succeeds; only CR/DX radiographs are analysed, the rest (SR, SC, KO, PR, other modalities,
 the node's own results coming back) is recorded as not analysed, or acknowledged and
@@ -44,15 +45,8 @@ from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAsso
 from pynetdicom.utils import make_target
 
 from cxr_node.audit import AssociationAudit
-from cxr_node.dicom.checks import (
-    DEFAULT_BUDGET,
-    PixelBudget,
-    check_budget,
-    check_deflated,
-    check_header,
-    check_radiograph,
-    check_uids,
-)
+from cxr_node.decoding.budget import DEFAULT_BUDGET, PixelBudget, check_budget, check_deflated
+from cxr_node.dicom.checks import check_header, check_radiograph, check_uids
 from cxr_node.dicom.same_instance import instance_identity, same_instance
 from cxr_node.dicom.sop_classes import RADIOGRAPH_SOP_CLASSES, is_radiograph, sop_class_name, storage_sop_classes
 from cxr_node.dicom.status import CANNOT_UNDERSTAND, DATASET_DOES_NOT_MATCH, OUT_OF_RESOURCES, SUCCESS

@@ -55,9 +55,9 @@ from pathlib import Path
 
 import pydicom
 
-from cxr_node.dicom import openjp2
-from cxr_node.dicom.pixels import FloatImage, PixelDataError, dataset_to_float, read_image
-from cxr_node.dicom.reduced_decode import Resolution
+from cxr_node.decoding import openjp2
+from cxr_node.decoding.pixels import FloatImage, PixelDataError, dataset_to_float, read_image
+from cxr_node.decoding.reduced import Resolution
 from cxr_node.errors import NotAnalysable
 
 log = logging.getLogger(__name__)

@@ -11,7 +11,7 @@ that cannot be right (WindowWidth < 1, a VOI LUT item without or with a malforme
 non-numeric or non-finite values) is ignored in favour of the node's robust percentile
 window, and a note says so (it travels to the SR and SC). RescaleSlope 0 maps every pixel to
 one value (PS3.3 C.11.1.1.2): that image holds nothing to analyse (NotAnalysable).
-Every image also carries `info`, what cxr_node.dicom.information checks before analysis.
+Every image also carries `info`, what cxr_node.decoding.information checks before analysis.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.uid import UID
 
-from cxr_node.dicom.reduced_decode import Resolution, Stored, decode_pixels
+from cxr_node.decoding.reduced import Resolution, Stored, decode_pixels
 from cxr_node.errors import NotAnalysable
 
 # Percentiles used when the image carries no VOI: robust to burned-in text
@@ -52,7 +52,7 @@ class PixelDataError(ValueError):
 
 @dataclass(frozen=True)
 class ImageInfo:
-    """How much the decoded image can show, measured on its display values (cxr_node.dicom.information)."""
+    """How much the decoded image can show, measured on its display values (cxr_node.decoding.information)."""
 
     rows: int  # of the image as sent (Rows / Columns), whatever resolution it was decoded at
     cols: int
@@ -77,7 +77,7 @@ class FloatImage:
     # window it used instead ("window: node's robust window (WindowWidth 0 ignored)").
     notes: tuple[str, ...] = ()
     info: ImageInfo | None = field(default=None, compare=False)
-    reduction: int = 1  # decoded at 1/reduction of the stored rows and columns (reduced_decode.py)
+    reduction: int = 1  # decoded at 1/reduction of the stored rows and columns (reduced.py)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -312,7 +312,7 @@ def _window(ds: Dataset, values: np.ndarray, ignored: list[str]) -> tuple[np.nda
 def decode_stored(ds: Dataset, resolution: Resolution | None = None) -> np.ndarray:
     """PixelData -> the stored values of the (first) frame, as a 2-D integer array.
 
-    resolution: decode only as finely as that work needs (reduced_decode.py); None: in full.
+    resolution: decode only as finely as that work needs (reduced.py); None: in full.
     """
     return _decode(ds, resolution).pixels
 
@@ -370,7 +370,7 @@ def grey_from_stored(ds: Dataset, stored: np.ndarray) -> FloatImage:
 def dataset_to_float(ds: Dataset, resolution: Resolution | None = None) -> FloatImage:
     """The whole grey-scale pipeline: decode the stored values, then apply the header to them.
 
-    resolution: decode only as finely as that work needs (reduced_decode.py); None: in full.
+    resolution: decode only as finely as that work needs (reduced.py); None: in full.
     The header applies unchanged: a reduced decode yields stored values, only fewer of them.
     """
     decoded = _decode(ds, resolution)
@@ -403,7 +403,7 @@ def measure(pixels: np.ndarray, mask: np.ndarray, shape: tuple[int, int], nonfin
 def read_image(path: str | Path, resolution: Resolution | None = None) -> FloatImage:
     """Read a DICOM file or an 8/16-bit PNG/JPEG as a FloatImage (used by infer and training).
 
-    resolution applies to DICOM files (reduced_decode.py); image files are read in full.
+    resolution applies to DICOM files (reduced.py); image files are read in full.
     """
     path = Path(path)
     if not path.is_file():

@@ -17,7 +17,7 @@ from cxr_node import validation as V
 from cxr_node.errors import ConfigError, NotAnalysable
 
 if TYPE_CHECKING:  # the config imports this module: it stays free of numpy, pydicom and OpenCV
-    from cxr_node.dicom.pixels import FloatImage, ImageInfo
+    from cxr_node.decoding.pixels import FloatImage, ImageInfo
 
 
 @dataclass(frozen=True)

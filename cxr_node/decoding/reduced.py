@@ -38,7 +38,7 @@ from pydicom.uid import (
     JPEGExtended12Bit,
 )
 
-from cxr_node.dicom import openjp2
+from cxr_node.decoding import openjp2
 
 J2K_SYNTAXES = frozenset({JPEG2000Lossless, JPEG2000, HTJ2KLossless, HTJ2KLosslessRPCL, HTJ2K})
 JPEG_DCT_SYNTAXES = frozenset({JPEGBaseline8Bit, JPEGExtended12Bit})
