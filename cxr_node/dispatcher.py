@@ -31,7 +31,7 @@ from cxr_node.destinations.base import (
 )
 from cxr_node.destinations.objects import with_file_meta
 from cxr_node.polling import PollingLoop
-from cxr_node.queue.jobs import Export, JobQueue
+from cxr_node.queue.exports import Export, ExportQueue
 from cxr_node.storage import uid_key, write_durably
 
 log = logging.getLogger(__name__)
@@ -77,7 +77,7 @@ def _encode(ds: Dataset) -> bytes:
 class Dispatcher:
     def __init__(
         self,
-        queue: JobQueue,
+        queue: ExportQueue,
         destinations: Mapping[str, ExportDestination],
         policy: ExportPolicy = ExportPolicy(),
         poll_interval_s: float = 1.0,
@@ -96,7 +96,7 @@ class Dispatcher:
     def run_destination(self, name: str) -> int:
         """Send what is due to one destination; returns how many export rows were tried."""
         destination = self.destinations[name]
-        due = self.queue.due_exports(name, self.batch_size)
+        due = self.queue.due(name, self.batch_size)
         if not due:
             return 0
         objects = [
@@ -143,7 +143,7 @@ class Dispatcher:
             log.error(
                 "%s %s to %s failed for good: %s", export.kind.upper(), export.sop_instance_uid, destination, final
             )
-            self.queue.export_failed(export, final)
+            self.queue.failed(export, final)
         else:
             log.warning(
                 "%s %s to %s not sent (attempt %d): %s",
@@ -153,7 +153,7 @@ class Dispatcher:
                 attempts,
                 reason,
             )
-            self.queue.export_retry(export, reason, self.policy.delay(attempts))
+            self.queue.retry(export, reason, self.policy.delay(attempts))
 
     def _sent(self, destination: ExportDestination, export: Export, delivery: Delivery) -> None:
         uid, path = export.sop_instance_uid, export.path
@@ -162,7 +162,7 @@ class Dispatcher:
             # exactly that object beside the original, and record its UID and path.
             uid = str(delivery.sent.SOPInstanceUID)
             path = str(write_durably(Path(export.path).parent / f"sent-{uid_key(uid)}.dcm", _encode(delivery.sent)))
-        self.queue.export_sent(export, uid, path)
+        self.queue.sent(export, uid, path)
         how = f" {delivery.note}" if delivery.note else ""
         variant = " (without the illustration)" if export.illustration_failed else ""
         log.info("sent %s %s%s%s to %s", export.kind.upper(), uid, variant, how, destination)
@@ -198,7 +198,7 @@ class Dispatcher:
 
     def start(self) -> None:
         # Rows for a destination no longer configured wait untouched (nothing is dropped); say so.
-        for name, n in self.queue.pending_export_destinations().items():
+        for name, n in self.queue.pending_destinations().items():
             if name not in self.destinations:
                 log.warning("%d pending export(s) name destination %r, which is not configured: they wait", n, name)
         for loop in self._loops.values():

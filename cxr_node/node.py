@@ -19,6 +19,7 @@ from cxr_node.dicom.receiver import Receiver, ReceiverSettings
 from cxr_node.dispatcher import Dispatcher, ExportPolicy
 from cxr_node.events import notifier_for
 from cxr_node.housekeeping import Housekeeping
+from cxr_node.queue.exports import ExportQueue
 from cxr_node.queue.jobs import JobQueue
 from cxr_node.queue.schema import open_database
 from cxr_node.results.identity import NodeIdentity
@@ -119,7 +120,9 @@ class Node:
             )
         if "dispatcher" in roles and cfg.destination_specs:
             policy = ExportPolicy(cfg.send_retry_s, cfg.send_max_attempts, cfg.send_give_up_after_s)
-            dispatcher = Dispatcher(queue, build_destinations(cfg), policy, cfg.poll_interval_s)
+            dispatcher = Dispatcher(
+                ExportQueue(engine, notifier=notifier), build_destinations(cfg), policy, cfg.poll_interval_s
+            )
         if "housekeeping" in roles:
             housekeeping = Housekeeping(queue, layout, cfg.retention_days, cfg.housekeeping_interval_s)
         if worker is not None:

@@ -16,6 +16,7 @@ from cxr_node.destinations.hl7v2 import Hl7Destination, Hl7Settings, control_id
 from cxr_node.destinations.registry import build_destinations
 from cxr_node.destinations.routing import Route, plan, routes
 from cxr_node.dispatcher import Dispatcher, ExportPolicy
+from cxr_node.queue.exports import ExportQueue
 from cxr_node.queue.jobs import ExportItem, JobQueue, ReceivedInstance, ResultRecord
 from cxr_node.queue.reports import Reports
 from cxr_node.queue.schema import open_database
@@ -61,6 +62,11 @@ def identified(rg1_uncr, **changes) -> Dataset:
 @pytest.fixture
 def queue(tmp_path):
     return JobQueue(open_database(f"sqlite:///{tmp_path / 'q.db'}"), FakeClock())
+
+
+def export_queue(queue: JobQueue) -> ExportQueue:
+    """The export rows of `queue`'s database, on its clock (what the dispatcher works on)."""
+    return ExportQueue(queue.engine, queue.clock)
 
 
 @pytest.fixture
@@ -132,7 +138,7 @@ def drain(dispatcher, rounds=4):
 
 def test_oru_carries_identity_accession_class_probabilities_and_raised_priority(queue, result, mllp):
     source, files = result("covid", [RIS])
-    dispatcher = Dispatcher(queue, {"ris": hl7(mllp)})
+    dispatcher = Dispatcher(export_queue(queue), {"ris": hl7(mllp)})
     assert dispatcher.run_once() == 1
     row = rows(queue)[("ris", ExportKind.NOTICE)]
     assert (row["state"], row["attempts"], row["last_error"]) == (ExportState.SENT, 1, None)
@@ -165,7 +171,7 @@ def test_oru_carries_identity_accession_class_probabilities_and_raised_priority(
 def test_normal_goes_routine_and_pathological_not_urgent_unless_chosen(queue, result, mllp):
     result("normal", [RIS])
     result("pathological", [RIS])
-    dispatcher = Dispatcher(queue, {"ris": hl7(mllp, urgent=frozenset({"COVID-19", "Pathological"}))})
+    dispatcher = Dispatcher(export_queue(queue), {"ris": hl7(mllp, urgent=frozenset({"COVID-19", "Pathological"}))})
     assert drain(dispatcher) == 2
     normal, pathological = mllp.received
     assert normal.segments("OBR")[0][27] == "^^^^^R" and normal.obx()["CXR005"][8] == "N"
@@ -193,7 +199,7 @@ def test_normal_goes_routine_and_pathological_not_urgent_unless_chosen(queue, re
 def test_acknowledgements_end_or_retry_as_they_mean(queue, result, mllp, answers, state, attempts, error):
     result("covid", [RIS])
     mllp.answers.extend(answers)
-    dispatcher = Dispatcher(queue, {"ris": hl7(mllp, timeout_s=1.0)}, ExportPolicy((5.0,), 10, 0))
+    dispatcher = Dispatcher(export_queue(queue), {"ris": hl7(mllp, timeout_s=1.0)}, ExportPolicy((5.0,), 10, 0))
     assert dispatcher.run_once() == 1
     first = rows(queue)[("ris", ExportKind.NOTICE)]
     queue.clock.advance(6)
@@ -212,7 +218,7 @@ def test_acknowledgements_end_or_retry_as_they_mean(queue, result, mllp, answers
 def test_refused_connection_is_retried_then_given_up_like_a_dicom_destination(queue, result):
     result("covid", [RIS])
     dispatcher = Dispatcher(
-        queue, {"ris": hl7(peers.free_port())}, ExportPolicy((5.0,), max_attempts=2, give_up_after_s=0)
+        export_queue(queue), {"ris": hl7(peers.free_port())}, ExportPolicy((5.0,), max_attempts=2, give_up_after_s=0)
     )
     assert dispatcher.run_once() == 1
     row = rows(queue)[("ris", ExportKind.NOTICE)]
@@ -225,7 +231,7 @@ def test_refused_connection_is_retried_then_given_up_like_a_dicom_destination(qu
 
 def test_image_without_patient_id_fails_at_once_with_the_reason(queue, result, rg1_uncr, mllp):
     result("covid", [RIS], source=identified(rg1_uncr, PatientID=""))
-    assert Dispatcher(queue, {"ris": hl7(mllp)}).run_once() == 1
+    assert Dispatcher(export_queue(queue), {"ris": hl7(mllp)}).run_once() == 1
     row = rows(queue)[("ris", ExportKind.NOTICE)]
     assert row["state"] == ExportState.FAILED and "PatientID" in row["last_error"]
     assert mllp.received == []
@@ -236,7 +242,7 @@ def test_image_without_patient_id_fails_at_once_with_the_reason(queue, result, r
 
 def test_fhir_report_links_study_accession_and_patient_and_is_stored_once(queue, result, fhir):
     source, files = result("covid-disagree", [EHR])
-    dispatcher = Dispatcher(queue, {"ehr": fhir_dest(fhir)})
+    dispatcher = Dispatcher(export_queue(queue), {"ehr": fhir_dest(fhir)})
     assert dispatcher.run_once() == 1
     row = rows(queue)[("ehr", ExportKind.NOTICE)]
     assert row["state"] == ExportState.SENT, row
@@ -267,7 +273,7 @@ def test_fhir_report_links_study_accession_and_patient_and_is_stored_once(queue,
     }
     assert observations["CXR012"]["valueQuantity"]["value"] == 81.23
     # An operator resends it (or an answer was lost): conditional creates store nothing twice.
-    queue.resend_export(row["id"])
+    export_queue(queue).resend(row["id"])
     assert dispatcher.run_once() == 1
     assert len(fhir.store.posts) == 2
     assert len(fhir.store.resources["DiagnosticReport"]) == 1 and len(fhir.store.resources["Observation"]) == 3
@@ -287,7 +293,7 @@ def test_fhir_report_links_study_accession_and_patient_and_is_stored_once(queue,
 def test_fhir_answers_end_or_retry(queue, result, fhir, answers, state, attempts, error):
     result("pathological", [EHR])
     fhir.answers.extend(answers)
-    dispatcher = Dispatcher(queue, {"ehr": fhir_dest(fhir)}, ExportPolicy((5.0,), 10, 0))
+    dispatcher = Dispatcher(export_queue(queue), {"ehr": fhir_dest(fhir)}, ExportPolicy((5.0,), 10, 0))
     assert dispatcher.run_once() == 1
     queue.clock.advance(6)
     dispatcher.run_once()
@@ -302,14 +308,14 @@ def test_fhir_answers_end_or_retry(queue, result, fhir, answers, state, attempts
 def test_fhir_server_that_never_answers_is_retried(queue, result, silent_peer):
     result("covid", [EHR])
     destination = FhirDestination("ehr", f"http://127.0.0.1:{silent_peer}/fhir", timeout_s=1.0)
-    assert Dispatcher(queue, {"ehr": destination}).run_once() == 1
+    assert Dispatcher(export_queue(queue), {"ehr": destination}).run_once() == 1
     row = rows(queue)[("ehr", ExportKind.NOTICE)]
     assert row["state"] == ExportState.PENDING and "Timeout" in row["last_error"], row["last_error"]
 
 
 def test_fhir_server_away_is_retried(queue, result):
     result("covid", [EHR])
-    dispatcher = Dispatcher(queue, {"ehr": fhir_dest(f"http://127.0.0.1:{peers.free_port()}/fhir")})
+    dispatcher = Dispatcher(export_queue(queue), {"ehr": fhir_dest(f"http://127.0.0.1:{peers.free_port()}/fhir")})
     assert dispatcher.run_once() == 1
     row = rows(queue)[("ehr", ExportKind.NOTICE)]
     assert row["state"] == ExportState.PENDING and "ConnectionError" in row["last_error"]
@@ -319,13 +325,13 @@ def test_patient_without_a_universal_issuer_needs_the_configured_system(queue, r
     source = identified(rg1_uncr)
     del source.IssuerOfPatientIDQualifiersSequence
     result("covid", [EHR], source=source)
-    assert Dispatcher(queue, {"ehr": fhir_dest(fhir)}).run_once() == 1
+    assert Dispatcher(export_queue(queue), {"ehr": fhir_dest(fhir)}).run_once() == 1
     row = rows(queue)[("ehr", ExportKind.NOTICE)]
     assert row["state"] == ExportState.FAILED
     assert "issuer 'HOSP'" in row["last_error"] and "destinations[1].issuer_systems" in row["last_error"]
     assert fhir.store.posts == []
-    queue.resend_export(row["id"])
-    dispatcher = Dispatcher(queue, {"ehr": fhir_dest(fhir, issuer_systems={"HOSP": "https://hosp.example/mrn"})})
+    export_queue(queue).resend(row["id"])
+    dispatcher = Dispatcher(export_queue(queue), {"ehr": fhir_dest(fhir, issuer_systems={"HOSP": "https://hosp.example/mrn"})})
     assert dispatcher.run_once() == 1
     (report,) = fhir.store.resources["DiagnosticReport"]
     assert report["subject"]["identifier"] == {"system": "https://hosp.example/mrn", "value": "MRN0042"}
@@ -348,7 +354,7 @@ def test_each_destination_gets_exactly_its_classes(queue, result, scp, mllp, fhi
     route_list = routes(cfg)
     sent = {case: result(case, route_list)[1] for case in ("covid", "pathological", "normal")}
     pacs = scp()
-    dispatcher = Dispatcher(queue, {"pacs": pacs.destination(), "ris": hl7(mllp), "ehr": fhir_dest(fhir)})
+    dispatcher = Dispatcher(export_queue(queue), {"pacs": pacs.destination(), "ris": hl7(mllp), "ehr": fhir_dest(fhir)})
     assert drain(dispatcher) == 6 + 2 + 1
     with queue.engine.connect() as conn:
         from cxr_node.queue.tables import exports
@@ -374,7 +380,7 @@ def test_untrained_results_notify_only_where_told(queue, result, mllp):
     found = rows(queue)
     assert ("ris", ExportKind.NOTICE) not in found and ("told", ExportKind.NOTICE) in found
     assert found[("pacs", "sr")]["state"] == ExportState.PENDING  # a DICOM destination takes them by default
-    assert drain(Dispatcher(queue, {"told": hl7(mllp, "told")})) == 1
+    assert drain(Dispatcher(export_queue(queue), {"told": hl7(mllp, "told")})) == 1
     (got,) = mllp.received
     assert "UNTRAINED" in got.obx()["CXR009"][5] and got.obx()["CXR007"][5].endswith("(untrained)")
 
@@ -491,7 +497,7 @@ def test_mllp_over_tls(queue, result, pki, tmp_path):
             "ris", "hl7", {"host": "127.0.0.1", "port": listener.port, "tls": True}, "destinations[0]"
         )
         destination = Hl7Destination.from_spec(spec, NodeContext("CXR_NODE", 10.0, client_context(node_cfg)))
-        assert Dispatcher(queue, {"ris": destination}).run_once() == 1
+        assert Dispatcher(export_queue(queue), {"ris": destination}).run_once() == 1
         assert rows(queue)[("ris", ExportKind.NOTICE)]["state"] == ExportState.SENT
         (got,) = listener.received
         assert got.error == "" and got.segments("PID")[0][3].startswith("MRN0042^")

@@ -21,6 +21,7 @@ from cxr_node.config import Destination
 from cxr_node.destinations.dicom import DicomDestination
 from cxr_node.dicom.sender import Sender
 from cxr_node.dispatcher import Dispatcher, ExportPolicy
+from cxr_node.queue.exports import ExportQueue
 from cxr_node.queue.jobs import ExportItem, JobQueue, ReceivedInstance, ResultRecord
 from cxr_node.queue.schema import open_database
 from cxr_node.queue.states import ExportState
@@ -46,6 +47,11 @@ class FakeClock:
 @pytest.fixture
 def queue(tmp_path):
     return JobQueue(open_database(f"sqlite:///{tmp_path / 'q.db'}"), FakeClock())
+
+
+def export_queue(queue: JobQueue) -> ExportQueue:
+    """The export rows of `queue`'s database, on its clock (what the dispatcher works on)."""
+    return ExportQueue(queue.engine, queue.clock)
 
 
 @pytest.fixture
@@ -96,7 +102,7 @@ def drain(dispatcher, rounds=5):
 def test_refused_sc_fails_at_once_and_the_sr_goes_without_it(queue, result, scp):
     pacs = scp(classes=(Comprehensive3DSRStorage,))
     files = result(["pacs"])
-    dispatcher = Dispatcher(queue, {"pacs": dicom(pacs)})
+    dispatcher = Dispatcher(export_queue(queue), {"pacs": dicom(pacs)})
     assert dispatcher.run_once() == 1  # the SR waits for the SC's end
     assert [c for c, _, _ in pacs.received] == []
     sc = rows(queue)[("pacs", "sc")]
@@ -124,7 +130,7 @@ def test_refused_sc_fails_at_once_and_the_sr_goes_without_it(queue, result, scp)
 def test_no_sr_class_at_all_fails_the_sr_with_the_refusal(queue, result, scp):
     pacs = scp(classes=(SecondaryCaptureImageStorage,))
     result(["pacs"])
-    dispatcher = Dispatcher(queue, {"pacs": dicom(pacs)})
+    dispatcher = Dispatcher(export_queue(queue), {"pacs": dicom(pacs)})
     assert drain(dispatcher) == 2
     found = rows(queue)
     assert found[("pacs", "sc")]["state"] == ExportState.SENT
@@ -136,7 +142,7 @@ def test_no_sr_class_at_all_fails_the_sr_with_the_refusal(queue, result, scp):
 def test_comprehensive_sr_form_is_recorded_as_sent(queue, result, scp):
     pacs = scp(classes=(SecondaryCaptureImageStorage, ComprehensiveSRStorage))
     files = result(["pacs"], "covid")
-    assert drain(Dispatcher(queue, {"pacs": dicom(pacs)})) == 2
+    assert drain(Dispatcher(export_queue(queue), {"pacs": dicom(pacs)})) == 2
     sr = rows(queue)[("pacs", "sr")]
     assert (sr["state"], sr["sop_instance_uid"]) == (ExportState.SENT, fallback_sr_uid(files.sr_uid))
     assert str(pydicom.dcmread(sr["path"]).SOPClassUID) == ComprehensiveSRStorage
@@ -147,7 +153,7 @@ def test_transient_refusal_then_outage_ends_failed_with_the_refusal(queue, resul
     pacs = scp(status=0xA700)
     result(["pacs"])
     clock = queue.clock
-    dispatcher = Dispatcher(queue, {"pacs": dicom(pacs)}, ExportPolicy((5.0, 30.0), max_attempts=3, give_up_after_s=0))
+    dispatcher = Dispatcher(export_queue(queue), {"pacs": dicom(pacs)}, ExportPolicy((5.0, 30.0), max_attempts=3, give_up_after_s=0))
     assert dispatcher.run_once() == 1
     sc = rows(queue)[("pacs", "sc")]
     assert (sc["state"], sc["attempts"]) == (ExportState.PENDING, 1)
@@ -177,7 +183,7 @@ def test_transient_refusal_then_outage_ends_failed_with_the_refusal(queue, resul
 def test_time_limit_ends_an_export(queue, result):
     result(["pacs"])
     policy = ExportPolicy((60.0,), max_attempts=0, give_up_after_s=3600)
-    dispatcher = Dispatcher(queue, {"pacs": dicom(peers.free_port(), timeout_s=5)}, policy)
+    dispatcher = Dispatcher(export_queue(queue), {"pacs": dicom(peers.free_port(), timeout_s=5)}, policy)
     assert dispatcher.run_once() == 1
     queue.clock.advance(1800)
     assert dispatcher.run_once() == 1
@@ -219,7 +225,7 @@ def test_a_hung_and_a_dead_destination_hold_back_no_other(queue, result, scp, si
     pacs = scp()
     result(["hung", "dead", "pacs"])
     dispatcher = Dispatcher(
-        queue,
+        export_queue(queue),
         {
             "hung": dicom(silent_peer, "hung", timeout_s=8),
             "dead": dicom(peers.free_port(), "dead"),
@@ -248,7 +254,7 @@ def test_a_hung_and_a_dead_destination_hold_back_no_other(queue, result, scp, si
 def test_rows_for_an_unconfigured_destination_wait_and_are_named(queue, result, scp, caplog):
     pacs = scp()
     result(["pacs", "old-archive"])
-    dispatcher = Dispatcher(queue, {"pacs": dicom(pacs)})
+    dispatcher = Dispatcher(export_queue(queue), {"pacs": dicom(pacs)})
     dispatcher.start()
     try:
         peers.wait_until(lambda: rows(queue)[("pacs", "sr")]["state"] == ExportState.SENT, 30, "the SR at pacs")

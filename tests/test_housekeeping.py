@@ -8,6 +8,7 @@ import time
 from sqlalchemy import select
 
 from cxr_node.housekeeping import purge_finished, remove_stale_temp_files
+from cxr_node.queue.exports import ExportQueue
 from cxr_node.queue.jobs import PURGED, ExportItem, JobQueue, ReceivedInstance, ResultRecord
 from cxr_node.queue.schema import open_database
 from cxr_node.queue.tables import instances
@@ -36,8 +37,9 @@ def test_retention_purges_finished_studies_only(tmp_path):
     result_file = write_durably(layout.image_result_dir("1.1", "9.1") / "report-sr.dcm", b"SR")
     q.complete(a, RECORD, [ExportItem("sr", str(result_file), "2.25.1")], ["pacs"])
     q.complete(b, RECORD, [ExportItem("sr", "/x", "2.25.2")], ["pacs"])
-    (sent,) = [e for e in q.due_exports() if e.sop_instance_uid == "2.25.1"]
-    q.export_sent(sent)
+    exports = ExportQueue(q.engine, clock)
+    (sent,) = [e for e in exports.due() if e.sop_instance_uid == "2.25.1"]
+    exports.sent(sent)
 
     assert purge_finished(q, layout, retention_days=7) == 0  # too recent
     clock.advance(8 * 86400)

@@ -19,6 +19,7 @@ from cxr_node.config import ConfigErrors, parse_config
 from cxr_node.destinations.base import Delivery, ExportDestination, Outgoing, Verdict
 from cxr_node.destinations.routing import Route
 from cxr_node.dispatcher import Dispatcher, ExportPolicy
+from cxr_node.queue.exports import ExportQueue
 from cxr_node.queue.reports import Reports
 from cxr_node.queue.states import ExportKind, ExportState, JobState
 from cxr_node.results.identity import ModelIdentity
@@ -170,9 +171,10 @@ def test_worker_sends_the_report_only_where_srs_of_every_class_go(rig):
     assert reports.totals()["analysed"] == 0 and reports.totals()["not_analysable"] == 1
     # The PACS routing the study back: the node knows its own object and the image it speaks of.
     assert queue.own_result(uid) == {"kind": "sr", "source_sop_instance_uid": sop}
-    due = queue.due_exports("pacs")
+    exports = ExportQueue(queue.engine, queue.clock)
+    due = exports.due("pacs")
     assert [(e.sop_instance_uid, e.result, e.created_at is not None) for e in due] == [(uid, None, True)]
-    assert queue.due_exports("ris") == [] and queue.due_exports("urgent") == []
+    assert exports.due("ris") == [] and exports.due("urgent") == []
 
     # `jobs retry`, and the image is again not analysable: no second object, no second row.
     assert queue.retry_job(job["id"]) == JobState.NOT_ANALYSABLE
@@ -229,7 +231,7 @@ def test_dispatcher_retries_and_ends_the_report_like_any_sr(rig):
     worker.run_once()
     pacs = Flaky("pacs", [Verdict.RETRY, Verdict.STORED])
     web = Flaky("web", [Verdict.REFUSED])
-    dispatcher = Dispatcher(queue, {"pacs": pacs, "web": web}, ExportPolicy(retry_delays_s=(5.0,)))
+    dispatcher = Dispatcher(ExportQueue(queue.engine, queue.clock), {"pacs": pacs, "web": web}, ExportPolicy(retry_delays_s=(5.0,)))
     assert dispatcher.run_once() == 2
     queue.clock.advance(5)
     assert dispatcher.run_once() == 1

@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import select
 
+from cxr_node.queue.exports import ExportQueue
 from cxr_node.queue.jobs import ExportItem, InstanceHeader, JobQueue, ReceivedInstance, ResultRecord
 from cxr_node.queue.reports import Reports
 from cxr_node.queue.schema import open_database
@@ -151,45 +152,48 @@ def test_resource_failures_back_off_and_are_never_final(engine):
 
 def test_one_export_row_per_object_and_destination(engine):
     q = JobQueue(engine, FakeClock())
+    x = ExportQueue(engine, q.clock)
     q.enqueue(received())
     (job,) = q.claim("w", 60)
     q.complete(job, RECORD, [ExportItem("sc", "/r/sc.dcm", "2.25.50"), ExportItem("sr", "/r/sr.dcm", "2.25.51")],
                ["pacs", "web"])
-    due = q.due_exports()
+    due = x.due()
     assert sorted((e.kind, e.destination) for e in due) == [("sc", "pacs"), ("sc", "web")]  # each SR waits for its SC
     for e in due:
-        q.export_sent(e)
-    assert sorted((e.kind, e.destination) for e in q.due_exports()) == [("sr", "pacs"), ("sr", "web")]
-    assert [e.destination for e in q.due_exports("web")] == ["web"]
+        x.sent(e)
+    assert sorted((e.kind, e.destination) for e in x.due()) == [("sr", "pacs"), ("sr", "web")]
+    assert [e.destination for e in x.due("web")] == ["web"]
     assert JobState(q.job_for_instance(job.sop_instance_uid)["state"]) is JobState.DONE
 
 
 def test_exports_retry_later_and_sc_goes_before_sr(engine):
     clock = FakeClock()
     q = JobQueue(engine, clock)
+    x = ExportQueue(engine, q.clock)
     q.enqueue(received(study="5.5"))
     (job,) = q.claim("w", 60)
     q.complete(job, RECORD, [ExportItem("sr", "/r/sr.dcm", "2.25.10"), ExportItem("sc", "/r/sc.dcm", "2.25.11")], ["pacs"])
-    due = q.due_exports()
+    due = x.due()
     assert [e.kind for e in due] == ["sc"]  # the SR references the SC: it goes once the SC has an end
-    q.export_retry(due[0], "PACS down", delay_s=30)
-    assert q.due_exports() == []
+    x.retry(due[0], "PACS down", delay_s=30)
+    assert x.due() == []
     clock.advance(31)
-    (sc,) = q.due_exports()
+    (sc,) = x.due()
     assert (sc.attempts, sc.last_error) == (1, "PACS down")
-    q.export_sent(sc)
-    (sr,) = q.due_exports()
+    x.sent(sc)
+    (sr,) = x.due()
     assert sr.kind == "sr" and not sr.illustration_failed
-    q.export_sent(sr)
-    assert q.due_exports() == [] and q.counts()["exports_sent"] == 2
+    x.sent(sr)
+    assert x.due() == [] and q.counts()["exports_sent"] == 2
 
 
 def test_no_destination_keeps_results_local(engine):
     q = JobQueue(engine, FakeClock())
+    x = ExportQueue(engine, q.clock)
     q.enqueue(received())
     (job,) = q.claim("w", 60)
     q.complete(job, RECORD, [ExportItem("sr", "/r/sr.dcm", "2.25.20")], ())
-    assert q.due_exports() == [] and q.counts()["exports_local"] == 1
+    assert x.due() == [] and q.counts()["exports_local"] == 1
 
 
 def test_concurrent_workers_never_claim_the_same_job(engine):

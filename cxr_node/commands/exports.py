@@ -8,6 +8,7 @@ import click
 
 from cxr_node.commands.admin_db import open_existing, table, when
 from cxr_node.commands.common import db_options
+from cxr_node.queue.exports import ExportQueue
 from cxr_node.queue.states import ExportState
 
 
@@ -59,7 +60,7 @@ def list_exports(db, config, only, limit, as_json) -> None:
 def resend(db, config, export_id) -> None:
     """Send a sent or failed object again: same file, same SOP Instance UID (the dispatcher sends it)."""
     queue, reports = open_existing(db, config)
-    before = queue.resend_export(export_id)
+    before = ExportQueue(queue.engine).resend(export_id)
     if before is None:
         raise click.ClickException(f"export {export_id}: no such export")
     if before == ExportState.PENDING:
