@@ -29,7 +29,7 @@ check: lint
 
 # The lint gate (pyproject's [tool.ruff] and [tool.mypy]): `make test`, and so CI, runs it first.
 lint: setup
-	$(VENV)/bin/ruff check cxr_node training && $(VENV)/bin/ruff format --check cxr_node training && $(VENV)/bin/mypy cxr_node training
+	$(VENV)/bin/ruff check cxr_node training tests && $(VENV)/bin/ruff format --check cxr_node training tests && $(VENV)/bin/mypy cxr_node training
 
 bench: setup
 	$(VENV)/bin/cxr-node bench inference

@@ -50,7 +50,9 @@ def make_radiograph(
     ds.BitsStored = bits_stored
     ds.HighBit = bits_stored - 1
     ds.PixelRepresentation = 1 if signed else 0
-    dtype = {(8, False): np.uint8, (8, True): np.int8, (16, False): np.uint16, (16, True): np.int16}[(bits_allocated, signed)]
+    dtype = {(8, False): np.uint8, (8, True): np.int8, (16, False): np.uint16, (16, True): np.int16}[
+        (bits_allocated, signed)
+    ]
     ds.PixelData = np.ascontiguousarray(pixels.astype(dtype)).tobytes()
     for key, value in attrs.items():
         setattr(ds, key, value)

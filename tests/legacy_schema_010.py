@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from sqlalchemy import (
+    JSON,
     Boolean,
     Column,
     DateTime,
     Float,
     ForeignKey,
     Integer,
-    JSON,
     MetaData,
     String,
     Table,
@@ -80,5 +80,3 @@ exports = Table(
     Column("sent_at", DateTime(timezone=True)),
     UniqueConstraint("result_id", "kind", name="uq_export_result_kind"),
 )
-
-

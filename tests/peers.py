@@ -111,7 +111,9 @@ class Orthanc:
 
     def instances_in_study(self, study_uid: str) -> list[dict]:
         """Tags of each instance in the study, as Orthanc stored them."""
-        found = self.post_json("/tools/find", {"Level": "Instance", "Query": {"StudyInstanceUID": study_uid}, "Expand": True})
+        found = self.post_json(
+            "/tools/find", {"Level": "Instance", "Query": {"StudyInstanceUID": study_uid}, "Expand": True}
+        )
         return [dict(item, Tags=self.get_json(f"/instances/{item['ID']}/simplified-tags")) for item in found]
 
     def alive(self) -> bool:
@@ -123,7 +125,10 @@ class Orthanc:
 
 
 def start_orthanc(
-    workdir: Path, aet: str = "ORTHANC", modalities: dict | None = None, dicom_port: int | None = None,
+    workdir: Path,
+    aet: str = "ORTHANC",
+    modalities: dict | None = None,
+    dicom_port: int | None = None,
     plugins: tuple[str, ...] = (),
 ) -> Orthanc:
     """plugins: shared objects to load (e.g. the Debian orthanc-webviewer, see orthanc_plugin)."""
@@ -195,7 +200,7 @@ def dciodvfy(path: Path) -> tuple[list[str], list[str]]:
     exe = find_program("dciodvfy")
     out = subprocess.run([exe, "-new", str(path)], capture_output=True, text=True, timeout=120)
     lines = (out.stdout + out.stderr).splitlines()
-    return [l for l in lines if l.startswith("Error")], [l for l in lines if l.startswith("Warning")]
+    return [line for line in lines if line.startswith("Error")], [line for line in lines if line.startswith("Warning")]
 
 
 # -- PostgreSQL --------------------------------------------------------------------------
@@ -231,13 +236,27 @@ def start_postgres() -> Postgres:
     port = free_port()
     _as_postgres_user([initdb, "-D", str(datadir), "-U", "cxr", "--auth=trust", "-E", "UTF8"], timeout=120)
     _as_postgres_user(
-        [pg_ctl, "-D", str(datadir), "-l", str(workdir / "pg.log"), "-w", "-t", "60",
-         "-o", f"-p {port} -k {sockdir} -c listen_addresses=127.0.0.1 -c fsync=on", "start"],
+        [
+            pg_ctl,
+            "-D",
+            str(datadir),
+            "-l",
+            str(workdir / "pg.log"),
+            "-w",
+            "-t",
+            "60",
+            "-o",
+            f"-p {port} -k {sockdir} -c listen_addresses=127.0.0.1 -c fsync=on",
+            "start",
+        ],
         timeout=90,
     )
     pg = Postgres(port, datadir, workdir, f"postgresql+psycopg://cxr@127.0.0.1:{port}/cxrnode")
     try:
-        _as_postgres_user([str(Path(initdb).parent / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "cxr", "cxrnode"], timeout=60)
+        _as_postgres_user(
+            [str(Path(initdb).parent / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "cxr", "cxrnode"],
+            timeout=60,
+        )
     except BaseException:
         stop_postgres(pg)  # never leave a server behind
         raise

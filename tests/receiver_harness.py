@@ -24,7 +24,11 @@ from tests import peers
 
 class ReceiverNode:
     def __init__(
-        self, tmp_path: Path, settings: ReceiverSettings | None = None, queue_cls=JobQueue, db_url: str | None = None,
+        self,
+        tmp_path: Path,
+        settings: ReceiverSettings | None = None,
+        queue_cls=JobQueue,
+        db_url: str | None = None,
         **receiver_kw,
     ):
         tmp_path.mkdir(parents=True, exist_ok=True)
@@ -32,13 +36,17 @@ class ReceiverNode:
         self.queue = queue_cls(self.engine)
         self.layout = StorageLayout(tmp_path / "storage")
         receiver_kw.setdefault("write", write_before_commit)
-        self.receiver = Receiver(settings or ReceiverSettings("CXR_NODE", "127.0.0.1", 0), self.queue, self.layout, **receiver_kw)
+        self.receiver = Receiver(
+            settings or ReceiverSettings("CXR_NODE", "127.0.0.1", 0), self.queue, self.layout, **receiver_kw
+        )
         self.receiver.start()
 
     def send(self, ds, calling="MODALITY", called="CXR_NODE", syntaxes=None):
         """C-STORE with pynetdicom; the status Dataset, or None when the association is refused."""
         ae = AE(ae_title=calling)
-        ae.add_requested_context(ComputedRadiographyImageStorage, syntaxes or [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+        ae.add_requested_context(
+            ComputedRadiographyImageStorage, syntaxes or [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
+        )
         ae.add_requested_context(Verification)
         assoc = ae.associate("127.0.0.1", self.receiver.port, ae_title=called)
         if not assoc.is_established:
@@ -48,11 +56,25 @@ class ReceiverNode:
         finally:
             assoc.release()
 
-    def dcmsend(self, path: Path, *options: str, port: int | None = None, timeout_s: float = 60) -> subprocess.CompletedProcess:
+    def dcmsend(
+        self, path: Path, *options: str, port: int | None = None, timeout_s: float = 60
+    ) -> subprocess.CompletedProcess:
         exe = peers.find_program("dcmsend")
         return subprocess.run(
-            [exe, "-aet", "MODALITY", "-aec", "CXR_NODE", *options, "127.0.0.1", str(port or self.receiver.port), str(path)],
-            capture_output=True, text=True, timeout=timeout_s,
+            [
+                exe,
+                "-aet",
+                "MODALITY",
+                "-aec",
+                "CXR_NODE",
+                *options,
+                "127.0.0.1",
+                str(port or self.receiver.port),
+                str(path),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
         )
 
     def rows(self, table):

@@ -13,8 +13,21 @@ from cxr_node.cli import main
 def test_bench_inference_json_keys():
     result = CliRunner().invoke(
         main,
-        ["bench", "inference", "--json", "--studies", "2", "--batch-sizes", "1", "--repeats", "1",
-         "--input-size", "64", "--no-overlap", "--no-rss-probe"],
+        [
+            "bench",
+            "inference",
+            "--json",
+            "--studies",
+            "2",
+            "--batch-sizes",
+            "1",
+            "--repeats",
+            "1",
+            "--input-size",
+            "64",
+            "--no-overlap",
+            "--no-rss-probe",
+        ],
     )
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)

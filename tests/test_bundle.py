@@ -19,8 +19,13 @@ from cxr_node.cli import main
 def bundle_dir(tmp_path_factory):
     src = untrained_bundle(input_size=96, seed=3)
     return write_bundle(
-        tmp_path_factory.mktemp("bundle"), src.model_a, src.model_b,
-        name="test-cxr", version="1.2.3", input_size=96, thresholds=Thresholds(0.3, 0.7),
+        tmp_path_factory.mktemp("bundle"),
+        src.model_a,
+        src.model_b,
+        name="test-cxr",
+        version="1.2.3",
+        input_size=96,
+        thresholds=Thresholds(0.3, 0.7),
         training={"note": "random weights for tests"},
     )
 
@@ -35,10 +40,10 @@ def test_round_trip_keeps_weights_thresholds_and_identity(bundle_dir):
     assert (b.name, b.version, b.input_size, b.trained) == ("test-cxr", "1.2.3", 96, True)
     assert b.thresholds == Thresholds(0.3, 0.7)
     ref = untrained_bundle(input_size=96, seed=3)
-    for key, model in (("A", b.model_a), ("B", b.model_b)):
+    for key, _model in (("A", b.model_a), ("B", b.model_b)):
         assert len(b.sha256[key]) == 64
     for loaded, original in ((b.model_a, ref.model_a), (b.model_b, ref.model_b)):
-        for (k1, v1), (k2, v2) in zip(loaded.state_dict().items(), original.state_dict().items()):
+        for (k1, v1), (k2, v2) in zip(loaded.state_dict().items(), original.state_dict().items(), strict=True):
             assert k1 == k2 and torch.equal(v1, v2)
 
 

@@ -49,8 +49,13 @@ def test_every_setting_is_documented_in_the_shipped_config():
         ({"destinations": [{"type": "dicom"}]}, "destinations[0].name"),
         ({"destinations": [{"name": "a", "type": "dicom"}, {"name": "b b", "type": "dicom"}]}, "destinations[1].name"),
         ({"destinations": [{"name": "a"}]}, "destinations[0].type"),
-        ({"destination": {"ae_title": "PACS", "host": "h", "port": 104},
-          "destinations": [{"name": "pacs", "type": "dicomweb", "url": "http://h/dicom-web"}]}, "destinations"),
+        (
+            {
+                "destination": {"ae_title": "PACS", "host": "h", "port": 104},
+                "destinations": [{"name": "pacs", "type": "dicomweb", "url": "http://h/dicom-web"}],
+            },
+            "destinations",
+        ),
         ({"web": {"enabled": True, "bind": "0.0.0.0"}}, "web.token"),
         ({"web": {"enabled": True, "bind": "10.0.0.2", "token": "short"}}, "web.token"),
         ({"web": {"port": -1}}, "web.port"),
@@ -82,10 +87,12 @@ def test_command_line_overrides_win_and_are_checked(tmp_path):
 
 
 def test_legacy_destination_joins_the_destinations_as_pacs():
-    cfg = parse_config({
-        "destination": {"ae_title": "PACS", "host": "10.0.0.5", "port": 104},
-        "destinations": [{"name": "web", "type": "dicomweb", "url": "http://h:8042/dicom-web"}],
-    })
+    cfg = parse_config(
+        {
+            "destination": {"ae_title": "PACS", "host": "10.0.0.5", "port": 104},
+            "destinations": [{"name": "web", "type": "dicomweb", "url": "http://h:8042/dicom-web"}],
+        }
+    )
     assert cfg.destination_names == ("pacs", "web")
     pacs, web = cfg.destination_specs
     assert (pacs.type, pacs.options) == ("dicom", {"ae_title": "PACS", "host": "10.0.0.5", "port": 104})

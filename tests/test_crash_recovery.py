@@ -47,8 +47,11 @@ def test_kill_during_pacs_outage_then_restart_delivers_once(tmp_path, fresh_uncr
     assert db_rows(node.storage, "select count(*) from instances") == [(1,)]
     peers.wait_until(
         # The SR waits for its SC, which the dispatcher keeps trying.
-        lambda: db_rows(node.storage, "select kind, attempts >= 1 from exports order by kind") == [("sc", 1), ("sr", 0)],
-        120, "the dispatcher to fail at least once against the absent PACS",
+        lambda: (
+            db_rows(node.storage, "select kind, attempts >= 1 from exports order by kind") == [("sc", 1), ("sr", 0)]
+        ),
+        120,
+        "the dispatcher to fail at least once against the absent PACS",
     )
     assert node.stop(signal.SIGKILL) == -signal.SIGKILL  # no clean shutdown
 
@@ -63,7 +66,8 @@ def test_kill_during_pacs_outage_then_restart_delivers_once(tmp_path, fresh_uncr
         assert sorted(i["Tags"]["Modality"] for i in found) == ["OT", "SR"]
         peers.wait_until(
             lambda: db_rows(node.storage, "select state from exports") == [("sent",), ("sent",)],
-            60, "both exports marked sent",
+            60,
+            "both exports marked sent",
         )
         # Analysed once, reported once.
         assert db_rows(node.storage, "select count(*) from results") == [(1,)]

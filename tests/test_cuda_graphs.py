@@ -77,7 +77,7 @@ def test_graphs_give_the_eager_answers_for_full_and_padded_batches(gpu_pair, ima
     # padded size can get another cuDNN kernel); bf16 stayed identical. 5e-3 of the CAM range is far
     # below what a heatmap shows.
     for n in (1, 3, 4, 5):  # 3 -> 4 and 5 -> 8 are padded
-        for g, e in zip(graphed.analyse(images[:n]), eager.analyse(images[:n])):
+        for g, e in zip(graphed.analyse(images[:n]), eager.analyse(images[:n]), strict=True):
             assert g.result.label == e.result.label
             assert g.result.p_abnormal == pytest.approx(e.result.p_abnormal, abs=1e-4)
             assert g.result.p_covid == pytest.approx(e.result.p_covid, abs=1e-4)
@@ -94,8 +94,8 @@ def test_graphs_give_the_eager_answers_for_full_and_padded_batches(gpu_pair, ima
 def test_graphs_in_the_stream_and_the_floor(gpu_pair, images):
     graphed, eager = gpu_pair
     batches = [images[:4], images[:2], images[:4]]
-    for got, batch in zip(graphed.analyse_stream(batches), batches):
-        for g, e in zip(got, eager.analyse(batch)):
+    for got, batch in zip(graphed.analyse_stream(batches), batches, strict=True):
+        for g, e in zip(got, eager.analyse(batch), strict=True):
             assert g.result.p_abnormal == pytest.approx(e.result.p_abnormal, abs=1e-4)
     x, _ = graphed.preprocess(images[:2])
     la, lb = graphed.floor(x)

@@ -27,8 +27,20 @@ def test_serve_refuses_a_010_database_until_db_upgrade(tmp_path):
     assert current.returncode == 1 and "0001" in current.stdout and "cxr-node db upgrade" in current.stdout
 
     (tmp_path / "empty.toml").write_text("")
-    serve = _run("serve", "--config", str(tmp_path / "empty.toml"), "--storage", str(tmp_path / "s"), "--db", url,
-                 "--port", "0", "--allow-untrained", "--role", "receiver")
+    serve = _run(
+        "serve",
+        "--config",
+        str(tmp_path / "empty.toml"),
+        "--storage",
+        str(tmp_path / "s"),
+        "--db",
+        url,
+        "--port",
+        "0",
+        "--allow-untrained",
+        "--role",
+        "receiver",
+    )
     assert serve.returncode != 0
     (line,) = [ln for ln in serve.stderr.splitlines() if ln.strip()]  # one line, no traceback
     assert "behind" in line and "cxr-node db upgrade --db" in line

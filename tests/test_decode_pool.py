@@ -14,6 +14,7 @@ import types
 
 import pytest
 
+from cxr_node.decoding.pixels import PixelDataError
 from cxr_node.decoding.pool import (
     DecodeBudgetError,
     Decoded,
@@ -22,7 +23,6 @@ from cxr_node.decoding.pool import (
     DecoderDied,
     restart_delay_s,
 )
-from cxr_node.decoding.pixels import PixelDataError
 from cxr_node.processing import OutcomeKind, classify
 from tests import peers
 from tests.bombs import j2k_bomb, rle_bomb

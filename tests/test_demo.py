@@ -13,8 +13,12 @@ import pydicom
 
 def test_demo_reports_the_real_radiograph_and_can_be_rerun(tmp_path):
     for _ in range(2):  # a second run in the same --out must report again, not wait forever
-        out = subprocess.run([sys.executable, "-m", "cxr_node.cli", "demo", "--json", "--out", str(tmp_path)],
-                             capture_output=True, text=True, timeout=600)
+        out = subprocess.run(
+            [sys.executable, "-m", "cxr_node.cli", "demo", "--json", "--out", str(tmp_path)],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert out.returncode == 0, out.stderr
         summary = json.loads(out.stdout)
     assert summary["class"] in ("Normal", "Pathological", "COVID-19")

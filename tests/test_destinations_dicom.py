@@ -197,6 +197,7 @@ def test_registry_builds_every_configured_destination():
     ]
     bad = NodeConfig(destinations=(DestinationSpec("x", "ftp", {}, "destinations[0]"),))
     with pytest.raises(
-        ConfigError, match=r"^destinations\[0\].type: 'ftp' is not a destination type \(known: dicom, dicomweb, hl7, fhir\)"
+        ConfigError,
+        match=r"^destinations\[0\].type: 'ftp' is not a destination type \(known: dicom, dicomweb, hl7, fhir\)",
     ):
         build_destinations(bad)

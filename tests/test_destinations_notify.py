@@ -331,7 +331,9 @@ def test_patient_without_a_universal_issuer_needs_the_configured_system(queue, r
     assert "issuer 'HOSP'" in row["last_error"] and "destinations[1].issuer_systems" in row["last_error"]
     assert fhir.store.posts == []
     export_queue(queue).resend(row["id"])
-    dispatcher = Dispatcher(export_queue(queue), {"ehr": fhir_dest(fhir, issuer_systems={"HOSP": "https://hosp.example/mrn"})})
+    dispatcher = Dispatcher(
+        export_queue(queue), {"ehr": fhir_dest(fhir, issuer_systems={"HOSP": "https://hosp.example/mrn"})}
+    )
     assert dispatcher.run_once() == 1
     (report,) = fhir.store.resources["DiagnosticReport"]
     assert report["subject"]["identifier"] == {"system": "https://hosp.example/mrn", "value": "MRN0042"}

@@ -153,7 +153,9 @@ def test_transient_refusal_then_outage_ends_failed_with_the_refusal(queue, resul
     pacs = scp(status=0xA700)
     result(["pacs"])
     clock = queue.clock
-    dispatcher = Dispatcher(export_queue(queue), {"pacs": dicom(pacs)}, ExportPolicy((5.0, 30.0), max_attempts=3, give_up_after_s=0))
+    dispatcher = Dispatcher(
+        export_queue(queue), {"pacs": dicom(pacs)}, ExportPolicy((5.0, 30.0), max_attempts=3, give_up_after_s=0)
+    )
     assert dispatcher.run_once() == 1
     sc = rows(queue)[("pacs", "sc")]
     assert (sc["state"], sc["attempts"]) == (ExportState.PENDING, 1)

@@ -12,7 +12,6 @@ import torch
 
 from cxr_node.analysis.bundle import BundleError, load_bundle, untrained_bundle, write_bundle
 from cxr_node.analysis.cam import forward_with_features
-from cxr_node.decoding.pool import Decoded
 from cxr_node.analysis.domain import (
     DomainError,
     DomainModel,
@@ -26,6 +25,7 @@ from cxr_node.analysis.domain import (
 )
 from cxr_node.analysis.engine import Analyzer
 from cxr_node.decoding.pixels import read_image
+from cxr_node.decoding.pool import Decoded
 from cxr_node.processing import OutcomeKind, process_batch
 from cxr_node.results.identity import ModelIdentity, NodeIdentity
 

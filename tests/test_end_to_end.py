@@ -28,16 +28,31 @@ class ServeProcess:
         self.storage = tmp / "node"
         self.log_path = tmp / f"serve-{self.port}.log"
         self.args = [
-            *CLI, "serve", "--ae-title", ae_title, "--bind", "127.0.0.1", "--port", str(self.port),
-            "--storage", str(self.storage), "--destination", f"{orthanc.aet}@127.0.0.1:{orthanc.dicom_port}",
-            "--allow-untrained", "--device", "cpu", *(extra or []),
+            *CLI,
+            "serve",
+            "--ae-title",
+            ae_title,
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--storage",
+            str(self.storage),
+            "--destination",
+            f"{orthanc.aet}@127.0.0.1:{orthanc.dicom_port}",
+            "--allow-untrained",
+            "--device",
+            "cpu",
+            *(extra or []),
         ]
         self.proc: subprocess.Popen | None = None
 
-    def start(self) -> "ServeProcess":
+    def start(self) -> ServeProcess:
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT, cwd=self.storage.parent)
-        peers.wait_until(lambda: self.proc.poll() is not None or echo(self.port, self.ae_title) == 0, 120, "node to answer C-ECHO")
+        peers.wait_until(
+            lambda: self.proc.poll() is not None or echo(self.port, self.ae_title) == 0, 120, "node to answer C-ECHO"
+        )
         if self.proc.poll() is not None:
             raise RuntimeError(f"serve exited {self.proc.returncode}: {self.log()}")
         return self
@@ -59,14 +74,19 @@ def storescu(port: int, ae_title: str, *files: Path) -> subprocess.CompletedProc
     exe = peers.find_program("storescu")
     # -R: propose just the files' SOP classes (as a modality does); -xv: offer JPEG 2000 lossless
     # besides the uncompressed syntaxes, so the compressed file goes as it is.
-    return subprocess.run([exe, "-R", "-xv", "-aet", "MOBILE_DR", "-aec", ae_title, "127.0.0.1", str(port), *map(str, files)],
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [exe, "-R", "-xv", "-aet", "MOBILE_DR", "-aec", ae_title, "127.0.0.1", str(port), *map(str, files)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def results_at(orthanc: peers.Orthanc, study_uid: str, count: int, timeout_s: float = 240) -> list[dict]:
     return peers.wait_until(
         lambda: (lambda found: found if len(found) >= count else None)(orthanc.instances_in_study(study_uid)),
-        timeout_s, f"{count} result objects in Orthanc",
+        timeout_s,
+        f"{count} result objects in Orthanc",
         interval_s=0.5,
     )
 
@@ -130,8 +150,13 @@ def test_wrong_called_ae_title_is_rejected(serve):
 
 
 def test_serve_refuses_to_start_without_models(tmp_path):
-    out = subprocess.run([*CLI, "serve", "--port", "0", "--storage", str(tmp_path / "s")],
-                         capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    out = subprocess.run(
+        [*CLI, "serve", "--port", "0", "--storage", str(tmp_path / "s")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
     assert out.returncode != 0
     assert "models.dir" in out.stderr and "--allow-untrained" in out.stderr, out.stderr
 
@@ -139,8 +164,13 @@ def test_serve_refuses_to_start_without_models(tmp_path):
 def test_serve_names_bad_config_key(tmp_path):
     cfg = tmp_path / "node.toml"
     cfg.write_text('[node]\nport = "eleven"\n')
-    out = subprocess.run([*CLI, "serve", "--config", str(cfg), "--allow-untrained"],
-                         capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    out = subprocess.run(
+        [*CLI, "serve", "--config", str(cfg), "--allow-untrained"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
     assert out.returncode != 0
     assert "node.port" in out.stderr, out.stderr
 
@@ -154,8 +184,12 @@ def test_serve_on_postgresql(serve, orthanc, postgres, fresh_uncr):
     from sqlalchemy import create_engine, text
 
     with create_engine(postgres.url).connect() as conn:
-        assert conn.execute(text("select count(*) from results where study_instance_uid = :s"),
-                            {"s": source.StudyInstanceUID}).scalar() == 1
+        assert (
+            conn.execute(
+                text("select count(*) from results where study_instance_uid = :s"), {"s": source.StudyInstanceUID}
+            ).scalar()
+            == 1
+        )
     node.stop()
 
 

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from cxr_node.analysis.bundle import untrained_bundle
-from cxr_node.decoding.pool import Decoded, DecodePool
 from cxr_node.analysis.engine import STAGES, Analyzer
 from cxr_node.decoding.pixels import PixelDataError
+from cxr_node.decoding.pool import Decoded, DecodePool
 
 SIZE = 64
 
@@ -28,7 +28,7 @@ def images():
 def test_batch_equals_single(analyzer, images):
     both = analyzer.analyse(images)
     singles = [analyzer.analyse([img])[0] for img in images]
-    for b, s, img in zip(both, singles, images):
+    for b, s, img in zip(both, singles, images, strict=True):
         assert b.result.label == s.result.label
         assert b.result.p_abnormal == pytest.approx(s.result.p_abnormal, abs=1e-5)
         assert b.result.p_covid == pytest.approx(s.result.p_covid, abs=1e-5)
@@ -39,7 +39,7 @@ def test_batch_equals_single(analyzer, images):
 
 def test_cams_on_source_grid_and_timings(analyzer, images):
     out = analyzer.analyse(images)
-    for a, img in zip(out, images):
+    for a, img in zip(out, images, strict=True):
         for cam in (a.cam_a, a.cam_b):
             assert cam.shape == img.shape and cam.dtype == np.float32
             assert cam.min() >= 0.0 and cam.max() <= 1.0 + 1e-6
@@ -53,8 +53,8 @@ def test_stream_gives_the_batch_by_batch_answers(analyzer, images):
     batches = [images, [], images[:1], [images[1]] * 3]
     streamed = list(analyzer.analyse_stream(batches))
     assert [len(r) for r in streamed] == [2, 0, 1, 3]
-    for got, batch in zip(streamed, batches):
-        for g, e in zip(got, analyzer.analyse(batch) if batch else []):
+    for got, batch in zip(streamed, batches, strict=True):
+        for g, e in zip(got, analyzer.analyse(batch) if batch else [], strict=True):
             assert g.result == e.result
             np.testing.assert_array_equal(g.cam_grid_a, e.cam_grid_a)
             np.testing.assert_array_equal(g.cam_b, e.cam_b)
@@ -121,7 +121,7 @@ def test_models_in_parallel_give_the_same_answer_and_keep_the_callers_threads(an
     sequential = Analyzer(analyzer.bundle, "cpu", parallel_models=False)
     parallel = Analyzer(analyzer.bundle, "cpu", parallel_models=True)
     assert parallel.parallel_models and not sequential.parallel_models
-    for s, p in zip(sequential.analyse(images), parallel.analyse(images)):
+    for s, p in zip(sequential.analyse(images), parallel.analyse(images), strict=True):
         assert s.result.p_abnormal == pytest.approx(p.result.p_abnormal, abs=1e-5)
         assert s.result.p_covid == pytest.approx(p.result.p_covid, abs=1e-5)
         np.testing.assert_allclose(s.cam_b, p.cam_b, atol=1e-4)

@@ -14,6 +14,7 @@ import struct
 import subprocess
 import time
 
+import pytest
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 
@@ -30,7 +31,13 @@ HOSTILE_EACH = 7  # 7 half PDUs + 7 idle associations + 6 bare TCP = 20
 def _half_associate_rq(port: int) -> socket.socket:
     """An A-ASSOCIATE-RQ PDU header declaring 4 GB, then the first 68 bytes of its body, then silence."""
     s = socket.create_connection(("127.0.0.1", port), timeout=5)
-    s.sendall(struct.pack(">BBL", 0x01, 0x00, 0xFFFFFFFF) + struct.pack(">HH", 1, 0) + b"CXR_NODE".ljust(16) + b"EVIL".ljust(16) + bytes(32))
+    s.sendall(
+        struct.pack(">BBL", 0x01, 0x00, 0xFFFFFFFF)
+        + struct.pack(">HH", 1, 0)
+        + b"CXR_NODE".ljust(16)
+        + b"EVIL".ljust(16)
+        + bytes(32)
+    )
     return s
 
 
@@ -68,10 +75,15 @@ def _closed_by_peer(s: socket.socket, within_s: float) -> bool:
 
 def _storescu(port: int, path) -> subprocess.CompletedProcess:
     exe = peers.find_program("storescu")
-    return subprocess.run([exe, "-d", "-aet", "MODALITY", "-aec", "CXR_NODE", "127.0.0.1", str(port), str(path)],
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [exe, "-d", "-aet", "MODALITY", "-aec", "CXR_NODE", "127.0.0.1", str(port), str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
+@pytest.mark.peers
 def test_a_modality_gets_through_while_20_hostile_connections_are_open(tmp_path):
     cfg = NodeConfig()  # the shipped defaults, on a free port
     settings = ReceiverSettings.from_config(cfg)

@@ -69,8 +69,13 @@ def test_decode_pool_processes_die_when_the_parent_is_killed():
 
 def _serve(tmp_path, *args, env=None) -> subprocess.Popen:
     log = open(tmp_path / "serve.log", "ab")
-    return subprocess.Popen([*CLI, "serve", "--role", "receiver", "--storage", str(tmp_path / "storage"), *args],
-                            stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path, env={**os.environ, **(env or {})})
+    return subprocess.Popen(
+        [*CLI, "serve", "--role", "receiver", "--storage", str(tmp_path / "storage"), *args],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=tmp_path,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def _log(tmp_path) -> str:
@@ -79,12 +84,16 @@ def _log(tmp_path) -> str:
 
 def test_serve_waits_for_an_unreachable_database_with_one_line_per_try(tmp_path):
     dead = peers.free_port()  # nothing listens here
-    proc = _serve(tmp_path, "--port", str(peers.free_port()), "--db", f"postgresql+psycopg://cxr@127.0.0.1:{dead}/cxrnode")
+    proc = _serve(
+        tmp_path, "--port", str(peers.free_port()), "--db", f"postgresql+psycopg://cxr@127.0.0.1:{dead}/cxrnode"
+    )
     try:
         peers.wait_until(lambda: _log(tmp_path).count("unreachable") >= 2, 30, "two retry lines")
         assert proc.poll() is None  # still trying
         lines = [line for line in _log(tmp_path).splitlines() if "unreachable" in line]
-        assert lines[0].startswith(f"cxr-node: database postgresql+psycopg://cxr@127.0.0.1:{dead}/cxrnode unreachable (")
+        assert lines[0].startswith(
+            f"cxr-node: database postgresql+psycopg://cxr@127.0.0.1:{dead}/cxrnode unreachable ("
+        )
         assert "retrying in 1 s" in lines[0] and "retrying in 2 s" in lines[1]
         assert "Traceback" not in _log(tmp_path)
         proc.send_signal(signal.SIGTERM)
@@ -112,14 +121,26 @@ def test_serve_sets_umask_027(tmp_path):
     proc = _serve(tmp_path, "--port", str(port), "--bind", "127.0.0.1")
     try:
         echoscu = peers.find_program("echoscu")
-        peers.wait_until(lambda: proc.poll() is not None or subprocess.run(
-            [echoscu, "-aec", "CXR_NODE", "127.0.0.1", str(port)], capture_output=True, timeout=30).returncode == 0,
-            120, "serve to answer C-ECHO")
+        peers.wait_until(
+            lambda: (
+                proc.poll() is not None
+                or subprocess.run(
+                    [echoscu, "-aec", "CXR_NODE", "127.0.0.1", str(port)], capture_output=True, timeout=30
+                ).returncode
+                == 0
+            ),
+            120,
+            "serve to answer C-ECHO",
+        )
         assert proc.poll() is None, _log(tmp_path)
         image = tmp_path / "cr.dcm"
         make_radiograph(gradient()).save_as(image, enforce_file_format=True)
-        out = subprocess.run([peers.find_program("storescu"), "-aec", "CXR_NODE", "127.0.0.1", str(port), str(image)],
-                             capture_output=True, text=True, timeout=60)
+        out = subprocess.run(
+            [peers.find_program("storescu"), "-aec", "CXR_NODE", "127.0.0.1", str(port), str(image)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert out.returncode == 0, out.stderr
         storage = tmp_path / "storage"
         files = [p for p in storage.rglob("*") if p.is_file()]

@@ -20,8 +20,11 @@ RECORD = ResultRecord("Normal", 0.1, 0.2, False, "m 1", True, {})
 
 def _receive(q, layout, study, sop, skip=False):
     path = write_durably(layout.instance_path(study, sop), b"DICM")
-    q.enqueue(ReceivedInstance(sop, "1.2.840.10008.5.1.4.1.1.1", study, "MOD", str(path), skip=skip,
-                               rule="lateral-view" if skip else None))
+    q.enqueue(
+        ReceivedInstance(
+            sop, "1.2.840.10008.5.1.4.1.1.1", study, "MOD", str(path), skip=skip, rule="lateral-view" if skip else None
+        )
+    )
     return path
 
 

@@ -15,8 +15,19 @@ def test_infer_writes_sr_sc_json_and_names_the_bad_file(rg1_uncr, tmp_path):
     bad.write_text("hello")
     out = tmp_path / "out"
     result = CliRunner().invoke(
-        main, ["infer", str(rg1_uncr), str(bad), "--allow-untrained", "--out", str(out), "--input-size", "64",
-               "--device", "cpu"],
+        main,
+        [
+            "infer",
+            str(rg1_uncr),
+            str(bad),
+            "--allow-untrained",
+            "--out",
+            str(out),
+            "--input-size",
+            "64",
+            "--device",
+            "cpu",
+        ],
     )
     assert result.exit_code == 1, result.output
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]

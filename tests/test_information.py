@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cxr_node.decoding.pool import Decoded
 from cxr_node.config import ConfigError, parse_config
 from cxr_node.decoding.information import DEFAULT_LIMITS, InformationLimits, check_information, information_problem
 from cxr_node.decoding.pixels import dataset_to_float, measure, read_image
+from cxr_node.decoding.pool import Decoded
 from cxr_node.errors import NotAnalysable
 from cxr_node.processing import OutcomeKind, process_batch
 from tests.dicom_factory import gradient, make_radiograph

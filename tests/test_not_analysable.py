@@ -12,9 +12,9 @@ import pytest
 from click.testing import CliRunner
 
 from cxr_node.analysis.bundle import untrained_bundle
-from cxr_node.decoding.pool import DecodePool
 from cxr_node.analysis.engine import Analyzer
 from cxr_node.commands.jobs import command as jobs_command
+from cxr_node.decoding.pool import DecodePool
 from cxr_node.errors import NotAnalysable
 from cxr_node.metrics import NodeMetrics
 from cxr_node.processing import OutcomeKind, classify

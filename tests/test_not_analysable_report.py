@@ -231,7 +231,9 @@ def test_dispatcher_retries_and_ends_the_report_like_any_sr(rig):
     worker.run_once()
     pacs = Flaky("pacs", [Verdict.RETRY, Verdict.STORED])
     web = Flaky("web", [Verdict.REFUSED])
-    dispatcher = Dispatcher(ExportQueue(queue.engine, queue.clock), {"pacs": pacs, "web": web}, ExportPolicy(retry_delays_s=(5.0,)))
+    dispatcher = Dispatcher(
+        ExportQueue(queue.engine, queue.clock), {"pacs": pacs, "web": web}, ExportPolicy(retry_delays_s=(5.0,))
+    )
     assert dispatcher.run_once() == 2
     queue.clock.advance(5)
     assert dispatcher.run_once() == 1

@@ -19,7 +19,9 @@ def test_real_monochrome1_cr_is_shown_with_bone_white(rg1_uncr, rg1_j2kr):
     rows, cols = img.pixels.shape
     band = img.pixels[int(rows * 0.35) : int(rows * 0.55)]
     spine = band[:, int(cols * 0.47) : int(cols * 0.53)].mean()
-    lungs = np.concatenate([band[:, int(cols * 0.22) : int(cols * 0.32)], band[:, int(cols * 0.68) : int(cols * 0.78)]], axis=1).mean()
+    lungs = np.concatenate(
+        [band[:, int(cols * 0.22) : int(cols * 0.32)], band[:, int(cols * 0.68) : int(cols * 0.78)]], axis=1
+    ).mean()
     # Displayed correctly, the mediastinum/spine is brighter than the aerated lungs.
     # Without the MONOCHROME1 inversion this comparison flips.
     assert spine > lungs + 0.05, (spine, lungs)
@@ -38,11 +40,15 @@ def test_monochrome1_is_the_inverse_of_monochrome2():
 def test_presentation_lut_inverse_inverts_monochrome2_once():
     ramp = gradient()
     plain = dataset_to_float(make_radiograph(ramp, WindowCenter=2048, WindowWidth=4096))
-    inverse = dataset_to_float(make_radiograph(ramp, WindowCenter=2048, WindowWidth=4096, PresentationLUTShape="INVERSE"))
+    inverse = dataset_to_float(
+        make_radiograph(ramp, WindowCenter=2048, WindowWidth=4096, PresentationLUTShape="INVERSE")
+    )
     np.testing.assert_allclose(inverse.pixels, 1.0 - plain.pixels, atol=1e-6)
     # DX requires INVERSE together with MONOCHROME1: one inversion, not two.
     both = dataset_to_float(
-        make_radiograph(ramp, photometric="MONOCHROME1", WindowCenter=2048, WindowWidth=4096, PresentationLUTShape="INVERSE")
+        make_radiograph(
+            ramp, photometric="MONOCHROME1", WindowCenter=2048, WindowWidth=4096, PresentationLUTShape="INVERSE"
+        )
     )
     np.testing.assert_allclose(both.pixels, inverse.pixels, atol=1e-6)
 
@@ -140,9 +146,13 @@ def test_png_from_the_shared_set(public_cxr):
 
 def test_linear_exact_and_sigmoid_windows():
     values = np.array([[0, 50, 100]])
-    exact = dataset_to_float(make_radiograph(values, WindowCenter=50, WindowWidth=100, VOILUTFunction="LINEAR_EXACT")).pixels[0]
+    exact = dataset_to_float(
+        make_radiograph(values, WindowCenter=50, WindowWidth=100, VOILUTFunction="LINEAR_EXACT")
+    ).pixels[0]
     np.testing.assert_allclose(exact, [0.0, 0.5, 1.0], atol=1e-6)
-    sigmoid = dataset_to_float(make_radiograph(values, WindowCenter=50, WindowWidth=100, VOILUTFunction="SIGMOID")).pixels[0]
+    sigmoid = dataset_to_float(
+        make_radiograph(values, WindowCenter=50, WindowWidth=100, VOILUTFunction="SIGMOID")
+    ).pixels[0]
     # PS3.3 C.11.2.1.3.1: y = 1 / (1 + exp(-4 (x - c) / w))
     np.testing.assert_allclose(sigmoid, 1 / (1 + np.exp(-4 * (values[0] - 50) / 100)), atol=1e-6)
     # A width the function cannot use: the node's own window, and the note says why.

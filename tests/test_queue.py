@@ -97,7 +97,9 @@ def test_each_image_of_a_study_gets_its_own_result_once(engine):
     q.enqueue(first)
     q.enqueue(repeat)
     a, b = q.claim("w", 60, limit=2)
-    assert q.complete(a, RECORD, [ExportItem("sr", "/r/a-sr.dcm", "2.25.1"), ExportItem("sc", "/r/a-sc.dcm", "2.25.2")], ["pacs"])
+    assert q.complete(
+        a, RECORD, [ExportItem("sr", "/r/a-sr.dcm", "2.25.1"), ExportItem("sc", "/r/a-sc.dcm", "2.25.2")], ["pacs"]
+    )
     assert q.complete(b, RECORD, [ExportItem("sr", "/r/b-sr.dcm", "2.25.3")], ["pacs"])
     found = q.results_for_study("7.7")
     assert [r["sop_instance_uid"] for r in found] == [first.sop_instance_uid, repeat.sop_instance_uid]
@@ -123,8 +125,17 @@ def test_an_image_is_reported_once_when_its_job_is_completed_twice(engine):
 def test_a_skipped_image_is_recorded_with_its_rule_and_never_claimed(engine):
     q = JobQueue(engine, FakeClock())
     seen = InstanceHeader("ACC-9", "CR", "RX TORAX PORTATIL", "Thorax lat")
-    item = ReceivedInstance("1.2.9", "1.2.840.10008.5.1.4.1.1.1", "1.2", "MOD", "/x/1.2.9.dcm",
-                            skip=True, rule="lateral-view", reason="ViewPosition LL: a lateral view", header=seen)
+    item = ReceivedInstance(
+        "1.2.9",
+        "1.2.840.10008.5.1.4.1.1.1",
+        "1.2",
+        "MOD",
+        "/x/1.2.9.dcm",
+        skip=True,
+        rule="lateral-view",
+        reason="ViewPosition LL: a lateral view",
+        header=seen,
+    )
     assert q.enqueue(item)
     assert q.claim("w", 60) == []
     job = q.job_for_instance("1.2.9")
@@ -155,8 +166,12 @@ def test_one_export_row_per_object_and_destination(engine):
     x = ExportQueue(engine, q.clock)
     q.enqueue(received())
     (job,) = q.claim("w", 60)
-    q.complete(job, RECORD, [ExportItem("sc", "/r/sc.dcm", "2.25.50"), ExportItem("sr", "/r/sr.dcm", "2.25.51")],
-               ["pacs", "web"])
+    q.complete(
+        job,
+        RECORD,
+        [ExportItem("sc", "/r/sc.dcm", "2.25.50"), ExportItem("sr", "/r/sr.dcm", "2.25.51")],
+        ["pacs", "web"],
+    )
     due = x.due()
     assert sorted((e.kind, e.destination) for e in due) == [("sc", "pacs"), ("sc", "web")]  # each SR waits for its SC
     for e in due:
@@ -172,7 +187,9 @@ def test_exports_retry_later_and_sc_goes_before_sr(engine):
     x = ExportQueue(engine, q.clock)
     q.enqueue(received(study="5.5"))
     (job,) = q.claim("w", 60)
-    q.complete(job, RECORD, [ExportItem("sr", "/r/sr.dcm", "2.25.10"), ExportItem("sc", "/r/sc.dcm", "2.25.11")], ["pacs"])
+    q.complete(
+        job, RECORD, [ExportItem("sr", "/r/sr.dcm", "2.25.10"), ExportItem("sc", "/r/sc.dcm", "2.25.11")], ["pacs"]
+    )
     due = x.due()
     assert [e.kind for e in due] == ["sc"]  # the SR references the SC: it goes once the SC has an end
     x.retry(due[0], "PACS down", delay_s=30)

@@ -72,7 +72,9 @@ def test_unknown_specific_character_set(node):
     _refused(node, ds, "SpecificCharacterSet")
 
 
-@pytest.mark.parametrize("allocated,stored,attribute", [(12, 12, "BitsAllocated"), (16, 17, "BitsStored"), (8, 0, "BitsStored")])
+@pytest.mark.parametrize(
+    "allocated,stored,attribute", [(12, 12, "BitsAllocated"), (16, 17, "BitsStored"), (8, 0, "BitsStored")]
+)
 def test_bits_allocated_and_stored(node, allocated, stored, attribute):
     ds = make_radiograph(gradient())
     ds.BitsAllocated, ds.BitsStored = allocated, stored

@@ -51,8 +51,12 @@ def test_jpeg_lossless_and_near_identical_studies_get_their_own_results(tmp_path
         exe = peers.find_program("storescu")
         for f in files:
             # -R: only the file's SOP class; -xs: propose JPEG Lossless SV1 (and the uncompressed syntaxes)
-            out = subprocess.run([exe, "-R", "-xs", "-aet", "MOBILE_DR", "-aec", node.ae_title, "127.0.0.1",
-                                  str(node.port), str(f)], capture_output=True, text=True, timeout=120)
+            out = subprocess.run(
+                [exe, "-R", "-xs", "-aet", "MOBILE_DR", "-aec", node.ae_title, "127.0.0.1", str(node.port), str(f)],
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
             assert out.returncode == 0, out.stderr
         stored = sorted((node.storage / "instances").rglob("*.dcm"))
         syntaxes = {pydicom.dcmread(p, stop_before_pixels=True).file_meta.TransferSyntaxUID for p in stored}

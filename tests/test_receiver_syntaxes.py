@@ -34,7 +34,9 @@ from tests.receiver_harness import ReceiverNode, dcmtk
 def _source(tmp_path, bits_stored=12):
     rng = np.random.default_rng(7)
     top = 2**bits_stored - 1
-    pixels = (np.linspace(0, top, 160)[None, :] * np.ones((128, 1)) * 0.8 + rng.integers(0, top // 8, (128, 160))).round()
+    pixels = (
+        np.linspace(0, top, 160)[None, :] * np.ones((128, 1)) * 0.8 + rng.integers(0, top // 8, (128, 160))
+    ).round()
     ds = make_radiograph(pixels.clip(0, top), bits_stored=bits_stored)
     path = tmp_path / f"src{bits_stored}.dcm"
     ds.save_as(path, enforce_file_format=True)
@@ -66,7 +68,14 @@ def node(tmp_path):
     n.stop()
 
 
-SYNTAXES = [JPEGLosslessSV1, JPEGBaseline8Bit, JPEG2000Lossless, JPEGLSLossless, RLELossless, DeflatedExplicitVRLittleEndian]
+SYNTAXES = [
+    JPEGLosslessSV1,
+    JPEGBaseline8Bit,
+    JPEG2000Lossless,
+    JPEGLSLossless,
+    RLELossless,
+    DeflatedExplicitVRLittleEndian,
+]
 
 
 def test_every_syntax_a_radiography_node_meets_has_a_decoder_installed():
@@ -75,6 +84,7 @@ def test_every_syntax_a_radiography_node_meets_has_a_decoder_installed():
     assert set(SYNTAXES) <= set(decodable_transfer_syntaxes())
 
 
+@pytest.mark.peers
 @pytest.mark.parametrize("syntax", SYNTAXES, ids=lambda s: s.name)
 def test_syntax_offered_alone_is_accepted_stored_as_sent_and_decodable(node, tmp_path, syntax, rg1_j2kr):
     sent = _convert(tmp_path, syntax, rg1_j2kr)
@@ -89,6 +99,7 @@ def test_syntax_offered_alone_is_accepted_stored_as_sent_and_decodable(node, tmp
     assert image.pixels.shape == (int(stored.Rows), int(stored.Columns))
 
 
+@pytest.mark.peers
 def test_a_syntax_without_decoder_is_refused_and_the_sender_falls_back(tmp_path, rg1_j2kr):
     """With JPEG Lossless SV1 taken as undecodable, dcmsend decompresses (its default) or gives up."""
     node = ReceiverNode(tmp_path / "node", decodable=lambda uid: uid != JPEGLosslessSV1 and decoder_available(uid))
@@ -98,7 +109,9 @@ def test_a_syntax_without_decoder_is_refused_and_the_sender_falls_back(tmp_path,
 
         never = node.dcmsend(sent, "--decompress-never")
         # The only proposed syntax is refused: no association, nothing acknowledged.
-        assert "no acceptable presentation contexts" in (never.stdout + never.stderr).lower(), never.stdout + never.stderr
+        assert "no acceptable presentation contexts" in (never.stdout + never.stderr).lower(), (
+            never.stdout + never.stderr
+        )
         assert node.rows(instances) == []
 
         fallback = node.dcmsend(sent, "-d")  # default: decompress lossless when refused
@@ -111,5 +124,6 @@ def test_a_syntax_without_decoder_is_refused_and_the_sender_falls_back(tmp_path,
         node.stop()
 
 
+@pytest.mark.peers
 def test_explicit_little_endian_is_still_offered(node):
     assert ExplicitVRLittleEndian in node.receiver.transfer_syntaxes

@@ -24,6 +24,8 @@ from tests import peers
 from tests.dicom_factory import gradient, make_radiograph
 from tests.receiver_harness import ReceiverNode
 
+pytestmark = pytest.mark.peers  # every test here makes its certificates with openssl
+
 
 def _openssl(*args: str, cwd: Path) -> None:
     exe = peers.find_program("openssl")
@@ -32,34 +34,99 @@ def _openssl(*args: str, cwd: Path) -> None:
 
 
 def _issue(name: str, cn: str, d: Path, san: str | None = None) -> tuple[Path, Path]:
-    _openssl("req", "-new", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-subj", f"/CN={cn}",
-             "-out", f"{name}.csr", cwd=d)
+    _openssl(
+        "req",
+        "-new",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        f"{name}.key",
+        "-subj",
+        f"/CN={cn}",
+        "-out",
+        f"{name}.csr",
+        cwd=d,
+    )
     ext = d / f"{name}.ext"
     ext.write_text((f"subjectAltName={san}\n" if san else "") + "basicConstraints=CA:FALSE\n")
-    _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
-             "-days", "2", "-sha256", "-extfile", ext.name, "-out", f"{name}.crt", cwd=d)
+    _openssl(
+        "x509",
+        "-req",
+        "-in",
+        f"{name}.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-sha256",
+        "-extfile",
+        ext.name,
+        "-out",
+        f"{name}.crt",
+        cwd=d,
+    )
     return d / f"{name}.crt", d / f"{name}.key"
 
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory):
     d = tmp_path_factory.mktemp("pki")
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt",
-             "-days", "2", "-subj", "/CN=cxr-node test CA", cwd=d)
+    _openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=cxr-node test CA",
+        cwd=d,
+    )
     server = _issue("server", "localhost", d, "DNS:localhost,IP:127.0.0.1")
     client = _issue("modality", "MODALITY", d)
     # A certificate from another CA: must not get in when client certificates are required.
     other = d / "other"
     other.mkdir()
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt",
-             "-days", "2", "-subj", "/CN=rogue CA", cwd=other)
+    _openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=rogue CA",
+        cwd=other,
+    )
     rogue = _issue("rogue", "ROGUE", other)
     return {"ca": d / "ca.crt", "server": server, "client": client, "rogue": rogue}
 
 
 def _tls_node(tmp_path, pki, only=True, require_client_cert=True):
-    cfg = replace(NodeConfig(), port=0, tls_port=0, tls_cert=pki["server"][0], tls_key=pki["server"][1],
-                  tls_ca=pki["ca"], tls_require_client_cert=require_client_cert, tls_only=only)
+    cfg = replace(
+        NodeConfig(),
+        port=0,
+        tls_port=0,
+        tls_cert=pki["server"][0],
+        tls_key=pki["server"][1],
+        tls_ca=pki["ca"],
+        tls_require_client_cert=require_client_cert,
+        tls_only=only,
+    )
     return ReceiverNode(tmp_path / "node", ReceiverSettings.from_config(cfg))
 
 
@@ -71,8 +138,12 @@ def _image(tmp_path) -> Path:
 
 def _storescu(port: int, path: Path, *tls: str) -> subprocess.CompletedProcess:
     exe = peers.find_program("storescu")
-    return subprocess.run([exe, "-d", *tls, "-aet", "MODALITY", "-aec", "CXR_NODE", "127.0.0.1", str(port), str(path)],
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [exe, "-d", *tls, "-aet", "MODALITY", "-aec", "CXR_NODE", "127.0.0.1", str(port), str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def _ok(out: subprocess.CompletedProcess) -> bool:
@@ -126,8 +197,9 @@ def test_pynetdicom_sender_with_the_nodes_client_context(tmp_path, pki):
         sender_cfg = replace(NodeConfig(), tls_cert=cert, tls_key=key, tls_ca=pki["ca"])
         ae = AE(ae_title="MODALITY")
         ae.add_requested_context(ComputedRadiographyImageStorage)
-        assoc = ae.associate("127.0.0.1", node.receiver.tls_port, ae_title="CXR_NODE",
-                             tls_args=(client_context(sender_cfg), "localhost"))
+        assoc = ae.associate(
+            "127.0.0.1", node.receiver.tls_port, ae_title="CXR_NODE", tls_args=(client_context(sender_cfg), "localhost")
+        )
         assert assoc.is_established
         try:
             assert assoc.send_c_store(make_radiograph(gradient())).Status == 0x0000
@@ -156,8 +228,15 @@ def test_tls_config_errors_name_the_key(tmp_path, pki):
     with pytest.raises(ConfigError, match=r"^tls.key: required"):
         server_context(replace(NodeConfig(), tls_cert=pki["server"][0]))
     with pytest.raises(ConfigError, match=r"^tls.ca: "):
-        server_context(replace(NodeConfig(), tls_cert=pki["server"][0], tls_key=pki["server"][1],
-                               tls_require_client_cert=True, tls_ca=tmp_path / "missing.pem"))
+        server_context(
+            replace(
+                NodeConfig(),
+                tls_cert=pki["server"][0],
+                tls_key=pki["server"][1],
+                tls_require_client_cert=True,
+                tls_ca=tmp_path / "missing.pem",
+            )
+        )
     with pytest.raises(ConfigError, match=r"^tls.cert: cannot load"):
         server_context(replace(NodeConfig(), tls_cert=pki["ca"], tls_key=pki["server"][1]))
     assert server_context(NodeConfig()) is None and client_context(NodeConfig()) is None
@@ -170,9 +249,23 @@ def test_client_context_sends_to_dcmtk_storescp_over_tls(tmp_path, pki):
     port = peers.free_port()
     out_dir = tmp_path / "received"
     out_dir.mkdir()
-    scp = subprocess.Popen([peers.find_program("storescp"), "+tls", str(key), str(cert), "+cf", str(pki["ca"]),
-                            "-od", str(out_dir), "-aet", "TLS_PACS", str(port)],
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    scp = subprocess.Popen(
+        [
+            peers.find_program("storescp"),
+            "+tls",
+            str(key),
+            str(cert),
+            "+cf",
+            str(pki["ca"]),
+            "-od",
+            str(out_dir),
+            "-aet",
+            "TLS_PACS",
+            str(port),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     try:
         peers.wait_until(lambda: scp.poll() is not None or _listening(port), 30, "storescp to listen")
         assert scp.poll() is None

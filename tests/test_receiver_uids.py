@@ -83,6 +83,7 @@ def test_uids_equal_for_64_characters_are_refused(node):
     assert node.rows(instances) == []
 
 
+@pytest.mark.peers
 def test_invalid_sop_instance_uid_in_command_and_data_set_is_refused(node, tmp_path):
     """dcmsend (a real sender, UID checks off) sends an image whose SOP Instance UID has a ':'."""
     path = tmp_path / "bad.dcm"

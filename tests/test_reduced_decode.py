@@ -9,10 +9,10 @@ import pytest
 from pydicom.encaps import encapsulate
 from pydicom.uid import JPEG2000Lossless, JPEGBaseline8Bit
 
-from cxr_node.decoding.pool import DecodePool, decoder_for
 from cxr_node.analysis.preprocess import square_input
 from cxr_node.decoding import openjp2, pixels
 from cxr_node.decoding.pixels import PixelDataError, dataset_to_float, read_image
+from cxr_node.decoding.pool import DecodePool, decoder_for
 from cxr_node.decoding.reduced import Resolution, decode_pixels
 from tests.dicom_factory import make_radiograph
 

@@ -14,9 +14,20 @@ from tests import peers
 from tests.test_results_support import TRAINED, make_results, source_copy
 
 # What issue 12 found missing from the SC; each must be in the copied modules and in the test source.
-MUST_COPY = ("IssuerOfPatientID", "IssuerOfPatientIDQualifiersSequence", "IssuerOfAccessionNumberSequence",
-             "PatientAge", "PatientSize", "PatientWeight", "TypeOfPatientID", "OtherPatientIDsSequence",
-             "AdmissionID", "IssuerOfAdmissionIDSequence", "PatientComments", "ReferringPhysicianName")
+MUST_COPY = (
+    "IssuerOfPatientID",
+    "IssuerOfPatientIDQualifiersSequence",
+    "IssuerOfAccessionNumberSequence",
+    "PatientAge",
+    "PatientSize",
+    "PatientWeight",
+    "TypeOfPatientID",
+    "OtherPatientIDsSequence",
+    "AdmissionID",
+    "IssuerOfAdmissionIDSequence",
+    "PatientComments",
+    "ReferringPhysicianName",
+)
 
 
 def _item(**attributes) -> Dataset:
@@ -34,13 +45,18 @@ def hospital_source(rg1) -> Dataset:
         PatientName="Müller^Jürgen",
         IssuerOfPatientID="HOSP-A",
         TypeOfPatientID="TEXT",
-        IssuerOfPatientIDQualifiersSequence=[_item(
-            UniversalEntityID="1.2.826.0.1.3680043.10.1234", UniversalEntityIDType="ISO",
-            IdentifierTypeCode="MR", AssigningFacilitySequence=[_item(LocalNamespaceEntityID="HOSP-A")],
-        )],
+        IssuerOfPatientIDQualifiersSequence=[
+            _item(
+                UniversalEntityID="1.2.826.0.1.3680043.10.1234",
+                UniversalEntityIDType="ISO",
+                IdentifierTypeCode="MR",
+                AssigningFacilitySequence=[_item(LocalNamespaceEntityID="HOSP-A")],
+            )
+        ],
         OtherPatientIDsSequence=[_item(PatientID="NHS-943 476 5919", IssuerOfPatientID="NHS", TypeOfPatientID="TEXT")],
-        IssuerOfAccessionNumberSequence=[_item(LocalNamespaceEntityID="RIS-A", UniversalEntityID="1.2.3.4.5",
-                                               UniversalEntityIDType="ISO")],
+        IssuerOfAccessionNumberSequence=[
+            _item(LocalNamespaceEntityID="RIS-A", UniversalEntityID="1.2.3.4.5", UniversalEntityIDType="ISO")
+        ],
         PatientAge="064Y",
         PatientSize="1.72",
         PatientWeight="81.5",
@@ -102,15 +118,20 @@ def test_validators_accept_the_hospital_identity(rg1_uncr, tmp_path):
         # Only our declared private coding scheme (docs/results.md).
         assert [w for w in warnings if "<99CXRNODE>" not in w] == [], path.name
     exe = peers.find_program("dcentvfy")
-    out = subprocess.run([exe, str(source_path), str(files.sr_path), str(files.sc_path)],
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [exe, str(source_path), str(files.sr_path), str(files.sc_path)], capture_output=True, text=True, timeout=120
+    )
     lines = (out.stdout + out.stderr).splitlines()
     assert out.returncode == 0 and [line for line in lines if line.startswith("Error")] == [], "\n".join(lines)
     # dicom3tools files AccessionNumber and its issuer under different IEs for SR and SC; the values
     # agree (a different value would be an Error above).
-    quirk = ("Different information entities for attribute - Element=<AccessionNumber>",
-             "Different information entities for attribute - Element=<IssuerOfAccessionNumberSequence>")
-    assert [line for line in lines if line.startswith("Warning") and not any(q in line for q in quirk)] == [], "\n".join(lines)
+    quirk = (
+        "Different information entities for attribute - Element=<AccessionNumber>",
+        "Different information entities for attribute - Element=<IssuerOfAccessionNumberSequence>",
+    )
+    assert [line for line in lines if line.startswith("Warning") and not any(q in line for q in quirk)] == [], (
+        "\n".join(lines)
+    )
 
 
 class _Bundle:
@@ -121,12 +142,15 @@ class _Bundle:
         self.sha256 = {"A": "a" * 64, "B": "b" * 64}
 
 
-@pytest.mark.parametrize("version, trained, training, expected", [
-    ("3", True, {"created": "2026-11-20T09:14:03+00:00"}, "cxr-covid-moura2020 v3, trained 2026-11-20"),
-    ("v3", True, {"created": "2026-11-20T09:14:03+00:00"}, "cxr-covid-moura2020 v3, trained 2026-11-20"),
-    ("3", True, {}, "cxr-covid-moura2020 v3, training date not recorded"),
-    ("0", False, {}, "UNTRAINED MODEL - NOT FOR CLINICAL USE"),
-])
+@pytest.mark.parametrize(
+    "version, trained, training, expected",
+    [
+        ("3", True, {"created": "2026-11-20T09:14:03+00:00"}, "cxr-covid-moura2020 v3, trained 2026-11-20"),
+        ("v3", True, {"created": "2026-11-20T09:14:03+00:00"}, "cxr-covid-moura2020 v3, trained 2026-11-20"),
+        ("3", True, {}, "cxr-covid-moura2020 v3, training date not recorded"),
+        ("0", False, {}, "UNTRAINED MODEL - NOT FOR CLINICAL USE"),
+    ],
+)
 def test_model_in_a_radiologists_words(version, trained, training, expected):
     from cxr_node.results.identity import ModelIdentity
 

@@ -24,7 +24,9 @@ pytestmark = [pytest.mark.peers]
 
 
 def _send(orthanc, *paths):
-    outcomes = Sender("CXR_NODE").send_files(Destination(orthanc.aet, "127.0.0.1", orthanc.dicom_port), [str(p) for p in paths])
+    outcomes = Sender("CXR_NODE").send_files(
+        Destination(orthanc.aet, "127.0.0.1", orthanc.dicom_port), [str(p) for p in paths]
+    )
     assert all(status_ok(o.status) for o in outcomes), outcomes
     return outcomes
 
@@ -51,8 +53,14 @@ def test_orthanc_keeps_non_ascii_names(orthanc, rg1_uncr, tmp_path):
     name = "Núñez^José"
     for charset in ("ISO_IR 100", "ISO_IR 192"):
         study = pydicom.uid.generate_uid()
-        source = source_copy(rg1_uncr, SpecificCharacterSet=charset, PatientName=name, PatientID=f"NZ-{charset[-3:]}",
-                             StudyInstanceUID=study, SOPInstanceUID=pydicom.uid.generate_uid())
+        source = source_copy(
+            rg1_uncr,
+            SpecificCharacterSet=charset,
+            PatientName=name,
+            PatientID=f"NZ-{charset[-3:]}",
+            StudyInstanceUID=study,
+            SOPInstanceUID=pydicom.uid.generate_uid(),
+        )
         _, files = make_results(rg1_uncr, tmp_path / charset.replace(" ", "_"), "normal", source=source)
         _send(orthanc, files.sc_path, files.sr_path)
         found = orthanc.instances_in_study(study)
@@ -63,13 +71,15 @@ def test_orthanc_keeps_non_ascii_names(orthanc, rg1_uncr, tmp_path):
 def test_dcentvfy_source_sr_sc_consistent(rg1_uncr, tmp_path):
     exe = peers.find_program("dcentvfy")
     _, files = make_results(rg1_uncr, tmp_path, "pathological")
-    out = subprocess.run([exe, str(rg1_uncr), str(files.sr_path), str(files.sc_path)], capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [exe, str(rg1_uncr), str(files.sr_path), str(files.sc_path)], capture_output=True, text=True, timeout=120
+    )
     lines = (out.stdout + out.stderr).splitlines()
-    errors = [l for l in lines if l.startswith("Error")]
+    errors = [line for line in lines if line.startswith("Error")]
     assert out.returncode == 0 and errors == [], "\n".join(lines)
     # Justified in docs/results.md: dicom3tools files AccessionNumber under the Series IE
     # for some IODs and the Study IE for others; the values agree.
-    unexpected = [l for l in lines if l.startswith("Warning") and "<AccessionNumber>" not in l]
+    unexpected = [line for line in lines if line.startswith("Warning") and "<AccessionNumber>" not in line]
     assert unexpected == [], "\n".join(unexpected)
 
 
@@ -85,8 +95,11 @@ def orthanc_webviewer(tmp_path_factory):
 def test_web_viewer_shows_the_sc_as_drawn(orthanc_webviewer, rg1_uncr, tmp_path):
     source, files = make_results(rg1_uncr, tmp_path, "covid-disagree", model=UNTRAINED)
     _send(orthanc_webviewer, files.sc_path, files.sr_path)
-    (sc,) = [i for i in orthanc_webviewer.instances_in_study(source.StudyInstanceUID)
-             if i["Tags"]["SOPInstanceUID"] == files.sc_uid]
+    (sc,) = [
+        i
+        for i in orthanc_webviewer.instances_in_study(source.StudyInstanceUID)
+        if i["Tags"]["SOPInstanceUID"] == files.sc_uid
+    ]
     assert "web-viewer" in orthanc_webviewer.get_json("/plugins")
     series = orthanc_webviewer.get_json(f"/web-viewer/series/{sc['ParentSeries']}")
     assert series["Slices"] == [f"{sc['ID']}_0"]

@@ -73,8 +73,10 @@ def test_other_shapes_fit_the_column(shape, rg1_uncr):
     assert min(i1 - i0, j1 - j0) >= 0.1 * 1024 and rgb.shape[0] - i1 >= 0.05 * 1024
 
 
-@pytest.mark.parametrize("case, main, inset", [("pathological", "A", "B"), ("covid", "B", "A"),
-                                               ("covid-disagree", "B", "A"), ("normal", None, "A")])
+@pytest.mark.parametrize(
+    "case, main, inset",
+    [("pathological", "A", "B"), ("covid", "B", "A"), ("covid-disagree", "B", "A"), ("normal", None, "A")],
+)
 def test_the_map_that_explains_the_answer_is_over_the_radiograph(case, main, inset, rg1_uncr):
     grey, a, b = _grey_and_cams(rg1_uncr)
     rgb, layout = render(grey, a, b, _legend(case, TRAINED), "per-model", 1024)
@@ -84,7 +86,7 @@ def test_the_map_that_explains_the_answer_is_over_the_radiograph(case, main, ins
     rows = int(0.6 * big.shape[0])
     w = big.shape[1]
     # A's blob is at 30 % of the width, B's at 70 %: colour where the shown CAM is hot, grey elsewhere.
-    left, right = big[:rows, int(0.2 * w):int(0.4 * w)].mean(), big[:rows, int(0.6 * w):int(0.8 * w)].mean()
+    left, right = big[:rows, int(0.2 * w) : int(0.4 * w)].mean(), big[:rows, int(0.6 * w) : int(0.8 * w)].mean()
     if main == "A":
         assert left > 40 and right < 15, (left, right)
     elif main == "B":
@@ -93,7 +95,7 @@ def test_the_map_that_explains_the_answer_is_over_the_radiograph(case, main, ins
         assert big.max() < 10
     small = _crop(sat, layout.inset)
     sw = small.shape[1]
-    s_left, s_right = small[:, int(0.2 * sw):int(0.4 * sw)].mean(), small[:, int(0.6 * sw):int(0.8 * sw)].mean()
+    s_left, s_right = small[:, int(0.2 * sw) : int(0.4 * sw)].mean(), small[:, int(0.6 * sw) : int(0.8 * sw)].mean()
     assert (s_left > s_right) == (inset == "A"), (s_left, s_right)
 
 
@@ -102,7 +104,7 @@ def test_fused_shows_both_maps_over_the_radiograph(rg1_uncr):
     rgb, layout = render(grey, a, b, _legend("covid", TRAINED), "fused", 1024)
     big = _crop(_hsv(rgb)[..., 1].astype(float), layout.main)
     w = big.shape[1]
-    assert big[:, int(0.2 * w):int(0.4 * w)].mean() > 25 and big[:, int(0.6 * w):int(0.8 * w)].mean() > 25
+    assert big[:, int(0.2 * w) : int(0.4 * w)].mean() > 25 and big[:, int(0.6 * w) : int(0.8 * w)].mean() > 25
     assert layout.inset is None
 
 
@@ -118,7 +120,7 @@ def test_orientation_is_the_source_orientation(rg1_uncr):
         v = _crop(_hsv(rgb)[..., 2], box).astype(float)
         h, w = v.shape
         assert v[: h // 10, : w // 10].mean() > 200
-        assert v[: h // 10, -w // 10:].mean() < 20 and v[-h // 10:, : w // 10].mean() < 20
+        assert v[: h // 10, -w // 10 :].mean() < 20 and v[-h // 10 :, : w // 10].mean() < 20
 
 
 def test_radiograph_polarity_kept(rg1_uncr):
@@ -128,8 +130,8 @@ def test_radiograph_polarity_kept(rg1_uncr):
     rgb, layout = render(grey, zero, zero, _legend("normal", TRAINED), "per-model", 1024)
     v = _crop(_hsv(rgb)[..., 2], layout.main).astype(float)
     rows, cols = v.shape
-    lung = v[int(0.35 * rows):int(0.6 * rows), int(0.2 * cols):int(0.35 * cols)].mean()
-    spine = v[int(0.35 * rows):int(0.6 * rows), int(0.47 * cols):int(0.53 * cols)].mean()
+    lung = v[int(0.35 * rows) : int(0.6 * rows), int(0.2 * cols) : int(0.35 * cols)].mean()
+    spine = v[int(0.35 * rows) : int(0.6 * rows), int(0.47 * cols) : int(0.53 * cols)].mean()
     assert spine > lung + 30, (spine, lung)
 
 
@@ -160,9 +162,16 @@ def test_untrained_warning_is_burned_in_red_in_the_findings_box(rg1_uncr):
     assert _red(trained)[text].sum() == 0
 
 
-@pytest.mark.parametrize("case, panels, max_side", [("covid-disagree", "per-model", 1024), ("normal", "per-model", 1024),
-                                                    ("covid", "fused", 1024), ("pathological", "per-model", 600),
-                                                    ("covid-disagree", "fused", 512)])
+@pytest.mark.parametrize(
+    "case, panels, max_side",
+    [
+        ("covid-disagree", "per-model", 1024),
+        ("normal", "per-model", 1024),
+        ("covid", "fused", 1024),
+        ("pathological", "per-model", 600),
+        ("covid-disagree", "fused", 512),
+    ],
+)
 def test_text_stays_off_the_edges(case, panels, max_side, rg1_uncr):
     """Viewers draw their overlays in the corners and along the edges: ours keep clear of them."""
     grey, a, b = _grey_and_cams(rg1_uncr)
@@ -184,8 +193,12 @@ def test_text_stays_off_the_edges(case, panels, max_side, rg1_uncr):
 
 def test_findings_in_clinical_words(rg1_uncr):
     model = replace(TRAINED, thresholds=(0.5, 0.42))
-    lines = [t for t, _, _ in findings_lines(_legend("covid", model, "DX series 7, instance 3, view AP",
-                                                     notes=["patient age not stated"]), "B")]
+    lines = [
+        t
+        for t, _, _ in findings_lines(
+            _legend("covid", model, "DX series 7, instance 3, view AP", notes=["patient age not stated"]), "B"
+        )
+    ]
     assert lines[:2] == ["AI overall class", "COVID-19"]  # the answer first
     assert "P(abnormal) 90.1 % (model A, threshold 50 %)" in lines
     assert "P(COVID-19) 77.9 % (model B, threshold 42 %)" in lines
@@ -230,8 +243,10 @@ def test_sc_attributes(rg1_uncr, tmp_path):
     assert sc.SourceImageSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
     assert sc.SourceImageSequence[0].ReferencedSOPClassUID == source.SOPClassUID
     assert "Grad-CAM" in sc.DerivationDescription and "UNTRAINED" in sc.DerivationDescription
-    assert ("class activation map of model B (COVID-19) over the radiograph, model A (abnormal) as an inset"
-            in sc.DerivationDescription)
+    assert (
+        "class activation map of model B (COVID-19) over the radiograph, model A (abnormal) as an inset"
+        in sc.DerivationDescription
+    )
     assert "CR series 1, instance 1, view PA" in sc.DerivationDescription
     assert sc.SeriesDescription == "AI map UNTRAINED: COVID-19, not for diagnosis"
     assert sc.StudyDescription == source.StudyDescription
@@ -272,7 +287,9 @@ def test_real_untrained_bundle_end_to_end(rg1_uncr, tmp_path):
     analyzer = Analyzer(untrained_bundle(input_size=64), device="cpu")
     (analysis,) = analyzer.analyse([grey])
     assert analysis.cam_a.shape == grey.shape
-    files = write_results(ds, grey, analysis, tmp_path, NodeIdentity("CXR_NODE"), ModelIdentity.from_bundle(analyzer.bundle))
+    files = write_results(
+        ds, grey, analysis, tmp_path, NodeIdentity("CXR_NODE"), ModelIdentity.from_bundle(analyzer.bundle)
+    )
     for path in (files.sr_path, files.sc_path):
         assert peers.dciodvfy(path)[0] == []
     assert isinstance(analysis.result.label, JointClass)

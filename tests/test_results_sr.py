@@ -73,8 +73,10 @@ def read_back(path):
         "class": joint.finding_type,
         "p_abnormal": probability(a, P_ABNORMAL),
         "p_covid": probability(b, P_COVID),
-        "presence": {k: {e.name.meaning: e.value.meaning for e in g.get_qualitative_evaluations()}
-                     for k, g in ((TRACKING_A, a), (TRACKING_B, b))},
+        "presence": {
+            k: {e.name.meaning: e.value.meaning for e in g.get_qualitative_evaluations()}
+            for k, g in ((TRACKING_A, a), (TRACKING_B, b))
+        },
         "version": algorithm(a)["Algorithm Version"][0],
         "algorithms": {k: algorithm(g) for k, g in groups.items()},
         "sources": {k: [s.referenced_sop_instance_uid for s in g.source_images] for k, g in groups.items()},
@@ -110,8 +112,17 @@ def test_sr_header_and_document_flags(rg1_uncr, tmp_path):
     assert sr.StudyInstanceUID == source.StudyInstanceUID
     assert sr.SeriesInstanceUID not in (source.SeriesInstanceUID, files.sc_uid)
     assert sr.SeriesDescription == "AI UNTRAINED: COVID-19, not for diagnosis"  # the answer, where PACS list series
-    for keyword in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "AccessionNumber", "StudyID",
-                    "StudyDate", "StudyTime", "StudyDescription"):
+    for keyword in (
+        "PatientName",
+        "PatientID",
+        "PatientBirthDate",
+        "PatientSex",
+        "AccessionNumber",
+        "StudyID",
+        "StudyDate",
+        "StudyTime",
+        "StudyDescription",
+    ):
         assert sr[keyword].value == source[keyword].value, keyword
     # Observer device (TID 1004) and procedure reported.
     observer = {i.ConceptNameCodeSequence[0].CodeMeaning: i for i in sr.ContentSequence}
@@ -123,7 +134,9 @@ def test_sr_header_and_document_flags(rg1_uncr, tmp_path):
     # Private scheme declared.
     assert sr.CodingSchemeIdentificationSequence[0].CodingSchemeDesignator == PRIVATE_SCHEME
     # The model bundle as contributing equipment (after the source's acquisition equipment).
-    contributing = [e for e in sr.ContributingEquipmentSequence if e.PurposeOfReferenceCodeSequence[0].CodeValue == "109102"]
+    contributing = [
+        e for e in sr.ContributingEquipmentSequence if e.PurposeOfReferenceCodeSequence[0].CodeValue == "109102"
+    ]
     assert contributing and UNTRAINED.name in contributing[0].ManufacturerModelName
     # Untrained: flagged in the content and in every algorithm identification.
     got = read_back(files.sr_path)
@@ -132,8 +145,12 @@ def test_sr_header_and_document_flags(rg1_uncr, tmp_path):
     for algorithm in got["algorithms"].values():
         assert any("UNTRAINED" in p for p in algorithm["Algorithm Parameters"])
     # SC listed as evidence, as PS3.3 requires for every referenced instance.
-    evidence = {i.ReferencedSOPInstanceUID for s in sr.CurrentRequestedProcedureEvidenceSequence
-                for se in s.ReferencedSeriesSequence for i in se.ReferencedSOPSequence}
+    evidence = {
+        i.ReferencedSOPInstanceUID
+        for s in sr.CurrentRequestedProcedureEvidenceSequence
+        for se in s.ReferencedSeriesSequence
+        for i in se.ReferencedSOPSequence
+    }
     assert evidence == {source.SOPInstanceUID, files.sc_uid}
 
 
@@ -161,7 +178,9 @@ def test_image_library_only_with_orientation_and_spacing(rg1_uncr, tmp_path):
 
 
 @pytest.mark.peers  # dciodvfy / dsr2html
-@pytest.mark.parametrize("charset, encoded", [("ISO_IR 192", NAME.encode("utf-8")), ("ISO_IR 100", NAME.encode("latin-1"))])
+@pytest.mark.parametrize(
+    "charset, encoded", [("ISO_IR 192", NAME.encode("utf-8")), ("ISO_IR 100", NAME.encode("latin-1"))]
+)
 def test_non_ascii_patient_name(charset, encoded, rg1_uncr, tmp_path):
     source = source_copy(rg1_uncr, SpecificCharacterSet=charset, PatientName=NAME)
     _, files = make_results(rg1_uncr, tmp_path, "pathological", source=source)
@@ -202,8 +221,15 @@ def test_comprehensive_sr_fallback_has_the_same_content(rg1_uncr, tmp_path):
     sc = pydicom.dcmread(files.sc_path, stop_before_pixels=True)
     from cxr_node.results.identity import ResultUIDs
 
-    built = build_structured_report(source, CASES["covid"], ResultUIDs.for_source(source.SOPInstanceUID, TRAINED),
-                                    NODE, TRAINED, sc=sc, fallback=True)
+    built = build_structured_report(
+        source,
+        CASES["covid"],
+        ResultUIDs.for_source(source.SOPInstanceUID, TRAINED),
+        NODE,
+        TRAINED,
+        sc=sc,
+        fallback=True,
+    )
     assert isinstance(built, hd.sr.ComprehensiveSR)
     assert built.SOPInstanceUID == fallback.SOPInstanceUID
     path = tmp_path / "fb.dcm"

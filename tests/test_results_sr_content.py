@@ -48,7 +48,11 @@ from tests.test_results_support import (
     source_copy,
 )
 
-CLASS_WORDS = {JointClass.NORMAL: "Normal", JointClass.PATHOLOGICAL: "Pathological (non-COVID-19)", JointClass.COVID: "COVID-19"}
+CLASS_WORDS = {
+    JointClass.NORMAL: "Normal",
+    JointClass.PATHOLOGICAL: "Pathological (non-COVID-19)",
+    JointClass.COVID: "COVID-19",
+}
 
 
 def _name(item: Dataset) -> tuple[str, str]:
@@ -138,19 +142,26 @@ def _view_code(meaning: str) -> list[Dataset]:
     return [item]
 
 
-@pytest.mark.parametrize("changes, expected", [
-    ({"ViewPosition": "AP", "SeriesNumber": 7, "InstanceNumber": 3}, "CR series 7, instance 3, view AP"),
-    ({"ViewPosition": "", "SeriesNumber": 2, "InstanceNumber": 1}, "CR series 2, instance 1, view not stated"),
-    ({"ViewPosition": "", "ViewCodeSequence": _view_code("antero-posterior")},
-     "CR series 1, instance 1, view antero-posterior"),
-])
+@pytest.mark.parametrize(
+    "changes, expected",
+    [
+        ({"ViewPosition": "AP", "SeriesNumber": 7, "InstanceNumber": 3}, "CR series 7, instance 3, view AP"),
+        ({"ViewPosition": "", "SeriesNumber": 2, "InstanceNumber": 1}, "CR series 2, instance 1, view not stated"),
+        (
+            {"ViewPosition": "", "ViewCodeSequence": _view_code("antero-posterior")},
+            "CR series 1, instance 1, view antero-posterior",
+        ),
+    ],
+)
 def test_report_names_the_analysed_image_and_its_view(changes, expected, rg1_uncr, tmp_path):
     source = source_copy(rg1_uncr, **changes)
     _, files = make_results(rg1_uncr, tmp_path, "covid", model=TRAINED, source=source)
     summary = _groups(pydicom.dcmread(files.sr_path))[0]
     assert _text_of(summary, ANALYSED_IMAGE) == expected
     # ...and references that very image.
-    refs = [i.ReferencedSOPSequence[0].ReferencedSOPInstanceUID for i in summary.ContentSequence if i.ValueType == "IMAGE"]
+    refs = [
+        i.ReferencedSOPSequence[0].ReferencedSOPInstanceUID for i in summary.ContentSequence if i.ValueType == "IMAGE"
+    ]
     assert source.SOPInstanceUID in refs
     assert expected in pydicom.dcmread(files.sc_path).DerivationDescription
 
@@ -166,9 +177,13 @@ def _rendered_text(path) -> str:
 def test_dsr2html_shows_the_answer_before_the_model_details(rg1_uncr, tmp_path):
     _, files = make_results(rg1_uncr, tmp_path, "covid-disagree", model=UNTRAINED)
     text = _rendered_text(files.sr_path)
-    statements = ("AI overall class: COVID-19", f"AI model: {UNTRAINED_MODEL_TEXT}",
-                  "Analysed image: CR series 1, instance 1, view PA",
-                  f"Intended use: {UNTRAINED_MODEL_TEXT}; {NOT_FOR_DIAGNOSIS}", "Illustration of ROI: SC image")
+    statements = (
+        "AI overall class: COVID-19",
+        f"AI model: {UNTRAINED_MODEL_TEXT}",
+        "Analysed image: CR series 1, instance 1, view PA",
+        f"Intended use: {UNTRAINED_MODEL_TEXT}; {NOT_FOR_DIAGNOSIS}",
+        "Illustration of ROI: SC image",
+    )
     first = {s: text.find(s) for s in (*statements, TRACKING_A, TRACKING_B)}
     assert all(pos >= 0 for pos in first.values()), first
     for statement in statements:
@@ -195,8 +210,12 @@ def _image_refs(items) -> list[str]:
 
 
 def _evidence(sr) -> set[str]:
-    return {i.ReferencedSOPInstanceUID for s in sr.CurrentRequestedProcedureEvidenceSequence
-            for se in s.ReferencedSeriesSequence for i in se.ReferencedSOPSequence}
+    return {
+        i.ReferencedSOPInstanceUID
+        for s in sr.CurrentRequestedProcedureEvidenceSequence
+        for se in s.ReferencedSeriesSequence
+        for i in se.ReferencedSOPSequence
+    }
 
 
 @pytest.mark.peers  # dciodvfy / dsr2html
@@ -218,8 +237,9 @@ def test_without_illustration_drops_the_sc_and_says_so(rg1_uncr, tmp_path):
     # The written report is untouched.
     assert files.sc_uid in _image_refs(full.ContentSequence)
     # Built directly, without an SC: the same content and UID.
-    built = build_structured_report(source, CASES["pathological"], ResultUIDs.for_source(source.SOPInstanceUID, TRAINED),
-                                    NODE, TRAINED, sc=None)
+    built = build_structured_report(
+        source, CASES["pathological"], ResultUIDs.for_source(source.SOPInstanceUID, TRAINED), NODE, TRAINED, sc=None
+    )
     assert built.SOPInstanceUID == bare.SOPInstanceUID and built.InstanceNumber == bare.InstanceNumber
     assert built.ContentSequence == bare.ContentSequence
     # A PACS without 3D SR: convert after leaving the illustration out.
@@ -255,7 +275,12 @@ def test_pixelmed_accepts_the_report_without_illustration(rg1_uncr, tmp_path):
 
 def test_notes_reach_the_sr_and_the_sc(rg1_uncr, tmp_path):
     """The node's notes on how it read the image: a Comment each in the overall result, and in the SC."""
-    notes = ["window: node's robust window (WindowWidth 0 ignored)", "patient age not stated", "  ", "patient age not stated"]
+    notes = [
+        "window: node's robust window (WindowWidth 0 ignored)",
+        "patient age not stated",
+        "  ",
+        "patient age not stated",
+    ]
     _, files = make_results(rg1_uncr, tmp_path, "normal", model=TRAINED, notes=notes)
     summary = _groups(pydicom.dcmread(files.sr_path))[0]
     assert [i.TextValue for i in _items(summary, NOTE)] == notes[:2]  # blanks and repeats dropped, order kept

@@ -96,7 +96,10 @@ def pixelmed_sr_validate(*paths: Path) -> dict[str, list[str]]:
     # Reports come in file order, each opening with "Found <IOD> IOD".
     chunks = re.split(r"(?m)^(?=Found \S+ IOD)", text)
     chunks = [c for c in chunks if c.startswith("Found ")]
-    return {str(p): [l for l in c.splitlines() if l.startswith(("Error", "Warning"))] for p, c in zip(paths, chunks)}
+    return {
+        str(p): [line for line in c.splitlines() if line.startswith(("Error", "Warning"))]
+        for p, c in zip(paths, chunks, strict=False)
+    }
 
 
 # PixelMed 20220618's TID 1501 has no rows for a group's qualitative evaluations (only TID 300
@@ -106,8 +109,8 @@ def pixelmed_sr_validate(*paths: Path) -> dict[str, list[str]]:
 _GROUP_EXTENSION = re.compile(
     r'^Warning: [\d.]+: /CONTAINER \(126000,DCM,"Imaging Measurement Report"\)/CONTAINER \(126010,DCM,'
     r'"Imaging Measurements"\)/CONTAINER \(125007,DCM,"Measurement Group"\)/'
-    r'(CODE \((CXR\d+,99CXRNODE|263654008,SCT|840539006,SCT),|TEXT \((CXR\d+,99CXRNODE|121106,DCM),)'
-    r'.*: Content Item not in template$'
+    r"(CODE \((CXR\d+,99CXRNODE|263654008,SCT|840539006,SCT),|TEXT \((CXR\d+,99CXRNODE|121106,DCM),)"
+    r".*: Content Item not in template$"
 )
 
 

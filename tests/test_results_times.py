@@ -12,10 +12,10 @@ from zoneinfo import ZoneInfo
 import pydicom
 import pytest
 
-from cxr_node.decoding.pool import Decoded
 from cxr_node.analysis.engine import Analysis
 from cxr_node.config import ConfigError, parse_config
 from cxr_node.decoding.pixels import dataset_to_float
+from cxr_node.decoding.pool import Decoded
 from cxr_node.processing import process_batch
 from cxr_node.results.sr import NOTE
 from cxr_node.results.times import format_offset, parse_offset, result_time
@@ -194,6 +194,8 @@ def test_the_node_zone_is_config_data():
 class _Analyser:
     """Stands in for the models: the test is about where the result's times come from."""
 
+    domain_note = "out-of-domain check off (stand-in models)"
+
     def analyse(self, images):
         return [Analysis(CASES["normal"], blob(g.shape, 0.45, 0.3), blob(g.shape, 0.55, 0.7)) for g in images]
 
@@ -204,8 +206,16 @@ def test_process_batch_writes_in_the_configured_zone(rg1_uncr, tmp_path):
     path = tmp_path / "source.dcm"
     source.save_as(path, enforce_file_format=True)
     decoded = [Decoded(str(path), dataset_to_float(source), 0.01)]
-    (outcome,) = process_batch([path], _Analyser(), NODE, TRAINED, lambda i, h: tmp_path / "out", None,
-                               decoded=decoded, zone=ZoneInfo("Asia/Kathmandu"))  # +0545 all year
+    (outcome,) = process_batch(
+        [path],
+        _Analyser(),
+        NODE,
+        TRAINED,
+        lambda i, h: tmp_path / "out",
+        None,
+        decoded=decoded,
+        zone=ZoneInfo("Asia/Kathmandu"),
+    )  # +0545 all year
     assert outcome.ok, outcome.error
     for result in (outcome.files.sr_path, outcome.files.sc_path):
         assert pydicom.dcmread(result).TimezoneOffsetFromUTC == "+0545"

@@ -23,38 +23,44 @@ DX_PROCESSING = "1.2.840.10008.5.1.4.1.1.1.1.1"
 
 
 def header(**attrs) -> Dataset:
-    ds = make_radiograph(np.zeros((4, 4)), **{k: v for k, v in attrs.items() if k != "sop_class"},
-                         sop_class=attrs.get("sop_class", "1.2.840.10008.5.1.4.1.1.1"))
+    ds = make_radiograph(
+        np.zeros((4, 4)),
+        **{k: v for k, v in attrs.items() if k != "sop_class"},
+        sop_class=attrs.get("sop_class", "1.2.840.10008.5.1.4.1.1.1"),
+    )
     for key in [k for k, v in attrs.items() if v is None]:
         del ds[key]
     return ds
 
 
-@pytest.mark.parametrize("attrs,action,rule", [
-    ({"ViewPosition": "AP"}, "analyse", "default"),
-    ({"ViewPosition": "PA", "sop_class": DX_PRESENTATION}, "analyse", "default"),
-    ({"ViewPosition": "", "BodyPartExamined": ""}, "analyse", "default"),  # mobile units often leave them empty
-    ({"ViewPosition": None, "BodyPartExamined": None}, "analyse", "default"),
-    ({"ViewPosition": "LL"}, "skip", "lateral-view"),
-    ({"ViewPosition": "lateral "}, "skip", "lateral-view"),  # case and spaces ignored
-    ({"ViewPosition": "RLO"}, "skip", "oblique-view"),
-    ({"BodyPartExamined": "ABDOMEN"}, "skip", "not-chest"),
-    ({"BodyPartExamined": "TORAX"}, "analyse", "default"),  # issue 20: was skipped as not-chest
-    ({"BodyPartExamined": "XYZZY"}, "skip", "not-chest"),  # a coded value no table knows: not taken for the chest
-    ({"BodyPartExamined": "thorax"}, "analyse", "default"),
-    ({"sop_class": DX_PROCESSING, "ViewPosition": "AP"}, "skip", "for-processing-class"),
-    ({"PresentationIntentType": "FOR PROCESSING"}, "skip", "for-processing-intent"),
-    ({"ImageType": ["DERIVED", "SECONDARY"]}, "skip", "secondary-image"),
-    ({"ImageType": ["DERIVED", "PRIMARY"]}, "analyse", "default"),
-    ({"PatientAge": "017Y"}, "skip", "paediatric"),
-    ({"PatientAge": "006M"}, "skip", "paediatric"),
-    ({"PatientAge": "018Y"}, "analyse", "default"),
-    ({"PatientAge": "garbage"}, "analyse", "default"),
-    ({"Manufacturer": "Acme"}, "analyse", "default"),  # the allow-list is not a built-in rule
-    ({"PatientAge": "17Y"}, "skip", "paediatric"),  # forms seen in practice
-    ({"PatientAge": "017"}, "skip", "paediatric"),
-    ({"PatientAge": None, "PatientBirthDate": "20100101"}, "skip", "paediatric"),  # StudyDate 20260101: 16
-])
+@pytest.mark.parametrize(
+    "attrs,action,rule",
+    [
+        ({"ViewPosition": "AP"}, "analyse", "default"),
+        ({"ViewPosition": "PA", "sop_class": DX_PRESENTATION}, "analyse", "default"),
+        ({"ViewPosition": "", "BodyPartExamined": ""}, "analyse", "default"),  # mobile units often leave them empty
+        ({"ViewPosition": None, "BodyPartExamined": None}, "analyse", "default"),
+        ({"ViewPosition": "LL"}, "skip", "lateral-view"),
+        ({"ViewPosition": "lateral "}, "skip", "lateral-view"),  # case and spaces ignored
+        ({"ViewPosition": "RLO"}, "skip", "oblique-view"),
+        ({"BodyPartExamined": "ABDOMEN"}, "skip", "not-chest"),
+        ({"BodyPartExamined": "TORAX"}, "analyse", "default"),  # issue 20: was skipped as not-chest
+        ({"BodyPartExamined": "XYZZY"}, "skip", "not-chest"),  # a coded value no table knows: not taken for the chest
+        ({"BodyPartExamined": "thorax"}, "analyse", "default"),
+        ({"sop_class": DX_PROCESSING, "ViewPosition": "AP"}, "skip", "for-processing-class"),
+        ({"PresentationIntentType": "FOR PROCESSING"}, "skip", "for-processing-intent"),
+        ({"ImageType": ["DERIVED", "SECONDARY"]}, "skip", "secondary-image"),
+        ({"ImageType": ["DERIVED", "PRIMARY"]}, "analyse", "default"),
+        ({"PatientAge": "017Y"}, "skip", "paediatric"),
+        ({"PatientAge": "006M"}, "skip", "paediatric"),
+        ({"PatientAge": "018Y"}, "analyse", "default"),
+        ({"PatientAge": "garbage"}, "analyse", "default"),
+        ({"Manufacturer": "Acme"}, "analyse", "default"),  # the allow-list is not a built-in rule
+        ({"PatientAge": "17Y"}, "skip", "paediatric"),  # forms seen in practice
+        ({"PatientAge": "017"}, "skip", "paediatric"),
+        ({"PatientAge": None, "PatientBirthDate": "20100101"}, "skip", "paediatric"),  # StudyDate 20260101: 16
+    ],
+)
 def test_default_rules(attrs, action, rule):
     decision = DEFAULT_SELECTION.decide(header(**attrs))
     assert (decision.action, decision.rule) == (action, rule), decision.reason
@@ -94,7 +100,12 @@ def test_allow_list_is_one_line_to_switch_on(tmp_path):
     block = text.split('name = "manufacturer-not-allowed"')[1]
     assert "enabled = false" in block.split("[[")[0]
     cfg = tmp_path / "node.toml"
-    cfg.write_text(text.replace('enabled = false\nreason = "the modality\'s manufacturer', 'enabled = true\nreason = "the modality\'s manufacturer'))
+    cfg.write_text(
+        text.replace(
+            "enabled = false\nreason = \"the modality's manufacturer",
+            "enabled = true\nreason = \"the modality's manufacturer",
+        )
+    )
     selection = load_config(cfg).selection
     assert selection.decide(header(Manufacturer="Acme Imaging")).rule == "manufacturer-not-allowed"
     assert selection.decide(header(Manufacturer="Agfa")).rule == "default"
@@ -102,10 +113,19 @@ def test_allow_list_is_one_line_to_switch_on(tmp_path):
 
 
 def test_site_rules_run_before_the_defaults_and_first_match_wins():
-    sel = parse_selection({"default": "skip", "rules": [
-        {"name": "ap-only", "action": "analyse", "when": {"ViewPosition": {"equals": "AP"}}},
-        {"name": "agfa", "action": "analyse", "when": {"Manufacturer": {"matches": "agfa"}, "ViewPosition": {"absent": True}}},
-    ]})
+    sel = parse_selection(
+        {
+            "default": "skip",
+            "rules": [
+                {"name": "ap-only", "action": "analyse", "when": {"ViewPosition": {"equals": "AP"}}},
+                {
+                    "name": "agfa",
+                    "action": "analyse",
+                    "when": {"Manufacturer": {"matches": "agfa"}, "ViewPosition": {"absent": True}},
+                },
+            ],
+        }
+    )
     assert sel.decide(header(ViewPosition="AP")).rule == "ap-only"
     assert sel.decide(header(ViewPosition=None, Manufacturer="AGFA HealthCare")).rule == "agfa"
     assert sel.decide(header(ViewPosition="PA", Manufacturer="Agfa")).action == "skip"  # default
@@ -115,18 +135,27 @@ def test_site_rules_run_before_the_defaults_and_first_match_wins():
 
 
 def test_defaults_false_leaves_only_the_site_rules():
-    sel = parse_selection({"defaults": False, "rules": [
-        {"name": "ap-only", "action": "skip", "when": {"ViewPosition": {"not_one_of": ["AP"]}}},
-    ]})
+    sel = parse_selection(
+        {
+            "defaults": False,
+            "rules": [
+                {"name": "ap-only", "action": "skip", "when": {"ViewPosition": {"not_one_of": ["AP"]}}},
+            ],
+        }
+    )
     assert [r.name for r in sel.rules] == ["ap-only"]
     assert sel.decide(header(sop_class=DX_PROCESSING, ViewPosition="AP")).rule == "default"
 
 
 def test_a_site_rule_replaces_or_switches_off_a_builtin_rule_by_name():
-    sel = parse_selection({"rules": [
-        {"name": "paediatric", "action": "skip", "when": {"age": {"age_below": 16}}},
-        {"name": "secondary-image", "enabled": False},
-    ]})
+    sel = parse_selection(
+        {
+            "rules": [
+                {"name": "paediatric", "action": "skip", "when": {"age": {"age_below": 16}}},
+                {"name": "secondary-image", "enabled": False},
+            ]
+        }
+    )
     names = [r.name for r in sel.rules]
     assert names.count("paediatric") == 1 and names.count("secondary-image") == 1
     assert sel.decide(header(PatientAge="017Y")).rule == "default"
@@ -135,24 +164,45 @@ def test_a_site_rule_replaces_or_switches_off_a_builtin_rule_by_name():
     assert all(r.replaces_builtin for r in sel.rules[:2])
 
 
-@pytest.mark.parametrize("rules,key", [
-    ([{"name": "a", "action": "skip", "when": {"ViewPosition": {"equal": "LL"}}}],
-     'selection.rules[0].when.ViewPosition: unknown operator "equal"'),
-    ([{"name": "a", "action": "skip", "when": {"ViewPositon": {"equals": "LL"}}}],
-     "selection.rules[0].when.ViewPositon: unknown DICOM attribute keyword"),
-    ([{"name": "a", "action": "skip", "when": {"PatientName.CodeMeaning": {"equals": "x"}}}],
-     "selection.rules[0].when.PatientName.CodeMeaning: PatientName is not a sequence"),
-    ([{"name": "a", "action": "ignore", "when": {"ViewPosition": {"equals": "LL"}}}], "selection.rules[0].action"),
-    ([{"name": "a", "action": "skip", "when": {"ViewPosition": {"matches": "(["}}}],
-     "selection.rules[0].when.ViewPosition.matches: not a valid regular expression"),
-    ([{"name": "a", "action": "skip", "when": {"PatientAge": {"age_below": "18"}}}],
-     "selection.rules[0].when.PatientAge.age_below"),
-    ([{"name": "a", "action": "skip", "when": {}}], "selection.rules[0].when"),
-    ([{"name": "a", "action": "skip", "when": {"ViewPosition": {"equals": "LL"}}},
-      {"name": "a", "action": "skip", "when": {"ViewPosition": {"equals": "RL"}}}], "selection.rules[1].name"),
-    ([{"action": "skip", "when": {"ViewPosition": {"equals": "LL"}}}], "selection.rules[0].name"),
-    ([{"name": "a", "action": "skip", "when": {"ViewPosition": {"equals": "LL"}}, "colour": 1}], "selection.rules[0].colour"),
-])
+@pytest.mark.parametrize(
+    "rules,key",
+    [
+        (
+            [{"name": "a", "action": "skip", "when": {"ViewPosition": {"equal": "LL"}}}],
+            'selection.rules[0].when.ViewPosition: unknown operator "equal"',
+        ),
+        (
+            [{"name": "a", "action": "skip", "when": {"ViewPositon": {"equals": "LL"}}}],
+            "selection.rules[0].when.ViewPositon: unknown DICOM attribute keyword",
+        ),
+        (
+            [{"name": "a", "action": "skip", "when": {"PatientName.CodeMeaning": {"equals": "x"}}}],
+            "selection.rules[0].when.PatientName.CodeMeaning: PatientName is not a sequence",
+        ),
+        ([{"name": "a", "action": "ignore", "when": {"ViewPosition": {"equals": "LL"}}}], "selection.rules[0].action"),
+        (
+            [{"name": "a", "action": "skip", "when": {"ViewPosition": {"matches": "(["}}}],
+            "selection.rules[0].when.ViewPosition.matches: not a valid regular expression",
+        ),
+        (
+            [{"name": "a", "action": "skip", "when": {"PatientAge": {"age_below": "18"}}}],
+            "selection.rules[0].when.PatientAge.age_below",
+        ),
+        ([{"name": "a", "action": "skip", "when": {}}], "selection.rules[0].when"),
+        (
+            [
+                {"name": "a", "action": "skip", "when": {"ViewPosition": {"equals": "LL"}}},
+                {"name": "a", "action": "skip", "when": {"ViewPosition": {"equals": "RL"}}},
+            ],
+            "selection.rules[1].name",
+        ),
+        ([{"action": "skip", "when": {"ViewPosition": {"equals": "LL"}}}], "selection.rules[0].name"),
+        (
+            [{"name": "a", "action": "skip", "when": {"ViewPosition": {"equals": "LL"}}, "colour": 1}],
+            "selection.rules[0].colour",
+        ),
+    ],
+)
 def test_config_errors_name_the_rule_and_key(rules, key):
     with pytest.raises(ConfigError) as info:
         parse_config({"selection": {"rules": rules}})
@@ -170,25 +220,45 @@ def test_rules_test_and_show_commands(tmp_path):
     (tmp_path / "dir").mkdir()
     ap.save_as(tmp_path / "dir" / "ap.dcm", enforce_file_format=True)
 
-    out = subprocess.run([*CLI, "rules", "test", str(tmp_path / "lateral.dcm"), str(tmp_path / "dir"), "--json"],
-                         capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    out = subprocess.run(
+        [*CLI, "rules", "test", str(tmp_path / "lateral.dcm"), str(tmp_path / "dir"), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
     assert out.returncode == 0, out.stderr
     got = [json.loads(line) for line in out.stdout.splitlines()]
     assert got[0]["config"].startswith("config: none (no --config given") and "built-in defaults" in got[0]["config"]
     assert [(g["action"], g["rule"]) for g in got] == [("skip", "lateral-view"), ("analyse", "default")]
     held = [c for c in got[0]["checks"] if c["held"]]
-    assert held == [{"rule": "lateral-view", "attribute": "view", "operator": "equals",
-                     "expected": "lateral", "actual": "lateral", "held": True, "from": "ViewPosition 'LL'"}]
+    assert held == [
+        {
+            "rule": "lateral-view",
+            "attribute": "view",
+            "operator": "equals",
+            "expected": "lateral",
+            "actual": "lateral",
+            "held": True,
+            "from": "ViewPosition 'LL'",
+        }
+    ]
 
-    text = subprocess.run([*CLI, "rules", "test", str(tmp_path / "lateral.dcm")], capture_output=True, text=True,
-                          timeout=120, cwd=tmp_path)
+    text = subprocess.run(
+        [*CLI, "rules", "test", str(tmp_path / "lateral.dcm")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
     assert text.returncode == 0 and "SKIP by rule lateral-view" in text.stdout, text.stdout
     assert "from ViewPosition 'LL'" in text.stdout and "built-in defaults" in text.stdout.splitlines()[0]
 
     words = header(ViewPosition=None, BodyPartExamined="TORAX", SeriesDescription="Thorax lat")
     words.save_as(tmp_path / "words.dcm", enforce_file_format=True)
-    text = subprocess.run([*CLI, "rules", "test", str(tmp_path / "words.dcm")], capture_output=True, text=True,
-                          timeout=120, cwd=tmp_path)
+    text = subprocess.run(
+        [*CLI, "rules", "test", str(tmp_path / "words.dcm")], capture_output=True, text=True, timeout=120, cwd=tmp_path
+    )
     assert "SKIP by rule lateral-view" in text.stdout, text.stdout
     facts = {line.split()[0]: line for line in text.stdout.splitlines()[2:5]}
     assert "lateral" in facts["view"] and "SeriesDescription 'Thorax lat'" in facts["view"]  # which attribute decided
@@ -196,8 +266,9 @@ def test_rules_test_and_show_commands(tmp_path):
     assert "PatientBirthDate 19700101 and StudyDate 20260101" in facts["age"]
 
     (tmp_path / "junk.dcm").write_bytes(b"not dicom")
-    bad = subprocess.run([*CLI, "rules", "test", str(tmp_path / "junk.dcm")], capture_output=True, text=True,
-                         timeout=120, cwd=tmp_path)
+    bad = subprocess.run(
+        [*CLI, "rules", "test", str(tmp_path / "junk.dcm")], capture_output=True, text=True, timeout=120, cwd=tmp_path
+    )
     assert bad.returncode == 1 and "junk.dcm" in bad.stderr
 
     show = subprocess.run([*CLI, "rules", "show"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
@@ -206,9 +277,11 @@ def test_rules_test_and_show_commands(tmp_path):
     assert "age-not-stated" in show.stdout and "(disabled)" in show.stdout
     assert "view read from: ViewPosition, ViewCodeSequence; then SeriesDescription" in show.stdout
 
-    (tmp_path / "site.toml").write_text('[[selection.rules]]\nname = "x"\naction = "skip"\n'
-                                        'when = { Manufacturer = { equals = "Acme" } }\n')
-    show = subprocess.run([*CLI, "rules", "show", "--config", "site.toml"], capture_output=True, text=True,
-                          timeout=120, cwd=tmp_path)
+    (tmp_path / "site.toml").write_text(
+        '[[selection.rules]]\nname = "x"\naction = "skip"\nwhen = { Manufacturer = { equals = "Acme" } }\n'
+    )
+    show = subprocess.run(
+        [*CLI, "rules", "show", "--config", "site.toml"], capture_output=True, text=True, timeout=120, cwd=tmp_path
+    )
     assert show.returncode == 0 and show.stdout.splitlines()[0].startswith("config: site.toml; 1 site rule(s), then")
     assert "1. x: skip when Manufacturer equals Acme   [site]" in show.stdout

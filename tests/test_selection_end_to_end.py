@@ -47,26 +47,47 @@ CASES = {
     "repeat": (CR, {"ViewPosition": "AP", "InstanceNumber": 2}, "default"),
     "lateral": (CR, {"ViewPosition": "LATERAL"}, "lateral-view"),
     "abdomen": (CR, {"ViewPosition": "AP", "BodyPartExamined": "ABDOMEN"}, "not-chest"),
-    "for-processing": (DX_PROCESSING, {"ViewPosition": "AP", "Modality": "DX",
-                                       "PresentationIntentType": "FOR PROCESSING"}, "for-processing-class"),
+    "for-processing": (
+        DX_PROCESSING,
+        {"ViewPosition": "AP", "Modality": "DX", "PresentationIntentType": "FOR PROCESSING"},
+        "for-processing-class",
+    ),
     "acme": (CR, {"ViewPosition": "AP", "Manufacturer": "Acme Imaging"}, "manufacturer-not-allowed"),
     # issue 20: the words of real sites
     "es-torax": (CR, {"BodyPartExamined": "TORAX", "ViewPosition": "AP", "PatientAge": "067Y"}, "default"),
-    "es-portatil-words": (CR, {"BodyPartExamined": "TÓRAX", "ViewPosition": "",
-                               "StudyDescription": "RX TORAX PORTATIL", "SeriesDescription": "TÓRAX AP"}, "default"),
+    "es-portatil-words": (
+        CR,
+        {
+            "BodyPartExamined": "TÓRAX",
+            "ViewPosition": "",
+            "StudyDescription": "RX TORAX PORTATIL",
+            "SeriesDescription": "TÓRAX AP",
+        },
+        "default",
+    ),
     "pt-torax-pa": (DX_PRESENTATION, {"Modality": "DX", "BodyPartExamined": "TÓRAX", "ViewPosition": "PA"}, "default"),
     "it-torace": (CR, {"BodyPartExamined": "TORACE", "ViewPosition": "AP"}, "default"),
     "de-words-only": (CR, {**NO_BODY_PART_OR_VIEW, "ProtocolName": "Thorax p.a."}, "default"),
     "no-age": (CR, {"BodyPartExamined": "", "StudyDescription": "PORT CHEST", "PatientBirthDate": None}, "default"),
     "de-thorax-lat": (CR, {**NO_BODY_PART_OR_VIEW, "SeriesDescription": "Thorax lat"}, "lateral-view"),
-    "es-perfil": (CR, {"BodyPartExamined": "TORAX", "ViewPosition": "", "ProtocolName": "TORAX PERFIL"}, "lateral-view"),
+    "es-perfil": (
+        CR,
+        {"BodyPartExamined": "TORAX", "ViewPosition": "", "ProtocolName": "TORAX PERFIL"},
+        "lateral-view",
+    ),
     "it-laterale": (CR, {"BodyPartExamined": "TORACE", "SeriesDescription": "TORACE LATERALE"}, "lateral-view"),
     "fr-profil": (CR, {"BodyPartExamined": "THORAX", "SeriesDescription": "Thorax profil"}, "lateral-view"),
-    "es-costillas": (CR, {"BodyPartExamined": "CHEST", "ViewPosition": "", "SeriesDescription": "Costillas oblicua"},
-                     "body-part-conflict"),
+    "es-costillas": (
+        CR,
+        {"BodyPartExamined": "CHEST", "ViewPosition": "", "SeriesDescription": "Costillas oblicua"},
+        "body-part-conflict",
+    ),
     "en-kub": (CR, {**NO_BODY_PART_OR_VIEW, "StudyDescription": "KUB"}, "not-chest"),
-    "es-abdomen-portatil": (CR, {"BodyPartExamined": "", "ViewPosition": "", "ProtocolName": "ABDOMEN PORTATIL"},
-                            "not-chest"),
+    "es-abdomen-portatil": (
+        CR,
+        {"BodyPartExamined": "", "ViewPosition": "", "ProtocolName": "ABDOMEN PORTATIL"},
+        "not-chest",
+    ),
     "pa-but-lat": (CR, {"ViewPosition": "PA", "SeriesDescription": "lat"}, "view-conflict"),
     "child-17Y": (CR, {"BodyPartExamined": "TORAX", "PatientAge": "17Y"}, "paediatric"),
     "child-017": (CR, {"BodyPartExamined": "TORAX", "PatientAge": "017"}, "paediatric"),
@@ -88,10 +109,20 @@ def build_cases(root: Path, out: Path) -> dict[str, Path]:
     for (name, (sop_class, attrs, _)), png in zip(CASES.items(), _nih_images(root, len(CASES)), strict=True):
         grey = cv2.imread(str(png), cv2.IMREAD_GRAYSCALE)
         assert grey is not None, png
-        header = {"Manufacturer": "Agfa", "ManufacturerModelName": "DR 100E", "SeriesNumber": 1,
-                  "AccessionNumber": f"ACC-{len(files)}", **attrs}
-        ds = make_radiograph(grey, bits_stored=8, sop_class=sop_class, study_uid=study,
-                             **{k: v for k, v in header.items() if v is not None})
+        header = {
+            "Manufacturer": "Agfa",
+            "ManufacturerModelName": "DR 100E",
+            "SeriesNumber": 1,
+            "AccessionNumber": f"ACC-{len(files)}",
+            **attrs,
+        }
+        ds = make_radiograph(
+            grey,
+            bits_stored=8,
+            sop_class=sop_class,
+            study_uid=study,
+            **{k: v for k, v in header.items() if v is not None},
+        )
         for keyword in [k for k, v in header.items() if v is None and k in ds]:
             delattr(ds, keyword)
         files[name] = out / f"{name}.dcm"
@@ -115,12 +146,20 @@ def test_only_eligible_images_get_one_result_each(tmp_path, orthanc, public_cxr_
     # The shipped config with the manufacturer allow-list switched on (its one line).
     shipped = (Path(__file__).resolve().parents[1] / "configs" / "node.toml").read_text()
     cfg = tmp_path / "node.toml"
-    cfg.write_text(shipped.replace('enabled = false\nreason = "the modality\'s manufacturer',
-                                   'enabled = true\nreason = "the modality\'s manufacturer'))
+    cfg.write_text(
+        shipped.replace(
+            "enabled = false\nreason = \"the modality's manufacturer",
+            "enabled = true\nreason = \"the modality's manufacturer",
+        )
+    )
 
     # `rules test` on the same files says what the node will do.
-    tested = subprocess.run([*CLI, "rules", "test", "--config", str(cfg), "--json", *map(str, files.values())],
-                            capture_output=True, text=True, timeout=120)
+    tested = subprocess.run(
+        [*CLI, "rules", "test", "--config", str(cfg), "--json", *map(str, files.values())],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert tested.returncode == 0, tested.stderr
     verdicts = {Path(d["file"]).stem: d["rule"] for d in map(json.loads, tested.stdout.splitlines())}
     assert verdicts == {name: rule for name, (_, _, rule) in CASES.items()}
@@ -129,8 +168,21 @@ def test_only_eligible_images_get_one_result_each(tmp_path, orthanc, public_cxr_
     try:
         sent = subprocess.run(
             # -ma: every image in one association, as a modality sends a study
-            [peers.find_program("dcmsend"), "-ma", "-aet", "MOBILE_DR", "-aec", node.ae_title, "127.0.0.1",
-             str(node.port), *map(str, files.values())], capture_output=True, text=True, timeout=180)
+            [
+                peers.find_program("dcmsend"),
+                "-ma",
+                "-aet",
+                "MOBILE_DR",
+                "-aec",
+                node.ae_title,
+                "127.0.0.1",
+                str(node.port),
+                *map(str, files.values()),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
         assert sent.returncode == 0, sent.stdout + sent.stderr  # every image acknowledged, skipped ones too
 
         found = results_at(orthanc, study, 2 * len(ELIGIBLE), timeout_s=900)
@@ -159,17 +211,33 @@ def test_only_eligible_images_get_one_result_each(tmp_path, orthanc, public_cxr_
     assert {s: sorted(m) for s, m in by_source.items()} == {uid[n]: ["OT", "SR"] for n in ELIGIBLE}
 
     with db.connect() as conn:
-        jobs = dict(conn.execute(text(
-            "select i.sop_instance_uid, j.state || ':' || coalesce(j.rule, '') from jobs j "
-            "join instances i on i.id = j.instance_id")).all())
+        jobs = dict(
+            conn.execute(
+                text(
+                    "select i.sop_instance_uid, j.state || ':' || coalesce(j.rule, '') from jobs j "
+                    "join instances i on i.id = j.instance_id"
+                )
+            ).all()
+        )
         results = dict(conn.execute(text("select sop_instance_uid, id from results")).all())
         exported = set(conn.execute(text("select sop_instance_uid from exports where state = 'sent'")).scalars())
-        reasons = dict(conn.execute(text(
-            "select i.sop_instance_uid, j.reason from jobs j join instances i on i.id = j.instance_id "
-            "where j.state = 'skipped'")).all())
-        seen = {row[0]: tuple(row[1:]) for row in conn.execute(text(
-            "select sop_instance_uid, accession_number, modality, study_description, series_description "
-            "from instances")).all()}
+        reasons = dict(
+            conn.execute(
+                text(
+                    "select i.sop_instance_uid, j.reason from jobs j join instances i on i.id = j.instance_id "
+                    "where j.state = 'skipped'"
+                )
+            ).all()
+        )
+        seen = {
+            row[0]: tuple(row[1:])
+            for row in conn.execute(
+                text(
+                    "select sop_instance_uid, accession_number, modality, study_description, series_description "
+                    "from instances"
+                )
+            ).all()
+        }
     assert jobs == {uid[n]: ("done:default" if r == "default" else f"skipped:{r}") for n, (_, _, r) in CASES.items()}
     assert set(results) == {uid[n] for n in ELIGIBLE}
     assert "LATERAL" in reasons[uid["lateral"]] and "ABDOMEN" in reasons[uid["abdomen"]]

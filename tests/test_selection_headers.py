@@ -261,10 +261,28 @@ CASES = [
     ),
     ("de Abdomenübersicht", {"StudyDescription": "Abdomenübersicht"}, "skip", "not-chest", "StudyDescription"),
     # --- vendor and request spellings ---------------------------------------------------------
-    ("P-A of a CR menu", {"BodyPartExamined": "CHEST", "AcquisitionDeviceProcessingDescription": "CHEST P-A"}, "analyse", "default", "AcquisitionDeviceProcessingDescription"),
+    (
+        "P-A of a CR menu",
+        {"BodyPartExamined": "CHEST", "AcquisitionDeviceProcessingDescription": "CHEST P-A"},
+        "analyse",
+        "default",
+        "AcquisitionDeviceProcessingDescription",
+    ),
     ("es de pie is standing", {"SeriesDescription": "TORAX PA DE PIE"}, "analyse", "default", "SeriesDescription"),
-    ("en lat decub", {"BodyPartExamined": "CHEST", "SeriesDescription": "LT LAT DECUB"}, "analyse", "default", "SeriesDescription"),
-    ("AP coded, decubitus in words: no conflict", {"BodyPartExamined": "CHEST", "ViewPosition": "AP", "SeriesDescription": "TORAX AP DECUBITO LATERAL IZQ"}, "analyse", "default", "SeriesDescription"),
+    (
+        "en lat decub",
+        {"BodyPartExamined": "CHEST", "SeriesDescription": "LT LAT DECUB"},
+        "analyse",
+        "default",
+        "SeriesDescription",
+    ),
+    (
+        "AP coded, decubitus in words: no conflict",
+        {"BodyPartExamined": "CHEST", "ViewPosition": "AP", "SeriesDescription": "TORAX AP DECUBITO LATERAL IZQ"},
+        "analyse",
+        "default",
+        "SeriesDescription",
+    ),
     ("en C-SPINE", {"SeriesDescription": "C-SPINE LAT"}, "skip", "not-chest", "SeriesDescription"),
     # --- coded sequences -----------------------------------------------------------------------
     (

@@ -47,9 +47,30 @@ def test_bench_is_a_sub_command_of_the_runtime_bench_group():
 
 def test_bench_train_on_cpu_two_processes(tmp_path):
     out = tmp_path / "bench.json"
-    proc = subprocess.run([CXR_NODE, "bench", "train", "--device", "cpu", "--parallel", "2", "--epochs", "2",
-                           "--images", "12", "--set", "data.input_size=64", "--out", str(out)],
-                          capture_output=True, text=True, env=ENV, timeout=400, cwd=REPO)
+    proc = subprocess.run(
+        [
+            CXR_NODE,
+            "bench",
+            "train",
+            "--device",
+            "cpu",
+            "--parallel",
+            "2",
+            "--epochs",
+            "2",
+            "--images",
+            "12",
+            "--set",
+            "data.input_size=64",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=400,
+        cwd=REPO,
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     r = json.loads(out.read_text())
     assert r["settings"]["parallel"] == 2 and r["settings"]["training_images_per_process"] == 12
@@ -58,7 +79,8 @@ def test_bench_train_on_cpu_two_processes(tmp_path):
         assert p["steady_images_per_second"] > 0 and p["first_epoch_images_per_second"] > 0
         assert p["device_memory_peak_bytes"] is None  # CPU: no device allocator to ask
     assert r["aggregate"]["steady_images_per_second"] == pytest.approx(
-        sum(p["steady_images_per_second"] for p in r["per_process"]))
+        sum(p["steady_images_per_second"] for p in r["per_process"])
+    )
     agg = r["aggregate"]
     assert agg["concurrent_images_per_second"] > 0 and agg["concurrent_span_seconds"] > 0
     mean_steady = sum(p["steady_images_per_second"] for p in r["per_process"]) / 2
@@ -77,10 +99,36 @@ def test_bench_train_grouped_matmul_with_profile(tmp_path):
     """--mode grouped: the N trainings in one grouped network of this process; --profile times the
     grouped step (here with the batched-GEMM 1x1 convolutions)."""
     out = tmp_path / "bench.json"
-    proc = subprocess.run([CXR_NODE, "bench", "train", "--device", "cpu", "--parallel", "2", "--mode", "grouped",
-                           "--epochs", "2", "--images", "12", "--set", "data.input_size=64", "--set",
-                           "run.grouped_pointwise=matmul", "--profile", "1", "--out", str(out)],
-                          capture_output=True, text=True, env=ENV, timeout=400, cwd=REPO)
+    proc = subprocess.run(
+        [
+            CXR_NODE,
+            "bench",
+            "train",
+            "--device",
+            "cpu",
+            "--parallel",
+            "2",
+            "--mode",
+            "grouped",
+            "--epochs",
+            "2",
+            "--images",
+            "12",
+            "--set",
+            "data.input_size=64",
+            "--set",
+            "run.grouped_pointwise=matmul",
+            "--profile",
+            "1",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=400,
+        cwd=REPO,
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     r = json.loads(out.read_text())
     s = r["settings"]

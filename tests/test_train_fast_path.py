@@ -76,7 +76,7 @@ def test_device_batches_are_the_loader_batches(tiny, env):
     for epoch in (0, 3):
         got, want = list(device_batches.epoch(epoch)), list(loader.epoch(epoch))
         assert len(got) == len(want) == len(device_batches) == len(loader)
-        for (xd, yd), (xl, yl) in zip(got, want):
+        for (xd, yd), (xl, yl) in zip(got, want, strict=True):
             assert torch.equal(yd, yl)
             assert (xd - xl).abs().max() < 1e-3  # normalised: 1e-4 in [0, 1] over ImageNet std
 
@@ -91,16 +91,34 @@ def test_device_and_loader_paths_train_alike(tiny, tmp_path):
         cfg = config_from_dict({**TINY, "data": {"input_size": 64, "pipeline": pipeline}})
         train, val = _sets(data, idx)
         batches = (_LoaderBatches if pipeline == "loader" else _DeviceBatches)(
-            train, val, 4, DistEnv(), 5, True, cfg, torch.device("cpu"))
+            train, val, 4, DistEnv(), 5, True, cfg, torch.device("cpu")
+        )
         torch.manual_seed(5)
         model = build_model(None)
-        step = TrainStep(model, torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9), mode="eager",
-                         device=torch.device("cpu"), amp=False, label_smoothing=0.0, log=print)
+        step = TrainStep(
+            model,
+            torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9),
+            mode="eager",
+            device=torch.device("cpu"),
+            amp=False,
+            label_smoothing=0.0,
+            log=print,
+        )
         x, y = next(iter(batches.epoch(0)))
         first[pipeline] = float(step(x, y)[0])
-        results[pipeline] = fit(cfg=cfg, train_set=train, val_set=val, imagenet_weights=None,
-                                device=torch.device("cpu"), env=DistEnv(), ckpt_stem=tmp_path / pipeline / "m",
-                                fingerprint="fp", seed=5, label=pipeline, log=lambda m: None)
+        results[pipeline] = fit(
+            cfg=cfg,
+            train_set=train,
+            val_set=val,
+            imagenet_weights=None,
+            device=torch.device("cpu"),
+            env=DistEnv(),
+            ckpt_stem=tmp_path / pipeline / "m",
+            fingerprint="fp",
+            seed=5,
+            label=pipeline,
+            log=lambda m: None,
+        )
     assert first["device"] == pytest.approx(first["loader"], rel=1e-5)
     d, lo = results["device"].history[0], results["loader"].history[0]
     assert d["train_images"] == lo["train_images"] == 20  # 21 % 4 == 1: a last batch of one is dropped
@@ -133,9 +151,19 @@ def test_no_host_synchronisation_per_training_step(tiny, tmp_path, monkeypatch):
         train = SquareDataset(data.squares, idx[:n_train], target_a(data.labels[idx[:n_train]]), Augment(), seed=5)
         val = SquareDataset(data.squares, idx[20:], target_a(data.labels[idx[20:]]))
         counter = _SyncCounter(monkeypatch)
-        fit(cfg=cfg, train_set=train, val_set=val, imagenet_weights=None, device=torch.device("cpu"),
-            env=DistEnv(), ckpt_stem=tmp_path / str(n_train) / "m", fingerprint="fp", seed=5, label="s",
-            log=lambda m: None)
+        fit(
+            cfg=cfg,
+            train_set=train,
+            val_set=val,
+            imagenet_weights=None,
+            device=torch.device("cpu"),
+            env=DistEnv(),
+            ckpt_stem=tmp_path / str(n_train) / "m",
+            fingerprint="fp",
+            seed=5,
+            label="s",
+            log=lambda m: None,
+        )
         counts[n_train] = counter.calls
         monkeypatch.undo()
     assert counts[8] == counts[20], counts
@@ -146,13 +174,20 @@ def test_no_host_synchronisation_per_training_step(tiny, tmp_path, monkeypatch):
 
 def _tiny_net(seed=0):
     torch.manual_seed(seed)
-    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
-                         nn.Flatten(), nn.Linear(8, 2))
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 2),
+    )
 
 
 def _losses(mode: str, device: torch.device, steps: int = 4) -> list[float]:
     model = _tiny_net().to(device)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+
     def log(line: str) -> None:
         assert "continuing eagerly" not in line, line  # a fallback would compare eager with eager
 
@@ -186,12 +221,28 @@ def test_gpu_step_forms_give_the_eager_losses(mode):
 def test_gpu_fit_replays_densenet_steps_from_a_cuda_graph(tiny, tmp_path):
     """The real model (DenseNet-161, bf16 autocast, channels_last) through fit with run.step = cuda_graphs."""
     _, data, idx = tiny
-    cfg = config_from_dict({**TINY, "run": {**TINY["run"], "device": "cuda", "step": "cuda_graphs"},
-                            "optim": {"batch_size": 4, "epochs": 2}})
+    cfg = config_from_dict(
+        {
+            **TINY,
+            "run": {**TINY["run"], "device": "cuda", "step": "cuda_graphs"},
+            "optim": {"batch_size": 4, "epochs": 2},
+        }
+    )
     train, val = _sets(data, idx)
     lines = []
-    result = fit(cfg=cfg, train_set=train, val_set=val, imagenet_weights=None, device=torch.device("cuda"),
-                 env=DistEnv(), ckpt_stem=tmp_path / "m", fingerprint="fp", seed=5, label="g", log=lines.append)
+    result = fit(
+        cfg=cfg,
+        train_set=train,
+        val_set=val,
+        imagenet_weights=None,
+        device=torch.device("cuda"),
+        env=DistEnv(),
+        ckpt_stem=tmp_path / "m",
+        fingerprint="fp",
+        seed=5,
+        label="g",
+        log=lines.append,
+    )
     assert any("captured in a CUDA graph" in line for line in lines), lines
     assert not any("continuing eagerly" in line for line in lines), lines
     assert [h["train_images"] for h in result.history] == [20, 20]
@@ -203,24 +254,34 @@ def test_a_failing_compiled_step_falls_back_to_eager_with_the_same_weights(monke
         def run(x):
             model(x)  # touched BatchNorm statistics before failing
             raise RuntimeError("inductor: no C++ compiler")
+
         return run
 
     monkeypatch.setattr(torch, "compile", broken)
     model = _tiny_net()
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     lines = []
-    step = TrainStep(model, opt, mode="compile", device=torch.device("cpu"), amp=False, label_smoothing=0.0,
-                     log=lines.append, label="m")
+    step = TrainStep(
+        model,
+        opt,
+        mode="compile",
+        device=torch.device("cpu"),
+        amp=False,
+        label_smoothing=0.0,
+        log=lines.append,
+        label="m",
+    )
     x, y = torch.randn(4, 3, 16, 16), torch.tensor([0, 1, 0, 1])
     loss, _ = step(x, y)
     reference = _tiny_net()
     ref_opt = torch.optim.SGD(reference.parameters(), lr=0.01, momentum=0.9)
-    ref_step = TrainStep(reference, ref_opt, mode="eager", device=torch.device("cpu"), amp=False,
-                         label_smoothing=0.0, log=lines.append)
+    ref_step = TrainStep(
+        reference, ref_opt, mode="eager", device=torch.device("cpu"), amp=False, label_smoothing=0.0, log=lines.append
+    )
     ref_loss, _ = ref_step(x, y)
     assert step.mode == "eager" and "continuing eagerly" in lines[0]
     assert torch.equal(loss, ref_loss)
-    for a, b in zip(model.state_dict().values(), reference.state_dict().values()):
+    for a, b in zip(model.state_dict().values(), reference.state_dict().values(), strict=True):
         assert torch.equal(a, b)
 
 
@@ -255,17 +316,20 @@ def test_parallel_processes_give_the_sequential_results(tiny, tmp_path):
 # --- configuration and schedule ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("raw, key", [
-    ({"run": {"parallel": 0}}, "run.parallel: must be >= 1"),
-    ({"run": {"step": "graphs"}}, "run.step: must be one of"),
-    ({"run": {"checkpoint_every": 0}}, "run.checkpoint_every"),
-    ({"data": {"pipeline": "gpu"}}, "data.pipeline: must be one of"),
-    ({"optim": {"schedule": "step"}}, "optim.schedule"),
-    ({"optim": {"epochs": 5, "warmup_epochs": 5}}, "optim.warmup_epochs"),
-    ({"optim": {"label_smoothing": 1.0}}, "optim.label_smoothing"),
-    ({"augment": {"rotate": 90}}, "augment.rotate"),
-    ({"augment": {"translate": 0.5}}, "augment.translate"),
-])
+@pytest.mark.parametrize(
+    "raw, key",
+    [
+        ({"run": {"parallel": 0}}, "run.parallel: must be >= 1"),
+        ({"run": {"step": "graphs"}}, "run.step: must be one of"),
+        ({"run": {"checkpoint_every": 0}}, "run.checkpoint_every"),
+        ({"data": {"pipeline": "gpu"}}, "data.pipeline: must be one of"),
+        ({"optim": {"schedule": "step"}}, "optim.schedule"),
+        ({"optim": {"epochs": 5, "warmup_epochs": 5}}, "optim.warmup_epochs"),
+        ({"optim": {"label_smoothing": 1.0}}, "optim.label_smoothing"),
+        ({"augment": {"rotate": 90}}, "augment.rotate"),
+        ({"augment": {"translate": 0.5}}, "augment.translate"),
+    ],
+)
 def test_new_config_errors_name_the_key(raw, key):
     with pytest.raises(ConfigError) as err:
         config_from_dict(raw)
@@ -276,7 +340,7 @@ def test_warmup_and_cosine_schedule():
     o = config_from_dict({"optim": {"lr": 0.1, "epochs": 10, "warmup_epochs": 2, "schedule": "cosine"}}).optim
     lrs = [learning_rate(o, e) for e in range(10)]
     assert lrs[:3] == pytest.approx([0.1 / 3, 0.2 / 3, 0.1])
-    assert all(a > b for a, b in zip(lrs[2:], lrs[3:])) and lrs[-1] > 0
+    assert all(a > b for a, b in zip(lrs[2:], lrs[3:], strict=False)) and lrs[-1] > 0
     paper = load_config(REPO / "configs/train-paper.toml").optim
     assert {learning_rate(paper, e) for e in range(paper.epochs)} == {0.01}
 
@@ -296,7 +360,11 @@ def test_paper_config_keeps_the_paper_and_public_config_is_the_scratch_recipe():
     assert public.model.init == "scratch" and public.optim.schedule == "cosine" and public.optim.warmup_epochs > 0
     assert public.optim.weight_decay > 0 and public.optim.label_smoothing > 0 and public.augment.rotate > 0
     # the protocol itself (splits, repetitions, B balanced, validation selection) is the paper config's
-    assert (public.split, public.run.repetitions, public.approach) == (paper.split, paper.run.repetitions, paper.approach)
+    assert (public.split, public.run.repetitions, public.approach) == (
+        paper.split,
+        paper.run.repetitions,
+        paper.approach,
+    )
 
 
 def test_a_failing_parallel_training_raises_its_own_error(tiny, tmp_path):
@@ -309,6 +377,16 @@ def test_a_failing_parallel_training_raises_its_own_error(tiny, tmp_path):
     jobs = [FitJob(r, "A", 5 + r, idx[:12], y[:12], idx[12:20], y[12:20], tmp_path / f"rep{r}_A") for r in range(2)]
     torch.save({"fingerprint": "someone else's"}, tmp_path / "rep1_A.ckpt.pt")  # refused by fit in its worker
     with pytest.raises(CheckpointMismatch, match="rep1_A.ckpt.pt: made with a different configuration"):
-        run_parallel(jobs, cfg=cfg, squares=data.squares, workdir=tmp_path, weights=None,
-                     device=torch.device("cpu"), fingerprint="fp", log=lambda m: None, log_path=None, processes=2)
+        run_parallel(
+            jobs,
+            cfg=cfg,
+            squares=data.squares,
+            workdir=tmp_path,
+            weights=None,
+            device=torch.device("cpu"),
+            fingerprint="fp",
+            log=lambda m: None,
+            log_path=None,
+            processes=2,
+        )
     assert not list(tmp_path.glob("squares-*.npy"))

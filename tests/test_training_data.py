@@ -54,12 +54,15 @@ def _append_rows(folder: Path, rows: list[tuple[str, str, str]]) -> None:
 def test_bad_rows_are_reported_with_line_numbers_and_refused(synth):
     (synth / "images" / "broken.png").write_bytes(b"this is not a PNG")
     # 18 good rows occupy lines 2..19 of manifest.csv
-    _append_rows(synth, [
-        ("images/missing.png", "x-1", "covid"),  # line 20
-        ("images/nor-0-0.png", "x-2", "influenza"),  # line 21
-        ("images/broken.png", "x-3", "normal"),  # line 22
-        ("images/nor-1-0.png", "", "normal"),  # line 23
-    ])
+    _append_rows(
+        synth,
+        [
+            ("images/missing.png", "x-1", "covid"),  # line 20
+            ("images/nor-0-0.png", "x-2", "influenza"),  # line 21
+            ("images/broken.png", "x-3", "normal"),  # line 22
+            ("images/nor-1-0.png", "", "normal"),  # line 23
+        ],
+    )
     with pytest.raises(DataError) as err:
         load_data(synth, 32)
     text = str(err.value)
@@ -91,8 +94,9 @@ def test_duplicate_image_rows_and_missing_columns(synth, tmp_path):
 def test_train_command_refuses_bad_rows_before_training(synth, tmp_path):
     _append_rows(synth, [("images/missing.png", "x-1", "covid")])
     out = tmp_path / "out"
-    result = CliRunner().invoke(main, ["train", "--config", str(REPO / "configs/train-smoke.toml"),
-                                       "--data", str(synth), "--out", str(out)])
+    result = CliRunner().invoke(
+        main, ["train", "--config", str(REPO / "configs/train-smoke.toml"), "--data", str(synth), "--out", str(out)]
+    )
     assert result.exit_code == 1, result.output
     assert "manifest.csv line 20: image file images/missing.png does not exist" in result.output
     assert not list((out / "checkpoints").glob("*.pt"))
@@ -151,17 +155,20 @@ def test_paper_config_is_the_papers_protocol():
     assert smoke.run.repetitions == 1 and smoke.optim.epochs <= 2 and smoke.data.input_size <= 96
 
 
-@pytest.mark.parametrize("raw, key", [
-    ({"optim": {"learning_rate": 0.1}}, "optim.learning_rate: unknown key"),
-    ({"optim": {"epochs": "ten"}}, "optim.epochs: 'ten' must be an integer"),
-    ({"optim": {"epochs": 0}}, "optim.epochs: must be >= 1"),
-    ({"split": {"train": 0.7}}, "split.test: split.train + split.val + split.test must be 1"),
-    ({"split": {"unit": "study"}}, "split.unit"),
-    ({"run": {"amp": 1}}, "run.amp: 1 must be true or false"),
-    ({"model": {"init": "random"}}, "model.init"),
-    ({"approach": {"select_metric": "f1"}}, "approach.select_metric"),
-    ({"optimiser": {}}, "optimiser: unknown section"),
-])
+@pytest.mark.parametrize(
+    "raw, key",
+    [
+        ({"optim": {"learning_rate": 0.1}}, "optim.learning_rate: unknown key"),
+        ({"optim": {"epochs": "ten"}}, "optim.epochs: 'ten' must be an integer"),
+        ({"optim": {"epochs": 0}}, "optim.epochs: must be >= 1"),
+        ({"split": {"train": 0.7}}, "split.test: split.train + split.val + split.test must be 1"),
+        ({"split": {"unit": "study"}}, "split.unit"),
+        ({"run": {"amp": 1}}, "run.amp: 1 must be true or false"),
+        ({"model": {"init": "random"}}, "model.init"),
+        ({"approach": {"select_metric": "f1"}}, "approach.select_metric"),
+        ({"optimiser": {}}, "optimiser: unknown section"),
+    ],
+)
 def test_config_errors_name_the_key(raw, key):
     with pytest.raises(ConfigError) as err:
         config_from_dict(raw)
@@ -180,7 +187,10 @@ def test_overrides_and_weights_errors(tmp_path):
     # the device and worker count do not change the weights; a resumed run may move machines
     same = ["optim.epochs=7", "optim.lr=0.5", "run.num_workers=3"]
     assert cfg.fingerprint() == load_config(REPO / "configs/train-smoke.toml", same).fingerprint()
-    assert cfg.fingerprint() != load_config(REPO / "configs/train-smoke.toml", ["optim.epochs=8", "optim.lr=0.5"]).fingerprint()
+    assert (
+        cfg.fingerprint()
+        != load_config(REPO / "configs/train-smoke.toml", ["optim.epochs=8", "optim.lr=0.5"]).fingerprint()
+    )
 
 
 # --- splits and leak checks -----------------------------------------------------------------------
@@ -280,8 +290,10 @@ def test_joint_thresholds_are_chosen_on_validation():
 
 
 def test_summary_mean_and_sample_std():
-    runs = [{"accuracy": 0.8, "auc": None, "per_class": {"x": {"f1": 0.5}}},
-            {"accuracy": 0.9, "auc": 0.7, "per_class": {"x": {"f1": 0.7}}}]
+    runs = [
+        {"accuracy": 0.8, "auc": None, "per_class": {"x": {"f1": 0.5}}},
+        {"accuracy": 0.9, "auc": 0.7, "per_class": {"x": {"f1": 0.7}}},
+    ]
     s = summarise(runs)
     assert s["accuracy"]["mean"] == pytest.approx(0.85) and s["accuracy"]["std"] == pytest.approx(0.0707107)
     assert s["auc"] == {"mean": 0.7, "std": None, "n": 1}

@@ -56,9 +56,20 @@ def tiny(tmp_path_factory):
 
 def _fit(cfg, sets, stem, fingerprint="fp", on_epoch_end=None):
     train, val = sets()
-    return fit(cfg=cfg, train_set=train, val_set=val, imagenet_weights=None, device=torch.device("cpu"),
-               env=DistEnv(), ckpt_stem=stem, fingerprint=fingerprint, seed=5, label="t", log=lambda m: None,
-               on_epoch_end=on_epoch_end)
+    return fit(
+        cfg=cfg,
+        train_set=train,
+        val_set=val,
+        imagenet_weights=None,
+        device=torch.device("cpu"),
+        env=DistEnv(),
+        ckpt_stem=stem,
+        fingerprint=fingerprint,
+        seed=5,
+        label="t",
+        log=lambda m: None,
+        on_epoch_end=on_epoch_end,
+    )
 
 
 def test_interrupted_run_resumes_to_the_same_weights(tiny, tmp_path):
@@ -80,7 +91,7 @@ def test_interrupted_run_resumes_to_the_same_weights(tiny, tmp_path):
     resumed = _fit(cfg, sets, stem)
 
     assert [h["epoch"] for h in resumed.history] == [1, 2]
-    for a, b in zip(straight.history, resumed.history):
+    for a, b in zip(straight.history, resumed.history, strict=True):
         assert a["train_loss"] == b["train_loss"] and a["val_loss"] == b["val_loss"]
     assert resumed.best_epoch == straight.best_epoch
     assert straight.state.keys() == resumed.state.keys()
@@ -96,12 +107,27 @@ def test_torchrun_ddp_two_processes_gloo(tiny, tmp_path):
     config = tmp_path / "tiny.toml"
     config.write_text(
         "[run]\nname='ddp'\nrepetitions=1\nnum_workers=0\ndevice='cpu'\n[data]\ninput_size=64\n"
-        "[model]\ninit='scratch'\n[optim]\nbatch_size=4\nepochs=1\n[report]\ngradcam_examples=1\n")
+        "[model]\ninit='scratch'\n[optim]\nbatch_size=4\nepochs=1\n[report]\ngradcam_examples=1\n"
+    )
     out = tmp_path / "out"
     env = dict(os.environ, OMP_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "training", "train", "--config", str(config), "--data", str(folder),
-           "--out", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "training",
+        "train",
+        "--config",
+        str(config),
+        "--data",
+        str(folder),
+        "--out",
+        str(out),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env, cwd=REPO)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
@@ -123,8 +149,9 @@ def test_dataloader_workers_do_not_change_the_result(tiny, tmp_path):
     _, cfg, sets = tiny
     loader = {**TINY["data"], "pipeline": "loader"}
     one_epoch = config_from_dict({**TINY, "data": loader, "optim": {"batch_size": 4, "epochs": 1}})
-    with_workers = config_from_dict({**TINY, "data": loader, "optim": {"batch_size": 4, "epochs": 1},
-                                     "run": {**TINY["run"], "num_workers": 2}})
+    with_workers = config_from_dict(
+        {**TINY, "data": loader, "optim": {"batch_size": 4, "epochs": 1}, "run": {**TINY["run"], "num_workers": 2}}
+    )
     a = _fit(one_epoch, sets, tmp_path / "w0" / "m")
     b = _fit(with_workers, sets, tmp_path / "w2" / "m")
     assert a.history[0]["train_loss"] == b.history[0]["train_loss"]

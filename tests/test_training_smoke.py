@@ -35,9 +35,14 @@ def smoke(tmp_path_factory, public_cxr):
     out = tmp_path_factory.mktemp("smoke") / "run"
     # The timeout only guards against a hang: how long training takes is `cxr-node bench train`'s
     # business (docs/training.md), never an assertion here.
-    proc = subprocess.run([CXR_NODE, "train", "--config", str(REPO / "configs/train-smoke.toml"),
-                           "--data", str(DATA), "--out", str(out)],
-                          capture_output=True, text=True, timeout=1800, cwd=REPO, env=ENV)
+    proc = subprocess.run(
+        [CXR_NODE, "train", "--config", str(REPO / "configs/train-smoke.toml"), "--data", str(DATA), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        cwd=REPO,
+        env=ENV,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return out, json.loads((out / "metrics.json").read_text()), proc
 
@@ -45,7 +50,10 @@ def smoke(tmp_path_factory, public_cxr):
 def test_smoke_run_trains_both_models(smoke):
     out, metrics, proc = smoke
     assert metrics["data"]["images"] == 458 and metrics["data"]["counts"] == {
-        "normal": 31, "pathological": 61, "covid": 366}
+        "normal": 31,
+        "pathological": 61,
+        "covid": 366,
+    }
     rep = metrics["repetitions"][0]
     for key in "AB":
         assert [h["epoch"] for h in rep[key]["history"]] == [1, 2]
@@ -121,9 +129,24 @@ def test_evaluate_reproduces_training_test_metrics(smoke, tmp_path):
         w.writerow(["image", "patient_id", "label"])
         for r in test_rows:
             w.writerow([str(DATA / r["image"]), r["patient_id"], r["label"]])
-    proc = subprocess.run([CXR_NODE, "evaluate", "--models", str(out / "bundle"), "--data", str(ext), "--json",
-                           "--predictions", str(tmp_path / "pred.csv")],
-                          capture_output=True, text=True, timeout=300, cwd=REPO, env=ENV)
+    proc = subprocess.run(
+        [
+            CXR_NODE,
+            "evaluate",
+            "--models",
+            str(out / "bundle"),
+            "--data",
+            str(ext),
+            "--json",
+            "--predictions",
+            str(tmp_path / "pred.csv"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+        env=ENV,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     ev = json.loads(proc.stdout)
     for key in ("accuracy", "balanced_accuracy", "auc_a", "auc_b", "per_class", "counts", "confusion_matrix"):
@@ -139,7 +162,7 @@ def test_evaluate_reproduces_training_test_metrics(smoke, tmp_path):
     with open(out / "predictions" / "rep0_test.csv", newline="") as fh:
         tr_p = {str(DATA / r["image"]): (float(r["p_abnormal"]), float(r["p_covid"])) for r in csv.DictReader(fh)}
     assert ev_p.keys() == tr_p.keys()
-    diffs = [abs(a - b) for k in tr_p for a, b in zip(ev_p[k], tr_p[k])]
+    diffs = [abs(a - b) for k in tr_p for a, b in zip(ev_p[k], tr_p[k], strict=True)]
     assert max(diffs) < 1e-4
     # the out-of-domain check flags (about: float rounding near the threshold) what training counted
     ood = ev["out_of_domain"]
@@ -153,8 +176,8 @@ def test_evaluate_refuses_bad_rows_unless_told(smoke, tmp_path):
     ext.mkdir()
     first = next(csv.DictReader(open(DATA / "manifest.csv", newline="")))
     (ext / "manifest.csv").write_text(
-        f"image,patient_id,label\n{DATA / first['image']},{first['patient_id']},{first['label']}\n"
-        "gone.png,p9,covid\n")
+        f"image,patient_id,label\n{DATA / first['image']},{first['patient_id']},{first['label']}\ngone.png,p9,covid\n"
+    )
     cmd = [CXR_NODE, "evaluate", "--models", str(out / "bundle"), "--data", str(ext)]
     refused = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=ENV)
     assert refused.returncode == 1 and "manifest.csv line 3: image file gone.png does not exist" in refused.stderr
@@ -172,9 +195,23 @@ def test_trained_bundle_serves_without_the_untrained_warning(smoke, tmp_path):
     source = get_testdata_file("RG1_UNCR.dcm")
     # RG1 is a CR from another hospital than the smoke model's PNGs: the out-of-domain check may
     # leave it without a class (test_infer_names_the_distance_and_threshold...), not what this test is about
-    proc = subprocess.run([CXR_NODE, "infer", source, "--models", str(out / "bundle"), "--out", str(tmp_path), "--json",
-                           "--no-domain-check"],
-                          capture_output=True, text=True, timeout=300, env=ENV)
+    proc = subprocess.run(
+        [
+            CXR_NODE,
+            "infer",
+            source,
+            "--models",
+            str(out / "bundle"),
+            "--out",
+            str(tmp_path),
+            "--json",
+            "--no-domain-check",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=ENV,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert summary["trained"] is True and "cxr-covid-smoke" in summary["model"]
@@ -200,9 +237,25 @@ def test_bundle_carries_out_of_domain_statistics_chosen_on_validation(smoke):
 def test_evaluate_reports_the_out_of_domain_rate_of_laterals_and_ct_slices(smoke, out_of_domain, tmp_path):
     """Images a frontal-chest model must not classify are flagged (measured rates: docs/training.md)."""
     out, _, _ = smoke
-    proc = subprocess.run([CXR_NODE, "evaluate", "--models", str(out / "bundle"), "--data", str(out_of_domain),
-                           "--domain-only", "--json", "--predictions", str(tmp_path / "ood.csv")],
-                          capture_output=True, text=True, timeout=300, cwd=REPO, env=ENV)
+    proc = subprocess.run(
+        [
+            CXR_NODE,
+            "evaluate",
+            "--models",
+            str(out / "bundle"),
+            "--data",
+            str(out_of_domain),
+            "--domain-only",
+            "--json",
+            "--predictions",
+            str(tmp_path / "ood.csv"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+        env=ENV,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     ev = json.loads(proc.stdout)
     assert ev["n"] == 42 and set(ev["per_kind"]) == {"ct-slice", "lateral-radiograph"}
@@ -223,8 +276,13 @@ def test_infer_names_the_distance_and_threshold_or_gives_a_class(smoke, tmp_path
     out, _, _ = smoke
     threshold = load_bundle(out / "bundle").domain.threshold
     source = get_testdata_file("RG1_UNCR.dcm")
-    proc = subprocess.run([CXR_NODE, "infer", source, "--models", str(out / "bundle"), "--out", str(tmp_path), "--json"],
-                          capture_output=True, text=True, timeout=300, env=ENV)
+    proc = subprocess.run(
+        [CXR_NODE, "infer", source, "--models", str(out / "bundle"), "--out", str(tmp_path), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=ENV,
+    )
     if proc.returncode == 0:
         assert json.loads(proc.stdout.strip().splitlines()[-1])["class"]
     else:

@@ -23,8 +23,12 @@ from tests import peers
 NOW = datetime(2026, 11, 27, 10, 0, tzinfo=UTC)
 TOKEN = "s3cret-token-0123456789"
 MODEL = ModelIdentity("cxr-densenet", "1.2", "a" * 64, "b" * 64, True)
-SKIPPED_HEADER = {"accession_number": "ACC-77", "modality": "CR", "study_description": "RX TORAX PORTATIL",
-                  "series_description": "Thorax lat"}
+SKIPPED_HEADER = {
+    "accession_number": "ACC-77",
+    "modality": "CR",
+    "study_description": "RX TORAX PORTATIL",
+    "series_description": "Thorax lat",
+}
 
 
 def _fill(engine, image_path: str) -> None:

@@ -13,8 +13,8 @@ import pytest
 
 import cxr_node.results.writer as writer
 from cxr_node.analysis.bundle import untrained_bundle
-from cxr_node.decoding.pool import DecodePool
 from cxr_node.analysis.engine import Analyzer
+from cxr_node.decoding.pool import DecodePool
 from cxr_node.queue.jobs import JobQueue, ReceivedInstance
 from cxr_node.queue.schema import open_database
 from cxr_node.results.identity import NodeIdentity
@@ -35,10 +35,15 @@ def rig(tmp_path, analyzer):
     queue = JobQueue(open_database(f"sqlite:///{tmp_path / 'q.db'}"), clock)
     layout = StorageLayout(tmp_path / "s")
     pool = DecodePool(kind="thread", workers=2)
-    worker = Worker(queue, analyzer, layout, NodeIdentity("CXR_NODE"),
-                    WorkerSettings(max_attempts=3, batch_size=4, destinations=("pacs",),
-                                   resource_backoff_s=lambda n: 10.0 * n),
-                    pool.decode_many, name="host:1")
+    worker = Worker(
+        queue,
+        analyzer,
+        layout,
+        NodeIdentity("CXR_NODE"),
+        WorkerSettings(max_attempts=3, batch_size=4, destinations=("pacs",), resource_backoff_s=lambda n: 10.0 * n),
+        pool.decode_many,
+        name="host:1",
+    )
     yield queue, layout, worker, clock
     pool.close()
 
@@ -113,7 +118,7 @@ def test_two_images_of_one_study_in_one_batch_get_their_own_results(rig):
     assert worker.run_once() == 2
     results = queue.results_for_study(study)
     assert [r["sop_instance_uid"] for r in results] == sops
-    for sop, result in zip(sops, results):
+    for sop, result in zip(sops, results, strict=True):
         paths = {e["kind"]: Path(e["path"]) for e in result["exports"]}
         assert paths["sr"].parent == layout.image_result_dir(study, sop)
         sr = pydicom.dcmread(paths["sr"])
@@ -136,7 +141,9 @@ def test_readiness_model_problem_while_the_models_fail_and_after(rig, monkeypatc
     receive(queue, layout, make_radiograph(gradient(64, 48)))
     worker.run_once()
     problem = worker.model_problem()
-    assert problem is not None and problem.startswith("the last analysis failed:") and "illegal memory access" in problem
+    assert (
+        problem is not None and problem.startswith("the last analysis failed:") and "illegal memory access" in problem
+    )
     monkeypatch.setattr(analyzer, "analyse", real)
     clock.advance(3600)
     receive(queue, layout, make_radiograph(gradient(64, 48)))
