@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import errno
 import os
-import stat
 import tempfile
 import threading
 from collections.abc import Callable, Mapping
@@ -22,6 +21,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
+from cxr_node import validation as V
 from cxr_node.config import ConfigError, NodeConfig
 from cxr_node.storage import free_mb
 
@@ -31,12 +31,8 @@ PASSWORD_ENV = "CXR_NODE_DB_PASSWORD"
 def read_password_file(path: Path) -> str:
     """First line of a file only the node's user may read; ConfigError naming node.db_password_file."""
     key = "node.db_password_file"
+    V.owner_only(key, path)
     try:
-        st = path.stat()
-        if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-            raise ConfigError(
-                f"{key}: {path} is readable by group or others (mode {stat.S_IMODE(st.st_mode):04o}); chmod 600 it"
-            )
         lines = path.read_text(encoding="utf-8").splitlines()
     except OSError as exc:
         raise ConfigError(f"{key}: cannot read {path}: {exc.strerror}") from exc

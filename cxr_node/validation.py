@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import stat
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from cxr_node.errors import ConfigError
@@ -64,6 +66,18 @@ def string(key: str, v: Any) -> str:
     if not isinstance(v, str):
         raise ConfigError(f"{key}: {v!r} must be a string")
     return v
+
+
+def owner_only(key: str, path: Path) -> Path:
+    """A secret's file (password, private key, token) that group or others can read is refused,
+    as OpenSSH and PostgreSQL do: another account on the host must not be able to copy it."""
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except OSError as exc:
+        raise ConfigError(f"{key}: cannot read {path}: {exc.strerror}") from exc
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise ConfigError(f"{key}: {path} is readable by group or others (mode {mode:04o}); chmod 600 it")
+    return path
 
 
 def time_zone(key: str, v: Any) -> str:

@@ -451,6 +451,26 @@ def test_type_keys_are_checked_naming_the_key(table, message):
     assert str(err.value).startswith(message), str(err.value)
 
 
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604])
+def test_a_token_file_others_can_read_is_refused_naming_the_key(tmp_path, mode):
+    token = tmp_path / "fhir.token"
+    token.write_text("s3cret\n")
+    token.chmod(mode)
+    with pytest.raises(ConfigError) as err:
+        build_destinations(_config(FHIR | {"token_file": str(token)}), NodeContext("CXR_NODE"))
+    assert str(err.value) == (
+        f"destinations[0].token_file: {token} is readable by group or others (mode {mode:04o}); chmod 600 it"
+    )
+
+
+def test_a_token_file_only_its_owner_reads_is_sent_as_the_bearer(tmp_path):
+    token = tmp_path / "fhir.token"
+    token.write_text("s3cret\n")
+    token.chmod(0o600)
+    built = build_destinations(_config(FHIR | {"token_file": str(token)}), NodeContext("CXR_NODE"))
+    assert built["ehr"]._headers()["Authorization"] == "Bearer s3cret"
+
+
 def test_routes_follow_type_defaults_and_when():
     cfg = _config(
         {"name": "pacs", "type": "dicom", "ae_title": "P", "host": "h", "port": 104, "when": ["COVID-19"]},

@@ -253,7 +253,7 @@ def _token_file(key: str, value: Any) -> Path:
     path = Path(V.string(key, value))
     if not path.is_file():
         raise ConfigError(f"{key}: {path} is not a readable file (it holds the bearer token)")
-    return path
+    return V.owner_only(key, path)
 
 
 class FhirDestination(ExportDestination):

@@ -13,9 +13,9 @@ The receiver's server defers the handshake to the association thread (BoundedAss
 from __future__ import annotations
 
 import ssl
-import stat
 from pathlib import Path
 
+from cxr_node import validation as V
 from cxr_node.config import ConfigError, NodeConfig
 
 
@@ -27,20 +27,10 @@ def _existing(key: str, path: Path | None) -> str:
     return str(path)
 
 
-def private_key_problem(key: str, path: Path) -> str | None:
-    """A private key that group or others can read is refused, as OpenSSH and PostgreSQL do."""
-    mode = stat.S_IMODE(Path(path).stat().st_mode)
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        return f"{key}: {path} is readable by group or others (mode {mode:04o}); chmod 600 it"
-    return None
-
-
 def _load_identity(ctx: ssl.SSLContext, cfg: NodeConfig) -> None:
     cert = _existing("tls.cert", cfg.tls_cert)
     key = _existing("tls.key", cfg.tls_key)
-    problem = private_key_problem("tls.key", Path(key))
-    if problem:
-        raise ConfigError(problem)
+    V.owner_only("tls.key", Path(key))
     try:
         ctx.load_cert_chain(cert, key)
     except (ssl.SSLError, OSError) as exc:
@@ -79,4 +69,4 @@ def client_context(cfg: NodeConfig) -> ssl.SSLContext | None:
     return ctx
 
 
-__all__ = ["client_context", "private_key_problem", "server_context"]
+__all__ = ["client_context", "server_context"]
