@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
+from cxr_node.dicom.checks import header_int
+
 # The decoding budget. The largest CR/DX detectors in clinical use are 43 x 43 cm flat panels and
 # CR plates read at 100 um (e.g. 35 x 43 cm plates at 100 um: 3480 x 4240; 43 x 43 cm at 100 um:
 # 4300 x 4300, 16 bits allocated: 37 MB). The defaults leave room above that: 8192 rows or columns
@@ -41,14 +43,14 @@ DEFAULT_BUDGET = PixelBudget()
 
 def check_budget(ds: Dataset, budget: PixelBudget = DEFAULT_BUDGET) -> str | None:
     """Rows, Columns and Rows x Columns x frames x samples x bytes within the decoding budget."""
-    rows, cols = _int(ds, "Rows") or 0, _int(ds, "Columns") or 0
+    rows, cols = header_int(ds, "Rows") or 0, header_int(ds, "Columns") or 0
     if rows > budget.max_rows:
         return f"Rows {rows} over decoding.max_rows {budget.max_rows}"
     if cols > budget.max_columns:
         return f"Columns {cols} over decoding.max_columns {budget.max_columns}"
-    frames = max(1, _int(ds, "NumberOfFrames") or 1)
-    samples = max(1, _int(ds, "SamplesPerPixel") or 1)
-    per_sample = max(1, (_int(ds, "BitsAllocated") or 16) // 8)
+    frames = max(1, header_int(ds, "NumberOfFrames") or 1)
+    samples = max(1, header_int(ds, "SamplesPerPixel") or 1)
+    per_sample = max(1, (header_int(ds, "BitsAllocated") or 16) // 8)
     size = rows * cols * frames * samples * per_sample
     if size > budget.max_pixel_bytes:
         return (
@@ -93,14 +95,6 @@ def check_deflated(encoded: bytes, transfer_syntax: str, budget: PixelBudget = D
     if over is not None:
         return "Deflated data set inflates past decoding.max_inflated_bytes"
     return None
-
-
-def _int(ds: Dataset, keyword: str) -> int | None:
-    value = ds.get(keyword)
-    try:
-        return int(value) if value not in (None, "") else None
-    except (TypeError, ValueError):
-        return None
 
 
 __all__ = [

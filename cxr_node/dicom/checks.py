@@ -67,7 +67,8 @@ def check_radiograph(ds: Dataset, context_sop_class: str) -> str | None:
     return None
 
 
-def _int(ds: Dataset, keyword: str) -> int | None:
+def header_int(ds: Dataset, keyword: str) -> int | None:
+    """An integer attribute as an int; None when absent, empty or not a number (the caller names it)."""
     value = ds.get(keyword)
     try:
         return int(value) if value not in (None, "") else None
@@ -81,19 +82,19 @@ def check_header(ds: Dataset, transfer_syntax: str) -> str | None:
     if problem:
         return problem
     frames = ds.get("NumberOfFrames")
-    if frames not in (None, "") and _int(ds, "NumberOfFrames") != 1:
+    if frames not in (None, "") and header_int(ds, "NumberOfFrames") != 1:
         return f"NumberOfFrames {frames} (one frame expected)"
-    spp = _int(ds, "SamplesPerPixel")
+    spp = header_int(ds, "SamplesPerPixel")
     if spp != 1:
         return f"SamplesPerPixel {ds.get('SamplesPerPixel', 'missing')} (1 expected)"
-    allocated, stored = _int(ds, "BitsAllocated"), _int(ds, "BitsStored")
+    allocated, stored = header_int(ds, "BitsAllocated"), header_int(ds, "BitsStored")
     if allocated not in (8, 16):
         return f"BitsAllocated {ds.get('BitsAllocated', 'missing')} (8 or 16 expected)"
     if stored is None or not 1 <= stored <= allocated:
         return f"BitsStored {ds.get('BitsStored', 'missing')} not in 1..BitsAllocated {allocated}"
-    if _int(ds, "PixelRepresentation") not in (0, 1):
+    if header_int(ds, "PixelRepresentation") not in (0, 1):
         return f"PixelRepresentation {ds.get('PixelRepresentation', 'missing')} (0 or 1 expected)"
-    rows, cols = _int(ds, "Rows"), _int(ds, "Columns")
+    rows, cols = header_int(ds, "Rows"), header_int(ds, "Columns")
     if not rows or not cols:
         return "Rows or Columns zero"
     syntax = UID(transfer_syntax)
@@ -233,6 +234,7 @@ __all__ = [
     "check_header",
     "check_radiograph",
     "check_uids",
+    "header_int",
     "is_valid_uid",
     "j2k_image_size",
     "jpeg_frame_size",
