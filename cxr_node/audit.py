@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pynetdicom import evt
 
 from cxr_node.dicom.status import status_ok
+from cxr_node.queue.states import ExportKind
 
 audit_log = logging.getLogger("cxr_node.audit")
 
@@ -133,7 +134,7 @@ class AssociationAudit:
 
 
 def result_sent(
-    kind: str,
+    kind: ExportKind,
     sop_instance_uid: str,
     destination: str,
     status: int,
@@ -171,7 +172,7 @@ def notice_sent(sop_instance_uid: str, destination: str, answer: str, accepted: 
         "accepted" if accepted else "refused",
         extra={
             "event": "notice_sent",
-            "kind": "notice",
+            "kind": ExportKind.NOTICE,
             "sop_instance_uid": sop_instance_uid,
             "destination": destination,
             "answer": answer,

@@ -11,8 +11,9 @@ import pytest
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import ComputedRadiographyImageStorage, Verification
 
-from cxr_node.audit import AssociationAudit, result_sent
+from cxr_node.audit import AssociationAudit, notice_sent, result_sent
 from cxr_node.logs import setup_logging
+from cxr_node.queue.states import ExportKind
 from tests import peers
 
 
@@ -35,6 +36,17 @@ def test_json_format_carries_extra_fields(restore_logging):
     assert line["job_id"] == 7 and line["sop_instance_uid"] == "1.2.3"
 
 
+def test_audit_lines_in_json_name_the_export_kind_as_stored(restore_logging):
+    stream = io.StringIO()
+    setup_logging(fmt="json", stream=stream)
+    result_sent(ExportKind.SC, "1.2.3.5", "pacs", 0x0000)
+    notice_sent("1.2.3.4", "ris", "AA", accepted=True)
+    sent, notice = (json.loads(line) for line in stream.getvalue().strip().splitlines()[-2:])
+    assert (sent["event"], sent["kind"]) == ("result_sent", "sc")
+    assert (notice["event"], notice["kind"], notice["answer"]) == ("notice_sent", "notice", "AA")
+    assert notice["msg"] == "result NOTICE of 1.2.3.4 to ris: AA (accepted)"
+
+
 def test_unknown_log_format_names_the_option():
     with pytest.raises(ValueError, match="--log-format"):
         setup_logging(fmt="xml")
@@ -49,8 +61,8 @@ def test_libraries_are_quiet_unless_verbose(restore_logging):
 
 def test_result_sent_line(caplog):
     caplog.set_level(logging.INFO, logger="cxr_node.audit")
-    result_sent("sr", "1.2.3.4", "pacs", 0x0000, job_id=3)
-    result_sent("sc", "1.2.3.5", "pacs", 0xA700)
+    result_sent(ExportKind.SR, "1.2.3.4", "pacs", 0x0000, job_id=3)
+    result_sent(ExportKind.SC, "1.2.3.5", "pacs", 0xA700)
     first, second = caplog.records[-2:]
     assert "SR 1.2.3.4 to pacs: status 0x0000 (stored)" in first.getMessage() and first.job_id == 3
     assert "(refused)" in second.getMessage()
