@@ -15,6 +15,7 @@ from cxr_node.analysis.fusion import JointClass
 from cxr_node.decoding.budget import MAX_COLUMNS, MAX_INFLATED_BYTES, MAX_PIXEL_BYTES, MAX_ROWS, PixelBudget
 from cxr_node.decoding.information import DEFAULT_LIMITS, InformationLimits, parse_image_check
 from cxr_node.errors import ConfigError, ConfigErrors  # re-exported: callers import it from here
+from cxr_node.results.sc_size import SC_MAX_SIDE
 from cxr_node.selection.config import parse_selection
 from cxr_node.selection.defaults import DEFAULT_SELECTION
 from cxr_node.selection.rules import Selection
@@ -97,7 +98,7 @@ class NodeConfig:
     domain_threshold: float | None = None  # None = the threshold training chose on validation
     input_size: int = 224
     cam_panels: str = "per-model"  # or "fused"
-    sc_max_side: int = 1024
+    sc_max_side: int = SC_MAX_SIDE
     time_zone: str = ""  # the node's zone for results of sources that state no offset; "" = the server's
     # A short SR for a not-analysable image (no class: "the AI gave no result", and why) to the
     # DICOM/DICOMweb destinations. Off: an object without a class can be read as "nothing found".

@@ -31,6 +31,7 @@ from cxr_node.decoding.pixels import PixelDataError
 from cxr_node.decoding.pool import Decoded
 from cxr_node.errors import NotAnalysable
 from cxr_node.results.identity import ModelIdentity, NodeIdentity
+from cxr_node.results.sc_size import SC_MAX_SIDE
 from cxr_node.results.writer import ResultFiles, write_results
 from cxr_node.selection.age import selection_notes
 from cxr_node.selection.vocabulary import Vocabulary
@@ -109,7 +110,7 @@ def process_batch(
     *,
     decoded: Sequence[Decoded | BaseException] | None = None,
     panels: str = "per-model",
-    max_side: int = 1024,
+    max_side: int = SC_MAX_SIDE,
     limits: InformationLimits = DEFAULT_LIMITS,
     zone: tzinfo | None = None,
     vocabulary: Vocabulary | None = None,

@@ -31,6 +31,7 @@ from cxr_node.queue.jobs import ExportItem, Job, JobQueue, ResultRecord
 from cxr_node.queue.states import ExportKind
 from cxr_node.results.identity import ModelIdentity, NodeIdentity
 from cxr_node.results.no_result_sr import write_no_result_report
+from cxr_node.results.sc_size import SC_MAX_SIDE
 from cxr_node.selection.vocabulary import Vocabulary
 from cxr_node.storage import StorageLayout
 
@@ -44,7 +45,7 @@ class WorkerSettings:
     batch_size: int = 4
     poll_interval_s: float = 1.0
     cam_panels: str = "per-model"
-    sc_max_side: int = 1024
+    sc_max_side: int = SC_MAX_SIDE
     time_zone: str = ""  # IANA name for results of sources that state no offset; "" = the server's
     # Where each result's objects go (destinations.routing; a plain name takes SR and SC of every
     # class); empty = keep results on disk.

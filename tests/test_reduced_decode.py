@@ -30,8 +30,10 @@ def _area(img: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 
 def test_factor_keeps_model_input_and_sc_panel():
-    serving = Resolution.serving(224)  # the SC's radiograph: long side 1024 px
-    assert serving.factor(1955, 1841) == 1  # 1/2 would give 978 px < 1024
+    serving = Resolution.serving(224)  # the SC's radiograph: long side 960 px
+    assert serving.factor(1955, 1841) == 2  # 1/2 gives 978 px >= 960
+    assert serving.factor(1900, 1841) == 1  # 1/2 would give 950 px < 960
+    assert Resolution.serving(224, 1024).factor(1955, 1841) == 1  # a site's 1024 px SC: 978 px is too few
     assert serving.factor(3000, 2500) == 2 and serving.factor(2500, 4096) == 4
     assert Resolution(224).factor(1955, 1841) == 8  # the model alone: 245 px >= 224
     assert Resolution(224, 512).factor(1955, 1841) == 2

@@ -32,6 +32,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from cxr_node.results.sc_size import SC_MAX_SIDE
+
 SYNTAXES = ("j2k16", "jpeg8", "jpeg12")
 WAYS = ("full", "serving", "model")
 
@@ -204,7 +206,7 @@ def run_agreement_bench(
     limit: int = 120,
     upscale: int = 4,
     syntaxes: tuple[str, ...] = SYNTAXES,
-    sc_max_side: int = 1024,
+    sc_max_side: int = SC_MAX_SIDE,
     batch: int = 8,
     extra: tuple[Path, ...] = (),
     progress: Callable[[str], None] | None = None,

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from cxr_node.benchmarks import goals
+from cxr_node.results.sc_size import SC_MAX_SIDE
 
 T = TypeVar("T")
 
@@ -295,7 +296,7 @@ def run_decode_bench(
     studies: int = 5,
     models: Path | None = None,
     input_size: int = 224,
-    sc_max_side: int = 1024,
+    sc_max_side: int = SC_MAX_SIDE,
     cores: int = 16,
     throughput: int = 0,
     batch: int = 4,

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from cxr_node.results.sc_size import SC_MAX_SIDE
 from cxr_node.validation import PRECISIONS
 
 
@@ -158,7 +159,7 @@ def decode_memory(image, side, as_json):
     help="Model bundle [default: untrained weights; same cost].",
 )
 @click.option("--input-size", type=click.IntRange(32, 2048), default=224, show_default=True)
-@click.option("--sc-max-side", type=click.IntRange(256, 4096), default=1024, show_default=True)
+@click.option("--sc-max-side", type=click.IntRange(256, 4096), default=SC_MAX_SIDE, show_default=True)
 @click.option("--cores", type=click.IntRange(1, 1024), default=16, show_default=True, help="GPU host cores to project.")
 @click.option(
     "--throughput",
@@ -216,7 +217,7 @@ def decode(
 @click.option("--limit", type=click.IntRange(0, 100000), default=120, show_default=True, help="Images (0: all).")
 @click.option("--upscale", type=click.IntRange(1, 8), default=4, show_default=True, help="Enlarge the 512 px images.")
 @click.option("--syntaxes", default="j2k16,jpeg8,jpeg12", show_default=True, help="Comma-separated.")
-@click.option("--sc-max-side", type=click.IntRange(256, 4096), default=1024, show_default=True)
+@click.option("--sc-max-side", type=click.IntRange(256, 4096), default=SC_MAX_SIDE, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--out", type=click.Path(path_type=Path, dir_okay=False), default=None, help="Also write the JSON here.")
 def decode_agreement(data, models, work, limit, upscale, syntaxes, sc_max_side, as_json, out):

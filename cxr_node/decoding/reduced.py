@@ -1,7 +1,7 @@
 """Decode a DICOM frame's stored values at the lowest resolution the work still needs.
 
 The models see `model_side` px (224) and the Secondary Capture shows the radiograph with its
-long side at `sc_max_side` px (1024; results/render.py, never enlarged); a 2k-4k radiograph
+long side at `sc_max_side` px (960, results/sc_size.py; never enlarged); a 2k-4k radiograph
 decoded in full costs 4-15 times more than one decoded at 1/2-1/8 of its size. So the decoder
 reduces rows and columns by the largest power of two f that keeps the long side at least
   - model_side (the letterbox then still shrinks, never enlarges), and
@@ -39,11 +39,12 @@ from pydicom.uid import (
 )
 
 from cxr_node.decoding import openjp2
+from cxr_node.results.sc_size import SC_MAX_SIDE
 
 J2K_SYNTAXES = frozenset({JPEG2000Lossless, JPEG2000, HTJ2KLossless, HTJ2KLosslessRPCL, HTJ2K})
 JPEG_DCT_SYNTAXES = frozenset({JPEGBaseline8Bit, JPEGExtended12Bit})
 MAX_FACTOR = 8  # JPEG's DCT scaling stops at 1/8; J2K could go further, nothing needs it
-DEFAULT_SC_MAX_SIDE = 1024  # NodeConfig.sc_max_side's default: what infer, training and evaluate assume
+DEFAULT_SC_MAX_SIDE = SC_MAX_SIDE  # NodeConfig.sc_max_side's default: what infer, training and evaluate assume
 _CV2_REDUCED = {2: cv2.IMREAD_REDUCED_GRAYSCALE_2, 4: cv2.IMREAD_REDUCED_GRAYSCALE_4, 8: cv2.IMREAD_REDUCED_GRAYSCALE_8}
 
 

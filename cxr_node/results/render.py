@@ -36,6 +36,7 @@ import cv2
 import numpy as np
 
 from cxr_node.analysis.fusion import JointClass, JointResult
+from cxr_node.results.sc_size import SC_MAX_SIDE
 from cxr_node.results.wording import CLASS_WORDS, NOT_FOR_DIAGNOSIS, UNTRAINED_MODEL_TEXT
 
 # Inferno is perceptually uniform and stays readable on grey; the overlay is weighted
@@ -214,7 +215,7 @@ def render(
     cam_b: np.ndarray,
     legend: Legend,
     panels: str = "per-model",
-    max_side: int = 1024,
+    max_side: int = SC_MAX_SIDE,
 ) -> tuple[np.ndarray, Layout]:
     """The picture (RGB uint8) and where its parts are.
 
@@ -308,7 +309,7 @@ def render_secondary_capture(
     cam_b: np.ndarray,
     legend: Legend,
     panels: str = "per-model",
-    max_side: int = 1024,
+    max_side: int = SC_MAX_SIDE,
 ) -> np.ndarray:
     """The picture alone (see render)."""
     return render(grey, cam_a, cam_b, legend, panels, max_side)[0]

@@ -25,6 +25,7 @@ from cxr_node.results.analysed_image import AnalysedImage
 from cxr_node.results.identity import ModelIdentity, NodeIdentity, ResultUIDs
 from cxr_node.results.render import Legend, render_secondary_capture
 from cxr_node.results.sc import build_secondary_capture
+from cxr_node.results.sc_size import SC_MAX_SIDE
 from cxr_node.results.sr import build_structured_report, clean_notes
 from cxr_node.results.times import Clock, result_time, utc_now
 from cxr_node.selection.vocabulary import Vocabulary
@@ -76,7 +77,7 @@ def write_results(
     node: NodeIdentity,
     model: ModelIdentity,
     panels: str = "per-model",
-    max_side: int = 1024,
+    max_side: int = SC_MAX_SIDE,
     notes: Sequence[str] = (),
     clock: Clock = utc_now,
     zone: tzinfo | None = None,
