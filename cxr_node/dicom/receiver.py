@@ -138,6 +138,29 @@ def stored_dataset_sha256(path: Path) -> str:
     return dataset_sha256(data[144 + group_length :])
 
 
+class _HashBeside:
+    """dataset_sha256 of a buffer in a thread of its own; result() joins it (and re-raises)."""
+
+    def __init__(self, body: memoryview) -> None:
+        self._digest: str | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(body,), name="cxr-hash", daemon=True)
+        self._thread.start()
+
+    def _run(self, body: memoryview) -> None:
+        try:
+            self._digest = dataset_sha256(body)
+        except BaseException as exc:  # handed to result(): the C-STORE fails, never acknowledged
+            self._error = exc
+
+    def result(self) -> str:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        assert self._digest is not None
+        return self._digest
+
+
 def _decode(event) -> Dataset:
     """event.dataset, without the copy of the whole stream pynetdicom makes only to see that it is
     not empty (7 MB for a radiograph, on every C-STORE)."""
@@ -329,24 +352,27 @@ class Receiver:
         syntax = str(event.context.transfer_syntax)
         identity = instance_identity(ds)
         # The data set exactly as the sender encoded it, without a copy: hashed once in memory,
-        # written once; the stored file is never read back to compare. (Hashing in a helper thread
-        # beside the fsync was no faster on the shared 2-core machine: docs/benchmarks.md.)
+        # written once; the stored file is never read back to compare.
         with event.request.DataSet.getbuffer() as body:
-            content_sha256 = dataset_sha256(body)
             try:
                 known = self.queue.known_instance(sop_uid, deadline.left())
             except Exception as exc:  # database down or busy: the image is not acknowledged
                 return self._database_failed(sop_uid, "look up", exc)
             if known is not None:
-                return self._already_stored(event, known, content_sha256, syntax, identity, sop_uid, calling)
+                return self._already_stored(event, known, dataset_sha256(body), syntax, identity, sop_uid, calling)
 
             path = self.layout.instance_path(study_uid, sop_uid)
             head = b"\x00" * 128 + b"DICM" + encode_file_meta(event.file_meta)
+            # Hashed beside the write: both release the GIL, and while the sender waits for our
+            # answer the second core is free (5 of ~30 ms per 7 MB image: docs/benchmarks.md).
+            hashing = _HashBeside(body)
             try:
                 self.write(path, (head, body))
             except OSError as exc:
                 log.error("C-STORE %s: cannot write %s: %s", sop_uid, path, exc)
                 return _status(OUT_OF_RESOURCES, f"Storage write failed: {exc.strerror or exc}")
+            finally:
+                content_sha256 = hashing.result()  # joined before the buffer is released
         try:
             new = self.queue.enqueue(
                 ReceivedInstance(
