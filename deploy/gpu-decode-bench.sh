@@ -5,8 +5,8 @@
 #      the worker's path (decode pool of WORKERS processes -> process_batch in batches of BATCH:
 #      analysis on DEVICE, SR/SC built and written), full and reduced decoding side by side;
 #   2. the same on a unit-sized JPEG 2000 image (RG1 enlarged 2 x: 3910 x 3682, lossless, made
-#      here), which the 1024 px SC lets the node decode at 1/2 (RG1_J2KR itself, 1955 px, is
-#      decoded in full for that SC);
+#      here), which the 960 px SC lets the node decode at 1/2 (RG1_J2KR itself, 1955 px, too:
+#      its 1/2 level is 978 px);
 #   3. the same throughput with fewer decode processes (WORKERS_SWEEP), to see where it bends.
 # Results land in OUT_DIR: summary.txt (the text reports, machine, load), decode-*.json.
 #
