@@ -18,9 +18,10 @@ from training.config import ConfigError, config_from_dict, load_config
 from training.data import load_data
 from training.dataset import Augment, SquareDataset, augment_rng
 from training.distributed import DistEnv
-from training.fast.device_data import DeviceBatches, DeviceSet, affine_thetas, warp
+from training.fast import ENGINE
+from training.fast.device_data import DeviceBatches, DevicePipeline, DeviceSet, affine_thetas, warp
 from training.fast.step import TrainStep
-from training.loop import _DeviceBatches, _LoaderBatches, fit, learning_rate
+from training.loop import _LoaderBatches, fit, learning_rate
 from training.metrics import target_a
 from training.synthetic import write_synthetic
 
@@ -90,7 +91,7 @@ def test_device_and_loader_paths_train_alike(tiny, tmp_path):
     for pipeline in ("device", "loader"):
         cfg = config_from_dict({**TINY, "data": {"input_size": 64, "pipeline": pipeline}})
         train, val = _sets(data, idx)
-        batches = (_LoaderBatches if pipeline == "loader" else _DeviceBatches)(
+        batches = (_LoaderBatches if pipeline == "loader" else DevicePipeline)(
             train, val, 4, DistEnv(), 5, True, cfg, torch.device("cpu")
         )
         torch.manual_seed(5)
@@ -118,6 +119,7 @@ def test_device_and_loader_paths_train_alike(tiny, tmp_path):
             seed=5,
             label=pipeline,
             log=lambda m: None,
+            engine=ENGINE,
         )
     assert first["device"] == pytest.approx(first["loader"], rel=1e-5)
     d, lo = results["device"].history[0], results["loader"].history[0]
@@ -163,6 +165,7 @@ def test_no_host_synchronisation_per_training_step(tiny, tmp_path, monkeypatch):
             seed=5,
             label="s",
             log=lambda m: None,
+            engine=ENGINE,
         )
         counts[n_train] = counter.calls
         monkeypatch.undo()
@@ -242,6 +245,7 @@ def test_gpu_fit_replays_densenet_steps_from_a_cuda_graph(tiny, tmp_path):
         seed=5,
         label="g",
         log=lines.append,
+        engine=ENGINE,
     )
     assert any("captured in a CUDA graph" in line for line in lines), lines
     assert not any("continuing eagerly" in line for line in lines), lines

@@ -18,7 +18,8 @@ from training.config import config_from_dict
 from training.data import load_data
 from training.dataset import Augment, SquareDataset
 from training.distributed import DistEnv
-from training.loop import CheckpointMismatch, fit
+from training.fast import ENGINE
+from training.loop import PLAIN, CheckpointMismatch, fit
 from training.metrics import target_a
 from training.synthetic import write_synthetic
 
@@ -54,7 +55,7 @@ def tiny(tmp_path_factory):
     return folder, cfg, sets
 
 
-def _fit(cfg, sets, stem, fingerprint="fp", on_epoch_end=None):
+def _fit(cfg, sets, stem, fingerprint="fp", on_epoch_end=None, engine=ENGINE):
     train, val = sets()
     return fit(
         cfg=cfg,
@@ -69,6 +70,7 @@ def _fit(cfg, sets, stem, fingerprint="fp", on_epoch_end=None):
         label="t",
         log=lambda m: None,
         on_epoch_end=on_epoch_end,
+        engine=engine,
     )
 
 
@@ -152,7 +154,33 @@ def test_dataloader_workers_do_not_change_the_result(tiny, tmp_path):
     with_workers = config_from_dict(
         {**TINY, "data": loader, "optim": {"batch_size": 4, "epochs": 1}, "run": {**TINY["run"], "num_workers": 2}}
     )
-    a = _fit(one_epoch, sets, tmp_path / "w0" / "m")
-    b = _fit(with_workers, sets, tmp_path / "w2" / "m")
+    # The plain engine: on the CPU with data.pipeline = loader the fast one takes this same path.
+    a = _fit(one_epoch, sets, tmp_path / "w0" / "m", engine=PLAIN)
+    b = _fit(with_workers, sets, tmp_path / "w2" / "m", engine=PLAIN)
     assert a.history[0]["train_loss"] == b.history[0]["train_loss"]
     assert all(torch.equal(a.state[k], b.state[k]) for k in a.state)
+
+
+@pytest.mark.parametrize(
+    "table, message",
+    [
+        ({"run": {**TINY["run"], "step": "compile"}}, "run.step = compile needs training.fast's engine"),
+        ({"data": {**TINY["data"], "pipeline": "device"}}, "data.pipeline = device needs training.fast's engine"),
+    ],
+)
+def test_the_plain_loop_refuses_what_only_the_fast_layer_does(tiny, tmp_path, table, message):
+    _, _, sets = tiny
+    with pytest.raises(ValueError, match=message):
+        _fit(config_from_dict({**TINY, **table}), sets, tmp_path / "m", engine=PLAIN)
+
+
+def test_the_research_core_imports_nothing_from_the_fast_layer():
+    probe = "import sys, {}; print(sorted(m for m in sys.modules if m.startswith('training.fast')))"
+
+    def loaded(module):
+        run = subprocess.run([sys.executable, "-c", probe.format(module)], cwd=REPO, capture_output=True, text=True)
+        assert run.returncode == 0, run.stderr
+        return run.stdout.strip()
+
+    assert loaded("training.loop") == "[]"
+    assert "'training.fast.engine'" in loaded("training.pipeline")  # the probe sees the layer where it is used

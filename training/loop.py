@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,9 +29,8 @@ from cxr_node.storage import write_durably
 from training.config import TrainConfig
 from training.dataset import Augment, SquareDataset
 from training.distributed import DistEnv, all_reduce_sum, barrier, params_identical_across_ranks
-from training.fast.device_data import DeviceBatches, DeviceSet, fits_on_device, predict_on_device
-from training.fast.step import autocast_for, make_step
 from training.metrics import balanced_accuracy, safe_auc
+from training.step import Step, autocast_for
 
 
 class CheckpointMismatch(RuntimeError):
@@ -79,10 +79,6 @@ class FitJob:
         )
 
 
-def _autocast(device: torch.device, amp: bool):
-    return autocast_for(device, amp)
-
-
 def learning_rate(o, epoch: int) -> float:
     """optim.lr for this 0-based epoch: linear warm-up, then constant or cosine decay to 0."""
     if epoch < o.warmup_epochs:
@@ -91,14 +87,6 @@ def learning_rate(o, epoch: int) -> float:
         span = o.epochs - o.warmup_epochs
         return o.lr * 0.5 * (1.0 + math.cos(math.pi * (epoch - o.warmup_epochs) / span))
     return o.lr
-
-
-def resolve_pipeline(cfg: TrainConfig, train_set: SquareDataset, val_set: SquareDataset, device: torch.device) -> str:
-    if cfg.data.pipeline != "auto":
-        return cfg.data.pipeline
-    size = train_set.squares.shape[-1]
-    nbytes = (len(train_set) + len(val_set)) * size * size * 4
-    return "device" if fits_on_device(nbytes, device, cfg.run.parallel) else "loader"
 
 
 class _LoaderBatches:
@@ -139,25 +127,34 @@ class _LoaderBatches:
         )
 
 
-class _DeviceBatches:
-    """The device path (training.fast.device_data): squares uploaded once, augmented on the device."""
-
-    def __init__(self, train_set, val_set, batch_size, env, seed, drop_last, cfg, device):
-        self.train = DeviceBatches(DeviceSet(train_set, device), batch_size, env, seed, drop_last)
-        self.val = DeviceSet(val_set, device)
-
-    def __len__(self) -> int:
-        return len(self.train)
-
-    def epoch(self, epoch: int):
-        return self.train.epoch(epoch)
-
-    def predict_val(self, model, batch_size, autocast, memory_format):
-        return predict_on_device(model, self.val, batch_size, autocast=autocast, memory_format=memory_format)
+def plain_step(model, optimizer, cfg: TrainConfig, device: torch.device, *, log, label: str = "", ddp: bool = False):
+    """The eager step; run.step's other forms are training.fast's (Engine)."""
+    if cfg.run.step not in ("auto", "eager"):
+        raise ValueError(f"run.step = {cfg.run.step} needs training.fast's engine (fit(engine=training.fast.ENGINE))")
+    step = Step(model, optimizer, device=device, amp=cfg.run.amp, label_smoothing=cfg.optim.label_smoothing)
+    return step, "plain loop"
 
 
-def make_batches(pipeline: str, *args):
-    return (_DeviceBatches if pipeline == "device" else _LoaderBatches)(*args)
+def loader_batches(cfg: TrainConfig, train_set, val_set, batch_size, env, seed, drop_last, device):
+    """DataLoader batches; the device input path is training.fast's (Engine)."""
+    if cfg.data.pipeline == "device":
+        raise ValueError("data.pipeline = device needs training.fast's engine (fit(engine=training.fast.ENGINE))")
+    return _LoaderBatches(train_set, val_set, batch_size, env, seed, drop_last, cfg, device), "loader"
+
+
+@dataclass(frozen=True)
+class Engine:
+    """How `fit` makes its step and its batches. PLAIN: eager steps and DataLoader batches, the
+    research loop alone; training.fast.ENGINE adds run.step's compiled and CUDA-graph forms and the
+    device input path (data.pipeline) without the loop knowing them."""
+
+    # (model, optimizer, cfg, device, *, log, label, ddp) -> (step, why this form)
+    make_step: Callable[..., tuple[Any, str]]
+    # (cfg, train_set, val_set, per-rank batch size, env, seed, drop_last, device) -> (batches, input path)
+    make_batches: Callable[..., tuple[Any, str]]
+
+
+PLAIN = Engine(plain_step, loader_batches)
 
 
 @torch.no_grad()
@@ -179,7 +176,7 @@ def predict(
         x = x.to(device, non_blocking=True)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with _autocast(device, amp):
+        with autocast_for(device, amp):
             logits = model(x)
         logits = logits.float().cpu()
         loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
@@ -307,6 +304,7 @@ def fit(
     log: Callable[[str], None],
     progress: Callable | None = None,
     on_epoch_end: Callable[[int], None] | None = None,
+    engine: Engine = PLAIN,
 ) -> FitResult:
     ckpt_stem.parent.mkdir(parents=True, exist_ok=True)
     final_path = ckpt_stem.with_name(ckpt_stem.name + ".final.pt")
@@ -330,12 +328,11 @@ def fit(
     state = _resume(ckpt_path, fingerprint, model, optimizer, log, label)
 
     train_model = DistributedDataParallel(model) if env.enabled else model
-    step, why = make_step(train_model, optimizer, cfg, device, log=log, label=label, ddp=env.enabled)
+    step, why = engine.make_step(train_model, optimizer, cfg, device, log=log, label=label, ddp=env.enabled)
     mode = step.mode
     # A last batch of one image would break BatchNorm in train mode (1x1 features at small inputs).
     drop_last = (-(-len(train_set) // env.world_size)) % per_rank_batch == 1
-    pipeline = resolve_pipeline(cfg, train_set, val_set, device)
-    batches = make_batches(pipeline, train_set, val_set, per_rank_batch, env, seed, drop_last, cfg, device)
+    batches, pipeline = engine.make_batches(cfg, train_set, val_set, per_rank_batch, env, seed, drop_last, device)
     log(
         f"{label}: {len(train_set)} training / {len(val_set)} validation images, step {mode} ({why}), "
         f"input path {pipeline}"
@@ -434,6 +431,7 @@ def run_fit(
     fingerprint: str,
     log: Callable[[str], None],
     progress=None,
+    engine: Engine = PLAIN,
 ) -> FitResult:
     """`fit` for one FitJob: the sequential path, and each of run.parallel's worker processes."""
     train_set, val_set = job.datasets(squares, cfg)
@@ -450,4 +448,5 @@ def run_fit(
         label=job.label,
         log=log,
         progress=progress,
+        engine=engine,
     )

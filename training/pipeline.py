@@ -34,7 +34,7 @@ from training.data import LABELS, LoadedData, load_data
 from training.dataset import SquareDataset
 from training.determinism import apply_determinism
 from training.distributed import DistEnv, init_distributed, shutdown
-from training.fast import train_side_by_side
+from training.fast import ENGINE, train_side_by_side
 from training.loop import FitJob, predict, run_fit
 from training.metrics import (
     binary_metrics,
@@ -223,6 +223,7 @@ def run_repetition(ctx: Context, rep: int) -> Repetition | None:
             fingerprint=ctx.fingerprint,
             log=log,
             progress=ctx.progress,
+            engine=ENGINE,
         )
         for key, job in plan.jobs.items()
     }

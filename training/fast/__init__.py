@@ -7,8 +7,9 @@ apart from the plain research core (data, splits, loop, metrics, report) that wo
   grouped.py      N DenseNet-161s as one grouped network; grouped_fit.py trains them in lockstep
   bench.py        `cxr-node bench train`: throughput and the projected protocol wall time
 
-`train_side_by_side` is the one way in for the pipeline and the bench; the loop uses step and
-device_data directly (its per-step forms and input paths).
+Two ways in, both for the pipeline (the bench uses the first): `train_side_by_side` runs
+run.parallel trainings at a time, and `ENGINE` is handed to `training.loop.fit` for one training's
+step forms and input path. The research core imports nothing from here.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # the loop imports step and device_data from here: no import of it at run time
+from training.fast.engine import ENGINE
+
+if TYPE_CHECKING:
     import numpy as np
     import torch
 
@@ -39,7 +42,7 @@ def train_side_by_side(
 ) -> None:
     """run.parallel > 1: every unfinished job, run.parallel at a time, as run.parallel_mode says;
     each leaves its `<stem>.final.pt` for the pipeline (or the bench) to read."""
-    from training.determinism import apply_determinism  # the runners import the loop: imported on use
+    from training.determinism import apply_determinism
     from training.fast.grouped_fit import run_grouped
     from training.fast.parallel import run_parallel
 
@@ -68,3 +71,6 @@ def train_side_by_side(
             log_path=log_path,
             processes=cfg.run.parallel,
         )
+
+
+__all__ = ["ENGINE", "train_side_by_side"]

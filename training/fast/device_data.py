@@ -22,8 +22,10 @@ from torch import nn
 from torch.utils.data import DistributedSampler
 
 from cxr_node.analysis.preprocess import normalise_batch
+from training.config import TrainConfig
 from training.dataset import Augment, SquareDataset, augment_rng
 from training.distributed import DistEnv
+from training.loop import _LoaderBatches
 
 CHUNK = 256  # images warped per grid_sample call (bounds the temporary grid's memory)
 
@@ -144,3 +146,37 @@ def fits_on_device(nbytes: int, device: torch.device, parallel: int) -> bool:
         return True  # the squares already sit in host memory; the device path only adds a copy
     total = torch.cuda.get_device_properties(device).total_memory
     return nbytes * parallel <= total // 4
+
+
+def resolve_pipeline(cfg: TrainConfig, train_set: SquareDataset, val_set: SquareDataset, device: torch.device) -> str:
+    """data.pipeline, with "auto" the device path when the squares fit (fits_on_device)."""
+    if cfg.data.pipeline != "auto":
+        return cfg.data.pipeline
+    size = train_set.squares.shape[-1]
+    nbytes = (len(train_set) + len(val_set)) * size * size * 4
+    return "device" if fits_on_device(nbytes, device, cfg.run.parallel) else "loader"
+
+
+class DevicePipeline:
+    """data.pipeline = "device" for `fit`: squares uploaded once, augmented on the device; the
+    same calls as the loop's DataLoader batches (len, epoch, predict_val)."""
+
+    def __init__(self, train_set, val_set, batch_size, env, seed, drop_last, cfg, device):
+        self.train = DeviceBatches(DeviceSet(train_set, device), batch_size, env, seed, drop_last)
+        self.val = DeviceSet(val_set, device)
+
+    def __len__(self) -> int:
+        return len(self.train)
+
+    def epoch(self, epoch: int):
+        return self.train.epoch(epoch)
+
+    def predict_val(self, model, batch_size, autocast, memory_format):
+        return predict_on_device(model, self.val, batch_size, autocast=autocast, memory_format=memory_format)
+
+
+def device_or_loader_batches(cfg: TrainConfig, train_set, val_set, batch_size, env, seed, drop_last, device):
+    """The Engine's batches: the device path or the loop's DataLoader, as data.pipeline resolves."""
+    pipeline = resolve_pipeline(cfg, train_set, val_set, device)
+    kind = DevicePipeline if pipeline == "device" else _LoaderBatches
+    return kind(train_set, val_set, batch_size, env, seed, drop_last, cfg, device), pipeline

@@ -36,7 +36,7 @@ from training.config import TrainConfig
 from training.distributed import DistEnv
 from training.fast.device_data import DeviceBatches, DeviceSet
 from training.fast.grouped import GroupedDenseNet
-from training.fast.step import at_least_float32, autocast_for, make_step
+from training.fast.step import make_step
 from training.loop import (
     FitJob,
     FitResult,
@@ -50,6 +50,7 @@ from training.loop import (
     validation_record,
     write_final,
 )
+from training.step import at_least_float32, autocast_for
 
 VAL_BATCH = 32  # validation images per model per forward
 

@@ -25,6 +25,7 @@ import torch
 from training.config import TrainConfig
 from training.determinism import apply_determinism
 from training.distributed import DistEnv
+from training.fast.engine import ENGINE
 from training.loop import FitJob, run_fit
 
 
@@ -56,6 +57,7 @@ def _worker(
         env=DistEnv(),
         fingerprint=fingerprint,
         log=RunLog(Path(log_path) if log_path else None, True),
+        engine=ENGINE,
     )
     return job.label, result.best_epoch
 

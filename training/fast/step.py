@@ -1,7 +1,7 @@
 """One optimisation step (forward, loss, backward, SGD) in one of three forms, all returning the
 loss and the number of correct predictions as device tensors, so the loop never waits for the GPU:
 
-  * eager        - plain PyTorch;
+  * eager        - plain PyTorch: the research core's step (training/step.py), used as it is;
   * compile      - the model under torch.compile (mode "reduce-overhead", i.e. CUDA graphs via
                    Inductor, on CUDA; Inductor's default on the CPU); the optimizer stays eager;
   * cuda_graphs  - the whole step, SGD included, captured once in a CUDA graph and replayed
@@ -17,8 +17,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from training.step import Objective, Step, autocast_for
 
 WARMUP_STEPS = 3  # eager steps on a side stream before capture (cuDNN/allocator warm-up, momentum buffers)
 
@@ -36,33 +37,8 @@ def resolve_mode(requested: str, device: torch.device, ddp: bool) -> tuple[str, 
     return requested, "run.step"
 
 
-def autocast_for(device: torch.device, amp: bool, cache: bool = True):
-    if amp and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=cache)
-    return torch.autocast("cpu", enabled=False)
-
-
-Objective = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
-
-
-def at_least_float32(logits: torch.Tensor) -> torch.Tensor:
-    """bf16 autocast logits in float32 for the loss; float64 stays float64 (the exactness tests)."""
-    return logits.to(torch.promote_types(logits.dtype, torch.float32))
-
-
-def classification_objective(label_smoothing: float) -> Objective:
-    """(logits (B, C), targets (B,)) -> (loss to minimise, loss to report, correct predictions)."""
-
-    def objective(logits: torch.Tensor, y: torch.Tensor):
-        loss = F.cross_entropy(at_least_float32(logits), y, label_smoothing=label_smoothing)
-        return loss, loss.detach(), (logits.detach().argmax(1) == y).sum()
-
-    return objective
-
-
-class TrainStep:
-    """step(x, y) -> (loss, correct) device tensors; set_lr(lr) before an epoch. `objective`
-    (default: cross-entropy of one model) says what is minimised and what is reported."""
+class TrainStep(Step):
+    """The plain step (training.step) in the form run.step asks for; the same call and set_lr."""
 
     def __init__(
         self,
@@ -77,10 +53,9 @@ class TrainStep:
         label: str = "",
         objective: Objective | None = None,
     ) -> None:
-        self.model, self.optimizer, self.device, self.amp = model, optimizer, device, amp
-        self.label_smoothing, self.log, self.label = label_smoothing, log, label
+        super().__init__(model, optimizer, device=device, amp=amp, label_smoothing=label_smoothing, objective=objective)
+        self.log, self.label = log, label
         self.mode = mode
-        self.objective = objective or classification_objective(label_smoothing)
         self._forward: Callable[..., torch.Tensor] = model  # the module, or its torch.compile wrapper
         if mode == "compile":
             self._forward = torch.compile(model, mode="reduce-overhead" if device.type == "cuda" else "default")
@@ -89,23 +64,8 @@ class TrainStep:
         self._graph_lr: float | None = None
         self._warm = 0
         self._static: dict[str, torch.Tensor] = {}
-        self.lr = optimizer.param_groups[0]["lr"]
-
-    def set_lr(self, lr: float) -> None:
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        self.lr = lr
 
     # -- forms --------------------------------------------------------------------------------
-    def _eager(self, forward, x, y, set_to_none: bool = True):
-        with autocast_for(self.device, self.amp):
-            logits = forward(x)
-        loss, reported, correct = self.objective(logits, y)
-        self.optimizer.zero_grad(set_to_none=set_to_none)
-        loss.backward()
-        self.optimizer.step()
-        return reported, correct
-
     def _fallback(self, exc: BaseException, snapshot) -> None:
         self.log(
             f"{self.label}: run.step = {self.mode} failed ({type(exc).__name__}: {str(exc)[:200]}); continuing eagerly"
