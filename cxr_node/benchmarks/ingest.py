@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import socket
 import sqlite3
 import statistics
 import subprocess
@@ -33,41 +31,7 @@ from pathlib import Path
 
 import click
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _listening(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.2)
-        return s.connect_ex(("127.0.0.1", port)) == 0
-
-
-def _program(name: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        raise click.ClickException(f"{name} not installed (Debian package dcmtk)")
-    return path
-
-
-def make_images(src: Path, out_dir: Path, n: int) -> list[Path]:
-    """n copies of `src` with fresh Study/Series/SOP Instance UIDs, in its own transfer syntax."""
-    import pydicom
-    from pydicom.uid import generate_uid
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    template = pydicom.dcmread(src)
-    paths = []
-    for i in range(n):
-        template.StudyInstanceUID, template.SeriesInstanceUID = generate_uid(), generate_uid()
-        template.SOPInstanceUID = template.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-        path = out_dir / f"image-{i:03d}.dcm"
-        template.save_as(path, enforce_file_format=True)
-        paths.append(path)
-    return paths
+from cxr_node.benchmarks.sending import NODE_AET, free_port, fresh_copies, listening, program, stop, timed_dcmsend
 
 
 @dataclass
@@ -82,7 +46,7 @@ class Receiver:
         if self.tree is None:
             out = workdir / "storescp"
             out.mkdir()
-            args = [_program("storescp"), "--output-directory", str(out), "-aet", "CXR_NODE", str(port)]
+            args = [program("storescp"), "--output-directory", str(out), "-aet", NODE_AET, str(port)]
             return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
         args = [sys.executable, "-m", "cxr_node.cli", "serve", "--role", "receiver", "--no-web"]
         args += ["--bind", "127.0.0.1", "--port", str(port), "--storage", str(workdir / "node")]
@@ -96,15 +60,6 @@ class Receiver:
             return int(conn.execute("SELECT count(*) FROM instances").fetchone()[0])
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
 def _cpu_s(pid: int) -> float:
     """User + system CPU seconds a process has used so far (/proc/PID/stat, fields 14 and 15)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
@@ -115,25 +70,20 @@ def time_one(receiver: Receiver, files: list[Path], workdir: Path) -> tuple[floa
     """dcmsend's wall time for `files` in one association to a freshly started `receiver`, and the
     CPU seconds the receiver used meanwhile (less sensitive than wall time to other load)."""
     workdir.mkdir(parents=True)
-    port = _free_port()
+    port = free_port()
     proc = receiver.start(workdir, port)
     try:
         deadline = time.monotonic() + 120
-        while not _listening(port):
+        while not listening(port):
             if proc.poll() is not None or time.monotonic() > deadline:
                 log = (workdir / f"{receiver.name}.log").read_text(errors="replace")[-2000:]
                 raise click.ClickException(f"{receiver.name} did not start listening:\n{log}")
             time.sleep(0.05)
-        cmd = [_program("dcmsend"), "-aet", "MOBILE_DR", "-aec", "CXR_NODE", "-ma", "-dn", "127.0.0.1", str(port)]
         cpu0 = _cpu_s(proc.pid)
-        t0 = time.perf_counter()
-        sent = subprocess.run([*cmd, *map(str, files)], capture_output=True, text=True, timeout=600)
-        seconds = time.perf_counter() - t0
+        seconds = timed_dcmsend(port, files, receiver.name, options=("-ma", "-dn"))
         cpu = _cpu_s(proc.pid) - cpu0
-        if sent.returncode != 0:
-            raise click.ClickException(f"dcmsend to {receiver.name} failed ({sent.returncode}): {sent.stderr[-1000:]}")
     finally:
-        _stop(proc)
+        stop(proc)
     held = receiver.held(workdir)
     if held != len(files):
         raise click.ClickException(f"{receiver.name} holds {held} of {len(files)} images after the run")
@@ -147,7 +97,7 @@ def _load() -> list[float]:
 def run_ingest_bench(
     image: Path, images: int, rounds: int, tree: Path, baseline: Path | None, workdir: Path, progress=None
 ) -> dict:
-    files = make_images(image, workdir / "images", images)
+    files = [copy.path for copy in fresh_copies(image, workdir / "images", images)]
     size_mb = sum(p.stat().st_size for p in files) / len(files) / 1e6
     receivers = [Receiver("storescp", None), Receiver("node", tree)]
     if baseline is not None:

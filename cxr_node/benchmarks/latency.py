@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -21,27 +18,14 @@ import tempfile
 import time
 import urllib.request
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import click
 
+from cxr_node.benchmarks.sending import free_port, fresh_copies, program, stop, timed_dcmsend, wait_until
+
 DECODE_MODES = ("reduced", "full", "both")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait(predicate, timeout_s: float, what: str, interval_s: float = 0.05):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval_s)
-    raise click.ClickException(f"timed out after {timeout_s:.0f} s waiting for {what}")
 
 
 @dataclass
@@ -60,6 +44,9 @@ class Orthanc:
     def count(self, study_uid: str) -> int:
         return len(self.post("/tools/find", {"Level": "Instance", "Query": {"StudyInstanceUID": study_uid}}))
 
+    def holds(self, study_uid: str, n: int) -> bool:
+        return self.count(study_uid) >= n
+
     def alive(self) -> bool:
         try:
             urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/system", timeout=2).read()
@@ -69,10 +56,8 @@ class Orthanc:
 
 
 def start_orthanc(workdir: Path) -> Orthanc:
-    exe = shutil.which("Orthanc")
-    if exe is None:
-        raise click.ClickException("Orthanc not installed (Debian package orthanc)")
-    dicom_port, http_port = _free_port(), _free_port()
+    exe = program("Orthanc", "orthanc")
+    dicom_port, http_port = free_port(), free_port()
     cfg = {
         "Name": "cxr-bench",
         "StorageDirectory": str(workdir / "orthanc"),
@@ -90,24 +75,8 @@ def start_orthanc(workdir: Path) -> Orthanc:
         [exe, str(workdir / "orthanc.json")], stdout=open(workdir / "orthanc.log", "wb"), stderr=subprocess.STDOUT
     )
     orthanc = Orthanc(proc, dicom_port, http_port)
-    _wait(lambda: proc.poll() is not None or orthanc.alive(), 60, "Orthanc")
+    wait_until(lambda: proc.poll() is not None or orthanc.alive(), 60, "Orthanc")
     return orthanc
-
-
-def restamp(src: Path, out_dir: Path, n: int) -> list[tuple[Path, str]]:
-    """n copies with fresh Study/Series/SOP Instance UIDs, in the source's transfer syntax."""
-    import pydicom
-    from pydicom.uid import generate_uid
-
-    out = []
-    for i in range(n):
-        ds = pydicom.dcmread(src)
-        ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
-        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-        path = out_dir / f"image-{i:03d}.dcm"
-        ds.save_as(path, enforce_file_format=True)
-        out.append((path, str(ds.StudyInstanceUID)))
-    return out
 
 
 @dataclass
@@ -140,13 +109,9 @@ def _recorded(db_url: str, sop_uid: str) -> dict:
 
 
 def run_latency_bench(image: Path, sends: int, look_s: float, workdir: Path, serve_args: list[str]) -> dict:
-    dcmsend = shutil.which("dcmsend")
-    if dcmsend is None:
-        raise click.ClickException("dcmsend not installed (Debian package dcmtk)")
-    import pydicom
-
+    program("dcmsend")  # before anything is started
     orthanc = start_orthanc(workdir)
-    port = _free_port()
+    port = free_port()
     storage = workdir / "node"
     db_url = f"sqlite:///{storage / 'cxr-node.db'}"
     serve = subprocess.Popen(
@@ -172,7 +137,7 @@ def run_latency_bench(image: Path, sends: int, look_s: float, workdir: Path, ser
         env={**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")},
     )
     try:
-        _wait(
+        wait_until(
             lambda: (
                 serve.poll() is not None or "cxr-node: roles" in (workdir / "serve.log").read_text(errors="replace")
             ),
@@ -181,33 +146,21 @@ def run_latency_bench(image: Path, sends: int, look_s: float, workdir: Path, ser
         )
         if serve.poll() is not None:
             raise click.ClickException(f"serve exited: {(workdir / 'serve.log').read_text()[-2000:]}")
-        files = restamp(image, workdir, sends + 1)
+        copies = fresh_copies(image, workdir, sends + 1)
         samples = []
         load_before = os.getloadavg()
-        for i, (path, study) in enumerate(files):
+        for i, copy in enumerate(copies):
             t0 = time.perf_counter()
-            subprocess.run(
-                [dcmsend, "-aet", "MOBILE_DR", "-aec", "CXR_NODE", "127.0.0.1", str(port), str(path)],
-                check=True,
-                capture_output=True,
-                timeout=120,
-            )
-            t1 = time.perf_counter()
-            _wait(lambda s=study: orthanc.count(s) >= 2, 300, "SR and SC in Orthanc", interval_s=look_s)
-            t2 = time.perf_counter()
+            dcmsend_s = timed_dcmsend(port, [copy.path], "the node", timeout_s=120)
+            wait_until(partial(orthanc.holds, copy.study_uid, 2), 300, "SR and SC in Orthanc", interval_s=look_s)
+            seconds = time.perf_counter() - t0
             if i == 0:
                 continue  # warm-up: first-use costs (lazy imports, allocator growth) are not the steady state
-            sop = str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
-            samples.append(Sample(t2 - t0, t1 - t0, _recorded(db_url, sop)))
+            samples.append(Sample(seconds, dcmsend_s, _recorded(db_url, copy.sop_uid)))
         load_after = os.getloadavg()
     finally:
-        serve.send_signal(signal.SIGTERM)
-        try:
-            serve.wait(60)
-        except subprocess.TimeoutExpired:
-            serve.kill()
-        orthanc.proc.terminate()
-        orthanc.proc.wait(30)
+        stop(serve, 60)
+        stop(orthanc.proc)
     return _summary(samples, sends, look_s, load_before, load_after)
 
 
