@@ -31,34 +31,29 @@ from pathlib import Path
 import highdicom as hd
 from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pydicom.sr.codedict import codes
 
 from cxr_node.results import wording
 from cxr_node.results.analysed_image import AnalysedImage
 from cxr_node.results.identity import (
-    MANUFACTURER,
     MODEL_NAME,
     ModelIdentity,
     NodeIdentity,
     as_reference,
-    copy_patient_study,
     derived_uid,
-    model_equipment,
 )
 from cxr_node.results.sr import (
     AI_MODEL,
     ANALYSED_IMAGE,
-    IMAGING_PROCEDURE,
     INTENDED_USE,
     NOTE,
-    _coding_scheme_identification,
     _group,
     _private,
     _text,
     clean_notes,
-    has_image_library_descriptors,
+    measurement_report,
+    node_sr,
 )
-from cxr_node.results.times import Clock, ResultTime, result_time, stamp, utc_now
+from cxr_node.results.times import Clock, ResultTime, result_time, utc_now
 from cxr_node.selection.vocabulary import Vocabulary
 from cxr_node.storage import write_durably
 
@@ -101,12 +96,6 @@ def build_no_result_report(
         when = result_time(source, utc_now())
     ref = as_reference(source)
     series_uid, instance_uid = no_result_uids(str(source.SOPInstanceUID), model)
-    observer = hd.sr.ObserverContext(
-        observer_type=codes.DCM.Device,
-        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-            uid=node.device_uid, name=node.ae_title, manufacturer_name=MANUFACTURER, model_name=MODEL_NAME
-        ),
-    )
     # The node's checks decided, before or beside the models: they are the group's algorithm.
     checks = hd.sr.AlgorithmIdentification(
         name=f"{MODEL_NAME} analysability checks",
@@ -125,35 +114,20 @@ def build_no_result_report(
             *(_text(NOTE, note) for note in clean_notes([*notes, *filter(None, [when.note])])),
         ]
     )
-    content = hd.sr.MeasurementReport(
-        observation_context=hd.sr.ObservationContext(observer_device_context=observer),
-        procedure_reported=IMAGING_PROCEDURE,
-        imaging_measurements=[group],
-        referenced_images=[ref] if has_image_library_descriptors(ref) else None,
-    )
-    sr = hd.sr.Comprehensive3DSR(
+    return node_sr(
+        hd.sr.Comprehensive3DSR,
+        source,
+        node,
+        model,
+        when,
         evidence=[ref],
-        content=content,
-        series_instance_uid=series_uid,
+        content=measurement_report(ref, node, [group]),
+        series_uid=series_uid,
         series_number=NO_RESULT_SERIES_NUMBER,
-        sop_instance_uid=instance_uid,
+        instance_uid=instance_uid,
         instance_number=1,
-        manufacturer=MANUFACTURER,
-        is_complete=True,
-        is_final=False,  # PRELIMINARY: nobody has signed it
-        is_verified=False,
-        institution_name=node.institution_name,
-        series_description=series_description(model),
-        manufacturer_model_name=MODEL_NAME,
-        software_versions=node.software_version,
-        contributing_equipment=[model_equipment(node, model)],
+        description=series_description(model),
     )
-    copy_patient_study(source, sr)
-    stamp(sr, when, contributor=MANUFACTURER)
-    sr.DeviceUID = node.device_uid
-    sr.StationName = node.ae_title[:16]
-    sr.CodingSchemeIdentificationSequence = _coding_scheme_identification()
-    return sr
 
 
 @dataclass(frozen=True)

@@ -326,12 +326,6 @@ def build_report_content(
     window (WindowWidth 0 ignored)", "patient age not stated"), one TEXT item each.
     analysed: the source in words (AnalysedImage.of with the node's vocabulary); None: read here.
     """
-    observer = hd.sr.ObserverContext(
-        observer_type=codes.DCM.Device,
-        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-            uid=node.device_uid, name=node.ae_title, manufacturer_name=MANUFACTURER, model_name=MODEL_NAME
-        ),
-    )
     a_positive, b_positive = model_answers(result, model)
     algo_a = _algorithm(model, "model A (normal vs abnormal)", model.sha256_a, extra=_threshold(model, 0, "Abnormal"))
     algo_b = _algorithm(model, "model B (COVID-19 vs not)", model.sha256_b, extra=_threshold(model, 1, "COVID-19"))
@@ -361,12 +355,7 @@ def build_report_content(
     )
     for group in (group_a, group_b):  # "Probability of COVID-19: 77.88 %", not a bare number
         group[0].ContinuityOfContent = "SEPARATE"
-    report = hd.sr.MeasurementReport(
-        observation_context=hd.sr.ObservationContext(observer_device_context=observer),
-        procedure_reported=IMAGING_PROCEDURE,
-        imaging_measurements=[summary, group_a, group_b],
-        referenced_images=[source] if has_image_library_descriptors(source) else None,
-    )
+    report = measurement_report(source, node, [summary, group_a, group_b])
     report[0].ContentSequence.append(_top_level_evaluations(result, model))
     return report
 
@@ -401,13 +390,62 @@ def build_structured_report(
     cls = hd.sr.ComprehensiveSR if fallback else hd.sr.Comprehensive3DSR
     description = series_description("AI", result, model)
     instance_uid = uids.sr_instance if sc is not None else no_illustration_sr_uid(uids.sr_instance)
-    sr = cls(
+    return node_sr(
+        cls,
+        source,
+        node,
+        model,
+        when,
         evidence=[ref] + ([sc] if sc is not None else []),
         content=content,
-        series_instance_uid=uids.sr_series,
+        series_uid=uids.sr_series,
         series_number=SR_SERIES_NUMBER,
-        sop_instance_uid=fallback_sr_uid(instance_uid) if fallback else instance_uid,
+        instance_uid=fallback_sr_uid(instance_uid) if fallback else instance_uid,
         instance_number=(1 if sc is not None else 3) + (1 if fallback else 0),
+        description=description,
+    )
+
+
+def measurement_report(ref: Dataset, node: NodeIdentity, groups: list) -> hd.sr.MeasurementReport:
+    """TID 1500 around `groups`, observed by the node as a device, on the analysed image `ref`."""
+    observer = hd.sr.ObserverContext(
+        observer_type=codes.DCM.Device,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=node.device_uid, name=node.ae_title, manufacturer_name=MANUFACTURER, model_name=MODEL_NAME
+        ),
+    )
+    return hd.sr.MeasurementReport(
+        observation_context=hd.sr.ObservationContext(observer_device_context=observer),
+        procedure_reported=IMAGING_PROCEDURE,
+        imaging_measurements=groups,
+        referenced_images=[ref] if has_image_library_descriptors(ref) else None,
+    )
+
+
+def node_sr(
+    cls: type[hd.sr.ComprehensiveSR] | type[hd.sr.Comprehensive3DSR],
+    source: Dataset,
+    node: NodeIdentity,
+    model: ModelIdentity,
+    when: ResultTime,
+    *,
+    evidence: list[Dataset],
+    content: hd.sr.MeasurementReport,
+    series_uid: str,
+    series_number: int,
+    instance_uid: str,
+    instance_number: int,
+    description: str,
+) -> Dataset:
+    """An SR of the node's (the result's and the no-result one): preliminary and unverified, in the
+    source's patient and study, stamped with the result's time, naming the node and the model."""
+    sr = cls(
+        evidence=evidence,
+        content=content,
+        series_instance_uid=series_uid,
+        series_number=series_number,
+        sop_instance_uid=instance_uid,
+        instance_number=instance_number,
         manufacturer=MANUFACTURER,
         is_complete=True,  # CompletionFlag COMPLETE
         is_final=False,  # PreliminaryFlag PRELIMINARY: nobody has signed it
