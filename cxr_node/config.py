@@ -450,5 +450,4 @@ __all__ = [
     "load_config",
     "parse_config",
     "with_overrides",
-    "field",
 ]

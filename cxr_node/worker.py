@@ -21,7 +21,6 @@ from zoneinfo import ZoneInfo
 from pydicom import dcmread
 from sqlalchemy.exc import OperationalError
 
-from cxr_node.analysis.bundle import Bundle
 from cxr_node.analysis.engine import Analyzer
 from cxr_node.decoding.information import DEFAULT_LIMITS, InformationLimits
 from cxr_node.destinations.routing import Route, plan, plan_no_result
@@ -58,10 +57,6 @@ class WorkerSettings:
     not_analysable_report: bool = False
     # Wait after the n-th resource failure in a row: doubles from 5 s, at most 10 minutes.
     resource_backoff_s: Callable[[int], float] = lambda n: min(600.0, 5.0 * 2 ** (n - 1))
-
-
-def model_identity(bundle: Bundle) -> ModelIdentity:
-    return ModelIdentity.from_bundle(bundle)
 
 
 def pid_alive(pid: int) -> bool:

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cxr_node.analysis.domain_layers import DEFAULT_LAYERS, MODELS, POOLS, TAPS
+from cxr_node.analysis.domain_layers import MODELS, POOLS, TAPS
 
 FORMAT = "cxr-node-domain/1"
 FILE = "domain.npz"
@@ -355,7 +355,6 @@ def flagged_summary(distances: np.ndarray, threshold: float) -> dict[str, Any]:
 
 
 __all__ = [
-    "DEFAULT_LAYERS",
     "FILE",
     "FORMAT",
     "DomainError",

@@ -426,4 +426,4 @@ class _WithFallback:
         return self.eager(*args)
 
 
-__all__ = ["Analysis", "Analyzer", "Letterbox", "Prepared", "PRECISIONS", "STAGES", "pick_device"]
+__all__ = ["Analysis", "Analyzer", "Prepared", "STAGES", "pick_device"]

@@ -116,13 +116,6 @@ def decoder_for(resolution: Resolution | None) -> Callable[[str], Decoded]:
     return decode_file if resolution is None else partial(decode_file, resolution=resolution)
 
 
-def decode_dataset(ds, resolution: Resolution | None = None) -> Decoded:
-    """Decode an already-read pydicom Dataset (thread pools only: datasets do not cross processes cheaply)."""
-    t0 = time.perf_counter()
-    image = dataset_to_float(ds, resolution)
-    return Decoded(str(getattr(ds, "filename", "") or ""), image, time.perf_counter() - t0)
-
-
 # -- the decoder process -------------------------------------------------------------------------
 
 DECODER_MODULES = ("openjpeg", "rle", "libjpeg", "jpeg_ls", "pylibjpeg", "pydicom.pixels.decoders.pylibjpeg")
@@ -639,7 +632,6 @@ __all__ = [
     "DecodePool",
     "DecoderDied",
     "KINDS",
-    "decode_dataset",
     "decode_file",
     "decoder_for",
     "limit_address_space",
