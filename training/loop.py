@@ -358,11 +358,7 @@ def fit(
             if score > state.best_score:
                 state.best_score, state.best_epoch = score, epoch + 1
                 state.best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-            log(
-                f"{label} epoch {epoch + 1}/{o.epochs}: train loss {record['train_loss']:.4f} "
-                f"acc {record['train_accuracy']:.3f} | val loss {record['val_loss']:.4f} acc {record['val_accuracy']:.3f} "
-                f"auc {fmt_metric(record['val_auc'])} | {record['images_per_second']:.1f} img/s"
-            )
+            log(epoch_line(label, epoch, o.epochs, record))
             if (epoch + 1) % cfg.run.checkpoint_every == 0 and epoch + 1 < o.epochs:
                 atomic_save(
                     {
@@ -410,6 +406,15 @@ def write_final(path: Path, fingerprint: str, result: FitResult) -> None:
 
 def fmt_metric(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.3f}"
+
+
+def epoch_line(label: str, epoch: int, epochs: int, record: dict) -> str:
+    """The log line of a finished 0-based `epoch`, from its history record (fit and the grouped fit)."""
+    return (
+        f"{label} epoch {epoch + 1}/{epochs}: train loss {record['train_loss']:.4f} "
+        f"acc {record['train_accuracy']:.3f} | val loss {record['val_loss']:.4f} acc {record['val_accuracy']:.3f} "
+        f"auc {fmt_metric(record['val_auc'])} | {record['images_per_second']:.1f} img/s"
+    )
 
 
 def check_fingerprint(ckpt: dict, fingerprint: str, path: Path) -> None:

@@ -44,7 +44,7 @@ from training.loop import (
     TrainingDiverged,
     atomic_save,
     check_fingerprint,
-    fmt_metric,
+    epoch_line,
     learning_rate,
     val_score,
     validation_record,
@@ -244,12 +244,7 @@ def fit_grouped(
                 state = model.state_dict() if state is None else state
                 pr.best_score, pr.best_epoch = score, epoch + 1
                 pr.best_state = {key: t.detach().cpu().clone() for key, t in model.member_state(k, state).items()}
-            log(
-                f"{m.job.label} epoch {epoch + 1}/{o.epochs}: train loss {record['train_loss']:.4f} "
-                f"acc {record['train_accuracy']:.3f} | val loss {record['val_loss']:.4f} "
-                f"acc {record['val_accuracy']:.3f} auc {fmt_metric(record['val_auc'])} | "
-                f"{record['images_per_second']:.1f} img/s ({n * used / seconds:.1f} for the group)"
-            )
+            log(f"{epoch_line(m.job.label, epoch, o.epochs, record)} ({n * used / seconds:.1f} for the group)")
         if (epoch + 1) % cfg.run.checkpoint_every == 0 and epoch + 1 < o.epochs:
             atomic_save(
                 {
