@@ -20,7 +20,7 @@ demo: setup
 # PASSIVE: the tests run a node, Orthanc and torch side by side on few cores; spinning OpenMP
 # threads would starve the others (measured: training 0.4 instead of 13 images/s).
 test: setup-peers lint
-	OMP_WAIT_POLICY=PASSIVE $(VENV)/bin/python -m pytest -q -rs -n $(PYTEST_WORKERS) --dist loadfile --durations=15 $(PYTEST_ARGS)
+	OMP_WAIT_POLICY=PASSIVE $(VENV)/bin/python -m pytest -q -rs -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=15 $(PYTEST_ARGS)
 
 # The fast tier: every test not marked slow or peers. CXR_NODE_TEST_TIER=fast makes a test that
 # reaches for a Debian peer fail (it lacks its marker) instead of quietly slowing the tier.

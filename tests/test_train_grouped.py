@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from torchvision.models import DenseNet
 
 from cxr_node.analysis.models import build_densenet161, build_model
 from training.config import ConfigError, config_from_dict
@@ -48,11 +49,18 @@ def float64():
     torch.set_default_dtype(before)
 
 
-def _members(n: int) -> list[torch.nn.Module]:
+def _members(n: int, small: bool = False) -> list[torch.nn.Module]:
+    """n DenseNet-161s (build_model), or with small=True n torchvision DenseNets of the same
+    structure (stem, four dense blocks, transitions, classifier) at a fraction of the width and depth."""
     out = []
     for seed in range(n):
         torch.manual_seed(seed)
-        out.append(build_model(None))
+        if small:
+            out.append(
+                DenseNet(growth_rate=8, block_config=(2, 3, 2, 2), num_init_features=16, bn_size=2, num_classes=2)
+            )
+        else:
+            out.append(build_model(None))
     return out
 
 
@@ -109,8 +117,11 @@ def test_grouped_network_computes_what_its_members_compute(float64, pointwise):
 
 def test_grouped_sgd_steps_are_the_members_own_steps(float64):
     """Three SGD steps (momentum, weight decay, label smoothing) of the grouped network through TrainStep
-    against each member trained alone through TrainStep on its own batches."""
-    members = _members(2)
+    against each member trained alone through TrainStep on its own batches. Small DenseNets: the
+    grouped layers are the same code for any torchvision DenseNet, and the test above checks them
+    on DenseNet-161 itself (outputs, gradients, state); what this one adds is the step - objective,
+    SGD over the grouped tensors, BatchNorm statistics across steps - which does not depend on width."""
+    members = _members(2, small=True)
     grouped = GroupedDenseNet([copy.deepcopy(m) for m in members])
     cpu, ls = torch.device("cpu"), 0.1
 
@@ -161,6 +172,8 @@ def test_grouped_training_runs_the_pipeline_and_resumes(tmp_path):
             assert all(h["train_images"] % 4 == 0 and np.isfinite(h["train_loss"]) for h in hist)
 
     # interrupted after epoch 1's checkpoint, then rerun: the same models as the uninterrupted run
+    # above (whose group the pipeline trained through fit_grouped and kept as <stem>.final.pt;
+    # run.checkpoint_every is a run setting, outside the fingerprint, so the jobs are the same)
     raw = {**TINY, "run": {**TINY["run"], "checkpoint_every": 1}}
     cfg = config_from_dict(raw)
 
@@ -190,18 +203,18 @@ def test_grouped_training_runs_the_pipeline_and_resumes(tmp_path):
     fit_grouped(jobs, log=lines.append, **kwargs)
     assert any("resuming after epoch 1" in line for line in lines)
     assert not group_checkpoint(jobs).is_file()
-    reference = {j.label: torch.load(j.final_path, weights_only=False) for j in jobs}
+    assert len(jobs) == 4
     for j in jobs:
-        j.final_path.unlink()
-    fit_grouped(jobs, log=lambda line: None, **kwargs)  # uninterrupted
-    for j in jobs:
-        again = torch.load(j.final_path, weights_only=False)
+        resumed = torch.load(j.final_path, weights_only=False)
+        uninterrupted = torch.load(tmp_path / "whole" / "checkpoints" / j.final_path.name, weights_only=False)
         drop = ("second", "unix")
-        strip = [{k: v for k, v in h.items() if not any(d in k for d in drop)} for h in again["history"]]
-        ref = [{k: v for k, v in h.items() if not any(d in k for d in drop)} for h in reference[j.label]["history"]]
+        strip = [{k: v for k, v in h.items() if not any(d in k for d in drop)} for h in resumed["history"]]
+        ref = [{k: v for k, v in h.items() if not any(d in k for d in drop)} for h in uninterrupted["history"]]
         assert json.dumps(strip, default=float) == json.dumps(ref, default=float)
-        for name, t in again["state"].items():
-            assert torch.equal(t, reference[j.label]["state"][name]), name
+        assert resumed["best_epoch"] == uninterrupted["best_epoch"]
+        assert resumed["state"].keys() == uninterrupted["state"].keys()
+        for name, t in resumed["state"].items():
+            assert torch.equal(t, uninterrupted["state"][name]), name
 
 
 def test_parallel_mode_is_checked_and_grouped_runs_have_their_own_fingerprint():
