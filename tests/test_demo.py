@@ -9,6 +9,9 @@ import sys
 import cv2
 import numpy as np
 import pydicom
+import pytest
+
+pytestmark = pytest.mark.slow  # loads two DenseNet-161s, twice
 
 
 def test_demo_reports_the_real_radiograph_and_can_be_rerun(tmp_path):

@@ -45,6 +45,7 @@ def test_bench_is_a_sub_command_of_the_runtime_bench_group():
     assert subprocess.run([sys.executable, "-c", probe], env=ENV, timeout=60).returncode == 0
 
 
+@pytest.mark.slow
 def test_bench_train_on_cpu_two_processes(tmp_path):
     out = tmp_path / "bench.json"
     proc = subprocess.run(
@@ -95,6 +96,7 @@ def test_bench_train_on_cpu_two_processes(tmp_path):
     assert "projected full protocol" in proc.stdout and "aggregate" in proc.stdout
 
 
+@pytest.mark.slow
 def test_bench_train_grouped_matmul_with_profile(tmp_path):
     """--mode grouped: the N trainings in one grouped network of this process; --profile times the
     grouped step (here with the batched-GEMM 1x1 convolutions)."""

@@ -82,6 +82,7 @@ def test_device_batches_are_the_loader_batches(tiny, env):
             assert (xd - xl).abs().max() < 1e-3  # normalised: 1e-4 in [0, 1] over ImageNet std
 
 
+@pytest.mark.slow
 def test_device_and_loader_paths_train_alike(tiny, tmp_path):
     """Same first step to float precision. Later steps drift apart: DenseNet-161 from scratch at
     batch 4 amplifies any 1e-6 input difference (a 1e-6 noise on the loader's own inputs drifts as much),
@@ -144,6 +145,7 @@ class _SyncCounter:
             monkeypatch.setattr(torch.Tensor, name, counted)
 
 
+@pytest.mark.slow
 def test_no_host_synchronisation_per_training_step(tiny, tmp_path, monkeypatch):
     """Host reads per epoch must not grow with the number of steps (the old loop made two per step)."""
     _, data, idx = tiny
@@ -302,6 +304,7 @@ def _comparable(metrics: dict) -> dict:
     return json.loads(json.dumps(out, default=float))
 
 
+@pytest.mark.slow
 def test_parallel_processes_give_the_sequential_results(tiny, tmp_path):
     from training.pipeline import train
 
@@ -371,6 +374,7 @@ def test_paper_config_keeps_the_paper_and_public_config_is_the_scratch_recipe():
     )
 
 
+@pytest.mark.slow
 def test_a_failing_parallel_training_raises_its_own_error(tiny, tmp_path):
     from training.fast.parallel import run_parallel
     from training.loop import CheckpointMismatch, FitJob

@@ -82,6 +82,7 @@ def test_gcat_keeps_each_models_channels_together_in_both_memory_formats():
     assert torch.equal(cl, expected) and cl.is_contiguous(memory_format=torch.channels_last)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("pointwise", ["conv", "matmul"])
 def test_grouped_network_computes_what_its_members_compute(float64, pointwise):
     members = _members(3)
@@ -156,6 +157,7 @@ def test_grouped_sgd_steps_are_the_members_own_steps(float64):
             torch.testing.assert_close(grouped.member_state(k)[name], t, rtol=1e-7, atol=1e-10)
 
 
+@pytest.mark.slow
 def test_grouped_training_runs_the_pipeline_and_resumes(tmp_path):
     from training.pipeline import plan_repetition, train
 

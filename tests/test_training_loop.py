@@ -37,7 +37,7 @@ class Interrupted(Exception):
     pass
 
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.slow]  # each trains DenseNet-161s
 
 
 @pytest.fixture(scope="module")
