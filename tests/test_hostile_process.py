@@ -116,6 +116,8 @@ def test_wait_for_database_returns_once_it_answers():
     assert len(tries) == 3 and len(said) == 3 and "after 2 failed tries" in said[-1]
 
 
+@pytest.mark.peers  # a cxr-node serve process, reached with echoscu
+@pytest.mark.slow
 def test_serve_sets_umask_027(tmp_path):
     port = peers.free_port()
     proc = _serve(tmp_path, "--port", str(port), "--bind", "127.0.0.1")

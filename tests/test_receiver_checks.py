@@ -115,6 +115,7 @@ def _jpeg_lossless(tmp_path):
     return ds, dst
 
 
+@pytest.mark.peers  # dcmcjpeg makes the JPEG
 def test_jpeg_frame_size_differs_from_rows_columns(node, tmp_path):
     ds, _ = _jpeg_lossless(tmp_path)
     frame = next(generate_frames(ds.PixelData, number_of_frames=1))
@@ -124,6 +125,7 @@ def test_jpeg_frame_size_differs_from_rows_columns(node, tmp_path):
     assert "JPEG SOF says 96x80" in comment
 
 
+@pytest.mark.peers  # dcmcjpeg makes the JPEG
 def test_truncated_jpeg_sent_by_dcmsend(node, tmp_path):
     ds, path = _jpeg_lossless(tmp_path)
     frame = next(generate_frames(ds.PixelData, number_of_frames=1))
@@ -134,6 +136,7 @@ def test_truncated_jpeg_sent_by_dcmsend(node, tmp_path):
     assert node.rows(instances) == []
 
 
+@pytest.mark.peers  # dcmcjpeg makes the JPEG
 def test_intact_jpeg_lossless_is_accepted(node, tmp_path):
     ds, _ = _jpeg_lossless(tmp_path)
     assert _send(node, ds).Status == 0x0000
