@@ -161,7 +161,6 @@ def test_grouped_sgd_steps_are_the_members_own_steps(float64):
 def test_grouped_training_runs_the_pipeline_and_resumes(tmp_path):
     from training.pipeline import plan_repetition, train
 
-    torch.set_num_threads(2)
     folder = write_synthetic(tmp_path / "data", patients_per_label=5, images_per_patient=2, size=40)
     whole = train(config_from_dict(TINY), folder, tmp_path / "whole")
     log = (tmp_path / "whole" / "train.log").read_text()
