@@ -10,6 +10,7 @@ from click.testing import CliRunner
 from cxr_node.cli import main
 
 
+@pytest.mark.slow  # loads two DenseNet-161s
 def test_bench_inference_json_keys():
     result = CliRunner().invoke(
         main,
@@ -66,6 +67,7 @@ def test_worker_like_probe_runs_the_processing_path_in_a_fresh_process(rg1_uncr)
     assert 0 < got["after_model_load_mb"] <= got["peak_mb"]
 
 
+@pytest.mark.slow
 def test_a_failing_probe_reports_its_last_error_line(tmp_path):
     from cxr_node.benchmarks.probe import run_probe
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
 from sqlalchemy import create_engine
 
 from cxr_node.queue import schema
@@ -17,6 +18,8 @@ def _run(*args, timeout=120):
     return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.peers  # a cxr-node serve process
+@pytest.mark.slow
 def test_serve_refuses_a_010_database_until_db_upgrade(tmp_path):
     url = f"sqlite:///{tmp_path / 'old.db'}"
     engine = create_engine(url)

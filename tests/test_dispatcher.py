@@ -223,6 +223,7 @@ def silent_peer():
     server.close()
 
 
+@pytest.mark.slow  # waits out a hung peer's timeout
 def test_a_hung_and_a_dead_destination_hold_back_no_other(queue, result, scp, silent_peer):
     pacs = scp()
     result(["hung", "dead", "pacs"])

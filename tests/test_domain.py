@@ -141,6 +141,7 @@ def _domain_for(bundle, threshold: float | None = None) -> DomainModel:
     return domain
 
 
+@pytest.mark.slow
 def test_bundle_stores_the_statistics_and_verifies_them(bundle, tmp_path):
     domain = _domain_for(bundle)
     domain.summary = {"fitted_on_images": 12}

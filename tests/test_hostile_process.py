@@ -82,6 +82,8 @@ def _log(tmp_path) -> str:
     return (tmp_path / "serve.log").read_text(errors="replace")
 
 
+@pytest.mark.peers  # a cxr-node serve process
+@pytest.mark.slow  # it waits out its retries
 def test_serve_waits_for_an_unreachable_database_with_one_line_per_try(tmp_path):
     dead = peers.free_port()  # nothing listens here
     proc = _serve(

@@ -5,7 +5,10 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
 
+
+@pytest.mark.slow  # imports the runtime in a fresh interpreter
 def test_importing_the_runtime_starts_no_thread():
     # Every Thread.start is recorded, so a short-lived thread counts too.
     code = (

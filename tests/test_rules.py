@@ -213,6 +213,7 @@ def test_age_strings():
     assert age_in_years("017Y") == 17 and age_in_years("006M") == 0.5 and age_in_years("garbage") is None
 
 
+@pytest.mark.slow  # several CLI processes
 def test_rules_test_and_show_commands(tmp_path):
     lateral = header(ViewPosition="LL")
     lateral.save_as(tmp_path / "lateral.dcm", enforce_file_format=True)
