@@ -53,24 +53,7 @@ def write_durably(path: Path, data: Buffer | Sequence[Buffer]) -> Path:
     copy. A directory this creates is fsynced into its parent too, or a power loss could drop
     the new directory entry and the file with it.
     """
-    parts = (data,) if isinstance(data, (bytes, bytearray, memoryview)) else tuple(data)
-    created = not path.parent.is_dir()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
-    try:
-        with open(tmp, "xb") as fh:
-            for part in parts:
-                fh.write(part)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
-    if created:
-        fsync_dir(path.parent.parent)
-    return path
+    return _write(path, data, rename_first=False)
 
 
 def write_before_commit(path: Path, data: Buffer | Sequence[Buffer]) -> Path:
@@ -86,6 +69,10 @@ def write_before_commit(path: Path, data: Buffer | Sequence[Buffer]) -> Path:
     and sends again, and the new copy replaces it. Every process sees the complete content under
     the final name, as the writes finish before the rename.
     """
+    return _write(path, data, rename_first=True)
+
+
+def _write(path: Path, data: Buffer | Sequence[Buffer], rename_first: bool) -> Path:
     parts = (data,) if isinstance(data, (bytes, bytearray, memoryview)) else tuple(data)
     created = not path.parent.is_dir()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -95,8 +82,11 @@ def write_before_commit(path: Path, data: Buffer | Sequence[Buffer]) -> Path:
             for part in parts:
                 fh.write(part)
             fh.flush()
-            os.replace(tmp, path)
+            if rename_first:
+                os.replace(tmp, path)
             os.fsync(fh.fileno())
+        if not rename_first:
+            os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -109,6 +109,24 @@ class ExportItem:
     destinations: tuple[str, ...] | None = None
 
 
+def _new_export(item: ExportItem, destination: str | None, now: datetime, **owner: int):
+    """The export row of one object for one destination (None: kept on disk only), due now.
+
+    owner: result_id (a result's SR/SC) or job_id (a not-analysable image's short report).
+    """
+    return insert(exports).values(
+        **owner,
+        kind=item.kind,
+        path=item.path,
+        sop_instance_uid=item.sop_instance_uid,
+        destination=destination,
+        state=ExportState.PENDING if destination else ExportState.LOCAL,
+        attempts=0,
+        next_try_at=now,
+        created_at=now,
+    )
+
+
 class JobQueue:
     def __init__(self, engine: Engine, clock: Clock = utc_now, notifier: Notifier | None = None) -> None:
         self.engine = engine
@@ -380,19 +398,7 @@ class JobQueue:
                 for item in items:
                     targets = tuple(destinations) if item.destinations is None else item.destinations
                     for destination in targets or (None,):
-                        conn.execute(
-                            insert(exports).values(
-                                result_id=result_id,
-                                kind=item.kind,
-                                path=item.path,
-                                sop_instance_uid=item.sop_instance_uid,
-                                destination=destination,
-                                state=ExportState.PENDING if destination else ExportState.LOCAL,
-                                attempts=0,
-                                next_try_at=now,
-                                created_at=now,
-                            )
-                        )
+                        conn.execute(_new_export(item, destination, now, result_id=result_id))
                 conn.execute(
                     update(jobs)
                     .where(jobs.c.id == job.id)
@@ -469,19 +475,7 @@ class JobQueue:
                 for destination in (item.destinations or ()) or (None,):
                     if (item.kind, destination) in have:
                         continue
-                    conn.execute(
-                        insert(exports).values(
-                            job_id=job.id,
-                            kind=item.kind,
-                            path=item.path,
-                            sop_instance_uid=item.sop_instance_uid,
-                            destination=destination,
-                            state=ExportState.PENDING if destination else ExportState.LOCAL,
-                            attempts=0,
-                            next_try_at=now,
-                            created_at=now,
-                        )
-                    )
+                    conn.execute(_new_export(item, destination, now, job_id=job.id))
                     queued = queued or destination is not None
         if queued:
             self.notifier.notify("exports")
