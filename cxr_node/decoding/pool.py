@@ -377,6 +377,11 @@ class DecodePool:
                 wait_s = max(0.0, self._start_after - self._clock())
                 when = f"restarting in {wait_s:.0f} s" if wait_s > 0 else "restarting"
                 return f"no decoder process running: {self._last_crash}; {when}"
+            # dead, and the manager thread has not reaped it yet: not "starting"
+            for c in self._children:
+                if c.process.exitcode is not None and not c.retiring:
+                    how = _how_it_ended(c.process.exitcode, c.killed_for)
+                    return f"no decoder process running: decoder process {c.process.pid} {how}; restarting"
             return "decoder processes starting"
 
     def pids(self) -> list[int]:
