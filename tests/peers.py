@@ -82,6 +82,20 @@ def wait_until(predicate, timeout_s: float, what: str, interval_s: float = 0.1):
     raise TimeoutError(f"timed out after {timeout_s:.0f} s waiting for {what}")
 
 
+def echo_ok(port: int, ae_title: str = "CXR_NODE") -> bool:
+    """One C-ECHO with DCMTK's echoscu (a few ms of CPU: readiness polls use it, not `cxr-node echo`,
+    whose every run imports the CLI)."""
+    exe = find_program("echoscu")
+    return (
+        subprocess.run([exe, "-aec", ae_title, "127.0.0.1", str(port)], capture_output=True, timeout=30).returncode == 0
+    )
+
+
+def wait_for_echo(proc: subprocess.Popen, port: int, what: str, ae_title: str = "CXR_NODE", timeout_s: float = 180):
+    """Until the process answers C-ECHO on `port` or exits (the caller checks which)."""
+    wait_until(lambda: proc.poll() is not None or echo_ok(port, ae_title), timeout_s, what)
+
+
 # -- Orthanc ---------------------------------------------------------------------------
 
 

@@ -63,15 +63,7 @@ class Node:
     def start(self) -> Node:
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT, cwd=self.storage.parent)
-        peers.wait_until(
-            lambda: (
-                self.proc.poll() is not None
-                or cli("echo", f"CXR_NODE@127.0.0.1:{self.port}", check=False).returncode == 0
-            ),
-            180,
-            "node to answer C-ECHO",
-            interval_s=0.5,
-        )
+        peers.wait_for_echo(self.proc, self.port, "node to answer C-ECHO")
         if self.proc.poll() is not None:
             raise RuntimeError(f"serve exited {self.proc.returncode}: {self.log()}")
         return self
@@ -87,6 +79,17 @@ class Node:
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             self.proc.wait(60)
+
+    def wait_metric(self, name: str, value: float, what: str, timeout_s: float = 240) -> None:
+        """Until /metrics shows `name` at `value` (one HTTP request a poll; a CLI poll costs a second of CPU)."""
+
+        def reached() -> bool:
+            try:
+                return re.search(rf"^{re.escape(name)} {value!r}$", self.http("/metrics"), re.M) is not None
+            except OSError:  # the web server is not up yet
+                return False
+
+        peers.wait_until(reached, timeout_s, what, interval_s=0.2)
 
     def admin(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         return cli(*args, "--db", self.db, check=check)
@@ -170,6 +173,7 @@ def test_a_study_through_send_page_metrics_jobs_and_exports(tmp_path, orthanc, f
         ),
         60,
         "the export to be sent again",
+        interval_s=1.0,
     )
     assert again[0]["sop_instance_uid"] == sr["sop_instance_uid"]
     assert {i["Tags"]["SOPInstanceUID"] for i in orthanc.instances_in_study(study)} == in_orthanc
@@ -244,7 +248,7 @@ def test_a_corrupted_image_fails_with_its_reason_and_comes_back_with_retry(tmp_p
 
     node = Node(tmp_path, orthanc, extra=("--log-format", "json")).start()
     nodes.append(node)
-    peers.wait_until(lambda: "failed" in node.admin("jobs", "list", "--state", "failed").stdout, 240, "the job to fail")
+    node.wait_metric("cxr_node_images_failed_total", 1.0, "the job to fail")
     failed = node.admin("jobs", "list", "--state", "failed").stdout.splitlines()
     assert len(failed) == 2  # header + the job
     reason = json.loads(node.admin("jobs", "list", "--state", "failed", "--json").stdout)[0]["why"]

@@ -50,9 +50,7 @@ class ServeProcess:
     def start(self) -> ServeProcess:
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT, cwd=self.storage.parent)
-        peers.wait_until(
-            lambda: self.proc.poll() is not None or echo(self.port, self.ae_title) == 0, 120, "node to answer C-ECHO"
-        )
+        peers.wait_for_echo(self.proc, self.port, "node to answer C-ECHO", self.ae_title, timeout_s=120)
         if self.proc.poll() is not None:
             raise RuntimeError(f"serve exited {self.proc.returncode}: {self.log()}")
         return self
@@ -63,11 +61,6 @@ class ServeProcess:
     def stop(self, sig=signal.SIGTERM) -> int:
         self.proc.send_signal(sig)
         return self.proc.wait(60)
-
-
-def echo(port: int, ae_title: str) -> int:
-    exe = peers.find_program("echoscu")
-    return subprocess.run([exe, "-aec", ae_title, "127.0.0.1", str(port)], capture_output=True, timeout=30).returncode
 
 
 def storescu(port: int, ae_title: str, *files: Path) -> subprocess.CompletedProcess:
@@ -126,7 +119,7 @@ def test_storescu_to_node_to_orthanc(serve, orthanc, fresh_j2kr, tmp_path):
         assert errors == [], f"dciodvfy on {tags['Modality']}:\n" + "\n".join(errors)
         assert "UNTRAINED" in tags.get("SeriesDescription", ""), tags.get("SeriesDescription")
 
-    assert echo(node.port, node.ae_title) == 0  # still serving
+    assert peers.echo_ok(node.port, node.ae_title)  # still serving
     assert node.stop() == 0, node.log()
 
 
@@ -137,7 +130,7 @@ def test_resent_image_is_reported_once(serve, orthanc, fresh_uncr):
     first = results_at(orthanc, source.StudyInstanceUID, 2)
     # The modality re-sends the same image (a retry after a network glitch).
     assert storescu(node.port, node.ae_title, fresh_uncr).returncode == 0
-    assert echo(node.port, node.ae_title) == 0
+    assert peers.echo_ok(node.port, node.ae_title)
     again = orthanc.instances_in_study(source.StudyInstanceUID)
     assert sorted(i["ID"] for i in again) == sorted(i["ID"] for i in first)
     node.stop()
@@ -145,8 +138,8 @@ def test_resent_image_is_reported_once(serve, orthanc, fresh_uncr):
 
 def test_wrong_called_ae_title_is_rejected(serve):
     node = serve()
-    assert echo(node.port, "NOT_THE_NODE") != 0
-    assert echo(node.port, node.ae_title) == 0
+    assert not peers.echo_ok(node.port, "NOT_THE_NODE")
+    assert peers.echo_ok(node.port, node.ae_title)
 
 
 def test_serve_refuses_to_start_without_models(tmp_path):

@@ -35,10 +35,6 @@ def _start(config: Path, log: Path, *roles: str) -> subprocess.Popen:
     return subprocess.Popen(args, stdout=open(log, "ab"), stderr=subprocess.STDOUT, cwd=config.parent)
 
 
-def _echo_ok(port: int) -> bool:
-    return subprocess.run([*CLI, "echo", f"CXR_NODE@127.0.0.1:{port}"], capture_output=True, timeout=60).returncode == 0
-
-
 def _send(port: int, path: Path) -> None:
     out = subprocess.run(
         [*CLI, "send", str(path), "--to", f"CXR_NODE@127.0.0.1:{port}"], capture_output=True, text=True, timeout=120
@@ -70,9 +66,7 @@ def test_roles_in_one_process_wake_each_other(tmp_path, orthanc, fresh_uncr):
     port = peers.free_port()
     proc = _start(_config(tmp_path, orthanc, port), tmp_path / "serve.log")
     try:
-        peers.wait_until(
-            lambda: proc.poll() is not None or _echo_ok(port), 180, "node to answer C-ECHO", interval_s=0.5
-        )
+        peers.wait_for_echo(proc, port, "node to answer C-ECHO")
         assert proc.poll() is None, (tmp_path / "serve.log").read_text()
         _send(port, fresh_uncr)
         _results(orthanc, str(pydicom.dcmread(fresh_uncr, stop_before_pixels=True).StudyInstanceUID))
@@ -87,9 +81,7 @@ def test_roles_in_separate_processes_wake_through_postgres(tmp_path, orthanc, po
     worker = _start(config, tmp_path / "worker.log", "worker")
     dispatcher = _start(config, tmp_path / "dispatcher.log", "dispatcher")
     try:
-        peers.wait_until(
-            lambda: receiver.poll() is not None or _echo_ok(port), 180, "receiver to answer C-ECHO", interval_s=0.5
-        )
+        peers.wait_for_echo(receiver, port, "receiver to answer C-ECHO")
         # The worker is ready once its model is loaded and its first look at the queue is done.
         peers.wait_until(
             lambda: worker.poll() is not None or "roles worker" in (tmp_path / "worker.log").read_text(),

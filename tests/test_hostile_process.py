@@ -124,18 +124,7 @@ def test_serve_sets_umask_027(tmp_path):
     port = peers.free_port()
     proc = _serve(tmp_path, "--port", str(port), "--bind", "127.0.0.1")
     try:
-        echoscu = peers.find_program("echoscu")
-        peers.wait_until(
-            lambda: (
-                proc.poll() is not None
-                or subprocess.run(
-                    [echoscu, "-aec", "CXR_NODE", "127.0.0.1", str(port)], capture_output=True, timeout=30
-                ).returncode
-                == 0
-            ),
-            120,
-            "serve to answer C-ECHO",
-        )
+        peers.wait_for_echo(proc, port, "serve to answer C-ECHO", timeout_s=120)
         assert proc.poll() is None, _log(tmp_path)
         image = tmp_path / "cr.dcm"
         make_radiograph(gradient()).save_as(image, enforce_file_format=True)
