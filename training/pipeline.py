@@ -34,7 +34,7 @@ from training.data import LABELS, LoadedData, load_data
 from training.dataset import SquareDataset
 from training.determinism import apply_determinism
 from training.distributed import DistEnv, init_distributed, shutdown
-from training.fast import ENGINE, train_side_by_side
+from training.fast import ENGINE
 from training.loop import FitJob, predict, run_fit
 from training.metrics import (
     binary_metrics,
@@ -381,7 +381,7 @@ def _train(
                 f"torchrun (WORLD_SIZE={env.world_size}); set run.parallel = 1 or run one process"
             )
         jobs = [j for r in range(cfg.run.repetitions) for j in plan_repetition(ctx, r).jobs.values()]
-        train_side_by_side(
+        ENGINE.side_by_side(
             jobs,
             cfg=cfg,
             squares=data.squares,

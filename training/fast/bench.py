@@ -106,7 +106,7 @@ def run_train_bench(
     workdir: Path,
     log: Callable[[str], None],
 ) -> dict[str, Any]:
-    from training.fast import train_side_by_side
+    from training.fast import ENGINE
     from training.pipeline import Context, plan_repetition
     from training.splits import hash_all, near_duplicates
     from training.synthetic import write_synthetic
@@ -163,7 +163,7 @@ def run_train_bench(
         f"on {_device_name(device)}"
     )
     t1 = time.perf_counter()
-    train_side_by_side(
+    ENGINE.side_by_side(
         jobs,
         cfg=bench_cfg,
         squares=data.squares,
