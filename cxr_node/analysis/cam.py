@@ -1,6 +1,6 @@
-"""Grad-CAM for torchvision DenseNet without a backward pass.
+"""Grad-CAM for a torchvision-compatible DenseNet (analysis.densenet) without a backward pass.
 
-torchvision's DenseNet head is features -> ReLU -> global average pool -> Linear.
+The DenseNet head is features -> ReLU -> global average pool -> Linear.
 Take A = ReLU(features(x)) (shape K x H x W) and the class score
 y_c = sum_k w_ck * mean_hw(A_k) + b_c. Its gradient with respect to A_k at every
 position is w_ck / (H W), so Grad-CAM's channel weights are alpha_ck = w_ck / (H W)
@@ -18,16 +18,18 @@ from torch import nn
 
 
 def _densenet_parts(model: nn.Module) -> tuple[nn.Module, nn.Module]:
-    """torchvision DenseNet's `features` and `classifier` (nn.Module's attribute lookup types them loosely)."""
+    """The DenseNet's `features` and `classifier` (nn.Module's attribute lookup types them loosely)."""
     features, classifier = model.features, model.classifier
-    assert isinstance(features, nn.Module) and isinstance(classifier, nn.Module), "not a torchvision DenseNet"
+    assert isinstance(features, nn.Module) and isinstance(classifier, nn.Module), (
+        "not a torchvision-compatible DenseNet"
+    )
     return features, classifier
 
 
 def densenet_classifier(model: nn.Module) -> nn.Linear:
-    """torchvision DenseNet's final Linear layer (the CAM's class weights)."""
+    """The DenseNet's final Linear layer (the CAM's class weights)."""
     head = model.classifier
-    assert isinstance(head, nn.Linear), "not a torchvision DenseNet"
+    assert isinstance(head, nn.Linear), "not a torchvision-compatible DenseNet"
     return head
 
 

@@ -90,12 +90,14 @@ def forward_with_descriptors(
 ) -> tuple[torch.Tensor, ...]:
     """One DenseNet forward returning (post-ReLU features, logits, descriptor_1, ..., descriptor_n).
 
-    The same arithmetic as cam.forward_with_features (torchvision's `features` children run in
+    The same arithmetic as cam.forward_with_features (the torchvision-compatible `features` children run in
     order, then ReLU, pooling and the classifier), with the taps read on the way. A flat tuple,
     so the CUDA-graph and compile wrappers treat it like any other output.
     """
     features, classifier = model.features, model.classifier
-    assert isinstance(features, nn.Sequential) and isinstance(classifier, nn.Module), "not a torchvision DenseNet"
+    assert isinstance(features, nn.Sequential) and isinstance(classifier, nn.Module), (
+        "not a torchvision-compatible DenseNet"
+    )
     wanted = {layer.tap for layer in layers}
     seen: dict[str, torch.Tensor] = {}
     h = x

@@ -297,7 +297,7 @@ class Analyzer:
 
     @torch.inference_mode()
     def floor(self, x: torch.Tensor, *, sequential: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """The hardware floor: two bare DenseNet-161 forwards (torchvision's own forward), same settings
+        """The hardware floor: two bare DenseNet forwards (the models' own forward), same settings
         (precision, compile or CUDA graphs, channels_last, and A and B concurrently when analyse()
         runs them so). sequential=True runs A then B in the calling thread with all its threads:
         what the floor is when the two models do not overlap. Returns when the device is done."""

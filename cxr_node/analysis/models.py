@@ -1,4 +1,8 @@
-"""DenseNet-161 binary classifiers (model A and model B) and ImageNet initialisation from local files."""
+"""DenseNet binary classifiers (model A and model B) and ImageNet initialisation from local files.
+
+The models are cxr_node.analysis.densenet's torchvision-compatible DenseNets (DenseNet-161 by
+default, the paper's); torchvision's ImageNet files load into them unchanged.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +12,9 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torchvision.models import densenet161
 
-# torchvision's published file name; looked up in TORCH_HOME's hub cache (no download here).
-IMAGENET_WEIGHTS_FILE = "densenet161-8d451a50.pth"
+from cxr_node.analysis.architectures import ARCHITECTURES, DEFAULT_ARCH
+from cxr_node.analysis.densenet import densenet
 
 # Class order of each model's 2-way head (index 1 is the positive finding).
 MODEL_CLASSES = {
@@ -21,23 +24,28 @@ MODEL_CLASSES = {
 
 
 class WeightsError(RuntimeError):
-    """A weights file is missing, unreadable or does not fit DenseNet-161."""
+    """A weights file is missing, unreadable or does not fit the DenseNet."""
+
+
+def build_densenet(arch: str = DEFAULT_ARCH, num_classes: int = 2) -> nn.Module:
+    """A DenseNet of ARCHITECTURES with a `num_classes` head, random initialisation."""
+    return densenet(arch, num_classes)
 
 
 def build_densenet161(num_classes: int = 2) -> nn.Module:
-    """torchvision densenet161 with a `num_classes` head, random initialisation."""
-    return densenet161(weights=None, num_classes=num_classes)
+    """The paper's DenseNet-161 with a `num_classes` head, random initialisation."""
+    return build_densenet("densenet161", num_classes)
 
 
-def find_imagenet_weights(explicit: str | Path | None = None) -> Path | None:
-    """An explicit file, else TORCH_HOME/hub/checkpoints/<torchvision name>, else None."""
+def find_imagenet_weights(explicit: str | Path | None = None, arch: str = DEFAULT_ARCH) -> Path | None:
+    """An explicit file, else TORCH_HOME/hub/checkpoints/<torchvision's name for arch>, else None."""
     if explicit:
         path = Path(explicit)
         if not path.is_file():
             raise WeightsError(f"ImageNet weights file {path} does not exist")
         return path
     torch_home = Path(os.environ.get("TORCH_HOME", Path.home() / ".cache" / "torch"))
-    cached = torch_home / "hub" / "checkpoints" / IMAGENET_WEIGHTS_FILE
+    cached = torch_home / "hub" / "checkpoints" / ARCHITECTURES[arch].imagenet_file
     return cached if cached.is_file() else None
 
 
@@ -53,8 +61,8 @@ def _upgrade_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def load_imagenet_backbone(model: nn.Module, weights: Path) -> nn.Module:
-    """Copy ImageNet DenseNet-161 features into `model`, keeping its own (new) classifier head."""
+def load_imagenet_backbone(model: nn.Module, weights: Path, arch: str = DEFAULT_ARCH) -> nn.Module:
+    """Copy ImageNet DenseNet features into `model` (of `arch`), keeping its own (new) classifier head."""
     try:
         state = torch.load(weights, map_location="cpu", weights_only=True)
     except Exception as exc:
@@ -63,13 +71,15 @@ def load_imagenet_backbone(model: nn.Module, weights: Path) -> nn.Module:
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.startswith("classifier.")]
     if missing or unexpected:
-        raise WeightsError(f"{weights}: does not fit DenseNet-161 (missing {missing[:3]}, unexpected {unexpected[:3]})")
+        raise WeightsError(
+            f"{weights}: does not fit {ARCHITECTURES[arch].title} (missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
     return model
 
 
-def build_model(imagenet_weights: Path | None = None, num_classes: int = 2) -> nn.Module:
+def build_model(imagenet_weights: Path | None = None, num_classes: int = 2, arch: str = DEFAULT_ARCH) -> nn.Module:
     """Model for training: ImageNet features when a local weights file is given, else scratch."""
-    model = build_densenet161(num_classes)
+    model = build_densenet(arch, num_classes)
     if imagenet_weights is not None:
-        load_imagenet_backbone(model, imagenet_weights)
+        load_imagenet_backbone(model, imagenet_weights, arch)
     return model

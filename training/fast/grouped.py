@@ -1,4 +1,4 @@
-"""N DenseNet-161s as one network: every layer of the N models runs as one grouped layer.
+"""N DenseNets (DenseNet-161 in the paper's config) as one network: every layer of the N models runs as one grouped layer.
 
 At the paper's batch of 4 one DenseNet-161 step is ~5,100 kernels that each fill a sliver of
 a GPU; processes side by side time-share the device and do not overlap (docs/training.md).
@@ -8,8 +8,8 @@ dense-block concatenations keep each model's channels together. One step then la
 kernels of one model, each doing N models' work. Model n sees only its own batch: the input
 is (N, B, 3, S, S), the output (N, B, classes), and no layer mixes groups.
 
-Parameter and buffer names are torchvision's, and every grouped tensor is the N models'
-tensors stacked along dim 0, so `member_state(n)` is model n's torchvision state dict.
+Parameter and buffer names are torchvision's (analysis.densenet keeps them), and every grouped
+tensor is the N models' tensors stacked along dim 0, so `member_state(n)` is model n's state dict.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def gcat(parts: Sequence[torch.Tensor], groups: int) -> torch.Tensor:
 
 
 def _parts(modules: Sequence[nn.Module], name: str) -> list[Any]:
-    """The same-named child of each member (typed Any: torchvision's classes are not generic)."""
+    """The same-named child of each member (typed Any: nn.Module's attribute lookup is untyped)."""
     return [getattr(m, name) for m in modules]
 
 
@@ -184,7 +184,7 @@ class _Features(nn.Module):
 
 
 class GroupedDenseNet(nn.Module):
-    """N torchvision DenseNets (same architecture) as one module: (N, B, 3, S, S) -> (N, B, classes).
+    """N torchvision-compatible DenseNets (same architecture) as one module: (N, B, 3, S, S) -> (N, B, classes).
     `pointwise` = "matmul" runs the 1x1 convolutions and the classifier as batched GEMMs."""
 
     def __init__(self, members: Sequence[nn.Module], pointwise: str = "conv") -> None:
@@ -209,7 +209,7 @@ class GroupedDenseNet(nn.Module):
         return self.classifier(x).reshape(b, n, -1).transpose(0, 1)
 
     def member_state(self, n: int, state: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
-        """Model n's torchvision state dict (views of this module's tensors, or of `state`)."""
+        """Model n's state dict (views of this module's tensors, or of `state`)."""
         state = self.state_dict() if state is None else state
         return {k: member_slice(t, n, self.groups, self._shapes[k]) for k, t in state.items()}
 
