@@ -10,8 +10,9 @@ import torch
 from click.testing import CliRunner
 
 from cxr_node.analysis.bundle import BundleError, load_bundle, untrained_bundle, write_bundle
+from cxr_node.analysis.densenet import DenseNet
 from cxr_node.analysis.fusion import Thresholds
-from cxr_node.analysis.models import build_densenet161
+from cxr_node.analysis.models import build_densenet, build_densenet161
 from cxr_node.cli import main
 
 
@@ -72,7 +73,10 @@ def test_missing_manifest_and_missing_weights_name_the_file(copy, tmp_path):
         (lambda m: m.update(input_size="224"), "key 'input_size' must be int"),
         (lambda m: m.update(thresholds={"a": 0.5}), "key 'thresholds'"),
         (lambda m: m.update(thresholds={"a": 0.5, "b": 1.0}), "between 0 and 1"),
-        (lambda m: m.update(architecture="resnet50"), "key 'architecture'"),
+        (
+            lambda m: m.update(architecture="resnet50"),
+            r"key 'architecture' 'resnet50' is not supported \(densenet161, densenet121\)",
+        ),
     ],
 )
 def test_manifest_errors_name_the_key(copy, edit, message):
@@ -92,6 +96,26 @@ def test_weights_of_another_shape_are_refused_even_with_matching_sha(copy):
     (copy / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(BundleError, match="not a DenseNet-161 2-class state dict"):
         load_bundle(copy)
+
+
+def test_densenet121_bundle_round_trip(tmp_path):
+    torch.manual_seed(4)
+    a, b = build_densenet("densenet121"), build_densenet("densenet121")
+    write_bundle(tmp_path, a, b, name="small", version="1", input_size=64, thresholds=Thresholds(0.5, 0.5),
+                 architecture="densenet121")  # fmt: skip
+    assert json.loads((tmp_path / "manifest.json").read_text())["architecture"] == "densenet121"
+    loaded = load_bundle(tmp_path)
+    assert loaded.architecture == "densenet121" and isinstance(loaded.model_a, DenseNet)
+    assert loaded.model_a.features.denseblock3.denselayer24.conv2.out_channels == 32  # 121: growth 32, 24 layers
+    for original, model in ((a, loaded.model_a), (b, loaded.model_b)):
+        assert all(torch.equal(v, original.state_dict()[k]) for k, v in model.state_dict().items())
+    # weights of one architecture under a manifest naming the other: refused, the file named
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    manifest["architecture"] = "densenet161"
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match=r"model_a\.pt: not a DenseNet-161 2-class state dict"):
+        load_bundle(tmp_path)
+    assert untrained_bundle(64).architecture == "densenet161"
 
 
 def test_serve_refuses_a_corrupt_bundle_with_the_file_named(copy, tmp_path):

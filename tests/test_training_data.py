@@ -165,6 +165,7 @@ def test_paper_config_is_the_papers_protocol():
         ({"split": {"unit": "study"}}, "split.unit"),
         ({"run": {"amp": 1}}, "run.amp: 1 must be true or false"),
         ({"model": {"init": "random"}}, "model.init"),
+        ({"model": {"arch": "resnet50"}}, "model.arch: must be one of densenet161, densenet121, got 'resnet50'"),
         ({"approach": {"select_metric": "f1"}}, "approach.select_metric"),
         ({"optimiser": {}}, "optimiser: unknown section"),
     ],
@@ -175,7 +176,7 @@ def test_config_errors_name_the_key(raw, key):
     assert str(err.value).startswith(key)
 
 
-def test_overrides_and_weights_errors(tmp_path):
+def test_overrides_and_weights_errors(tmp_path, monkeypatch):
     cfg = load_config(REPO / "configs/train-smoke.toml", ["optim.epochs=7", "run.device=cpu", "optim.lr=0.5"])
     assert (cfg.optim.epochs, cfg.run.device, cfg.optim.lr) == (7, "cpu", 0.5)
     with pytest.raises(ConfigError, match="optim.epochs: .many. must be an integer"):
@@ -191,6 +192,17 @@ def test_overrides_and_weights_errors(tmp_path):
         cfg.fingerprint()
         != load_config(REPO / "configs/train-smoke.toml", ["optim.epochs=8", "optim.lr=0.5"]).fingerprint()
     )
+    # model.arch: the paper's default hashes as before the key existed (earlier checkpoints still
+    # resume); another architecture is other weights
+    assert (
+        cfg.fingerprint()
+        == load_config(REPO / "configs/train-smoke.toml", [*same, "model.arch=densenet161"]).fingerprint()
+    )
+    small = load_config(REPO / "configs/train-smoke.toml", [*same, "model.arch=densenet121"])
+    assert small.model.arch == "densenet121" and small.fingerprint() != cfg.fingerprint()
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # an empty hub cache: the arch's file is named
+    with pytest.raises(ConfigError, match="^model.init: 'imagenet' needs a local densenet121-a639ec97.pth"):
+        resolve_weights(config_from_dict({"model": {"arch": "densenet121"}}))
 
 
 # --- splits and leak checks -----------------------------------------------------------------------

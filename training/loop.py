@@ -323,7 +323,7 @@ def fit(
     memory_format = torch.channels_last if channels_last else torch.preserve_format
 
     torch.manual_seed(seed)  # same initial weights on every rank and every rerun
-    model = build_model(imagenet_weights).to(device).to(memory_format=memory_format)
+    model = build_model(imagenet_weights, arch=cfg.model.arch).to(device).to(memory_format=memory_format)
     optimizer = torch.optim.SGD(model.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
     state = _resume(ckpt_path, fingerprint, model, optimizer, log, label)
 

@@ -26,9 +26,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from cxr_node.analysis.architectures import ARCHITECTURES
 from cxr_node.analysis.bundle import load_bundle, write_bundle
 from cxr_node.analysis.fusion import Thresholds
-from cxr_node.analysis.models import WeightsError, build_densenet161, find_imagenet_weights
+from cxr_node.analysis.models import WeightsError, build_densenet, find_imagenet_weights
 from training.config import ConfigError, TrainConfig
 from training.data import LABELS, LoadedData, load_data
 from training.dataset import SquareDataset
@@ -63,12 +64,12 @@ def resolve_weights(cfg: TrainConfig) -> Path | None:
     if cfg.model.init == "scratch":
         return None
     try:
-        weights = find_imagenet_weights(cfg.model.imagenet_weights or None)
+        weights = find_imagenet_weights(cfg.model.imagenet_weights or None, cfg.model.arch)
     except WeightsError as exc:
         raise ConfigError(f"model.imagenet_weights: {exc}") from exc
     if weights is None:
         raise ConfigError(
-            "model.init: 'imagenet' needs a local densenet161-8d451a50.pth (set model.imagenet_weights "
+            f"model.init: 'imagenet' needs a local {ARCHITECTURES[cfg.model.arch].imagenet_file} (set model.imagenet_weights "
             "or place it under $TORCH_HOME/hub/checkpoints); set model.init = 'scratch' to train without it"
         )
     return weights
@@ -94,7 +95,7 @@ class Context:
 
 
 def _predict_all(ctx: Context, state: dict, idx: np.ndarray) -> np.ndarray:
-    model = build_densenet161()
+    model = build_densenet(ctx.cfg.model.arch)
     model.load_state_dict(state)
     model.to(ctx.device)
     ds = SquareDataset(ctx.data.squares, idx, np.zeros(len(idx), np.int64))
@@ -407,7 +408,7 @@ def _train(
     }
     models = {}
     for k in "AB":
-        models[k] = build_densenet161()
+        models[k] = build_densenet(cfg.model.arch)
         models[k].load_state_dict(states[k])
     by_source = label_sources([s.name for s in data.samples], data.labels)
     metrics: dict[str, Any] = {
@@ -472,6 +473,7 @@ def _train(
             "test_joint": {k: best.joint_test[k] for k in ("accuracy", "balanced_accuracy", "auc_a", "auc_b")},
         },
         domain=domain,
+        architecture=cfg.model.arch,
     )
     bundle = load_bundle(out / "bundle")  # proves the runtime can load what was written
     log(f"bundle written to {out / 'bundle'} (repetition {chosen + 1}, thresholds a={thresholds.a}, b={thresholds.b})")

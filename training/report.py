@@ -12,6 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from cxr_node.analysis.architectures import ARCHITECTURES, DEFAULT_ARCH  # noqa: E402
 from cxr_node.analysis.models import MODEL_CLASSES  # noqa: E402
 from training.metrics import JOINT_CLASSES, sum_confusions  # noqa: E402
 
@@ -189,7 +190,7 @@ def write_report(metrics: dict[str, Any], path: Path) -> None:
         + (f"; {len(data['bad_rows_skipped'])} bad rows skipped" if data["bad_rows_skipped"] else "")
         + ".",
         "",
-        f"Protocol: DenseNet-161, init {init}, input {cfg['data']['input_size']} px, SGD lr {o['lr']} "
+        f"Protocol: {ARCHITECTURES[cfg['model'].get('arch', DEFAULT_ARCH)].title}, init {init}, input {cfg['data']['input_size']} px, SGD lr {o['lr']} "
         f"momentum {o['momentum']}, batch {o['batch_size']}, {o['epochs']} epoch(s), cross-entropy, "
         f"scaling {cfg['augment']['scale_min']}-{cfg['augment']['scale_max']} + horizontal flip "
         f"p={cfg['augment']['hflip']}, split {cfg['split']['train']:.0%}/{cfg['split']['val']:.0%}/"

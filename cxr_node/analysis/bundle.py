@@ -3,7 +3,7 @@
 manifest.json:
     format            "cxr-node-bundle/1"
     name, version     shown in every result (SR algorithm identification, SC legend)
-    architecture      "densenet161"
+    architecture      one of analysis.architectures.ARCHITECTURES ("densenet161", the paper's, or "densenet121")
     input_size        square model input in pixels
     thresholds        {"a": t_A, "b": t_B} for the joint rule (chosen on validation by training)
     models            {"A": {"file", "sha256", "classes"}, "B": {...}}
@@ -24,10 +24,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from cxr_node.analysis.architectures import ARCHITECTURES, DEFAULT_ARCH
 from cxr_node.analysis.domain import FILE as DOMAIN_FILE
 from cxr_node.analysis.domain import DomainError, DomainModel
 from cxr_node.analysis.fusion import Thresholds
-from cxr_node.analysis.models import MODEL_CLASSES, build_densenet161
+from cxr_node.analysis.models import MODEL_CLASSES, build_densenet
 from cxr_node.storage import write_durably
 
 FORMAT = "cxr-node-bundle/1"
@@ -60,6 +61,7 @@ class Bundle:
     training: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
     domain: DomainModel | None = None  # out-of-domain statistics; None: the check is off
+    architecture: str = DEFAULT_ARCH  # a key of ARCHITECTURES
 
     @property
     def domain_status(self) -> str:
@@ -79,7 +81,7 @@ class Bundle:
 def untrained_bundle(input_size: int = 224, seed: int = 0) -> Bundle:
     """Random weights, for demos and tests; every result made with it says so."""
     torch.manual_seed(seed)
-    model_a, model_b = build_densenet161(), build_densenet161()
+    model_a, model_b = build_densenet(DEFAULT_ARCH), build_densenet(DEFAULT_ARCH)
     return Bundle(
         name=UNTRAINED_NAME,
         version="0",
@@ -116,8 +118,8 @@ def load_bundle(directory: str | Path) -> Bundle:
     if manifest.get("format") != FORMAT:
         raise BundleError(f"{manifest_path}: key 'format' must be {FORMAT!r}, got {manifest.get('format')!r}")
     arch = _require(manifest, "architecture", str, manifest_path)
-    if arch != "densenet161":
-        raise BundleError(f"{manifest_path}: key 'architecture' {arch!r} is not supported (densenet161)")
+    if arch not in ARCHITECTURES:
+        raise BundleError(f"{manifest_path}: key 'architecture' {arch!r} is not supported ({', '.join(ARCHITECTURES)})")
     name = _require(manifest, "name", str, manifest_path)
     version = _require(manifest, "version", str, manifest_path)
     input_size = _require(manifest, "input_size", int, manifest_path)
@@ -147,10 +149,10 @@ def load_bundle(directory: str | Path) -> Bundle:
             )
         try:
             state = torch.load(weights, map_location="cpu", weights_only=True)
-            model = build_densenet161()
+            model = build_densenet(arch)
             model.load_state_dict(state)
         except Exception as exc:
-            raise BundleError(f"{weights}: not a DenseNet-161 2-class state dict: {exc}") from exc
+            raise BundleError(f"{weights}: not a {ARCHITECTURES[arch].title} 2-class state dict: {exc}") from exc
         loaded[key] = model.eval()
         digests[key] = actual
 
@@ -166,6 +168,7 @@ def load_bundle(directory: str | Path) -> Bundle:
         training=manifest.get("training", {}),
         path=directory,
         domain=_load_domain(directory, manifest, manifest_path),
+        architecture=arch,
     )
 
 
@@ -203,9 +206,12 @@ def write_bundle(
     thresholds: Thresholds,
     training: dict[str, Any] | None = None,
     domain: DomainModel | None = None,
+    architecture: str = DEFAULT_ARCH,
 ) -> Path:
     """Write weights (and out-of-domain statistics) then the manifest (last, so a half-written
-    bundle has no manifest)."""
+    bundle has no manifest). `architecture` names the models' DenseNet (a key of ARCHITECTURES)."""
+    if architecture not in ARCHITECTURES:
+        raise ValueError(f"architecture {architecture!r} is not one of {', '.join(ARCHITECTURES)}")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     entries = {}
@@ -222,7 +228,7 @@ def write_bundle(
         "format": FORMAT,
         "name": name,
         "version": version,
-        "architecture": "densenet161",
+        "architecture": architecture,
         "input_size": int(input_size),
         "thresholds": {"a": thresholds.a, "b": thresholds.b},
         "models": entries,

@@ -10,7 +10,7 @@ and medians reported. One function per phase:
   + encode + durable write) gives the stage split; analysis = the Analyzer's wall time of that
   batch (preprocess + models + CAMs, no decode); then, interleaved so that load changes hit
   all of them alike:
-  floor = Analyzer.floor(): two bare torchvision DenseNet-161 forwards on the same preprocessed
+  floor = Analyzer.floor(): two bare DenseNet forwards (the bundle's architecture) on the same preprocessed
   input, same batch, device, precision, memory format and inference_mode (and sequentially:
   floor(sequential=True));
   naive = preprocess + per-model autograd Grad-CAM (cam.gradcam_autograd: forward + backward,
@@ -268,6 +268,7 @@ def _environment(analyzer, model) -> dict:
         "cpu_count": os.cpu_count(),
         "machine": platform.machine(),
         "model": model.label,
+        "architecture": model.architecture,
     }
 
 

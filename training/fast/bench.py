@@ -326,9 +326,9 @@ def profile_steps(cfg: TrainConfig, device_request: str, steps: int, parallel: i
     grouped = cfg.run.parallel_mode == "grouped" and parallel > 1
     n = parallel if grouped else 1
     model = (
-        GroupedDenseNet([build_model(None) for _ in range(n)], cfg.run.grouped_pointwise)
+        GroupedDenseNet([build_model(None, arch=cfg.model.arch) for _ in range(n)], cfg.run.grouped_pointwise)
         if grouped
-        else build_model(None)
+        else build_model(None, arch=cfg.model.arch)
     ).to(device)
     model = model.to(memory_format=fmt).train()
     opt = torch.optim.SGD(

@@ -139,7 +139,7 @@ def fit_grouped(
     members = []
     for job in jobs:
         torch.manual_seed(job.seed)  # fit's initial weights for this training
-        members.append(build_model(weights))
+        members.append(build_model(weights, arch=cfg.model.arch))
     model = GroupedDenseNet(members, cfg.run.grouped_pointwise).to(device).to(memory_format=memory_format)
     del members
     optimizer = torch.optim.SGD(model.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
