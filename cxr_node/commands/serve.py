@@ -76,9 +76,6 @@ def command(
     web_enabled,
 ):
     """Run the Storage SCP, the worker and the dispatcher."""
-    from cxr_node.node import Node
-    from cxr_node.queue.schema import SchemaError
-
     setup_logging(verbose, log_format)
     try:
         if config_path is None and DEFAULT_CONFIG.is_file():
@@ -104,6 +101,10 @@ def command(
             f"cxr-node: warning: --db carries a password, which `ps` shows; use {PASSWORD_ENV} or node.db_password_file",
             err=True,
         )
+    # Imported once the config is known good: a wrong key is answered before torch loads (seconds).
+    from cxr_node.node import Node
+    from cxr_node.queue.schema import SchemaError
+
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     signal.signal(signal.SIGINT, lambda *_: stopping.set())
