@@ -245,7 +245,7 @@ def overlap_phase(analyzer, image: Path, studies: int) -> dict:
 
 
 # -- the whole benchmark -----------------------------------------------------------------------
-def _environment(analyzer, model) -> dict:
+def _environment(analyzer, model, architecture: str) -> dict:
     import torch
 
     gpu = None
@@ -268,7 +268,7 @@ def _environment(analyzer, model) -> dict:
         "cpu_count": os.cpu_count(),
         "machine": platform.machine(),
         "model": model.label,
-        "architecture": model.architecture,
+        "architecture": architecture,
     }
 
 
@@ -337,7 +337,7 @@ def run_inference_bench(
         "date": datetime.now(UTC).strftime("%Y-%m-%d"),
         "image": image.name,
         "image_shape": list(img.shape),
-        **_environment(analyzer, model),
+        **_environment(analyzer, model, bundle.architecture),
         "studies": studies,
         "repeats": repeats,
         "model_load_s": round(load_s, 3),
