@@ -63,6 +63,8 @@ def test_bench_train_on_cpu_two_processes(tmp_path):
             "12",
             "--set",
             "data.input_size=64",
+            "--set",
+            "model.arch=densenet121",  # what the bench reports is tested here, not DenseNet-161's speed
             "--out",
             str(out),
         ],
@@ -75,6 +77,7 @@ def test_bench_train_on_cpu_two_processes(tmp_path):
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     r = json.loads(out.read_text())
     assert r["settings"]["parallel"] == 2 and r["settings"]["training_images_per_process"] == 12
+    assert r["settings"]["arch"] == "densenet121"
     assert len(r["per_process"]) == 2
     for p in r["per_process"]:
         assert p["steady_images_per_second"] > 0 and p["first_epoch_images_per_second"] > 0
@@ -120,6 +123,8 @@ def test_bench_train_grouped_matmul_with_profile(tmp_path):
             "data.input_size=64",
             "--set",
             "run.grouped_pointwise=matmul",
+            "--set",
+            "model.arch=densenet121",
             "--profile",
             "1",
             "--out",
@@ -134,7 +139,12 @@ def test_bench_train_grouped_matmul_with_profile(tmp_path):
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     r = json.loads(out.read_text())
     s = r["settings"]
-    assert (s["parallel"], s["parallel_mode"], s["grouped_pointwise"]) == (2, "grouped", "matmul")
+    assert (s["parallel"], s["parallel_mode"], s["grouped_pointwise"], s["arch"]) == (
+        2,
+        "grouped",
+        "matmul",
+        "densenet121",
+    )
     assert "one grouped network (1x1 convolutions as matmul)" in proc.stderr
     steady = [p["steady_images_per_second"] for p in r["per_process"]]
     assert len(steady) == 2 and steady[0] == steady[1] > 0  # lockstep: one clock for both

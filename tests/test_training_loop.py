@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 TINY = {
     "run": {"name": "tiny", "repetitions": 1, "num_workers": 0, "device": "cpu"},
     "data": {"input_size": 64},  # at 32 px the last dense block sees 1x1 maps and BatchNorm blows up
-    "model": {"init": "scratch"},
+    "model": {"init": "scratch", "arch": "densenet121"},  # the loop is tested, not the network
     "optim": {"batch_size": 4, "epochs": 2},
     "report": {"gradcam_examples": 1},
 }
@@ -37,7 +37,7 @@ class Interrupted(Exception):
     pass
 
 
-pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.slow]  # each trains DenseNet-161s
+pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.slow]  # each trains DenseNet-121s
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +109,7 @@ def test_torchrun_ddp_two_processes_gloo(tiny, tmp_path):
     config = tmp_path / "tiny.toml"
     config.write_text(
         "[run]\nname='ddp'\nrepetitions=1\nnum_workers=0\ndevice='cpu'\n[data]\ninput_size=64\n"
-        "[model]\ninit='scratch'\n[optim]\nbatch_size=4\nepochs=1\n[report]\ngradcam_examples=1\n"
+        "[model]\ninit='scratch'\narch='densenet121'\n[optim]\nbatch_size=4\nepochs=1\n[report]\ngradcam_examples=1\n"
     )
     out = tmp_path / "out"
     env = dict(os.environ, OMP_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE")
@@ -144,7 +144,8 @@ def test_torchrun_ddp_two_processes_gloo(tiny, tmp_path):
         assert n_train - 2 <= seen <= n_train + 1, (key, seen, n_train)
     log = (out / "train.log").read_text()
     assert log.count("model A epoch 1/1") == 1  # rank 0 logs alone
-    assert load_bundle(out / "bundle").name == "ddp"
+    bundle = load_bundle(out / "bundle")
+    assert (bundle.name, bundle.architecture) == ("ddp", "densenet121")
 
 
 def test_dataloader_workers_do_not_change_the_result(tiny, tmp_path):

@@ -158,7 +158,7 @@ def run_train_bench(
     ]
     (workdir / "checkpoints").mkdir(parents=True, exist_ok=True)
     log(
-        f"bench train: {parallel} {'trainings grouped' if cfg.run.parallel_mode == 'grouped' else 'process(es)'} x {epochs} epoch(s) of model A, {n_train} training / "
+        f"bench train: {parallel} {'trainings grouped' if cfg.run.parallel_mode == 'grouped' else 'process(es)'} x {epochs} epoch(s) of model A ({cfg.model.arch}), {n_train} training / "
         f"{len(template.val_idx)} validation images at {cfg.data.input_size} px, batch {cfg.optim.batch_size}, "
         f"on {_device_name(device)}"
     )
@@ -215,6 +215,7 @@ def run_train_bench(
             "python": platform.python_version(),
         },
         "settings": {
+            "arch": cfg.model.arch,
             "parallel": parallel,
             "parallel_mode": cfg.run.parallel_mode,
             "grouped_pointwise": cfg.run.grouped_pointwise,
@@ -266,7 +267,7 @@ def format_report(r: dict[str, Any]) -> str:
     lines = [
         f"bench train on {r['machine']['device_name']} ({r['created']}, torch {r['machine']['torch']}): "
         f"{s['parallel']} {_how(s)}"
-        f" x {s['epochs']} epoch(s), {s['training_images_per_process']} training "
+        f" x {s['epochs']} epoch(s) of {s.get('arch', 'densenet161')}, {s['training_images_per_process']} training "
         f"images each at {s['input_size']} px, batch {s['batch_size']}, step {s['step']}, "
         f"input path {s['pipeline']}, amp {s['amp']}, deterministic {s['deterministic']}"
     ]
