@@ -28,6 +28,7 @@ from pathlib import Path
 import pydicom
 import pytest
 from pynetdicom import AE
+from pynetdicom import _config as pynetdicom_config
 from pynetdicom.sop_class import ComputedRadiographyImageStorage
 
 from tests import peers
@@ -43,17 +44,25 @@ LIMIT = 4 * 2**30
 BUDGET_SIDE = 5792  # 5792^2 x 2 bytes = 64 MiB = decoding.max_pixel_bytes: admitted at receipt
 
 
-def send(port: int, ds) -> int:
-    """C-STORE with pynetdicom proposing exactly the data set's transfer syntax; the status."""
+def send(port: int, ds, encoded_in: Path) -> int:
+    """C-STORE with pynetdicom proposing exactly the data set's transfer syntax; the status.
+
+    The data set is encoded into a file first and sent from it as it is: deflating a bomb takes
+    pynetdicom seconds, and on a loaded machine more than the node's network timeout lets an
+    association stay silent (the node then rightly aborts it before the bomb is sent)."""
+    path = encoded_in / f"{ds.SOPInstanceUID}.dcm"
+    ds.save_as(path, enforce_file_format=True)
     ae = AE(ae_title="HOSTILE")
     ae.add_requested_context(ComputedRadiographyImageStorage, [ds.file_meta.TransferSyntaxUID])
+    chunked, pynetdicom_config.STORE_SEND_CHUNKED_DATASET = pynetdicom_config.STORE_SEND_CHUNKED_DATASET, True
     assoc = ae.associate("127.0.0.1", port, ae_title="CXR_NODE")
     assert assoc.is_established
     try:
-        status = assoc.send_c_store(ds)
+        status = assoc.send_c_store(path)
         return status.Status, str(status.get("ErrorComment", ""))
     finally:
         assoc.release()
+        pynetdicom_config.STORE_SEND_CHUNKED_DATASET = chunked
 
 
 def readyz(web_port: int) -> tuple[int, dict]:
@@ -103,14 +112,14 @@ def test_bombs_under_a_memory_limit(node, orthanc, rg1_uncr, tmp_path):
         (rle_bomb(20000, 20000), ("Rows 20000", "decoding.max_rows")),
         (deflated_bomb(15000, 15000), ("Deflated", "decoding.max_inflated_bytes")),
     ):
-        status, comment = send(node.port, ds)
+        status, comment = send(node.port, ds, tmp_path)
         assert status == 0xA900 and all(w in comment for w in words), (hex(status), comment)
     assert db_rows(node.storage, "select count(*) from instances") == [(0,)]
 
     # Within the pixel budget, over the decoders' memory limit: acknowledged, then failed alone.
     hostile = {}
     for name, ds in (("j2k", j2k_bomb(BUDGET_SIDE, BUDGET_SIDE)), ("rle", rle_bomb(BUDGET_SIDE, BUDGET_SIDE))):
-        status, comment = send(node.port, ds)
+        status, comment = send(node.port, ds, tmp_path)
         assert status == 0x0000, (name, hex(status), comment)
         hostile[name] = ds
 
