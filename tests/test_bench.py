@@ -34,7 +34,7 @@ def test_bench_inference_json_keys():
     data = json.loads(result.stdout)
     for key in ("input_size", "analysis_s_p50", "floor_s", "naive_s", "studies_per_s", "peak_rss_mb"):
         assert key in data, key
-    assert data["input_size"] == 64
+    assert data["input_size"] == 64 and data["architecture"] == "densenet161"  # the untrained bundle's
     assert set(data["studies_per_s"]) == {"1"}
     assert {"decode", "preprocess", "model_a", "model_b", "cams", "sr_sc_build"} <= set(data["stages_s"])
     assert data["analysis_s_p50"] > 0 and data["floor_s"] > 0 and data["naive_s"] > 0
