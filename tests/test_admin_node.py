@@ -262,6 +262,8 @@ def test_a_corrupted_image_fails_with_its_reason_and_comes_back_with_retry(tmp_p
     out = node.admin("jobs", "retry", str(job["id"])).stdout
     assert f"job {job['id']}: queued again" in out
     results_in(orthanc, str(header.StudyInstanceUID), 2)
+    # Orthanc holds them a moment before the dispatcher, told success, records the rows as sent
+    node.wait_metric('cxr_node_results_exported_total{destination="pacs"}', 2.0, "both exports recorded as sent", 60)
     done = json.loads(node.admin("jobs", "show", str(job["id"]), "--json").stdout)
     assert done["state"] == "done" and done["error"] == "" and [e["state"] for e in done["exports"]] == ["sent", "sent"]
     refused = node.admin("jobs", "retry", str(job["id"]), check=False)

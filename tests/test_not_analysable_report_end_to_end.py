@@ -71,7 +71,14 @@ def test_flat_image_gets_one_no_result_sr_with_the_option_and_none_without(ortha
         assert not any(  # no Finding (DCM 121071) anywhere, so no class
             c.CodeValue == "121071" for i in sr.iterall() if i.keyword == "ConceptNameCodeSequence" for c in i.value
         )
-        (export,) = reports.list_exports(job_id=row.id)
+        # Orthanc holds the SR a moment before the dispatcher, told success, records the row as sent
+        (export,) = peers.wait_until(
+            lambda: (lambda rows: rows if rows and rows[0].state == "sent" else None)(
+                reports.list_exports(job_id=row.id)
+            ),
+            60,
+            "the export row to be recorded as sent",
+        )
         assert (export.state, export.sop_instance_uid, export.result_id) == ("sent", sr.SOPInstanceUID, None)
         assert export.path.endswith(FILE_NAME)
 
