@@ -26,8 +26,11 @@ demo: setup
 TEST_THREADS ?= 1
 # ruff first (seconds); mypy (about a minute from a cold cache, one core) runs beside the tests, which
 # leave ~8 % of two cores idle waiting on peers and sockets; its report follows theirs, and either
-# failing fails the target.
+# failing fails the target. The package is compiled to bytecode once, up front: where
+# PYTHONDONTWRITEBYTECODE is set (CI images) every node and CLI process the tests start would
+# compile cxr_node again (~0.2 CPU-s each, ~300 of them).
 test: setup-peers ruff
+	@$(VENV)/bin/python -m compileall -q -j 0 cxr_node training >/dev/null
 	@$(VENV)/bin/mypy cxr_node training >$(VENV)/mypy.log 2>&1 & mypy_pid=$$!; \
 	OMP_WAIT_POLICY=PASSIVE OMP_NUM_THREADS=$(TEST_THREADS) $(VENV)/bin/python -m pytest -q -rs -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=15 $(PYTEST_ARGS); \
 	tests=$$?; wait $$mypy_pid; mypy=$$?; echo "mypy:"; cat $(VENV)/mypy.log; \
