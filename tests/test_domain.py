@@ -94,6 +94,12 @@ def test_fit_refuses_bad_settings():
         fit_domain(train, {}, domain.specs, components=4, quantile=0.9)
     with pytest.raises(DomainError, match="twice"):
         fit_domain(train, val, (*domain.specs, domain.specs[0]), components=4, quantile=0.9)
+    # a diverged model's overflowed activations (seen at 32 px: threshold nan in a written bundle)
+    broken = dict(train)
+    broken["B:final:gap"] = train["B:final:gap"].copy()
+    broken["B:final:gap"][7, 3] = np.inf
+    with pytest.raises(DomainError, match=r"^B:final:gap: training descriptors hold values that are not finite"):
+        fit_domain(broken, val, domain.specs, components=4, quantile=0.9)
     with pytest.raises(DomainError, match="MODEL:TAP:POOL"):
         parse_layers("A:final")
     with pytest.raises(DomainError, match="tap"):

@@ -337,6 +337,9 @@ def fit_domain(
     for spec in specs:
         if spec.name not in train or spec.name not in val:
             raise DomainError(f"descriptors missing for layer {spec.name}")
+        for part, desc in (("training", train[spec.name]), ("validation", val[spec.name])):
+            if not np.isfinite(desc).all():  # overflowed activations: the threshold would be nan
+                raise DomainError(f"{spec.name}: {part} descriptors hold values that are not finite numbers")
         layer = fit_layer(spec, train[spec.name], components)
         v = np.log(layer.squared_distance(val[spec.name]) + _EPS)
         if len(v) < 2:
@@ -345,6 +348,8 @@ def fit_domain(
         layers.append(layer)
     model = DomainModel(layers, 0.0, quantile, {})
     threshold = float(np.quantile(model.distances(val), quantile))
+    if not np.isfinite(threshold):
+        raise DomainError(f"the validation distances give no finite threshold ({threshold})")
     model.threshold = threshold
     return model
 
