@@ -314,5 +314,14 @@ def test_send_refuses_what_the_peer_does_not_accept(tmp_path, orthanc, rg1_j2kr)
     out = cli("send", str(tmp_path / "dir"), "--to", f"{orthanc.aet}@127.0.0.1:{orthanc.dicom_port}", check=False)
     assert out.returncode == 0, out.stderr
     assert "notes.txt: left out" in out.stderr and "1 of 1 file(s) stored" in out.stdout
-    out = cli("send", str(tmp_path / "dir" / "a.dcm"), "--to", f"WRONG_AET@127.0.0.1:{orthanc.dicom_port}", check=False)
-    assert out.returncode == 1 and "association rejected" in out.stderr
+    # Orthanc rejects a wrong called AET and closes at once; now and then (seen once in CI, Orthanc's
+    # log saying "Rejected association") the reset overtakes its A-ASSOCIATE-RJ, and all the sender
+    # can say is that the peer went away. A lost RJ is sent again; a received one must be named.
+    for _ in range(3):
+        out = cli(
+            "send", str(tmp_path / "dir" / "a.dcm"), "--to", f"WRONG_AET@127.0.0.1:{orthanc.dicom_port}", check=False
+        )
+        assert out.returncode == 1, out.stderr
+        if "or the peer aborted" not in out.stderr:
+            break
+    assert "association rejected" in out.stderr, out.stderr
