@@ -39,7 +39,7 @@ test: setup-peers ruff
 # The fast tier: every test not marked slow or peers. CXR_NODE_TEST_TIER=fast makes a test that
 # reaches for a Debian peer fail (it lacks its marker) instead of quietly slowing the tier.
 # Two workers, one OpenMP thread each: 736 tests in 91 s on 2 cores (2026-12-05) instead of ~240 s in one
-# process (the tier is mostly single-threaded Python; 2026-12-04, figures in CONTRIBUTING.md).
+# process (the tier is mostly single-threaded Python; figures in CONTRIBUTING.md).
 CHECK_WORKERS ?= 2
 check: lint
 	CXR_NODE_TEST_TIER=fast OMP_WAIT_POLICY=PASSIVE OMP_NUM_THREADS=$(TEST_THREADS) $(VENV)/bin/python -m pytest -q -m "not slow and not peers" -n $(CHECK_WORKERS) --durations=10 $(PYTEST_ARGS)
