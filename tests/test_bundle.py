@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from cxr_node.analysis.bundle import BundleError, load_bundle, untrained_bundle, write_bundle
 from cxr_node.analysis.densenet import DenseNet
 from cxr_node.analysis.fusion import Thresholds
-from cxr_node.analysis.models import build_densenet, build_densenet161
+from cxr_node.analysis.models import build_densenet
 from cxr_node.cli import main
 
 
@@ -90,7 +90,7 @@ def test_manifest_errors_name_the_key(copy, edit, message):
 def test_weights_of_another_shape_are_refused_even_with_matching_sha(copy):
     from cxr_node.analysis.bundle import sha256_file
 
-    torch.save(build_densenet161(num_classes=3).state_dict(), copy / "model_a.pt")
+    torch.save(build_densenet("densenet161", num_classes=3).state_dict(), copy / "model_a.pt")
     manifest = json.loads((copy / "manifest.json").read_text())
     manifest["models"]["A"]["sha256"] = sha256_file(copy / "model_a.pt")
     (copy / "manifest.json").write_text(json.dumps(manifest))

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from cxr_node.analysis.cam import cam_from_features, forward_with_features, gradcam_autograd
-from cxr_node.analysis.models import build_densenet161
+from cxr_node.analysis.models import build_densenet
 from cxr_node.analysis.preprocess import letterbox, map_to_source
 
 SIZE = 96  # DenseNet-161 -> 3 x 3 feature grid: small and fast, still a real map
@@ -17,7 +17,7 @@ SIZE = 96  # DenseNet-161 -> 3 x 3 feature grid: small and fast, still a real ma
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
-    return build_densenet161().eval()
+    return build_densenet("densenet161").eval()
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.models import DenseNet
 
-from cxr_node.analysis.models import build_densenet161, build_model
+from cxr_node.analysis.models import build_densenet, build_model
 from training.config import ConfigError, config_from_dict
 from training.distributed import DistEnv
 from training.fast.grouped import BatchedPointwise, GroupedDenseNet, gcat
@@ -112,7 +112,7 @@ def test_grouped_network_computes_what_its_members_compute(float64, pointwise):
         assert list(state) == list(m.state_dict())
         for name, t in m.state_dict().items():
             torch.testing.assert_close(state[name], t, rtol=1e-10, atol=1e-12)
-    fresh = build_densenet161()
+    fresh = build_densenet("densenet161")
     fresh.load_state_dict({k: v.float() for k, v in grouped.member_state(2).items()})
 
 

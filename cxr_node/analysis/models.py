@@ -32,11 +32,6 @@ def build_densenet(arch: str = DEFAULT_ARCH, num_classes: int = 2) -> nn.Module:
     return densenet(arch, num_classes)
 
 
-def build_densenet161(num_classes: int = 2) -> nn.Module:
-    """The paper's DenseNet-161 with a `num_classes` head, random initialisation."""
-    return build_densenet("densenet161", num_classes)
-
-
 def find_imagenet_weights(explicit: str | Path | None = None, arch: str = DEFAULT_ARCH) -> Path | None:
     """An explicit file, else TORCH_HOME/hub/checkpoints/<torchvision's name for arch>, else None."""
     if explicit:

@@ -31,6 +31,7 @@ from typing import Any, TypedDict
 import numpy as np
 import torch
 
+from cxr_node.analysis.architectures import DEFAULT_ARCH
 from training.config import TrainConfig
 from training.data import load_data
 from training.distributed import DistEnv
@@ -267,7 +268,7 @@ def format_report(r: dict[str, Any]) -> str:
     lines = [
         f"bench train on {r['machine']['device_name']} ({r['created']}, torch {r['machine']['torch']}): "
         f"{s['parallel']} {_how(s)}"
-        f" x {s['epochs']} epoch(s) of {s.get('arch', 'densenet161')}, {s['training_images_per_process']} training "
+        f" x {s['epochs']} epoch(s) of {s.get('arch', DEFAULT_ARCH)}, {s['training_images_per_process']} training "
         f"images each at {s['input_size']} px, batch {s['batch_size']}, step {s['step']}, "
         f"input path {s['pipeline']}, amp {s['amp']}, deterministic {s['deterministic']}"
     ]
