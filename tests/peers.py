@@ -66,8 +66,57 @@ def find_program(name: str) -> str:
     return path
 
 
-def free_port() -> int:
+LOWEST_TEST_PORT = 10000
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+def _worker_slice() -> range:
+    """This pytest worker's share of the ports below the kernel's ephemeral range (empty if there is none)."""
+    low, _high = _ephemeral_range()
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    index = int(worker) if worker.isdigit() else 0
+    count = max(int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1), index + 1)
+    width = max(low - LOWEST_TEST_PORT, 0) // count
+    start = LOWEST_TEST_PORT + index * width
+    return range(start, start + width)
+
+
+_handed_out: set[int] = set()
+
+
+def _bindable(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port() -> int:
+    """A port nothing listens on, for a peer that binds it later.
+
+    Taken below the kernel's ephemeral range, from a slice of its own per pytest worker and never
+    twice in one process: an ephemeral port (what binding port 0 gives) can be taken by any
+    outgoing connection between the pick and a peer's bind, which once kept Orthanc from starting
+    after a test had waited on a down PACS for half a minute.
+    """
+    ports = _worker_slice()
+    if len(ports) >= 100:
+        offset = int.from_bytes(os.urandom(2), "big") % len(ports)
+        for i in range(len(ports)):
+            port = ports[(offset + i) % len(ports)]
+            if port not in _handed_out and _bindable(port):
+                _handed_out.add(port)
+                return port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:  # no room below the ephemeral range
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
